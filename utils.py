@@ -1,5 +1,8 @@
-"""Small helpers shared by the models and the command lines."""
+"""Small helpers shared by the models, benchmarks and command lines."""
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from transformer import Attention
 
 
 def count_parameters(model):
@@ -9,7 +12,6 @@ def count_parameters(model):
 
 def set_attention_fused(model, fused):
     """Compute every attention of `model` through SDPA (True) or the explicit softmax path."""
-    from transformer import Attention
     for module in model.modules():
         if isinstance(module, Attention):
             module.fused = fused
@@ -17,11 +19,11 @@ def set_attention_fused(model, fused):
 
 
 def count_flops(model, video):
-    """Multiply-adds of one forward pass on `video` (B, T, C, H, W), counted per view.
+    """Multiply-adds of one forward pass per video of `video` (B, T, C, H, W).
 
-    Reported as GFLOPs in the papers' (fvcore) convention: one multiply-add is one FLOP.
+    The papers' (fvcore) convention counts one multiply-add as one FLOP; this follows it.
+    Attention runs on the explicit path so its matrix products are counted.
     """
-    from torch.utils.flop_counter import FlopCounterMode
     set_attention_fused(model, False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
