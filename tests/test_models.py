@@ -1,0 +1,186 @@
+"""TimeSformer and ViViT: shapes, gradients, determinism, attention maths and divided semantics."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformer import Attention
+from utils import set_attention_fused
+from video_transformer import (TimeSformer, VideoClassifier, VideoTransformerConfig, ViViT,
+                               timesformer_tiny, vivit_tiny)
+
+VARIANTS = [('timesformer', name) for name in TimeSformer.attention_types] + \
+           [('vivit', name) for name in ViViT.attention_types]
+
+
+def tiny_config(arch, attention_type, **overrides):
+    preset = timesformer_tiny if arch == 'timesformer' else vivit_tiny
+    return preset(attention_type=attention_type, **overrides)
+
+
+def randomise_(model, seed=0):
+    """Random values everywhere, so zero-initialised parts (temporal_fc) cannot hide a path."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return model
+
+
+def video(config, batch=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, config.num_frames, config.in_channels, config.img_size, config.img_size)
+    return torch.randn(shape, generator=generator)
+
+
+@pytest.mark.parametrize('arch,attention_type', VARIANTS)
+def test_logits_shape_and_every_parameter_gets_a_gradient(arch, attention_type):
+    config = tiny_config(arch, attention_type, num_classes=5)
+    model = randomise_(VideoClassifier(config))
+    logits = model(video(config))
+    assert logits.shape == (2, 5)
+    assert torch.isfinite(logits).all()
+    logits.square().sum().backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, f'{name} is not reached by backward'
+        assert parameter.grad.abs().sum() > 0, f'{name} gets a zero gradient'
+
+
+@pytest.mark.parametrize('arch,attention_type', VARIANTS)
+def test_each_video_is_classified_independently_of_its_batch(arch, attention_type):
+    config = tiny_config(arch, attention_type)
+    model = randomise_(VideoClassifier(config)).eval()
+    clips = video(config, batch=3)
+    with torch.no_grad():
+        together = model(clips)
+        alone = torch.cat([model(clips[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('arch,attention_type', VARIANTS)
+def test_eval_is_deterministic_and_training_repeats_under_a_seed(arch, attention_type):
+    config = tiny_config(arch, attention_type, dropout_p=0.2, drop_path_rate=0.3)
+    model = randomise_(VideoClassifier(config))
+    clips = video(config)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(clips), model(clips), rtol=0, atol=0)
+    model.train()
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        outputs.append(model(clips))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    with torch.no_grad():
+        assert not torch.allclose(model(clips), model.eval()(clips)), 'dropout had no effect in training'
+
+
+@pytest.mark.parametrize('arch,attention_type', VARIANTS)
+def test_fixed_sine_cosine_positions_are_buffers_not_weights(arch, attention_type):
+    config = tiny_config(arch, attention_type, use_learnable_pos_emb=False)
+    model = VideoClassifier(config)
+    assert not [name for name in model.state_dict() if name.endswith(('pos_embed', 'time_embed'))]
+    assert model(video(config)).shape == (2, config.num_classes)
+
+
+def test_sdpa_equals_explicit_softmax_reference_in_float64():
+    torch.manual_seed(0)
+    attention = Attention(dim=24, num_heads=3).double().eval()
+    x = torch.randn(4, 10, 24, dtype=torch.float64)
+    q, k, v = attention.qkv(x).view(4, 10, 3, 3, 8).permute(2, 0, 3, 1, 4)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1)
+    reference = attention.proj((weights @ v).transpose(1, 2).reshape(4, 10, 24))
+    torch.testing.assert_close(attention(x), reference, rtol=1e-12, atol=1e-12)
+    attention.fused = False
+    torch.testing.assert_close(attention(x), reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('arch,attention_type', VARIANTS)
+def test_whole_model_gives_the_same_logits_on_both_attention_paths(arch, attention_type):
+    config = tiny_config(arch, attention_type)
+    model = randomise_(VideoClassifier(config)).double().eval()
+    clips = video(config).double()
+    fused = model(clips)
+    explicit = set_attention_fused(model, False)(clips)
+    torch.testing.assert_close(fused, explicit, rtol=1e-10, atol=1e-10)
+
+
+def image_vit_features(state, config, image):
+    """An independent ViT forward over the backbone's weights: image (B, C, H, W) -> (B, D)."""
+    heads, eps = config.num_heads, config.norm_eps
+    patches = F.conv2d(image, state['patch_embed.proj.weight'], state['patch_embed.proj.bias'],
+                       stride=config.patch_size).flatten(2).transpose(1, 2)
+    x = torch.cat((state['cls_token'].expand(len(image), -1, -1), patches), dim=1) + state['pos_embed']
+    for i in range(config.num_transformer_layers):
+        prefix = f'blocks.{i}.'
+        h = F.layer_norm(x, x.shape[-1:], state[prefix + 'spatial_attn.norm.weight'],
+                         state[prefix + 'spatial_attn.norm.bias'], eps)
+        qkv = F.linear(h, state[prefix + 'spatial_attn.attn.qkv.weight'], state[prefix + 'spatial_attn.attn.qkv.bias'])
+        q, k, v = qkv.unflatten(-1, (3, heads, -1)).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+        out = (weights @ v).transpose(1, 2).flatten(2)
+        x = x + F.linear(out, state[prefix + 'spatial_attn.attn.proj.weight'], state[prefix + 'spatial_attn.attn.proj.bias'])
+        h = F.layer_norm(x, x.shape[-1:], state[prefix + 'ffn.norm.weight'], state[prefix + 'ffn.norm.bias'], eps)
+        h = F.gelu(F.linear(h, state[prefix + 'ffn.fc1.weight'], state[prefix + 'ffn.fc1.bias']))
+        x = x + F.linear(h, state[prefix + 'ffn.fc2.weight'], state[prefix + 'ffn.fc2.bias'])
+    x = F.layer_norm(x, x.shape[-1:], state['norm.weight'], state['norm.bias'], config.final_norm_eps)
+    return x[:, 0]
+
+
+def test_divided_timesformer_on_a_static_video_is_an_image_vit_when_time_is_switched_off():
+    config = timesformer_tiny(num_frames=3)
+    backbone = randomise_(TimeSformer(config)).double().eval()
+    with torch.no_grad():
+        backbone.time_embed.zero_()
+        for block in backbone.blocks:
+            block.temporal_attn.temporal_fc.weight.zero_()
+            block.temporal_attn.temporal_fc.bias.zero_()
+    frame = torch.randn(2, 3, config.img_size, config.img_size, dtype=torch.float64)
+    static = frame[:, None].expand(-1, config.num_frames, -1, -1, -1)
+    state = {name: tensor.clone() for name, tensor in backbone.state_dict().items()}
+    torch.testing.assert_close(backbone(static), image_vit_features(state, config, frame),
+                               rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        backbone.blocks[0].temporal_attn.temporal_fc.weight.normal_(std=0.2)
+    assert not torch.allclose(backbone(static), image_vit_features(state, config, frame)), \
+        'the property should break once the temporal branch contributes'
+
+
+def test_drop_path_rises_linearly_over_depth():
+    config = timesformer_tiny(num_transformer_layers=5, drop_path_rate=0.4)
+    rates = [block.ffn.drop_path.drop_prob for block in TimeSformer(config).blocks]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+
+
+@pytest.mark.parametrize('shape,wrong', [
+    ((2, 3, 3, 32, 32), 'frames'),
+    ((2, 4, 3, 48, 48), 'size'),
+    ((2, 4, 1, 32, 32), 'channels'),
+    ((4, 3, 32, 32), 'rank'),
+    ((2, 3, 4, 32, 32), 'channels before time'),
+])
+def test_wrong_input_shape_names_expected_and_received(shape, wrong):
+    model = VideoClassifier(timesformer_tiny())
+    with pytest.raises(ValueError) as error:
+        model(torch.zeros(shape))
+    message = str(error.value)
+    assert '(B, 4, 3, 32, 32)' in message and str(shape) in message, wrong
+
+
+def test_integer_video_is_rejected_with_a_clear_error():
+    with pytest.raises(ValueError, match='float video'):
+        VideoClassifier(timesformer_tiny())(torch.zeros(1, 4, 3, 32, 32, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize('changes,match', [
+    ({'arch': 'timesformer', 'attention_type': 'fact_encoder'}, 'TimeSformer attention_type'),
+    ({'arch': 'resnet'}, 'arch must be one of'),
+    ({'img_size': 30}, 'not a multiple of patch_size'),
+    ({'arch': 'vivit', 'conv_type': 'Conv3d', 'num_frames': 5}, 'not a multiple of tube_size'),
+    ({'num_heads': 3}, 'not divisible by num_heads'),
+    ({'pos_emb_type': 'joint', 'attention_type': 'space_only'}, "pos_emb_type 'joint'"),
+])
+def test_inconsistent_configs_are_refused(changes, match):
+    with pytest.raises(ValueError, match=match):
+        VideoClassifier(VideoTransformerConfig(**{**timesformer_tiny().to_dict(), **changes}))
