@@ -248,6 +248,16 @@ def timesformer_base_patch16_224(**overrides):
                                   attention_type='divided_space_time').replace(**overrides)
 
 
+def timesformer_hr_patch16_448(**overrides):
+    """TimeSformer-HR: 16 frames at 448x448, divided space-time attention."""
+    return timesformer_base_patch16_224(num_frames=16, img_size=448).replace(**overrides)
+
+
+def timesformer_large_patch16_224(**overrides):
+    """TimeSformer-L: 96 frames at 224x224, divided space-time attention."""
+    return timesformer_base_patch16_224(num_frames=96).replace(**overrides)
+
+
 def vivit_base_patch16_224(**overrides):
     """ViViT-B/16x2 factorised encoder, 32 frames at 224x224, tubelets of 2 frames."""
     return VideoTransformerConfig(arch='vivit', num_frames=32, img_size=224, patch_size=16,
