@@ -1,0 +1,508 @@
+"""Video clips from annotation files: parse, sample frame indices, decode only those, align on the CPU.
+
+Annotation sources (`load_annotations`):
+- a list, the seed's and MMAction2's: `relative/path.mp4 label` per line, tab or space separated
+  (with a tab the path may contain spaces), label a class index or a class name;
+- a Kinetics CSV (`label,youtube_id,time_start,time_end,split`), files named
+  `{youtube_id}_{start:06d}_{end:06d}.mp4`, inside a folder per label or not;
+- a folder per class (UCF101, HMDB51): `data_path/{class}/*.mp4`.
+Relative paths are joined to `root_dir`, or to the annotation file's folder when no root is given.
+A class map (`load_class_map`) is JSON name -> index or one name per line.
+
+A dataset item is a dict: `video` uint8 (T, 3, H, W) for train and val, (num_clips, T, 3, H, W)
+for test, resized so the short side is `short_side`; `label` int; `index` int, the item actually
+returned; `skipped` int, how many unreadable videos were replaced to produce it. Carrying the count
+in the item lets it cross worker processes with the batch, so it can be summed per epoch.
+"""
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch.utils.data import Dataset, get_worker_info
+
+try:
+    import decord
+except ImportError:
+    decord = None
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg')
+KINETICS_COLUMNS = ('label', 'youtube_id', 'time_start', 'time_end')
+MODES = ('train', 'val', 'test')
+DECODERS = ('decord', 'pyav')
+# A skip ratio is only judged after this many failures, so a few bad files early in an epoch
+# cannot stop a mostly healthy list by chance.
+MIN_FAILURES_TO_ABORT = 32
+# Rows of a Kinetics CSV probed on disk to tell whether files sit in a folder per label.
+LAYOUT_PROBE_ROWS = 32
+
+
+class AnnotationError(ValueError):
+    """An annotation or class map file that cannot be used; the message names file and line."""
+
+
+class DecodeError(RuntimeError):
+    """A video that cannot be decoded; the message says why."""
+
+
+class UnreadableDatasetError(RuntimeError):
+    """Too many videos of one annotation source failed, so training would see almost nothing."""
+
+
+# ---------------------------------------------------------------- annotations
+
+def _canonical(name):
+    """Class names compare with spaces as underscores: Kinetics CSVs and class maps differ there."""
+    return name.strip().replace(' ', '_')
+
+
+def load_class_map(path):
+    """Class names in index order from JSON (name -> index, or a list) or one name per line."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == '.json':
+        try:
+            content = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise AnnotationError(f'{path}:{error.lineno}: not valid JSON ({error.msg})') from None
+        if isinstance(content, list):
+            return [str(name) for name in content]
+        if not isinstance(content, dict):
+            raise AnnotationError(f'{path}: expected a JSON object of class name -> index or a list of names')
+        by_index = {}
+        for name, value in content.items():
+            try:
+                index = int(value)
+            except (TypeError, ValueError):
+                raise AnnotationError(f'{path}: class {name!r} has index {value!r}, expected an integer') from None
+            if index in by_index:
+                raise AnnotationError(f'{path}: classes {by_index[index]!r} and {name!r} share index {index}')
+            by_index[index] = name
+        if sorted(by_index) != list(range(len(by_index))):
+            raise AnnotationError(f'{path}: class indices must be 0..{len(by_index) - 1} without gaps')
+        return [by_index[i] for i in range(len(by_index))]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _assign_labels(entries, source, class_names=None, num_class=None):
+    """Label tokens (indices or names) of (path, token, where) entries -> ([(path, label)], names)."""
+    def is_index(token):
+        return token.lstrip('-').isdigit()
+
+    if class_names is not None:
+        lookup = {}
+        for index, name in enumerate(class_names):
+            if lookup.setdefault(_canonical(name), index) != index:
+                raise AnnotationError(f'{source}: the class map names {name!r} twice')
+        if num_class is not None and num_class != len(class_names):
+            raise AnnotationError(f'{source}: the class map has {len(class_names)} classes, num_class is {num_class}')
+        samples = []
+        for path, token, where in entries:
+            if _canonical(token) in lookup:
+                samples.append((path, lookup[_canonical(token)]))
+            elif is_index(token):
+                samples.append((path, _check_range(int(token), len(class_names), where)))
+            else:
+                raise AnnotationError(f'{where}: label {token!r} is not a class of the class map')
+        return samples, list(class_names)
+    numbered = [entry for entry in entries if is_index(entry[1])]
+    named = [entry for entry in entries if not is_index(entry[1])]
+    if numbered and named:
+        raise AnnotationError(f'{named[0][2]}: label {named[0][1]!r} is a name where other lines give indices '
+                              f'(e.g. {numbered[0][2]}); give a class map')
+    if named:
+        names = sorted({token for _, token, _ in named})
+        if num_class is not None and len(names) != num_class:
+            raise AnnotationError(f'{source}: {len(names)} distinct class names but num_class is {num_class}; '
+                                  f'give a class map')
+        lookup = {name: index for index, name in enumerate(names)}
+        return [(path, lookup[token]) for path, token, _ in entries], names
+    size = num_class if num_class is not None else max(int(token) for _, token, _ in entries) + 1
+    return [(path, _check_range(int(token), size, where)) for path, token, where in entries], \
+        [str(index) for index in range(size)]
+
+
+def _check_range(label, num_class, where):
+    if not 0 <= label < num_class:
+        raise AnnotationError(f'{where}: label {label} is out of range for {num_class} classes')
+    return label
+
+
+def _parse_list(path, root):
+    """(path, label token, where) per line of a seed / MMAction2 list."""
+    entries = []
+    with open(path) as lines:
+        for line_number, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text or text.startswith('#'):
+                continue
+            where = f'{path}:{line_number}'
+            fields = [field.strip() for field in (text.split('\t') if '\t' in text else text.rsplit(None, 1))]
+            if len(fields) != 2 or not all(fields):
+                raise AnnotationError(f'{where}: expected "relative/path.mp4 label", got {text!r}')
+            entries.append((str(root / fields[0]), fields[1], where))
+    return entries
+
+
+def _kinetics_folder(root, rows):
+    """Folder naming for a Kinetics CSV: a folder per label as written, with underscores, or none."""
+    namings = (lambda label: label, _canonical, lambda label: '')
+    for label, file, _ in rows[:LAYOUT_PROBE_ROWS]:
+        for naming in namings:
+            if (root / naming(label) / file).exists():
+                return naming
+    return namings[0]
+
+
+def _parse_kinetics_csv(path, root):
+    """(path, label token, where) per row of a Kinetics CSV."""
+    with open(path, newline='') as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in KINETICS_COLUMNS if column not in (reader.fieldnames or ())]
+        if missing:
+            raise AnnotationError(f'{path}:1: the Kinetics CSV header lacks {", ".join(missing)} '
+                                  f'(expected {",".join(KINETICS_COLUMNS)},split)')
+        rows = []
+        for row in reader:
+            where = f'{path}:{reader.line_num}'
+            try:
+                start, end = int(row['time_start']), int(row['time_end'])
+            except (TypeError, ValueError):
+                raise AnnotationError(f'{where}: time_start and time_end must be integers, '
+                                      f'got {row["time_start"]!r} and {row["time_end"]!r}') from None
+            if not row['youtube_id'] or not row['label']:
+                raise AnnotationError(f'{where}: empty label or youtube_id')
+            rows.append((row['label'], f'{row["youtube_id"]}_{start:06d}_{end:06d}.mp4', where))
+    naming = _kinetics_folder(root, rows)
+    return [(str(root / naming(label) / file), label, where) for label, file, where in rows]
+
+
+def _parse_folders(path):
+    """(path, folder name, where) per video of a folder-per-class tree."""
+    folders = sorted(child for child in path.iterdir() if child.is_dir())
+    if not folders:
+        raise AnnotationError(f'{path}: expected a folder per class, found no folders')
+    return [(str(file), folder.name, str(folder)) for folder in folders for file in sorted(folder.rglob('*'))
+            if file.suffix.lower() in VIDEO_EXTENSIONS]
+
+
+def load_annotations(data_path, root_dir=None, class_names=None, num_class=None, num_samples_per_cls=None):
+    """Parse a list, a Kinetics CSV (.csv) or a folder per class into ([(path, label)], class names).
+
+    class_names (index -> name) maps name labels to indices; without it, names are sorted.
+    num_samples_per_cls keeps at most that many samples per class, in file order.
+    """
+    if num_samples_per_cls is not None and num_samples_per_cls < 1:
+        raise ValueError(f'num_samples_per_cls must be positive, got {num_samples_per_cls}')
+    data_path = Path(data_path)
+    if not data_path.exists():
+        raise AnnotationError(f'{data_path}: no such annotation file or folder')
+    root = Path(root_dir) if root_dir is not None else data_path.parent
+    if data_path.is_dir():
+        entries = _parse_folders(data_path)
+    elif data_path.suffix.lower() == '.csv':
+        entries = _parse_kinetics_csv(data_path, root)
+    else:
+        entries = _parse_list(data_path, root)
+    if not entries:
+        raise AnnotationError(f'{data_path}: lists no videos')
+    samples, names = _assign_labels(entries, data_path, class_names, num_class)
+    if num_samples_per_cls is not None:
+        counts = np.zeros(len(names), dtype=np.int64)
+        kept = []
+        for path, label in samples:
+            if counts[label] < num_samples_per_cls:
+                kept.append((path, label))
+                counts[label] += 1
+        samples = kept
+    return samples, names
+
+
+# ---------------------------------------------------------------- frame indices
+
+def sample_frame_indices(total_frames, num_frames, window, mode, num_clips=1, rng=None):
+    """Frame indices (clips, num_frames), int64, evenly spaced in windows of `window` frames.
+
+    train: one window at a random start (rng, a numpy Generator). test: num_clips windows centred
+    in equal parts of the range of starts; val: the same with one clip, the centre window.
+    Indices run from the window's first to its last frame, the seed's rule. A video shorter than
+    the window is the window: its frames are spread over num_frames, repeating frames when it has
+    fewer than num_frames.
+    """
+    if total_frames < 1:
+        raise ValueError(f'cannot sample from a video of {total_frames} frames')
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    span = min(window, total_frames)
+    last_start = total_frames - span
+    if mode == 'train':
+        starts = rng.integers(0, last_start + 1, size=1)
+    else:
+        clips = num_clips if mode == 'test' else 1
+        starts = np.floor((np.arange(clips) + 0.5) * last_start / clips).astype(np.int64)
+    offsets = np.linspace(0, span - 1, num_frames).astype(np.int64)
+    return starts[:, None] + offsets[None, :]
+
+
+# ---------------------------------------------------------------- decoding
+
+def _describe(error):
+    """One line naming the error, for skip logs."""
+    message = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {message[-1] if message else "no message"}'
+
+
+class DecordReader:
+    """A decord VideoReader behind `num_frames`, `fps`, `read(indices)` and `close()`."""
+
+    def __init__(self, path, threads=1):
+        if decord is None:
+            raise DecodeError('decord is not installed')
+        self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+        self.num_frames = len(self._reader)
+        self.fps = float(self._reader.get_avg_fps())
+
+    def read(self, indices):
+        """uint8 (N, H, W, 3) frames at indices (N,), in the given order."""
+        unique, inverse = np.unique(indices, return_inverse=True)
+        return self._reader.get_batch(unique.tolist()).asnumpy()[inverse]
+
+    def close(self):
+        # decord frees its demuxer and decoder with the object.
+        self._reader = None
+
+
+class PyAVReader:
+    """PyAV behind the same interface. read() seeks to the keyframe before the first wanted frame
+    and decodes up to the last one, skipping the non-reference frames that are not wanted."""
+
+    def __init__(self, path, threads=1):
+        self._path, self._threads = str(path), threads
+        self._open()
+        try:
+            # Presentation timestamps of all frames, from packets alone (no decoding): frame i is
+            # the i-th in presentation order, as decord counts, even with a variable frame rate.
+            self._pts = np.array(sorted(packet.pts for packet in self._container.demux(self._stream)
+                                        if packet.pts is not None), dtype=np.int64)
+        except BaseException:
+            self.close()
+            raise
+        self.num_frames = len(self._pts)
+        self.fps = float(self._stream.average_rate or self._stream.guessed_rate or 0)
+
+    def _open(self):
+        self._container = av.open(self._path)
+        if not self._container.streams.video:
+            self.close()
+            raise DecodeError('no video stream')
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = 'AUTO'
+        self._stream.thread_count = self._threads
+
+    def read(self, indices):
+        """uint8 (N, H, W, 3) frames at indices (N,), in the given order."""
+        unique, inverse = np.unique(indices, return_inverse=True)
+        wanted = {int(self._pts[i]): i for i in unique}
+        self._container.seek(int(self._pts[unique[0]]), stream=self._stream, backward=True)
+        frames = self._decode(wanted)
+        if len(frames) < len(wanted):
+            # Some containers (MPEG-TS) seek imprecisely or not at all: decode from the start.
+            self.close()
+            self._open()
+            frames = self._decode(wanted)
+        if len(frames) < len(wanted):
+            missing = sorted(set(unique.tolist()) - frames.keys())
+            raise DecodeError(f'{len(missing)} of {len(wanted)} frames could not be decoded (first: {missing[0]})')
+        return np.stack([frames[i] for i in unique])[inverse]
+
+    def _decode(self, wanted):
+        """{frame index: uint8 (H, W, 3)} for wanted {pts: frame index}, from the current position."""
+        codec = self._stream.codec_context
+        frames = {}
+        for packet in self._container.demux(self._stream):
+            if packet.pts is not None:
+                codec.skip_frame = 'DEFAULT' if packet.pts in wanted else 'NONREF'
+            for frame in packet.decode():
+                if frame.pts in wanted:
+                    frames[wanted[frame.pts]] = frame.to_ndarray(format='rgb24')
+            if len(frames) == len(wanted):
+                break
+        return frames
+
+    def close(self):
+        self._container.close()
+
+
+READERS = {'decord': DecordReader, 'pyav': PyAVReader}
+
+
+def resize_short_side(frames, short_side):
+    """uint8 (N, H, W, 3) array -> uint8 (N, 3, h, w) tensor with min(h, w) == short_side."""
+    video = rearrange(torch.from_numpy(frames), 'n h w c -> n c h w')
+    height, width = video.shape[-2:]
+    scale = short_side / min(height, width)
+    size = (max(short_side, round(height * scale)), max(short_side, round(width * scale)))
+    if size != (height, width):
+        # The permuted view is channels-last in memory, which torch's uint8 antialiased resize
+        # handles directly; no float copy of the frames is made.
+        video = F.interpolate(video, size=size, mode='bilinear', antialias=True, align_corners=False)
+    return video.contiguous()
+
+
+# ---------------------------------------------------------------- dataset
+
+class VideoDataset(Dataset):
+    """Clips of an annotation source, decoded frame by frame only where sampled.
+
+    mode 'train' samples a random window, 'val' the centre one, 'test' num_clips windows spread
+    over the video (sample_frame_indices). A window
+    spans num_frames * frame_interval frames, or window_seconds of each video when given, which
+    evens out different frame rates. decoder 'decord' falls back to PyAV for files decord cannot
+    read (or when decord is not installed); 'pyav' uses PyAV only. An unreadable video is logged
+    and replaced by a random other one; past max_skip_fraction of failed reads (after
+    MIN_FAILURES_TO_ABORT failures) UnreadableDatasetError stops the run.
+    """
+
+    def __init__(self, data_path, mode='train', root_dir=None, class_map=None, num_class=None,
+                 num_samples_per_cls=None, num_frames=8, frame_interval=32, window_seconds=None, num_clips=1,
+                 short_side=256, decoder='decord', decode_threads=1, max_skip_fraction=0.5):
+        if mode not in MODES:
+            raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+        if decoder not in DECODERS:
+            raise ValueError(f'decoder must be one of {DECODERS}, got {decoder!r}')
+        if min(num_frames, frame_interval, num_clips, short_side) < 1:
+            raise ValueError('num_frames, frame_interval, num_clips and short_side must be positive')
+        class_names = load_class_map(class_map) if isinstance(class_map, (str, Path)) else class_map
+        samples, self.class_names = load_annotations(data_path, root_dir, class_names, num_class, num_samples_per_cls)
+        self.data_path = str(data_path)
+        # Paths as one bytes array and labels as one int array: worker processes then share them
+        # copy-on-write, where a list of Python strings would be copied page by page as
+        # reference counts change, and memory would grow over an epoch.
+        self.paths = np.array([os.fsencode(path) for path, _ in samples])
+        self.labels = np.array([label for _, label in samples], dtype=np.int64)
+        self.mode = mode
+        self.num_frames = num_frames
+        self.frame_interval = frame_interval
+        self.window_seconds = window_seconds
+        self.num_clips = num_clips if mode == 'test' else 1
+        self.short_side = short_side
+        if decoder == 'decord' and decord is None:
+            log.warning('decord is not installed; decoding with PyAV')
+        self.decoders = ('decord', 'pyav') if decoder == 'decord' and decord is not None else ('pyav',)
+        self.decode_threads = decode_threads
+        self.max_skip_fraction = max_skip_fraction
+        self.attempts = 0
+        self.failures = 0
+        self._rng = None
+        self._rng_seed = None
+
+    def __len__(self):
+        return len(self.labels)
+
+    def path(self, index):
+        """The video file of item index."""
+        return os.fsdecode(self.paths[index])
+
+    def _generator(self):
+        """This process's generator: DataLoader seeds each worker differently every epoch, and
+        seed_everything makes those seeds, and the main process's, reproducible."""
+        info = get_worker_info()
+        seed = info.seed if info is not None else torch.initial_seed()
+        if seed != self._rng_seed:
+            self._rng, self._rng_seed = np.random.default_rng(seed), seed
+        return self._rng
+
+    def window(self, fps):
+        """Window length in frames of a video at fps."""
+        if self.window_seconds is None:
+            return self.num_frames * self.frame_interval
+        if not fps > 0:
+            raise DecodeError('unknown frame rate, cannot sample by seconds')
+        return max(1, round(self.window_seconds * fps))
+
+    def read_frames(self, reader, indices):
+        """uint8 (N, H, W, 3) frames at the flattened indices; the one place frames are decoded."""
+        return reader.read(indices.reshape(-1))
+
+    def load(self, path):
+        """Decode the sampled frames of one video: uint8 (num_clips, T, 3, H, W)."""
+        if not os.path.isfile(path):
+            raise DecodeError('no such file')
+        if os.path.getsize(path) == 0:
+            raise DecodeError('empty file')
+        errors = []
+        for decoder in self.decoders:
+            try:
+                frames = self._decode(READERS[decoder], path)
+            except Exception as error:  # whatever a decoder raises, the next one may still read the file
+                errors.append(f'{decoder}: {_describe(error)}')
+                continue
+            if errors:
+                log.debug('%s read %s after %s', decoder, path, '; '.join(errors))
+            video = resize_short_side(frames, self.short_side)
+            return rearrange(video, '(v t) c h w -> v t c h w', v=self.num_clips)
+        raise DecodeError('; '.join(errors))
+
+    def _decode(self, reader_class, path):
+        """Open, sample, read and release: uint8 (num_clips * T, H, W, 3)."""
+        reader = reader_class(path, self.decode_threads)
+        try:
+            if reader.num_frames < 1:
+                raise DecodeError('no frames')
+            indices = sample_frame_indices(reader.num_frames, self.num_frames, self.window(reader.fps),
+                                           self.mode, self.num_clips, self._generator())
+            return self.read_frames(reader, indices)
+        finally:
+            reader.close()
+
+    def _note_failure(self, path, reason):
+        self.failures += 1
+        log.warning('skipped video %s: %s', path, reason)
+        if self.failures >= MIN_FAILURES_TO_ABORT and self.failures > self.max_skip_fraction * self.attempts:
+            raise UnreadableDatasetError(
+                f'{self.data_path}: {self.failures} of {self.attempts} videos read could not be decoded '
+                f'(last: {path}: {reason}); check root_dir and the paths in the annotation file')
+
+    def __getitem__(self, index):
+        skipped = 0
+        while True:
+            path = self.path(index)
+            self.attempts += 1
+            try:
+                video = self.load(path)
+                break
+            except DecodeError as error:
+                reason = str(error)
+            skipped += 1
+            self._note_failure(path, reason)
+            index = int(self._generator().integers(len(self)))
+        if self.mode != 'test':
+            video = video[0]
+        return {'video': video, 'label': int(self.labels[index]), 'index': index, 'skipped': skipped}
+
+
+def collate_clips(samples):
+    """Batch dataset items: video uint8 (B, ...) centre-cropped to the batch's smallest height
+    and width (clips of other aspect ratios differ in the long side), label and index int64 (B,),
+    skipped the batch's total as a plain int, so summing it never waits for a device."""
+    height = min(sample['video'].shape[-2] for sample in samples)
+    width = min(sample['video'].shape[-1] for sample in samples)
+    clips = []
+    for sample in samples:
+        video = sample['video']
+        top, left = (video.shape[-2] - height) // 2, (video.shape[-1] - width) // 2
+        clips.append(video[..., top:top + height, left:left + width])
+    return {
+        'video': torch.stack(clips),
+        'label': torch.tensor([sample['label'] for sample in samples], dtype=torch.int64),
+        'index': torch.tensor([sample['index'] for sample in samples], dtype=torch.int64),
+        'skipped': sum(sample['skipped'] for sample in samples),
+    }
