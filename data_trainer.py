@@ -1,0 +1,310 @@
+"""LightningDataModule for video clips; augmentation and normalisation run on the batch's device.
+
+The CPU side (dataset.py) returns uint8 clips resized so their short side is `short_side`. After
+the batch reaches its device, `on_after_batch_transfer` crops, augments, normalises and mixes it,
+so the same code runs on a GPU or, without one, on CPU tensors.
+
+Batch contract, a dict as the LightningModule's steps receive it:
+- training: `video` float32 (B, T, 3, img_size, img_size), normalised; `label` int64 (B,), or
+  float32 soft labels (B, num_class) when mixup is on.
+- validation: `video` float32 (B, T, 3, img_size, img_size), the centre crop; `label` int64 (B,).
+- test and predict: `video` float32 (B, V, T, 3, img_size, img_size) with V = num_clips * num_crops
+  views, clip-major; `label` int64 (B,). Average the views at the logits:
+      logits = model(video.flatten(0, 1)).view(B, V, -1).mean(1)
+- always: `index` int64 (B,), the dataset items, and `skipped`, a plain int counting the unreadable
+  videos replaced to fill the batch. Add `SkippedVideos()` to the Trainer's callbacks to log their
+  sum per epoch as `{stage}/skipped_videos`.
+"""
+import math
+import random
+from collections import Counter
+
+import kornia.augmentation as K
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from pytorch_lightning.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+
+from dataset import VideoDataset, collate_clips
+
+DATA_STATICS = {
+    'kinetics': ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
+    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    'clip': ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    'inception': ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+# Evaluation resizes the short side to img_size * 256 / 224 and crops img_size, the Kinetics habit.
+SHORT_SIDE_RATIO = 256 / 224
+# RandAugment magnitudes are on timm's scale, where 10 is the strongest level.
+MAX_MAGNITUDE = 10
+# Keys of timm's RandAugment strings that need no handling here: magnitudes are always drawn per
+# clip between 0 and m (kornia's ranges), which subsumes timm's magnitude noise, and every op
+# grows stronger with m, which is what 'inc' selects.
+IGNORED_POLICY_KEYS = ('mstd', 'inc')
+
+
+def parse_auto_augment(policy):
+    """(num_ops, magnitude) from a timm-style RandAugment string such as 'rand-m9-n2-mstd0.5'."""
+    parts = policy.split('-')
+    if parts[0] != 'rand':
+        raise ValueError(f'auto_augment {policy!r}: only RandAugment policies are supported, like "rand-m9-n2"')
+    num_ops, magnitude = 2, None
+    for part in parts[1:]:
+        key = part.rstrip('0123456789.')
+        value = part[len(key):]
+        if key == 'm' and value:
+            magnitude = float(value)
+        elif key == 'n' and value.isdigit():
+            num_ops = int(value)
+        elif key not in IGNORED_POLICY_KEYS:
+            raise ValueError(f'auto_augment {policy!r}: unknown part {part!r} (known: m<magnitude>, n<ops>, '
+                             f'{", ".join(IGNORED_POLICY_KEYS)})')
+    if magnitude is None or not 0 < magnitude <= MAX_MAGNITUDE:
+        raise ValueError(f'auto_augment {policy!r}: needs a magnitude m in (0, {MAX_MAGNITUDE}], like "rand-m9"')
+    return num_ops, magnitude
+
+
+def rand_augment_ops(magnitude):
+    """timm's RandAugment operations (without Invert and SolarizeAdd) at magnitude (0, 10], as kornia
+    augmentations applied with probability 0.5 each, as timm does."""
+    level = magnitude / MAX_MAGNITUDE
+    p = 0.5
+    # Strengths at the top level are timm's: rotate 30 degrees, shear 0.3 (17 degrees), translate
+    # 45%, enhance by up to 0.9, posterize down to 4 bits.
+    return [
+        K.RandomAutoContrast(p=p),
+        K.RandomEqualize(p=p),
+        K.RandomRotation(30.0 * level, p=p),
+        K.RandomPosterize(bits=max(1, round(8 - 4 * level)), p=p),
+        K.RandomSolarize(thresholds=0.5 * level, additions=0.0, p=p),
+        K.ColorJitter(saturation=0.9 * level, p=p),
+        K.ColorJitter(contrast=0.9 * level, p=p),
+        K.ColorJitter(brightness=0.9 * level, p=p),
+        K.RandomSharpness(0.9 * level, p=p),
+        K.RandomAffine(degrees=0.0, shear=(-17.0 * level, 17.0 * level, 0.0, 0.0), p=p),
+        K.RandomAffine(degrees=0.0, shear=(0.0, 0.0, -17.0 * level, 17.0 * level), p=p),
+        K.RandomAffine(degrees=0.0, translate=(0.45 * level, 0.0), p=p),
+        K.RandomAffine(degrees=0.0, translate=(0.0, 0.45 * level), p=p),
+    ]
+
+
+def train_augmentation(img_size, crop_scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4, auto_augment=None):
+    """kornia pipeline for float (B, T, 3, H, W) in [0, 1] -> (B, T, 3, img_size, img_size).
+
+    One draw of every parameter per clip, shared by its frames. Colour jitter applies only without
+    auto_augment, as in timm (and so in the seed). The RandAugment ops are picked once per batch,
+    their strengths per clip: kornia's video container cannot pick ops per clip.
+    """
+    stages = [K.VideoSequential(K.RandomResizedCrop((img_size, img_size), scale=crop_scale),
+                                K.RandomHorizontalFlip(p=hflip), data_format='BTCHW', same_on_frame=True)]
+    if auto_augment:
+        num_ops, magnitude = parse_auto_augment(auto_augment)
+        stages.append(K.VideoSequential(*rand_augment_ops(magnitude), data_format='BTCHW', same_on_frame=True,
+                                        random_apply=num_ops))
+    elif color_jitter:
+        stages.append(K.VideoSequential(K.ColorJitter(color_jitter, color_jitter, color_jitter),
+                                        data_format='BTCHW', same_on_frame=True))
+    return torch.nn.Sequential(*stages)
+
+
+def spatial_crops(video, size, num_crops=1):
+    """(..., H, W) -> num_crops (..., size, size) views: centred on the short side, spread evenly
+    along the long side (num_crops 1: the centre; 3: the seed's three crops)."""
+    height, width = video.shape[-2:]
+    if min(height, width) < size:
+        raise ValueError(f'cannot crop {size} pixels from frames of {height}x{width}')
+    across = (min(height, width) - size) // 2
+    extra = max(height, width) - size
+    along = [extra // 2] if num_crops == 1 else np.linspace(0, extra, num_crops).round().astype(int)
+    crops = []
+    for offset in along:
+        top, left = (across, offset) if width >= height else (offset, across)
+        crops.append(video[..., top:top + size, left:left + size])
+    return crops
+
+
+def mix_clips(video, label, num_class, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1):
+    """Mixup or CutMix of each clip with the batch in reverse order, one draw per batch as in timm.
+
+    video float (B, T, 3, H, W), label int64 (B,) -> mixed video, soft labels float (B, num_class).
+    A CutMix box covers the same pixels in every frame of a clip.
+    """
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or random.random() < switch_prob)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = random.betavariate(alpha, alpha)
+    partner = video.flip(0)
+    if use_cutmix:
+        height, width = video.shape[-2:]
+        cut_height, cut_width = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
+        centre_y, centre_x = random.randrange(height), random.randrange(width)
+        top, bottom = max(centre_y - cut_height // 2, 0), min(centre_y + cut_height // 2, height)
+        left, right = max(centre_x - cut_width // 2, 0), min(centre_x + cut_width // 2, width)
+        video = video.clone()
+        video[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
+        # The box may be clipped at the border; the label follows the area actually pasted.
+        lam = 1 - (bottom - top) * (right - left) / (height * width)
+    else:
+        video = video * lam + partner * (1 - lam)
+    target = F.one_hot(label, num_class).float() * (1 - label_smoothing) + label_smoothing / num_class
+    return video, target * lam + target.flip(0) * (1 - lam)
+
+
+class VideoDataModule(pl.LightningDataModule):
+    """Train, val, test and predict loaders over annotation files, with device-side augmentation.
+
+    Arguments follow the seed's flags (num_frames, frame_interval, img_size, num_class, batch_size,
+    num_workers, data_statics, root_dir, *_data_path, mixup, auto_augment). root_dir is the folder
+    relative video paths are joined to. class_map is a class map file or a list of names; without
+    it the classes come from the first annotation source. predict uses predict_data_path, or
+    test_data_path when that is not given, with the test views.
+    """
+
+    def __init__(self, train_data_path=None, val_data_path=None, test_data_path=None, predict_data_path=None,
+                 root_dir=None, class_map=None, num_class=None, num_samples_per_cls=None,
+                 num_frames=8, frame_interval=32, window_seconds=None, num_clips=1, num_crops=3,
+                 img_size=224, short_side=None, batch_size=8, num_workers=4, pin_memory=True,
+                 persistent_workers=True, prefetch_factor=2, decoder='decord', max_skip_fraction=0.5,
+                 data_statics='kinetics', crop_scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4,
+                 auto_augment=None, mixup=False, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1):
+        super().__init__()
+        self.save_hyperparameters()
+        if data_statics not in DATA_STATICS:
+            raise ValueError(f'data_statics must be one of {sorted(DATA_STATICS)}, got {data_statics!r}')
+        self.short_side = short_side if short_side is not None else round(img_size * SHORT_SIDE_RATIO)
+        if self.short_side < img_size:
+            raise ValueError(f'short_side {self.short_side} is smaller than img_size {img_size}')
+        if mixup and mixup_alpha <= 0 and cutmix_alpha <= 0:
+            raise ValueError('mixup needs mixup_alpha > 0 or cutmix_alpha > 0')
+        self.sources = {'train': train_data_path, 'val': val_data_path, 'test': test_data_path,
+                        'predict': predict_data_path if predict_data_path is not None else test_data_path}
+        self.train_augment = train_augmentation(img_size, crop_scale, hflip, color_jitter, auto_augment)
+        self.datasets = {}
+        self._class_names = None
+
+    @property
+    def class_names(self):
+        """Class names in index order: the class map's, or those of the first annotation source."""
+        if self._class_names is None:
+            first = next((split for split, path in self.sources.items() if path is not None), None)
+            if first is None:
+                raise ValueError('no annotation source: give train, val, test or predict data paths')
+            self.dataset(first)
+        return self._class_names
+
+    @property
+    def num_class(self):
+        return len(self.class_names)
+
+    def dataset(self, split):
+        """The VideoDataset of split ('train', 'val', 'test' or 'predict'), built on first use.
+        Every split after the first reuses its class names, so indices agree across splits."""
+        if split not in self.datasets:
+            if self.sources[split] is None:
+                raise ValueError(f'no {split} data: give {split}_data_path')
+            hp = self.hparams
+            self.datasets[split] = VideoDataset(
+                self.sources[split], mode={'predict': 'test'}.get(split, split), root_dir=hp.root_dir,
+                class_map=self._class_names if self._class_names is not None else hp.class_map,
+                num_class=hp.num_class, num_samples_per_cls=hp.num_samples_per_cls,
+                num_frames=hp.num_frames, frame_interval=hp.frame_interval, window_seconds=hp.window_seconds,
+                num_clips=hp.num_clips, short_side=self.short_side, decoder=hp.decoder,
+                max_skip_fraction=hp.max_skip_fraction)
+            self._class_names = self.datasets[split].class_names
+        return self.datasets[split]
+
+    def setup(self, stage=None):
+        splits = {'fit': ('train', 'val'), 'validate': ('val',), 'test': ('test',), 'predict': ('predict',)}
+        for split in splits.get(stage, ('train', 'val', 'test', 'predict')):
+            if self.sources[split] is not None:
+                self.dataset(split)
+
+    def _loader(self, split):
+        hp = self.hparams
+        training = split == 'train'
+        return DataLoader(
+            self.dataset(split), batch_size=hp.batch_size, shuffle=training, drop_last=training,
+            num_workers=hp.num_workers, collate_fn=collate_clips,
+            # Pinned memory only helps copies to a GPU; without one torch warns and ignores it.
+            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            prefetch_factor=hp.prefetch_factor if hp.num_workers > 0 else None)
+
+    def train_dataloader(self):
+        return self._loader('train')
+
+    def val_dataloader(self):
+        # No validation source: an empty list tells Lightning to skip validation.
+        return self._loader('val') if self.sources['val'] is not None else []
+
+    def test_dataloader(self):
+        return self._loader('test')
+
+    def predict_dataloader(self):
+        return self._loader('predict')
+
+    def transform_batch(self, batch, stage):
+        """Crop, augment, normalise and mix a collated batch on its device (see the module doc)."""
+        hp = self.hparams
+        video = batch['video']
+        if stage == 'train':
+            video = self.train_augment(video.float().div_(255))
+        elif stage == 'val':
+            video = spatial_crops(video, hp.img_size)[0].float().div_(255)
+        else:
+            views = torch.stack(spatial_crops(video, hp.img_size, hp.num_crops), dim=2)
+            video = rearrange(views, 'b v k t c h w -> b (v k) t c h w').float().div_(255)
+        mean, std = (torch.tensor(stats, device=video.device).view(3, 1, 1) for stats in DATA_STATICS[hp.data_statics])
+        video = (video - mean) / std
+        label = batch['label']
+        if stage == 'train' and hp.mixup:
+            video, label = mix_clips(video, label, self.num_class, hp.mixup_alpha, hp.cutmix_alpha,
+                                     label_smoothing=hp.label_smoothing)
+        return {**batch, 'video': video, 'label': label}
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        trainer = self.trainer
+        stage = 'train' if trainer.training else 'test' if trainer.testing or trainer.predicting else 'val'
+        return self.transform_batch(batch, stage)
+
+
+class SkippedVideos(pl.Callback):
+    """Sums the batches' `skipped` counts; logs `{stage}/skipped_videos` and warns once per epoch."""
+
+    def __init__(self):
+        self.counts = Counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.counts['train'] += batch['skipped']
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.counts['val'] += batch['skipped']
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.counts['test'] += batch['skipped']
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.counts['predict'] += batch['skipped']
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._report('train', trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._report('val', trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._report('test', trainer, pl_module)
+
+    def on_predict_epoch_end(self, trainer, pl_module):
+        # Lightning allows no self.log while predicting; the warning is the summary.
+        self._report('predict', trainer, None)
+
+    def _report(self, stage, trainer, pl_module):
+        count = self.counts.pop(stage, 0)
+        if pl_module is not None:
+            pl_module.log(f'{stage}/skipped_videos', float(count), reduce_fx='sum', sync_dist=True)
+        if count:
+            rank_zero_warn(f'epoch {trainer.current_epoch} {stage}: {count} unreadable videos were replaced '
+                           f'by others (logged above with their paths)')

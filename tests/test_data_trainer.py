@@ -1,0 +1,241 @@
+"""The DataModule under a real Lightning Trainer, and the device-side augmentation's contract."""
+import random
+from collections import defaultdict
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import RandomSampler, SequentialSampler
+
+from data_trainer import (DATA_STATICS, SkippedVideos, VideoDataModule, mix_clips, parse_auto_augment,
+                          spatial_crops, train_augmentation)
+from demo.make_demo_dataset import CLASSES
+
+
+class TinyVideoModel(pl.LightningModule):
+    """A linear layer over frame-averaged colours: enough to drive Lightning through every loader."""
+
+    def __init__(self, num_class):
+        super().__init__()
+        self.head = torch.nn.Linear(3, num_class)
+        self.seen = defaultdict(list)
+
+    def forward(self, video):
+        """(N, T, 3, H, W) -> logits (N, num_class)."""
+        return self.head(video.mean(dim=(1, 3, 4)))
+
+    def record(self, stage, batch):
+        self.seen[stage].append({key: (value.shape, value.dtype) if torch.is_tensor(value) else value
+                                 for key, value in batch.items()})
+
+    def training_step(self, batch, batch_idx):
+        self.record('train', batch)
+        return F.cross_entropy(self(batch['video']), batch['label'])
+
+    def validation_step(self, batch, batch_idx):
+        self.record('val', batch)
+
+    def averaged_logits(self, batch):
+        batch_size, views = batch['video'].shape[:2]
+        return self(batch['video'].flatten(0, 1)).view(batch_size, views, -1).mean(1)
+
+    def test_step(self, batch, batch_idx):
+        self.record('test', batch)
+        self.averaged_logits(batch)
+
+    def predict_step(self, batch, batch_idx):
+        self.record('predict', batch)
+        return self.averaged_logits(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def quiet_trainer(**options):
+    return pl.Trainer(accelerator='cpu', devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, **options)
+
+
+def small_module(demo_data, **overrides):
+    settings = dict(train_data_path=demo_data / 'train.txt', val_data_path=demo_data / 'val.txt',
+                    test_data_path=demo_data / 'test.txt', class_map=demo_data / 'classmap.json',
+                    num_frames=4, frame_interval=4, img_size=32, batch_size=4, num_workers=0, color_jitter=0.0)
+    return VideoDataModule(**{**settings, **overrides})
+
+
+def test_trainer_runs_every_stage_with_two_workers(demo_data, tmp_path):
+    # Six good videos and two missing ones: two batches of four read every line once.
+    good = (demo_data / 'train.txt').read_text().splitlines()[:6]
+    lines = [f'{demo_data / path}\t{label}' for path, label in (line.split('\t') for line in good)]
+    train_list = tmp_path / 'train.txt'
+    train_list.write_text('\n'.join(lines + ['gone/a.mp4\tgrowing', 'gone/b.mp4\tshrinking']) + '\n')
+    data = small_module(demo_data, train_data_path=train_list, num_workers=2, mixup=True,
+                        auto_augment='rand-m9-mstd0.5-inc1', num_clips=2, num_crops=3)
+    model = TinyVideoModel(data.num_class)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=2, num_sanity_val_steps=0, callbacks=[SkippedVideos()])
+    with pytest.warns(UserWarning, match=r'epoch 0 train: \d+ unreadable videos were replaced'):
+        trainer.fit(model, datamodule=data)
+    assert trainer.callback_metrics['train/skipped_videos'] >= 2
+    assert sum(batch['skipped'] for batch in model.seen['train']) >= 2
+    trainer.test(model, datamodule=data)
+    assert trainer.callback_metrics['test/skipped_videos'] == 0
+    predictions = trainer.predict(model, datamodule=data)
+
+    assert len(model.seen['train']) == 2
+    for batch in model.seen['train']:
+        assert batch['video'] == ((4, 4, 3, 32, 32), torch.float32)
+        assert batch['label'] == ((4, len(CLASSES)), torch.float32)
+    assert model.seen['val'][0]['video'] == ((4, 4, 3, 32, 32), torch.float32)
+    assert model.seen['val'][0]['label'] == ((4,), torch.int64)
+    for stage in ('test', 'predict'):
+        assert model.seen[stage][0]['video'] == ((4, 2 * 3, 4, 3, 32, 32), torch.float32)
+        assert model.seen[stage][0]['label'] == ((4,), torch.int64)
+    assert [prediction.shape for prediction in predictions] == [(4, len(CLASSES))]
+
+
+def test_fit_without_validation_data(demo_data):
+    data = small_module(demo_data, val_data_path=None)
+    model = TinyVideoModel(data.num_class)
+    quiet_trainer(max_steps=2).fit(model, datamodule=data)
+    assert len(model.seen['train']) == 2 and not model.seen['val']
+
+
+def test_loaders_leave_sampling_to_lightning(demo_data):
+    data = small_module(demo_data, num_workers=2, prefetch_factor=3)
+    data.setup('fit')
+    train, val = data.train_dataloader(), data.val_dataloader()
+    assert isinstance(train.sampler, RandomSampler) and train.drop_last
+    assert isinstance(val.sampler, SequentialSampler) and not val.drop_last
+    assert train.persistent_workers and train.prefetch_factor == 3 and train.num_workers == 2
+    assert train.pin_memory == torch.cuda.is_available()
+
+
+def test_class_names_from_the_class_map_or_the_lists(demo_data):
+    assert small_module(demo_data).class_names == list(CLASSES)
+    data = small_module(demo_data, class_map=None, num_class=None)
+    assert data.class_names == sorted(CLASSES) and data.num_class == 4
+    data.setup('fit')
+    assert data.dataset('val').class_names == data.class_names
+
+
+def test_datamodule_argument_errors(demo_data):
+    with pytest.raises(ValueError, match='data_statics must be one of'):
+        small_module(demo_data, data_statics='k400')
+    with pytest.raises(ValueError, match='short_side 28 is smaller than img_size 32'):
+        small_module(demo_data, short_side=28)
+    with pytest.raises(ValueError, match='mixup needs'):
+        small_module(demo_data, mixup=True, mixup_alpha=0.0, cutmix_alpha=0.0)
+    with pytest.raises(ValueError, match='no test data'):
+        small_module(demo_data, test_data_path=None).dataset('test')
+
+
+# ---------------------------------------------------------------- device-side augmentation
+
+def uint8_batch(batch_size=3, clips=None, frames=4, height=40, width=50, seed=0):
+    """Random uint8 (B, T, 3, H, W) clips, or (B, clips, T, 3, H, W), whose frames are all alike."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch_size,) + ((clips,) if clips else ()) + (1, 3, height, width)
+    video = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    return {'video': video.expand(*shape[:-4], frames, 3, height, width).clone(),
+            'label': torch.arange(batch_size) % 4, 'index': torch.arange(batch_size), 'skipped': 0}
+
+
+def test_train_batches_get_one_crop_per_clip(demo_data):
+    data = small_module(demo_data, color_jitter=0.4, auto_augment='rand-m9-n3')
+    batch = uint8_batch()
+    # The same clip three times: different crops across the batch, one crop within a clip.
+    batch['video'] = batch['video'][:1].expand(3, -1, -1, -1, -1).clone()
+    torch.manual_seed(0)
+    random.seed(0)
+    out = data.transform_batch(batch, 'train')
+    video = out['video']
+    assert video.shape == (3, 4, 3, 32, 32) and video.dtype == torch.float32 and torch.isfinite(video).all()
+    assert out['label'].dtype == torch.int64 and out['index'] is batch['index'] and out['skipped'] == 0
+    for clip in video:
+        assert torch.allclose(clip, clip[:1].expand_as(clip), atol=1e-5)
+    assert not torch.allclose(video[0], video[1]) and not torch.allclose(video[1], video[2])
+
+
+def test_train_augmentation_with_colour_jitter_keeps_frames_together():
+    augment = train_augmentation(24, color_jitter=0.4)
+    video = uint8_batch(batch_size=2, frames=5)['video'].float() / 255
+    torch.manual_seed(1)
+    out = augment(video)
+    assert out.shape == (2, 5, 3, 24, 24)
+    assert all(torch.allclose(clip, clip[:1].expand_as(clip), atol=1e-5) for clip in out)
+
+
+@pytest.mark.parametrize('statics', sorted(DATA_STATICS))
+def test_val_batches_are_the_normalised_centre_crop(demo_data, statics):
+    data = small_module(demo_data, data_statics=statics)
+    batch = uint8_batch()
+    out = data.transform_batch(batch, 'val')
+    mean, std = (torch.tensor(values).view(3, 1, 1) for values in DATA_STATICS[statics])
+    expected = (batch['video'][..., 4:36, 9:41].float() / 255 - mean) / std
+    assert out['video'].shape == (3, 4, 3, 32, 32)
+    assert torch.allclose(out['video'], expected, atol=1e-6)
+    assert torch.equal(out['label'], batch['label'])
+
+
+def test_test_batches_stack_clips_by_crops(demo_data):
+    data = small_module(demo_data, num_clips=2, num_crops=3, data_statics='inception')
+    batch = uint8_batch(batch_size=2, clips=2)
+    out = data.transform_batch(batch, 'test')
+    assert out['video'].shape == (2, 6, 4, 3, 32, 32)
+    # View v * num_crops + k is clip v, crop k: left, centre and right along the long side.
+    for view, (clip, left) in enumerate((clip, left) for clip in range(2) for left in (0, 9, 18)):
+        expected = batch['video'][:, clip, ..., 4:36, left:left + 32].float() / 255 * 2 - 1
+        assert torch.allclose(out['video'][:, view], expected, atol=1e-6)
+
+
+def test_spatial_crops_follow_the_long_side():
+    landscape = torch.zeros(2, 3, 40, 60)
+    assert [crop.shape[-2:] for crop in spatial_crops(landscape, 32, 3)] == [(32, 32)] * 3
+    ramp = torch.arange(60.0).expand(40, 60)
+    assert [int(crop[0, 0]) for crop in spatial_crops(ramp, 32, 3)] == [0, 14, 28]
+    assert [int(crop[0, 0]) for crop in spatial_crops(ramp, 32)] == [14]
+    portrait = torch.arange(60.0)[:, None].expand(60, 40)
+    assert [int(crop[0, 0]) for crop in spatial_crops(portrait, 32, 3)] == [0, 14, 28]
+    with pytest.raises(ValueError, match='cannot crop 64 pixels'):
+        spatial_crops(landscape, 64)
+
+
+def test_mixup_gives_soft_labels(demo_data):
+    data = small_module(demo_data, mixup=True, label_smoothing=0.1)
+    random.seed(0)
+    out = data.transform_batch(uint8_batch(batch_size=4), 'train')
+    label = out['label']
+    assert label.shape == (4, 4) and label.dtype == torch.float32
+    assert torch.allclose(label.sum(1), torch.ones(4)) and label.min() >= 0.1 / 4 - 1e-6
+
+
+def test_mixup_blends_each_clip_with_its_partner():
+    video = torch.rand(4, 3, 3, 8, 8)
+    label = torch.tensor([0, 1, 2, 3])
+    random.seed(0)
+    mixed, soft = mix_clips(video, label, 4, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0)
+    lam = soft[0, 0].item()
+    assert 0 < lam < 1 and soft[0, 3].item() == pytest.approx(1 - lam)
+    assert torch.allclose(mixed, video * lam + video.flip(0) * (1 - lam), atol=1e-6)
+
+
+def test_cutmix_pastes_one_box_through_every_frame():
+    video = torch.rand(2, 5, 3, 16, 16)
+    label = torch.tensor([0, 1])
+    random.seed(3)
+    mixed, soft = mix_clips(video, label, 2, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0)
+    pasted = (mixed[0] == video[1]).all(dim=1) & (mixed[0] != video[0]).any(dim=1)
+    assert pasted.any()
+    assert all(torch.equal(pasted[t], pasted[0]) for t in range(5))
+    assert torch.equal((mixed[0] == video[0]) | (mixed[0] == video[1]), torch.ones_like(mixed[0], dtype=torch.bool))
+    assert soft[0, 1].item() == pytest.approx(pasted[0].float().mean().item())
+
+
+def test_parse_auto_augment():
+    assert parse_auto_augment('rand-m9-mstd0.5-inc1') == (2, 9.0)
+    assert parse_auto_augment('rand-n3-m5') == (3, 5.0)
+    for policy, message in [('augmix-m5', 'only RandAugment'), ('rand-n2', 'needs a magnitude'),
+                            ('rand-m11', 'needs a magnitude'), ('rand-m9-w0', "unknown part 'w0'")]:
+        with pytest.raises(ValueError, match=message):
+            parse_auto_augment(policy)
