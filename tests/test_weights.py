@@ -5,6 +5,7 @@ import json
 import logging
 import pickle
 import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -21,7 +22,8 @@ from weight_init import (WeightLoadError, convert_hf_timesformer, convert_hf_viv
                          convert_seed, convert_to_hf_timesformer, resize_position_tables,
                          save_hf_timesformer, save_weights)
 
-SHARED = Path(__file__).resolve().parents[2] / 'shared'
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / 'shared'
 DIM, HEADS, LAYERS, SIZE, PATCH, FRAMES, CLASSES = 32, 2, 2, 32, 8, 4, 5
 GRID = SIZE // PATCH
 
@@ -585,6 +587,26 @@ def test_training_checkpoint_loads(tmp_path):
     clip = video()
     with torch.no_grad():
         assert torch.equal(loaded(clip), model(clip))
+
+
+def test_export_command_writes_both_folders(tmp_path):
+    state = random_state(seed_layout('divided_space_time'))
+    path = save_lightning(tmp_path / 'seed.ckpt', state)
+    # transformers has one LayerNorm eps, the seed two (1e-5 and 1e-6): -hf asks to choose one.
+    for flags, folder in (([], 'ours'), (['-hf'], 'refused'), (['-hf', '-set', 'norm_eps=1e-6'], 'hf')):
+        done = subprocess.run([sys.executable, 'export_weights.py', str(path), str(tmp_path / folder),
+                               '-num_heads', str(HEADS), *flags], cwd=ROOT, capture_output=True, text=True)
+        assert 'format seed' in done.stderr
+        if folder == 'refused':
+            assert done.returncode == 1 and 'one LayerNorm eps' in done.stderr.splitlines()[-1]
+        else:
+            assert done.returncode == 0, done.stderr
+    clip = video()
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / 'ours')(clip), load_model(path, num_heads=HEADS)(clip))
+        reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'hf').eval()
+        expected = load_model(path, num_heads=HEADS, norm_eps=1e-6)(clip)
+        assert max_abs(reference(clip).logits, expected) < 1e-4
 
 
 def test_hf_export_loads_in_transformers_and_back(tmp_path):
