@@ -18,9 +18,9 @@ from einops import rearrange, reduce, repeat
 from safetensors.torch import save_file
 
 from video_transformer import TimeSformer, VideoClassifier, ViViT, load_model, timesformer_tiny, vivit_tiny
-from weight_init import (WeightLoadError, convert_hf_timesformer, convert_hf_vivit, convert_mae,
-                         convert_seed, convert_to_hf_timesformer, resize_position_tables,
-                         save_hf_timesformer, save_weights)
+from weight_init import (WeightLoadError, convert_hf_timesformer, convert_hf_vivit, convert_jax_vit,
+                         convert_mae, convert_seed, convert_timm, convert_to_hf_timesformer,
+                         inflate_image_model, resize_position_tables, save_hf_timesformer, save_weights)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared'
@@ -307,10 +307,24 @@ def test_seed_heads_default_to_width_64(tmp_path):
 
 
 def test_converters_leave_their_input_alone():
-    state = random_state(seed_layout('divided_space_time'))
-    before = dict(state)
-    convert_seed(state)
-    assert state.keys() == before.keys() and all(state[key] is before[key] for key in state)
+    vit = random_state(timm_layout())
+    mae = {'encoder.blocks.0.attn.q_bias': torch.randn(DIM), 'encoder.blocks.0.attn.v_bias': torch.randn(DIM),
+           'encoder.blocks.0.attn.qkv.weight': torch.randn(3 * DIM, DIM), 'mask_token': torch.randn(1, 1, DIM)}
+    hf = {'vivit.embeddings.position_embeddings': torch.randn(1, 33, DIM), 'vivit.layers.0.attention.q_proj.weight':
+          torch.randn(DIM, DIM), 'vivit.layers.0.attention.k_proj.weight': torch.randn(DIM, DIM),
+          'vivit.layers.0.attention.v_proj.weight': torch.randn(DIM, DIM)}
+    image = {'backbone.' + key: value for key, value in vit.items() if not key.startswith('head')}
+    image = {key.replace('norm1', 'attn.norm'): value for key, value in image.items()}
+    config = vivit_tiny(attention_type='joint_space_time', pos_emb_type='joint', img_size=48)
+    cases = [(convert_seed, random_state(seed_layout('divided_space_time'))), (convert_timm, vit),
+             (convert_mae, mae), (lambda state: convert_hf_vivit(state, 2), hf),
+             (convert_jax_vit, {key: torch.from_numpy(value) for key, value in jax_layout(vit).items()}),
+             (lambda state: inflate_image_model(state, config), image),
+             (lambda state: resize_position_tables(state, config, 2), {'backbone.pos_embed': torch.randn(1, 33, DIM)})]
+    for convert, state in cases:
+        before = {key: value.clone() for key, value in state.items()}
+        convert(state)
+        assert state.keys() == before.keys() and all(torch.equal(state[key], before[key]) for key in state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -723,7 +737,7 @@ def hostile_files(tmp_path):
 
 @pytest.mark.filterwarnings('ignore:Detected pickle protocol')
 @pytest.mark.parametrize('name, message', [
-    ('class.ckpt', r'refused, it needs arbitrary unpickling \(test_weights\.Harmless\)'),
+    ('class.ckpt', r'refused, it needs arbitrary unpickling \([\w.]*Harmless\)'),
     ('reduce.pkl', 'not a readable checkpoint'),
     ('truncated.pt', 'not a readable checkpoint'),
     ('truncated.safetensors', 'not a readable safetensors file'),
