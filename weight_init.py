@@ -763,10 +763,10 @@ FORMATS = (
 
 
 def detect_format(state_dict):
-    """The name of the format whose key pattern `state_dict` has, or None."""
-    for name, pattern, _ in FORMATS:
-        if any(re.match(pattern, key) for key in state_dict):
-            return name
+    """The FORMATS entry (name, pattern, reader) whose key pattern `state_dict` has, or None."""
+    for entry in FORMATS:
+        if any(re.match(entry[1], key) for key in state_dict):
+            return entry
     return None
 
 
@@ -774,12 +774,12 @@ def read_weights(path):
     """A weights file or folder -> SourceWeights, the format read from the keys."""
     weights_file, sidecar = locate(path)
     state_dict, extras = unwrap(read_file(weights_file), weights_file)
-    name = detect_format(state_dict)
-    if name is None:
+    entry = detect_format(state_dict)
+    if entry is None:
         sample = ', '.join(sorted(state_dict)[:4])
         raise WeightLoadError(f'{weights_file}: unknown weight format (keys like {sample}); expected '
                               f'{", ".join(name for name, _, _ in FORMATS)}')
-    reader = next(reader for format_name, _, reader in FORMATS if format_name == name)
+    name, _, reader = entry
     try:
         return reader(state_dict, extras, sidecar, weights_file)
     except KeyError as error:
