@@ -1,0 +1,206 @@
+"""Forward and training-step time and peak memory of our TimeSformer, side by side in one run.
+
+Three implementations with the same config and the same weights:
+  sdpa      our model, attention through F.scaled_dot_product_attention (the default)
+  explicit  our model, the attention module's explicit softmax(QK^T / sqrt(d)) V path
+  hf        transformers' TimesformerForVideoClassification (benchmark-only dependency)
+
+Each measurement runs in a fresh subprocess. Peak memory is the most a step holds beyond the
+model, its gradients' absence and the optimizer state: on CUDA the allocator's peak; on CPU the
+rise of the resident set's high-water mark over the size before the step, in a process of its own
+where glibc returns every block of 64 KiB or more to the system on free, so the resident size
+follows the live tensors.
+
+    python benchmarks/bench_model.py                       # both configs, CSV in outputs/
+    python benchmarks/bench_model.py --configs small --repeats 5
+"""
+import argparse
+import csv
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils import set_attention_fused  # noqa: E402
+from video_transformer import VideoClassifier, timesformer_base_patch16_224  # noqa: E402
+from weight_init import convert_hf_timesformer  # noqa: E402
+
+# Same numerics as transformers' TimesformerConfig defaults: LayerNorm eps 1e-6, exact GELU,
+# no dropout or stochastic depth, so both sides compute the same function.
+CONFIGS = {
+    'base': dict(num_frames=8, img_size=224),
+    'small': dict(num_frames=8, img_size=112, embed_dims=384, num_heads=6),
+}
+IMPLEMENTATIONS = ('sdpa', 'explicit', 'hf')
+NUM_CLASSES = 400
+
+
+def our_config(name):
+    return timesformer_base_patch16_224(**CONFIGS[name], norm_eps=1e-6, drop_path_rate=0.0,
+                                        num_classes=NUM_CLASSES)
+
+
+def hf_model(config):
+    from transformers import TimesformerConfig, TimesformerForVideoClassification
+    hf_config = TimesformerConfig(
+        image_size=config.img_size, patch_size=config.patch_size, num_frames=config.num_frames,
+        hidden_size=config.embed_dims, num_hidden_layers=config.num_transformer_layers,
+        num_attention_heads=config.num_heads, intermediate_size=int(config.embed_dims * config.mlp_ratio),
+        hidden_act='gelu', layer_norm_eps=config.norm_eps, num_labels=config.num_classes,
+        attention_type='divided_space_time')
+    torch.manual_seed(0)
+    return TimesformerForVideoClassification(hf_config)
+
+
+def build(implementation, config_name):
+    """The model to measure; ours always carries the transformers model's weights."""
+    config = our_config(config_name)
+    reference = hf_model(config)
+    if implementation == 'hf':
+        return reference, lambda video: reference(pixel_values=video).logits
+    ours = VideoClassifier(config)
+    ours.load_state_dict(convert_hf_timesformer(reference.state_dict()))
+    set_attention_fused(ours, implementation == 'sdpa')
+    return ours, ours
+
+
+def resident_bytes(field):
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in bytes."""
+    with open('/proc/self/status') as status:
+        line = next(line for line in status if line.startswith(field + ':'))
+    return int(line.split()[1]) * 1024
+
+
+def reset_peak_resident():
+    """Start a new VmHWM peak from the current resident size (Linux 4.0+)."""
+    with open('/proc/self/clear_refs', 'w') as clear_refs:
+        clear_refs.write('5')
+
+
+def measure(implementation, config_name, mode, quantity, repeats, device):
+    """Median seconds ('time') or peak bytes ('memory') of a `mode` step ('forward' or 'train')."""
+    torch.manual_seed(0)
+    model, run = build(implementation, config_name)
+    model.to(device)
+    config = our_config(config_name)
+    video = torch.randn(1, config.num_frames, 3, config.img_size, config.img_size, device=device)
+    target = torch.zeros(1, dtype=torch.long, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        if mode == 'forward':
+            model.eval()
+            with torch.no_grad():
+                run(video)
+            return
+        model.train()
+        loss = torch.nn.functional.cross_entropy(run(video), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: allocator, kernels and optimizer state
+    if quantity == 'memory':
+        return {'peak_bytes': peak_bytes(step, device)}
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {'seconds': sorted(times)[len(times) // 2]}
+
+
+def peak_bytes(step, device):
+    """The most `step` holds at once beyond what was allocated before it."""
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        step()
+        return torch.cuda.max_memory_allocated() - baseline
+    gc.collect()
+    reset_peak_resident()
+    baseline = resident_bytes('VmRSS')
+    step()
+    return resident_bytes('VmHWM') - baseline
+
+
+def check_same_function(config_name):
+    """Max |logit difference| of our model against transformers' on one video."""
+    reference, _ = build('hf', config_name)
+    ours, _ = build('sdpa', config_name)
+    config = our_config(config_name)
+    video = torch.randn(1, config.num_frames, 3, config.img_size, config.img_size)
+    with torch.no_grad():
+        return (ours.eval()(video) - reference.eval()(pixel_values=video).logits).abs().max().item()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--configs', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads(),
+                        help='CPU threads per measurement (default: all cores)')
+    parser.add_argument('--csv', type=Path, default=Path('outputs/bench_model.csv'))
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        print(json.dumps(measure(*json.loads(args.worker), args.repeats, args.device)))
+        return
+
+    jobs = [(implementation, config, mode, quantity) for config in args.configs for mode in ('forward', 'train')
+            for quantity in ('time', 'memory') for implementation in IMPLEMENTATIONS]
+    # Blocks of 64 KiB or more go back to the system on free, so the resident size follows tensors.
+    memory_env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': str(64 * 1024)}
+    results = {}
+    for job in tqdm(jobs, desc='benchmark'):
+        command = [sys.executable, __file__, '--worker', json.dumps(job), '--repeats', str(args.repeats),
+                   '--device', args.device, '--threads', str(args.threads)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True,
+                                env=memory_env if job[-1] == 'memory' else None).stdout
+        implementation, config, mode, _ = job
+        results.setdefault((config, mode, implementation), {}).update(json.loads(output.splitlines()[-1]))
+
+    rows = []
+    for config in args.configs:
+        difference = check_same_function(config)
+        for mode in ('forward', 'train'):
+            ours, explicit, hf = (results[config, mode, name] for name in IMPLEMENTATIONS)
+            rows.append({
+                'config': config, 'mode': mode, 'device': args.device, 'threads': args.threads,
+                'sdpa_s': ours['seconds'], 'explicit_s': explicit['seconds'], 'hf_s': hf['seconds'],
+                'sdpa_peak_mib': ours['peak_bytes'] / 2**20, 'explicit_peak_mib': explicit['peak_bytes'] / 2**20,
+                'hf_peak_mib': hf['peak_bytes'] / 2**20,
+                'speedup_vs_explicit': explicit['seconds'] / ours['seconds'],
+                'speedup_vs_hf': hf['seconds'] / ours['seconds'],
+                'max_abs_logit_diff_vs_hf': difference,
+            })
+    header = (f"{'config':6} {'mode':8} {'sdpa s':>8} {'explicit s':>10} {'hf s':>8} "
+              f"{'sdpa MiB':>9} {'expl MiB':>9} {'hf MiB':>9} {'x expl':>7} {'x hf':>6} {'|dlogit|':>9}")
+    print(f'TimeSformer, batch 1, {args.device}, {args.threads} threads, median of {args.repeats}')
+    print(header)
+    for row in rows:
+        print(f"{row['config']:6} {row['mode']:8} {row['sdpa_s']:8.3f} {row['explicit_s']:10.3f} {row['hf_s']:8.3f} "
+              f"{row['sdpa_peak_mib']:9.0f} {row['explicit_peak_mib']:9.0f} {row['hf_peak_mib']:9.0f} "
+              f"{row['speedup_vs_explicit']:7.2f} {row['speedup_vs_hf']:6.2f} {row['max_abs_logit_diff_vs_hf']:9.1e}")
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with args.csv.open('w', newline='') as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == '__main__':
+    main()
