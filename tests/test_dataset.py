@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 import dataset
 from dataset import (AnnotationError, DecordReader, PyAVReader, UnreadableDatasetError, VideoDataset,
                      collate_clips, load_annotations, load_class_map, resize_short_side, sample_frame_indices)
-from demo.make_demo_dataset import CLASSES, render_clip, write_video
+from demo.make_demo_dataset import CLASSES, make_demo_dataset, render_clip, write_video
 
 
 def demo_videos(demo_data, split='train'):
@@ -199,6 +199,17 @@ def test_folder_per_class(tmp_path):
         load_annotations(root / 'Archery')
 
 
+def test_demo_dataset_is_deterministic_from_its_seed(tmp_path):
+    first, again, other = (make_demo_dataset(tmp_path / name, seed=seed, clips_per_class=(1, 1, 0), progress=False)
+                           for name, seed in (('a', 0), ('b', 0), ('c', 1)))
+    files = sorted(path.relative_to(first) for path in first.rglob('*') if path.is_file())
+    assert len(files) == 4 * 2 + 4
+    assert [name for name in files if (first / name).read_bytes() != (again / name).read_bytes()] == []
+    assert (first / 'train.txt').read_text() == (other / 'train.txt').read_text()
+    videos = [name for name in files if name.suffix == '.mp4']
+    assert all((first / name).read_bytes() != (other / name).read_bytes() for name in videos)
+
+
 def test_demo_lists_and_folders_agree(demo_data):
     names = load_class_map(demo_data / 'classmap.json')
     assert names == list(CLASSES)
@@ -357,7 +368,7 @@ def test_pyav_takes_over_files_decord_fails_on(tmp_path, caplog):
     listing = write(tmp_path / 'l.txt', 'stream.ts 0\n')
     with caplog.at_level(logging.DEBUG, logger='dataset'):
         item = VideoDataset(listing, mode='val', num_frames=4, frame_interval=8, short_side=64)[0]
-    assert item['skipped'] == 0 and item['video'].shape == (4, 3, 64, 80)
+    assert item['skipped'] == 0 and item['video'].shape == (4, 3, 64, 96)
     assert 'pyav read' in caplog.text and 'decord:' in caplog.text
 
 
@@ -403,7 +414,7 @@ def test_unreadable_videos_are_replaced_logged_and_counted(broken_list, caplog, 
         with caplog.at_level(logging.WARNING, logger='dataset'):
             item = clips[index]
         assert item['skipped'] >= 1 and item['index'] < 4
-        assert item['video'].shape == (4, 3, 32, 40)
+        assert item['video'].shape == (4, 3, 32, 48)
         first = caplog.records[0]
         assert first.levelno == logging.WARNING
         assert str(path) in first.getMessage() and reasons[path.name] in first.getMessage()
