@@ -67,7 +67,8 @@ def _canonical(name):
 def load_class_map(path):
     """Class names in index order from JSON (name -> index, or a list) or one name per line."""
     path = Path(path)
-    text = path.read_text()
+    # utf-8-sig: files saved by spreadsheet tools on Windows start with a byte-order mark.
+    text = path.read_text(encoding='utf-8-sig')
     if path.suffix == '.json':
         try:
             content = json.loads(text)
@@ -139,7 +140,7 @@ def _check_range(label, num_class, where):
 def _parse_list(path, root):
     """(path, label token, where) per line of a seed / MMAction2 list."""
     entries = []
-    with open(path) as lines:
+    with open(path, encoding='utf-8-sig') as lines:
         for line_number, line in enumerate(lines, 1):
             text = line.strip()
             if not text or text.startswith('#'):
@@ -164,7 +165,7 @@ def _kinetics_folder(root, rows):
 
 def _parse_kinetics_csv(path, root):
     """(path, label token, where) per row of a Kinetics CSV."""
-    with open(path, newline='') as handle:
+    with open(path, newline='', encoding='utf-8-sig') as handle:
         reader = csv.DictReader(handle)
         missing = [column for column in KINETICS_COLUMNS if column not in (reader.fieldnames or ())]
         if missing:

@@ -141,6 +141,8 @@ def test_samples_per_class_cap_keeps_file_order(tmp_path):
     listing = write(tmp_path / 'l.txt', ''.join(f'{i}.mp4 {i % 2}\n' for i in range(7)))
     samples, _ = load_annotations(listing, num_samples_per_cls=2)
     assert [os.path.basename(path) for path, _ in samples] == ['0.mp4', '1.mp4', '2.mp4', '3.mp4']
+    with pytest.raises(ValueError, match='num_samples_per_cls must be positive'):
+        load_annotations(listing, num_samples_per_cls=0)
 
 
 # ---------------------------------------------------------------- Kinetics CSV
@@ -161,6 +163,19 @@ def test_kinetics_csv_with_or_without_label_folders(tmp_path, folders):
     first_folder = {'label': 'abseiling', 'underscored': 'abseiling', 'none': ''}[folders]
     assert samples == [(str(root / folder / 'abc_000014_000024.mp4'), 1),
                        (str(root / first_folder / '-def__000000_000010.mp4'), 0)]
+
+
+def test_byte_order_marks_are_ignored(tmp_path):
+    csv_path = tmp_path / 'bom.csv'
+    csv_path.write_bytes(b'\xef\xbb\xbf' + KINETICS_CSV.encode())
+    listing = tmp_path / 'bom.txt'
+    listing.write_bytes(b'\xef\xbb\xbfa.mp4 0\n')
+    class_map = tmp_path / 'bom_map.txt'
+    class_map.write_bytes(b'\xef\xbb\xbfabseiling\nair drumming\n')
+    names = load_class_map(class_map)
+    assert names == ['abseiling', 'air drumming']
+    assert [label for _, label in load_annotations(csv_path, class_names=names)[0]] == [1, 0]
+    assert load_annotations(listing)[0] == [(str(tmp_path / 'a.mp4'), 0)]
 
 
 def test_kinetics_csv_against_the_real_class_map(tmp_path, shared_dir):
