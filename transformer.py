@@ -12,14 +12,6 @@ from einops import rearrange, reduce, repeat
 from torch import nn
 
 
-ACTIVATIONS = {
-    'gelu': nn.GELU,
-    # tanh approximation; transformers calls it gelu_new / gelu_pytorch_tanh / gelu_fast.
-    'gelu_tanh': lambda: nn.GELU(approximate='tanh'),
-    'quick_gelu': lambda: QuickGELU(),
-}
-
-
 class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x), the GELU of CLIP-style checkpoints."""
 
@@ -27,10 +19,18 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+ACTIVATIONS = {
+    'gelu': nn.GELU,
+    # tanh approximation; transformers calls it gelu_new / gelu_pytorch_tanh / gelu_fast.
+    'gelu_tanh': lambda: nn.GELU(approximate='tanh'),
+    'quick_gelu': QuickGELU,
+}
+
+
 def sine_cosine_table(num_positions, dim):
     """Fixed sinusoidal table (1, num_positions, dim), sin on even and cos on odd channels."""
     position = torch.arange(num_positions, dtype=torch.float64)[:, None]
-    frequency = torch.pow(10000.0, -2 * (torch.arange(dim) // 2) / dim)
+    frequency = torch.pow(10000.0, -2 * (torch.arange(dim, dtype=torch.float64) // 2) / dim)
     angle = position * frequency
     table = torch.where(torch.arange(dim) % 2 == 0, angle.sin(), angle.cos())
     return table.float()[None]
@@ -210,7 +210,7 @@ class FactorisedDotProductAttention(PreNormAttention):
 
 
 class FFN(nn.Module):
-    """x + DropPath(Linear-GELU-Linear(LayerNorm(x))) with a 4x hidden width: (B, N, D) -> (B, N, D)."""
+    """x + DropPath(Linear-GELU-Linear(LayerNorm(x))), hidden width mlp_ratio * D: (B, N, D) -> (B, N, D)."""
 
     def __init__(self, dim, hidden_dim, norm_eps, activation, dropout_p, drop_path):
         super().__init__()

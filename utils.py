@@ -24,10 +24,13 @@ def count_flops(model, video):
     The papers' (fvcore) convention counts one multiply-add as one FLOP; this follows it.
     Attention runs on the explicit path so its matrix products are counted.
     """
+    attentions = [module for module in model.modules() if isinstance(module, Attention)]
+    fused = [attention.fused for attention in attentions]
     set_attention_fused(model, False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(video)
     finally:
-        set_attention_fused(model, True)
+        for attention, was_fused in zip(attentions, fused):
+            attention.fused = was_fused
     return counter.get_total_flops() / 2 / video.shape[0]

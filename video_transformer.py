@@ -5,10 +5,10 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange, reduce
+from einops import rearrange, reduce, repeat
 from torch import nn
 
-from transformer import Block, ClassificationHead, PatchEmbed, sine_cosine_table
+from transformer import ACTIVATIONS, Block, ClassificationHead, PatchEmbed, sine_cosine_table
 from weight_init import (HEAD_KEYS, SAME_KEYS, WeightLoadError, init_from_pretrained_, init_video_transformer_,
                          load_state_dict_strictly, read_weights, resize_position_tables)
 
@@ -71,6 +71,8 @@ class VideoTransformerConfig:
             raise ValueError(f'img_size {self.img_size} is not a multiple of patch_size {self.patch_size}')
         if self.conv_type == 'Conv3d' and self.num_frames % self.tube_size:
             raise ValueError(f'num_frames {self.num_frames} is not a multiple of tube_size {self.tube_size}')
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}')
         if self.pos_emb_type not in ('separate', 'joint'):
             raise ValueError(f"pos_emb_type must be 'separate' or 'joint', got {self.pos_emb_type!r}")
         if self.pos_emb_type == 'joint' and self.attention_type in ('space_only', 'fact_encoder'):
@@ -169,8 +171,11 @@ class VideoTransformer(nn.Module):
 
     def tokens(self, patches):
         """Patch tokens (B, T', P, D) with positions -> (B, 1 + P*T', D), or per frame
-        (B*T', 1 + P, D) for space_only and fact_encoder."""
-        batch, time_steps = patches.shape[:2]
+        (B*T', 1 + P, D) for space_only and fact_encoder.
+
+        As in the seed, dropout follows the spatial positions and again the temporal ones.
+        """
+        batch, time_steps, num_patches = patches.shape[:3]
         cls_token = self.cls_token.expand(batch, -1, -1)
         if self.config.pos_emb_type == 'joint':
             tokens = torch.cat((cls_token, rearrange(patches, 'b t p d -> b (p t) d')), dim=1)
@@ -181,9 +186,9 @@ class VideoTransformer(nn.Module):
             frames = rearrange(patches, 'b t p d -> (b t) p d')
             cls_token = cls_token.repeat_interleave(time_steps, dim=0)
             return self.pos_drop(torch.cat((cls_token, frames), dim=1))
-        patches = patches + self.time_embed[:, :, None]
-        tokens = torch.cat((cls_token, rearrange(patches, 'b t p d -> b (p t) d')), dim=1)
-        return self.pos_drop(tokens)
+        tokens = self.pos_drop(torch.cat((cls_token, rearrange(patches, 'b t p d -> b (p t) d')), dim=1))
+        time_embed = repeat(self.time_embed, '1 t d -> 1 (p t) d', p=num_patches)
+        return self.pos_drop(torch.cat((tokens[:, :1], tokens[:, 1:] + time_embed), dim=1))
 
     def encode(self, tokens, batch):
         """Blocks: tokens from `tokens` -> (B, N, D) per video."""
@@ -194,7 +199,8 @@ class VideoTransformer(nn.Module):
             return reduce(tokens, '(b t) n d -> b n d', 'mean', b=batch)
         if self.config.attention_type == 'fact_encoder':
             frames = rearrange(tokens, '(b t) n d -> b t n d', b=batch)
-            # The seed took the class token of each video's first frame; it is kept per video.
+            # The seed took x[:b, 0] of the (b t)-flattened output: video 0's first b frames, which
+            # mixes videos. Each video's own first frame gives the seed's numbers at batch size 1.
             cls_token = frames[:, :1, 0]
             tokens = torch.cat((cls_token, frames[:, :, 1:].mean(dim=2)), dim=1)
             tokens = self.pos_drop(tokens + self.time_embed)

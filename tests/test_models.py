@@ -1,11 +1,12 @@
 """TimeSformer and ViViT: shapes, gradients, determinism, attention maths and divided semantics."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from transformer import Attention
+from transformer import Attention, sine_cosine_table
 from utils import set_attention_fused
 from video_transformer import (TimeSformer, VideoClassifier, VideoTransformerConfig, ViViT,
                                timesformer_tiny, vivit_tiny)
@@ -184,3 +185,37 @@ def test_integer_video_is_rejected_with_a_clear_error():
 def test_inconsistent_configs_are_refused(changes, match):
     with pytest.raises(ValueError, match=match):
         VideoClassifier(VideoTransformerConfig(**{**timesformer_tiny().to_dict(), **changes}))
+
+
+def test_sine_cosine_table_matches_the_seed_formula_in_float64():
+    num_positions, dim = 1569, 768
+    angles = np.array([[position / np.power(10000, 2 * (channel // 2) / dim) for channel in range(dim)]
+                       for position in range(num_positions)])
+    angles[:, 0::2] = np.sin(angles[:, 0::2])
+    angles[:, 1::2] = np.cos(angles[:, 1::2])
+    table = sine_cosine_table(num_positions, dim)
+    assert table.shape == (1, num_positions, dim)
+    torch.testing.assert_close(table[0].double(), torch.from_numpy(angles), rtol=0, atol=1e-6)
+
+
+def test_unknown_activation_is_refused():
+    with pytest.raises(ValueError, match='activation must be one of'):
+        timesformer_tiny(activation='relu')
+
+
+def test_dropout_follows_spatial_and_temporal_positions_like_the_seed():
+    """With everything after the positions silenced, training-mode dropout is applied twice."""
+    config = timesformer_tiny(dropout_p=0.5)
+    backbone = TimeSformer(config).train()
+    patches = torch.ones(1, config.num_time_steps, config.num_patches, config.embed_dims)
+    with torch.no_grad():
+        backbone.cls_token.zero_()
+        backbone.pos_embed.zero_()
+        backbone.time_embed.fill_(1.0)
+        torch.manual_seed(0)
+        tokens = backbone.tokens(patches)
+    # A patch value 1 is dropped (0) or scaled to s = 1 / (1 - p), gets +1 from the time table and
+    # is dropped or scaled again: 0, s (dropped first) or (s + 1) s (kept twice).
+    scale = 1 / (1 - config.dropout_p)
+    values = set(torch.round(tokens[0, 1:].flatten(), decimals=4).tolist())
+    assert values == {0.0, scale, (scale + 1) * scale}
