@@ -1,4 +1,7 @@
 """Small helpers shared by the models, benchmarks and command lines."""
+import csv
+from pathlib import Path
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -34,3 +37,13 @@ def count_flops(model, video):
         for attention, was_fused in zip(attentions, fused):
             attention.fused = was_fused
     return counter.get_total_flops() / 2 / video.shape[0]
+
+
+def write_csv(rows, path):
+    """Rows (dicts with the same keys) to a CSV file at `path`, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open('w', newline='') as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

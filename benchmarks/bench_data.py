@@ -15,7 +15,6 @@ burst of other work on the machine does not decide a ratio.
     python benchmarks/bench_data.py --workers 0 --sources kinetics
 """
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from dataset import VideoDataset, collate_clips  # noqa: E402
 from demo.make_demo_dataset import make_demo_dataset  # noqa: E402
+from utils import write_csv  # noqa: E402
 
 SHARED_DEMO = REPO.parent / 'shared' / 'demo'
 # Sampling per source: the seed's 8x32 on the real clips; 8x4 spans a demo clip (24-48 frames).
@@ -126,11 +126,7 @@ def main():
               f"{cell(row['decord_first'], 12)} {cell(row['decord_all'], 10)} {cell(row['decord_x'], 5)} "
               f"{cell(row['pyav_first'], 10)} {cell(row['pyav_all'], 8)} {cell(row['pyav_x'], 5)} "
               f"{row['decord_vs_pyav']:11.2f}")
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with args.csv.open('w', newline='') as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, args.csv)
 
 
 if __name__ == '__main__':
