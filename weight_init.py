@@ -22,6 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from transformer import sine_cosine_table
+
 logger = logging.getLogger(__name__)
 
 OUR_FORMAT = 'videotransformer-pytorch'
@@ -33,10 +35,11 @@ class WeightLoadError(ValueError):
 
 
 def init_video_transformer_(model):
-    """Initialise a VideoTransformer in place, following the seed repository.
+    """Initialise a VideoTransformer in place.
 
-    Linear layers: truncated normal (std 0.02), zero bias; patch embedding: Kaiming fan-in;
-    learnable position tables and the class token: truncated normal (std 0.02); temporal_fc: zero,
+    Linear layers: truncated normal (std 0.02), zero bias, as timm and official TimeSformer do
+    (the seed kept PyTorch's default Linear init). As in the seed: patch embedding Kaiming fan-in;
+    learnable position tables and the class token truncated normal (std 0.02); temporal_fc zero,
     so divided attention starts as an image model applied to every frame.
     """
     for module in model.modules():
@@ -334,8 +337,10 @@ def inflate_image_model(state_dict, config):
     """Image-model weights in our keys (per-frame blocks `blocks.N.attn`, Conv2d patches) -> the
     video model `config` describes. Position tables keep their size (see resize_position_tables).
 
-    Divided blocks: the spatial attention is the image attention, the temporal one its copy by
-    `config.copy_strategy`, temporal_fc zero. fact_encoder: the temporal layers copy the first
+    Divided blocks, as official TimeSformer does: the image attention goes into the spatial slot,
+    and the temporal one gets its copy ('repeat') or zeros ('set_zero') by `config.copy_strategy`,
+    temporal_fc zero. The seed did it the other way round: it loaded the image attention into its
+    temporal slot. fact_encoder: the temporal layers copy the first
     spatial ones. The time table starts at zero, so with temporal_fc zero a static video gives
     the image model's features, as official TimeSformer starts from ImageNet.
     """
@@ -377,24 +382,49 @@ def inflate_image_model(state_dict, config):
 
 
 def _resize_grid(tables, size):
-    """Patch tables over a square grid (N, g*g, D) -> (N, size*size, D), bicubic."""
+    """Patch tables over a square grid (N, g*g, D) -> (N, size*size, D), bicubic.
+
+    The seed's formula (DINO's): a scale factor of (size + 0.1) / g rather than an output size.
+    interpolate samples at the scale it is given, so seed checkpoints at another img_size give the
+    seed's numbers; the 0.1 keeps floating-point error from flooring the output below `size`.
+    """
     grid = math.isqrt(tables.shape[1])
     images = rearrange(tables.float(), 'n (h w) d -> n d h w', h=grid)
-    images = F.interpolate(images, size=(size, size), mode='bicubic', align_corners=False)
+    scale = (size + 0.1) / grid
+    images = F.interpolate(images, scale_factor=(scale, scale), mode='bicubic', align_corners=False)
     return rearrange(images, 'n d h w -> n (h w) d').to(tables.dtype)
 
 
 def _resize_time(tables, length):
-    """Time tables (N, T, D) -> (N, length, D), linear."""
+    """Time tables (N, T, D) -> (N, length, D), linear; our choice, the seed has none for time."""
     lines = F.interpolate(rearrange(tables.float(), 'n t d -> n d t'), size=length,
                           mode='linear', align_corners=False)
     return rearrange(lines, 'n d t -> n t d').to(tables.dtype)
 
 
-def resize_position_tables(state_dict, config, source_time_steps=None):
+def _check_rows(table, config, source_time_steps, path):
+    """Raise unless pos_embed (1, rows, D) can be a table of `config.pos_emb_type`: a class row and
+    a square grid, times `source_time_steps` for a joint one."""
+    patches = table.shape[1] - 1
+    if config.pos_emb_type == 'joint':
+        if source_time_steps is None:
+            raise WeightLoadError(f"{path}: its pos_embed ({table.shape[1]} rows) needs resizing to "
+                                  f"pos_emb_type 'joint', but the weights do not record their frame count")
+        patches, left = divmod(patches, source_time_steps)
+        if left:
+            patches = -1
+    if patches < 0 or math.isqrt(patches) ** 2 != patches:
+        other = 'separate' if config.pos_emb_type == 'joint' else 'joint'
+        raise WeightLoadError(f"{path}: its pos_embed has {table.shape[1]} rows, not a class row and a square "
+                              f"grid{' per token frame' if config.pos_emb_type == 'joint' else ''} as "
+                              f"pos_emb_type {config.pos_emb_type!r} needs (a {other!r} table?)")
+
+
+def resize_position_tables(state_dict, config, source_time_steps=None, path='weights'):
     """Position tables in our keys resized to `config`: the patch grid bicubic, time linear, the
     class token's row kept. A joint table (1, 1 + P*T', D) needs the checkpoint's
-    `source_time_steps` to be split. Returns the new state dict and notes of what changed.
+    `source_time_steps` to be split; `path` names the file in errors. Returns the new state dict
+    and notes of what changed.
     """
     resized, notes = dict(state_dict), []
     table = state_dict.get('backbone.pos_embed')
@@ -403,6 +433,7 @@ def resize_position_tables(state_dict, config, source_time_steps=None):
     else:
         target = 1 + config.num_patches
     if table is not None and table.shape[1] != target:
+        _check_rows(table, config, source_time_steps, path)
         grid = math.isqrt(config.num_patches)
         if config.pos_emb_type == 'joint':
             frames = rearrange(table[:, 1:], '1 (p t) d -> t p d', t=source_time_steps)
@@ -812,7 +843,7 @@ def init_from_pretrained_(model, path):
     Image models (timm, .npz, MAE, the seed's ViT) are inflated by the config's extend_strategy
     and copy_strategy; video models load as they are. Position tables are resized to the config,
     a classification head is not used, and with fixed sine-cosine positions the checkpoint's
-    learnt tables are left out.
+    learnt tables are left out. MAE's patch positions are its fixed sine-cosine table.
     """
     config = model.config
     source = read_weights(path)
@@ -820,21 +851,33 @@ def init_from_pretrained_(model, path):
     if heads != config.num_heads:
         raise WeightLoadError(f'{source.path}: has {heads} heads, the model {config.num_heads}')
     state_dict = {key: value for key, value in source.state_dict.items() if key not in HEAD_KEYS}
+    notes = []
+    if not config.use_learnable_pos_emb:
+        for name in ('pos_embed', 'time_embed'):
+            if state_dict.pop(f'backbone.{name}', None) is not None:
+                notes.append(f'{name} left out: the model keeps its sine-cosine table')
+    elif source.format == 'mae':
+        # MAE-pytorch computes its table (P rows, no class row) instead of storing it; MAE has no
+        # class token, so the class row keeps the model's own init.
+        patches = sine_cosine_table(config.num_patches, config.embed_dims)
+        state_dict['backbone.pos_embed'] = torch.cat((model.pos_embed[:, :1].detach(), patches), dim=1)
+        notes.append("pos_embed patch rows from MAE's fixed sine-cosine table, class row from the model's init")
     time_steps = source.num_time_steps
     if is_image_model(state_dict):
         state_dict = inflate_image_model(state_dict, config)
         time_steps = config.num_time_steps  # a joint table now spans the model's frames
-    state_dict, notes = resize_position_tables(state_dict, config, time_steps)
+    elif 'backbone.pos_embed' in state_dict and source.fixed.get('pos_emb_type', config.pos_emb_type) != config.pos_emb_type:
+        # Rows alone cannot always tell: 1 + P*T' may be 1 + a square.
+        kind = source.fixed['pos_emb_type']
+        raise WeightLoadError(f'{source.path}: has a {kind!r} position table; start from it with '
+                              f'pos_emb_type={kind!r}, not {config.pos_emb_type!r}')
+    state_dict, resized = resize_position_tables(state_dict, config, time_steps, source.path)
     state_dict = strip_prefix(state_dict, 'backbone.')
-    if not config.use_learnable_pos_emb:
-        for name in ('pos_embed', 'time_embed'):
-            if state_dict.pop(name, None) is not None:
-                notes.append(f'{name} left out: the model keeps its sine-cosine table')
     expected = tuple(key.removeprefix('backbone.') for key in source.missing_ok)
     missing = load_state_dict_strictly(model, state_dict, source.path, expected)
     logger.info('Initialised %s %s from %s: format %s; missing keys %s; unexpected keys []%s',
                 config.arch, config.attention_type, source.path, source.format, missing,
-                ''.join(f'; {note}' for note in notes))
+                ''.join(f'; {note}' for note in notes + resized))
 
 
 # ---------------------------------------------------------------------------------------------

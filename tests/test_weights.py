@@ -3,6 +3,7 @@ everywhere, checked against an independent computation of that source's own forw
 import argparse
 import json
 import logging
+import math
 import pickle
 import re
 import subprocess
@@ -641,14 +642,34 @@ def test_hf_export_loads_in_transformers_and_back(tmp_path):
 # Position tables at other sizes, overrides and heads
 
 
-def test_positions_resize_bicubic_in_space_linear_in_time(tmp_path):
+def cubic_resampling(source, target, scale, a=-0.75):
+    """(target, source) matrix of Keys' cubic convolution (PyTorch's a = -0.75) sampling source
+    pixel (i + 0.5) / scale - 0.5 for output i, edges clamped: bicubic interpolation by hand."""
+    def kernel(x):
+        x = abs(x)
+        return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1 if x <= 1 else a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a
+
+    matrix = torch.zeros(target, source, dtype=torch.float64)
+    for row in range(target):
+        position = (row + 0.5) / scale - 0.5
+        floor = math.floor(position)
+        for offset in (-1, 0, 1, 2):
+            matrix[row, min(max(floor + offset, 0), source - 1)] += kernel(position - floor - offset)
+    return matrix
+
+
+def test_positions_resize_by_the_seed_formula_in_space_linear_in_time(tmp_path):
     state = random_state(seed_layout('divided_space_time'))
     path = save_lightning(tmp_path / 'seed.ckpt', state)
     model = load_model(path, num_heads=HEADS, img_size=48, num_frames=8)
     pos, time = state['model.pos_embed'], state['model.time_embed']
-    grid = rearrange(pos[:, 1:], '1 (h w) d -> 1 d h w', h=GRID)
-    expected = rearrange(F.interpolate(grid, size=(6, 6), mode='bicubic', align_corners=False), '1 d h w -> 1 (h w) d')
+    # The seed's (DINO's) formula: scale factor (g + 0.1) / N, not output size g.
+    resampling = cubic_resampling(GRID, 6, (6 + 0.1) / GRID)
+    grid = rearrange(pos[0, 1:].double(), '(h w) d -> d h w', h=GRID)
+    expected = rearrange(resampling @ grid @ resampling.T, 'd h w -> 1 (h w) d').float()
     torch.testing.assert_close(model.backbone.pos_embed, torch.cat((pos[:, :1], expected), dim=1))
+    by_size = F.interpolate(grid[None].float(), size=(6, 6), mode='bicubic', align_corners=False)
+    assert not torch.allclose(rearrange(by_size, '1 d h w -> 1 (h w) d'), expected, atol=1e-3)
     expected = F.interpolate(rearrange(time, '1 t d -> 1 d t'), size=8, mode='linear', align_corners=False)
     torch.testing.assert_close(model.backbone.time_embed, rearrange(expected, '1 d t -> 1 t d'))
     assert model(video(frames=8, size=48)).shape == (2, CLASSES)
