@@ -474,9 +474,18 @@ def test_mae_encoder_initialises_the_backbone(tmp_path, caplog):
                'mask_token': randn(1, 1, 16, generator=generator)}
     torch.save({'model': {**encoder, **decoder}, 'epoch': 799, 'args': argparse.Namespace(mask_ratio=0.75)},
                tmp_path / 'pretrain_mae_vit_base_mask_0.75_400e.pth')
+    torch.manual_seed(0)
+    untrained = TimeSformer(timesformer_tiny())
+    torch.manual_seed(0)
     with caplog.at_level(logging.INFO):
         model = TimeSformer(timesformer_tiny(pretrained=str(tmp_path / 'pretrain_mae_vit_base_mask_0.75_400e.pth')))
-    assert 'format mae' in caplog.text and 'cls_token' in caplog.text
+    assert 'format mae' in caplog.text and "missing keys ['cls_token']" in caplog.text
+    assert 'sine-cosine' in caplog.text
+    # MAE-pytorch's get_sinusoid_encoding_table, computed as it does in float64 NumPy.
+    angles = np.arange(GRID * GRID)[:, None] / np.power(10000, 2 * (np.arange(DIM) // 2) / DIM)
+    angles[:, 0::2], angles[:, 1::2] = np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])
+    torch.testing.assert_close(model.pos_embed[0, 1:], torch.tensor(angles, dtype=torch.float))
+    assert torch.equal(model.pos_embed[:, 0], untrained.pos_embed[:, 0])
     qkv = model.blocks[1].spatial_attn.attn.qkv
     assert torch.equal(qkv.weight, encoder['encoder.blocks.1.attn.qkv.weight'])
     assert torch.equal(qkv.bias, torch.cat((q_bias, torch.zeros(DIM), v_bias)))
