@@ -139,13 +139,22 @@ def convert_seed(state_dict):
     ])
 
 
+# The representation layer (Linear + tanh before the head) of ImageNet-21k ViTs, JAX and timm
+# names. Our head reads the final norm's class token directly, and a starting point drops the
+# head anyway, so these keys are ignored.
+REPRESENTATION_KEYS = ('pre_logits/kernel', 'pre_logits/bias', 'pre_logits.fc.weight', 'pre_logits.fc.bias')
+
+
 def convert_timm(state_dict):
     """timm ViT, and official TimeSformer (`model.` prefix; its vit.py is timm's) -> our keys.
 
     Official divided blocks add temporal_norm1, temporal_attn and temporal_fc to the ViT block.
+    REPRESENTATION_KEYS are dropped.
     """
     divided = any('.temporal_attn.' in key for key in state_dict)
     spatial = 'spatial_attn' if divided else 'attn'
+    state_dict = {key: value for key, value in state_dict.items()
+                  if key.removeprefix('model.') not in REPRESENTATION_KEYS}
     return rename_keys(state_dict, [
         (r'^model\.', ''),
         (r'^blocks\.(\d+)\.norm1\.', rf'backbone.blocks.\1.{spatial}.norm.'),
@@ -181,8 +190,9 @@ def convert_jax_vit(state_dict):
     """Original ViT / AugReg `.npz` (JAX names and layouts) -> our keys.
 
     JAX kernels are (in, out), attention kernels (D, heads, head_dim) and (heads, head_dim, D).
+    REPRESENTATION_KEYS are dropped.
     """
-    source = dict(state_dict)
+    source = {key: value for key, value in state_dict.items() if key not in REPRESENTATION_KEYS}
     take = source.pop
     converted = {
         'backbone.patch_embed.proj.weight': rearrange(take('embedding/kernel'), 'h w c d -> d c h w'),

@@ -421,6 +421,24 @@ def test_timesformer_from_an_image_vit_reproduces_it_on_a_static_video(tmp_path,
     assert not block.temporal_attn.temporal_fc.weight.any()
 
 
+@pytest.mark.parametrize('container', ['pth', 'npz'])
+def test_in21k_representation_layer_is_ignored(tmp_path, container):
+    # ImageNet-21k ViTs carry a pre_logits Linear before their head: timm and JAX names.
+    vit = random_state(timm_layout())
+    pre_logits = random_state({'weight': (DIM, DIM), 'bias': (DIM,)}, seed=5)
+    if container == 'pth':
+        torch.save({**vit, 'pre_logits.fc.weight': pre_logits['weight'], 'pre_logits.fc.bias': pre_logits['bias']},
+                   tmp_path / 'vit.pth')
+    else:
+        np.savez(tmp_path / 'vit.npz', **jax_layout(vit), **{'pre_logits/kernel': pre_logits['weight'].T.numpy(),
+                                                             'pre_logits/bias': pre_logits['bias'].numpy()})
+    model = TimeSformer(timesformer_tiny(pretrained=str(tmp_path / f'vit.{container}'), norm_eps=1e-6)).eval()
+    frame = video(batch=2, frames=1)[:, 0]
+    with torch.no_grad():
+        features = model(repeat(frame, 'b c h w -> b t c h w', t=FRAMES))
+    torch.testing.assert_close(features, vit_features(vit, frame, HEADS), atol=1e-5, rtol=0)
+
+
 def test_space_only_timesformer_from_a_vit_reproduces_it(tmp_path):
     vit = random_state(timm_layout())
     model = TimeSformer(timesformer_tiny(attention_type='space_only', norm_eps=1e-6,
