@@ -490,12 +490,13 @@ def default_num_heads(embed_dims):
     return max(1, embed_dims // 64)
 
 
-def infer_config(state_dict, pos_emb_type='separate'):
+def infer_config(state_dict, path, pos_emb_type='separate'):
     """Config fields that our classifier keys determine: sizes from shapes, variant from the keys.
 
     Joint space-time and fact_dot_product share their keys (SAME_KEYS); a model without stored
     position tables leaves the attention type open. A joint position table leaves the image size
-    and frame count open (its length is their product).
+    and frame count open (its length is their product); one passed as 'separate' is refused where
+    the keys show it (temporal layers but no time table, or no square grid). `path` names the file.
     """
     proj = state_dict['backbone.patch_embed.proj.weight']
     dim = proj.shape[0]
@@ -526,8 +527,12 @@ def infer_config(state_dict, pos_emb_type='separate'):
         fields['use_learnable_pos_emb'] = True
     if table is not None and pos_emb_type == 'separate':
         grid = math.isqrt(table.shape[1] - 1)
-        if grid * grid != table.shape[1] - 1:
-            raise WeightLoadError(f'pos_embed has {table.shape[1]} rows: not a class token and a square grid')
+        temporal = proj.ndim == 5 or fields.get('attention_type') == 'divided_space_time'
+        if grid * grid != table.shape[1] - 1 or (temporal and 'backbone.time_embed' not in state_dict):
+            # Image size and frame count only multiply in a joint table: guessing would be wrong.
+            raise WeightLoadError(f"{path}: pos_embed has {table.shape[1]} rows, not a class token and a "
+                                  f"square grid: a pos_emb_type 'joint' table? Put the config.json saved with "
+                                  f"the weights beside them")
         fields['img_size'] = grid * fields['patch_size']
     table = state_dict.get('backbone.time_embed')
     if table is not None:
@@ -708,7 +713,7 @@ def _read_ours(state_dict, extras, sidecar, path):
         meta = extras.get('hyper_parameters') or {}
     config = meta.get('config')
     if config is None:
-        return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict),
+        return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict, path),
                              _defaults(state_dict), meta.get('class_names'))
     fixed = {name: config[name] for name in STRUCTURAL_FIELDS if name in config}
     defaults = {name: value for name, value in config.items()
@@ -719,19 +724,19 @@ def _read_ours(state_dict, extras, sidecar, path):
 def _read_seed(state_dict, extras, sidecar, path):
     converted = convert_seed(state_dict)
     defaults = _defaults(converted, norm_eps=1e-5, final_norm_eps=1e-6, activation='gelu')
-    return SourceWeights(path, 'seed', converted, infer_config(converted), defaults)
+    return SourceWeights(path, 'seed', converted, infer_config(converted, path), defaults)
 
 
 def _read_timm(state_dict, extras, sidecar, path):
     converted = convert_timm(state_dict)
     defaults = _defaults(converted, norm_eps=1e-6, final_norm_eps=1e-6, activation='gelu')
-    return SourceWeights(path, 'timm', converted, infer_config(converted), defaults)
+    return SourceWeights(path, 'timm', converted, infer_config(converted, path), defaults)
 
 
 def _read_mae(state_dict, extras, sidecar, path):
     converted = convert_mae(state_dict)
     defaults = _defaults(converted, norm_eps=1e-6, final_norm_eps=1e-6, activation='gelu')
-    return SourceWeights(path, 'mae', converted, infer_config(converted), defaults,
+    return SourceWeights(path, 'mae', converted, infer_config(converted, path), defaults,
                          missing_ok=('backbone.cls_token', 'backbone.pos_embed'))
 
 
@@ -739,7 +744,7 @@ def _read_jax_vit(state_dict, extras, sidecar, path):
     converted = convert_jax_vit(state_dict)
     heads = state_dict['Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel'].shape[1]
     defaults = {'norm_eps': 1e-6, 'final_norm_eps': 1e-6, 'activation': 'gelu'}
-    return SourceWeights(path, 'jax-vit', converted, {**infer_config(converted), 'num_heads': heads}, defaults)
+    return SourceWeights(path, 'jax-vit', converted, {**infer_config(converted, path), 'num_heads': heads}, defaults)
 
 
 # transformers' hidden_act -> ours. gelu_new, gelu_fast and gelu_pytorch_tanh all compute the tanh
@@ -763,7 +768,7 @@ def _hf_common(config, path, default_activation):
 
 def _read_hf_timesformer(state_dict, extras, sidecar, path):
     converted = convert_hf_timesformer(state_dict)
-    from_weights = infer_config(converted)
+    from_weights = infer_config(converted, path)
     if sidecar is None:
         defaults = _defaults(converted, norm_eps=1e-6, final_norm_eps=1e-6, activation='gelu')
         return SourceWeights(path, 'hf-timesformer', converted, from_weights, defaults)
@@ -785,7 +790,7 @@ def _read_hf_vivit(state_dict, extras, sidecar, path):
     converted = convert_hf_vivit(state_dict, frames // tubelet[0])
     fixed, defaults, class_names = _hf_common(sidecar, path, 'gelu_fast')
     fixed.update(arch='vivit', attention_type='joint_space_time', pos_emb_type='joint', num_frames=frames)
-    from_weights = infer_config(converted, pos_emb_type='joint')
+    from_weights = infer_config(converted, path, pos_emb_type='joint')
     return SourceWeights(path, 'hf-vivit', converted, _merge_fixed(from_weights, fixed, path),
                          defaults, class_names)
 

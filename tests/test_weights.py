@@ -712,6 +712,26 @@ def test_joint_table_resizes_per_axis():
     assert same['backbone.pos_embed'] is table and not notes
 
 
+@pytest.mark.parametrize('frames', [4, 8])  # 1 + 16*2 rows, and 1 + 16*4 = 1 + 8*8
+def test_joint_table_for_a_separate_model_is_one_clear_error(tmp_path, frames):
+    joint = vivit_tiny(attention_type='joint_space_time', pos_emb_type='joint', num_frames=frames)
+    model = VideoClassifier(joint)
+    save_weights(model, tmp_path / 'export')
+    torch.save(model.state_dict(), tmp_path / 'bare.pt')
+    separate = joint.replace(pos_emb_type='separate')
+    with pytest.raises(WeightLoadError, match="export.*pos_emb_type='joint'") as error:
+        ViViT(separate.replace(pretrained=str(tmp_path / 'export')))
+    assert '\n' not in str(error.value)
+    # Without its config.json the rows cannot tell image size from frame count.
+    with pytest.raises(WeightLoadError, match='bare.pt.*config.json') as error:
+        load_model(tmp_path / 'bare.pt')
+    assert '\n' not in str(error.value)
+    table = model.backbone.pos_embed.detach()
+    if frames == 4:
+        with pytest.raises(WeightLoadError, match="'joint' table"):
+            resize_position_tables({'backbone.pos_embed': table}, separate.replace(img_size=48), path='x.pt')
+
+
 def test_overrides_that_agree_are_hints_and_others_are_errors(tmp_path):
     path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
     load_model(path, num_heads=HEADS, arch='timesformer', attention_type='divided_space_time',
