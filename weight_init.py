@@ -769,6 +769,10 @@ def _hf_common(config, path, default_activation):
 def _read_hf_timesformer(state_dict, extras, sidecar, path):
     converted = convert_hf_timesformer(state_dict)
     from_weights = infer_config(converted, path)
+    attention_type = (sidecar or {}).get('attention_type', from_weights.get('attention_type'))
+    if attention_type == 'space_only':
+        raise WeightLoadError(f"{path}: transformers' space_only TimeSformer classifies every frame on its "
+                              f"own; ours averages the frames before the final norm and cannot reproduce it")
     if sidecar is None:
         defaults = _defaults(converted, norm_eps=1e-6, final_norm_eps=1e-6, activation='gelu')
         return SourceWeights(path, 'hf-timesformer', converted, from_weights, defaults)

@@ -556,6 +556,17 @@ def test_hf_timesformer_folder_matches_transformers(tmp_path, attention_type, ch
         assert max_abs(model(clip), reference(clip).logits) < 1e-4
 
 
+def test_hf_timesformer_space_only_is_refused(tmp_path):
+    hf_timesformer('space_only').save_pretrained(tmp_path)
+    with pytest.raises(WeightLoadError, match='classifies every frame') as error:
+        load_model(tmp_path)
+    assert str(tmp_path) in str(error.value)
+    # Without config.json the missing time table says space_only.
+    (tmp_path / 'config.json').unlink()
+    with pytest.raises(WeightLoadError, match='classifies every frame'):
+        load_model(tmp_path)
+
+
 def test_hf_timesformer_bare_model_gives_backbone_keys():
     config = transformers.TimesformerConfig(image_size=SIZE, patch_size=PATCH, num_frames=FRAMES,
                                             hidden_size=DIM, num_hidden_layers=LAYERS,
