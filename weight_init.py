@@ -9,7 +9,10 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -913,16 +916,35 @@ def _named_tables(model):
     return state_dict
 
 
+def _write_folder(directory, tensors, config):
+    """Write `tensors` as directory/model.safetensors and `config` as directory/config.json.
+
+    Both are written into a temporary folder beside `directory` first and then moved into place
+    with os.replace, so a failure never leaves a half-written file over a good export, and the
+    window for new weights beside an old config.json is two renames.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise WeightLoadError(f'{directory}: exists and is not a folder')
+    text = json.dumps(config, indent=2) + '\n'
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
+    try:
+        save_file(tensors, staging / 'model.safetensors', metadata={'format': 'pt'})
+        (staging / 'config.json').write_text(text)
+        for name in ('model.safetensors', 'config.json'):
+            os.replace(staging / name, directory / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
 def save_weights(model, directory):
     """Write a VideoClassifier as directory/model.safetensors (our keys) + directory/config.json
     ({'format', 'config', 'class_names'}), which load_model reads back exactly."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
-    save_file(tensors, directory / 'model.safetensors', metadata={'format': 'pt'})
     meta = {'format': OUR_FORMAT, 'config': model.config.to_dict(), 'class_names': model.class_names}
-    (directory / 'config.json').write_text(json.dumps(meta, indent=2) + '\n')
-    return directory
+    return _write_folder(directory, tensors, meta)
 
 
 def save_hf_timesformer(model, directory):
@@ -956,10 +978,6 @@ def save_hf_timesformer(model, directory):
         'id2label': {str(index): name for index, name in enumerate(names)},
         'label2id': {name: index for index, name in enumerate(names)},
     }
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().contiguous()
                for key, value in convert_to_hf_timesformer(_named_tables(model)).items()}
-    save_file(tensors, directory / 'model.safetensors', metadata={'format': 'pt'})
-    (directory / 'config.json').write_text(json.dumps(hf_config, indent=2) + '\n')
-    return directory
+    return _write_folder(directory, tensors, hf_config)

@@ -629,6 +629,25 @@ def test_export_round_trip_is_exact(tmp_path):
     assert json.loads((tmp_path / 'export' / 'config.json').read_text())['format'] == 'videotransformer-pytorch'
 
 
+def test_failed_export_leaves_the_previous_one_intact(tmp_path):
+    model = randomise_(VideoClassifier(timesformer_tiny(norm_eps=1e-6)))
+    save_weights(model, tmp_path / 'ours')
+    save_hf_timesformer(model, tmp_path / 'hf')
+    before = {path: path.read_bytes() for path in tmp_path.rglob('*') if path.is_file()}
+    # Tied weights: safetensors refuses tensors that share memory, after the export has begun.
+    tied = randomise_(VideoClassifier(timesformer_tiny(norm_eps=1e-6), class_names=list('abcd')))
+    tied.backbone.blocks[1].ffn.fc1.weight = tied.backbone.blocks[0].ffn.fc1.weight
+    for save, folder in ((save_weights, 'ours'), (save_hf_timesformer, 'hf')):
+        with pytest.raises(RuntimeError, match='share memory'):
+            save(tied, tmp_path / folder)
+    assert {path: path.read_bytes() for path in tmp_path.rglob('*') if path.is_file()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['hf', 'ours']  # no staging left
+    (tmp_path / 'file').write_text('keep')
+    with pytest.raises(WeightLoadError, match='file: exists and is not a folder'):
+        save_weights(model, tmp_path / 'file')
+    assert (tmp_path / 'file').read_text() == 'keep'
+
+
 def test_training_checkpoint_loads(tmp_path):
     model = randomise_(VideoClassifier(timesformer_tiny(num_classes=2), class_names=['x', 'y']))
     state = {f'model.{key}': value for key, value in model.state_dict().items()}
