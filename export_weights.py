@@ -28,7 +28,10 @@ def parse_args(argv=None):
 
 
 def parse_override(text):
-    name, _, value = text.partition('=')
+    """'FIELD=VALUE' -> (FIELD, VALUE read as JSON when it parses, else the string)."""
+    name, equals, value = text.partition('=')
+    if not equals or not name:
+        raise ValueError(f'-set takes FIELD=VALUE, got {text!r}')
     try:
         return name, json.loads(value)
     except ValueError:
@@ -38,12 +41,12 @@ def parse_override(text):
 if __name__ == '__main__':
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    overrides = dict(map(parse_override, args.set))
-    if args.num_heads:
-        overrides['num_heads'] = args.num_heads
     try:
+        overrides = dict(map(parse_override, args.set))
+        if args.num_heads is not None:
+            overrides['num_heads'] = args.num_heads
         model = load_model(args.checkpoint, **overrides)
         (save_hf_timesformer if args.hf else save_weights)(model, args.output_dir)
-    except (ValueError, TypeError) as error:  # WeightLoadError is a ValueError
+    except (ValueError, TypeError, OSError) as error:  # WeightLoadError is a ValueError
         sys.exit(f'export_weights.py: {error}')
     logging.info('Wrote %s', args.output_dir)

@@ -681,6 +681,21 @@ def test_export_command_writes_both_folders(tmp_path):
         assert max_abs(reference(clip).logits, expected) < 1e-4
 
 
+@pytest.mark.parametrize('flags, output, message', [
+    (['-set', 'img_size'], 'out', "-set takes FIELD=VALUE, got 'img_size'"),
+    (['-set', 'activation=nope'], 'out', 'activation must be one of'),
+    ([], 'taken/out', 'taken/out'),  # a file where the output's parent folder should be
+])
+def test_export_command_errors_are_one_line(tmp_path, flags, output, message):
+    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('space_only')))
+    (tmp_path / 'taken').write_text('')
+    done = subprocess.run([sys.executable, 'export_weights.py', str(path), str(tmp_path / output),
+                           '-num_heads', str(HEADS), *flags], cwd=ROOT, capture_output=True, text=True)
+    errors = [line for line in done.stderr.splitlines() if line.startswith('export_weights.py:')]
+    assert done.returncode == 1 and len(errors) == 1 and message in errors[0], done.stderr
+    assert 'Traceback' not in done.stderr
+
+
 def test_hf_export_loads_in_transformers_and_back(tmp_path):
     model = randomise_(VideoClassifier(timesformer_tiny(norm_eps=1e-6, num_classes=3), class_names=['a', 'b', 'c']))
     save_hf_timesformer(model, tmp_path / 'hf')
