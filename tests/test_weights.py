@@ -748,11 +748,21 @@ def test_positions_resize_by_the_seed_formula_in_space_linear_in_time(tmp_path):
 
 
 def test_joint_table_resizes_per_axis():
-    config = vivit_tiny(attention_type='joint_space_time', pos_emb_type='joint', num_frames=8)
-    table = torch.randn(1, 1 + 16 * 2, DIM)
+    config = vivit_tiny(attention_type='joint_space_time', pos_emb_type='joint', num_frames=8, img_size=48)
+    # Row 1 + p*T' + t holds space[p] * time[t]: both resizings are linear and act on one axis
+    # each, so the result is the product of the per-axis resizings, and a (p t)/(t p) mix-up shows.
+    space, time = torch.randn(GRID * GRID, DIM).double(), torch.randn(2, DIM).double()
+    patches = torch.einsum('pd,td->ptd', space, time)
+    table = torch.cat((torch.randn(1, DIM).double(), rearrange(patches, 'p t d -> (p t) d')))[None].float()
     resized, notes = resize_position_tables({'backbone.pos_embed': table}, config, source_time_steps=2)
-    assert resized['backbone.pos_embed'].shape == (1, 1 + 16 * 4, DIM) and notes
+    resampling = cubic_resampling(GRID, 6, (6 + 0.1) / GRID)
+    space = rearrange(resampling @ rearrange(space, '(h w) d -> d h w', h=GRID) @ resampling.T, 'd h w -> (h w) d')
+    time = rearrange(F.interpolate(rearrange(time, 't d -> 1 d t'), size=4, mode='linear'), '1 d t -> t d')
+    expected = rearrange(torch.einsum('pd,td->ptd', space, time), 'p t d -> 1 (p t) d').float()
+    assert resized['backbone.pos_embed'].shape == (1, 1 + 36 * 4, DIM) and notes
     assert torch.equal(resized['backbone.pos_embed'][:, 0], table[:, 0])
+    torch.testing.assert_close(resized['backbone.pos_embed'][:, 1:], expected, atol=1e-5, rtol=1e-4)
+    config = config.replace(img_size=SIZE)
     same, notes = resize_position_tables({'backbone.pos_embed': table}, config.replace(num_frames=4), 2)
     assert same['backbone.pos_embed'] is table and not notes
 
