@@ -8,7 +8,6 @@ import pickle
 import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -880,13 +879,14 @@ def test_bad_files_get_one_clear_error(tmp_path, name, message):
     assert not TRIGGERED
 
 
-def test_lightning_1_callback_classes_are_read_as_placeholders(tmp_path, monkeypatch):
-    # Lightning 1.3 (the seed's) keyed callback states by the callback class itself.
-    module = types.ModuleType('pytorch_lightning.callbacks.model_checkpoint')
-    module.ModelCheckpoint = type('ModelCheckpoint', (), {'__module__': module.__name__})
-    monkeypatch.setitem(sys.modules, module.__name__, module)
+def test_lightning_1_callback_classes_are_read_as_placeholders(tmp_path):
+    # Lightning 1.3 (the seed's) keyed callback states by the callback class itself; torch.save
+    # stores such a class by its import path, which Lightning 2 keeps.
+    from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
     state = random_state(seed_layout('divided_space_time'))
     path = save_lightning(tmp_path / 'seed.ckpt', state,
-                          callbacks={module.ModelCheckpoint: {'best_model_score': torch.tensor(0.5)}})
-    monkeypatch.delitem(sys.modules, module.__name__)
+                          callbacks={ModelCheckpoint: {'best_model_score': torch.tensor(0.5)}})
     assert load_model(path, num_heads=HEADS).head.fc.out_features == CLASSES
+    path = save_lightning(tmp_path / 'other.ckpt', state, callbacks={ModelSummary: {}})
+    with pytest.raises(WeightLoadError, match=r'refused, it needs arbitrary unpickling \([\w.]*ModelSummary\)'):
+        load_model(path, num_heads=HEADS)
