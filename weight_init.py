@@ -583,7 +583,13 @@ def _read_npz(path):
         with np.load(path, allow_pickle=False) as arrays:
             return {name: torch.from_numpy(np.array(arrays[name])) for name in arrays.files}
     except ValueError as error:
-        raise WeightLoadError(f'{path}: refused, it holds pickled objects ({error})') from None
+        # NumPy raises ValueError both for object arrays and for a malformed .npy header.
+        if 'allow_pickle' in str(error):
+            raise WeightLoadError(f'{path}: refused, it holds pickled objects ({error})') from None
+        raise WeightLoadError(f'{path}: a corrupt .npz ({error})') from None
+    except TypeError:
+        # A member without the .npy magic comes back as raw bytes, which no tensor holds.
+        raise WeightLoadError(f'{path}: a corrupt .npz (a member is not a .npy array)') from None
     except (OSError, zipfile.BadZipFile, EOFError) as error:
         raise WeightLoadError(f'{path}: not a readable .npz ({type(error).__name__})') from None
 

@@ -8,6 +8,7 @@ import pickle
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -852,6 +853,10 @@ def hostile_files(tmp_path):
                                                         dtype=torch.uint8).numpy().tobytes())
     (tmp_path / 'empty.pth').write_bytes(b'')
     np.savez(tmp_path / 'objects.npz', x=np.array([{'a': 1}], dtype=object))
+    with zipfile.ZipFile(tmp_path / 'corrupt.npz', 'w') as archive:
+        archive.writestr('x.npy', b'\x93NUMPY\x01\x00\x10\x00{not a header}\n')
+    with zipfile.ZipFile(tmp_path / 'bytes.npz', 'w') as archive:
+        archive.writestr('x.npy', b'not an array')
     torch.save({'conv.weight': torch.ones(2), 'fc.bias': torch.ones(2)}, tmp_path / 'unknown.pth')
     torch.save([torch.ones(2)], tmp_path / 'list.pth')
     (tmp_path / 'folder').mkdir()
@@ -866,6 +871,8 @@ def hostile_files(tmp_path):
     ('random.bin', 'not a readable checkpoint'),
     ('empty.pth', 'empty'),
     ('objects.npz', 'refused, it holds pickled objects'),
+    ('corrupt.npz', 'a corrupt .npz'),
+    ('bytes.npz', 'a corrupt .npz'),
     ('unknown.pth', 'unknown weight format'),
     ('list.pth', 'holds a list'),
     ('folder', 'folder without'),
