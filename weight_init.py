@@ -433,7 +433,7 @@ def _check_rows(table, config, source_time_steps, path):
                               f"pos_emb_type {config.pos_emb_type!r} needs (a {other!r} table?)")
 
 
-def resize_position_tables(state_dict, config, source_time_steps=None, path='weights'):
+def resize_position_tables(state_dict, config, source_time_steps=None, path='the weights'):
     """Position tables in our keys resized to `config`: the patch grid bicubic, time linear, the
     class token's row kept. A joint table (1, 1 + P*T', D) needs the checkpoint's
     `source_time_steps` to be split; `path` names the file in errors. Returns the new state dict
@@ -891,12 +891,12 @@ def init_from_pretrained_(model, path):
         state_dict['backbone.pos_embed'] = torch.cat((model.pos_embed[:, :1].detach(), patches), dim=1)
         notes.append("pos_embed patch rows from MAE's fixed sine-cosine table, class row from the model's init")
     time_steps = source.num_time_steps
+    kind = source.fixed.get('pos_emb_type', config.pos_emb_type)
     if is_image_model(state_dict):
         state_dict = inflate_image_model(state_dict, config)
         time_steps = config.num_time_steps  # a joint table now spans the model's frames
-    elif 'backbone.pos_embed' in state_dict and source.fixed.get('pos_emb_type', config.pos_emb_type) != config.pos_emb_type:
+    elif 'backbone.pos_embed' in state_dict and kind != config.pos_emb_type:
         # Rows alone cannot always tell: 1 + P*T' may be 1 + a square.
-        kind = source.fixed['pos_emb_type']
         raise WeightLoadError(f'{source.path}: has a {kind!r} position table; start from it with '
                               f'pos_emb_type={kind!r}, not {config.pos_emb_type!r}')
     state_dict, resized = resize_position_tables(state_dict, config, time_steps, source.path)
