@@ -417,20 +417,16 @@ def _resize_time(tables, length):
 
 def _check_rows(table, config, source_time_steps, path):
     """Raise unless pos_embed (1, rows, D) can be a table of `config.pos_emb_type`: a class row and
-    a square grid, times `source_time_steps` for a joint one."""
-    patches = table.shape[1] - 1
-    if config.pos_emb_type == 'joint':
-        if source_time_steps is None:
-            raise WeightLoadError(f"{path}: its pos_embed ({table.shape[1]} rows) needs resizing to "
-                                  f"pos_emb_type 'joint', but the weights do not record their frame count")
-        patches, left = divmod(patches, source_time_steps)
-        if left:
-            patches = -1
-    if patches < 0 or math.isqrt(patches) ** 2 != patches:
-        other = 'separate' if config.pos_emb_type == 'joint' else 'joint'
+    a square grid, per token frame (`source_time_steps` of them) for a joint one."""
+    joint = config.pos_emb_type == 'joint'
+    if joint and source_time_steps is None:
+        raise WeightLoadError(f"{path}: its pos_embed ({table.shape[1]} rows) needs resizing to "
+                              f"pos_emb_type 'joint', but the weights do not record their frame count")
+    patches, left = divmod(table.shape[1] - 1, source_time_steps if joint else 1)
+    if left or math.isqrt(patches) ** 2 != patches:
         raise WeightLoadError(f"{path}: its pos_embed has {table.shape[1]} rows, not a class row and a square "
-                              f"grid{' per token frame' if config.pos_emb_type == 'joint' else ''} as "
-                              f"pos_emb_type {config.pos_emb_type!r} needs (a {other!r} table?)")
+                              f"grid{' per token frame' if joint else ''} as pos_emb_type "
+                              f"{config.pos_emb_type!r} needs (a {'separate' if joint else 'joint'!r} table?)")
 
 
 def resize_position_tables(state_dict, config, source_time_steps=None, path='the weights'):
