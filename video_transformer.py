@@ -282,7 +282,7 @@ def load_model(path, *, drop_head=False, class_names=None, **overrides):
     if class_names is not None and len(class_names) != config.num_classes:
         class_names = None
     model = VideoClassifier(config, class_names)
-    state_dict, notes = resize_position_tables(state_dict, config, source.num_time_steps)
+    state_dict, notes = resize_position_tables(state_dict, config, source.num_time_steps, source.path)
     missing = load_state_dict_strictly(model, state_dict, source.path, expected_missing)
     logger.info('Loaded %s: format %s; %s %s, %d layers of width %d, %d heads, %d frames at %d px, '
                 '%d classes; missing keys %s; unexpected keys []%s', source.path, source.format,
