@@ -5,17 +5,16 @@ Three implementations with the same config and the same weights:
   explicit  our model, the attention module's explicit softmax(QK^T / sqrt(d)) V path
   hf        transformers' TimesformerForVideoClassification (benchmark-only dependency)
 
-Each measurement runs in a fresh subprocess. Peak memory is the most a step holds beyond the
-model, its gradients' absence and the optimizer state: on CUDA the allocator's peak; on CPU the
-rise of the resident set's high-water mark over the size before the step, in a process of its own
-where glibc returns every block of 64 KiB or more to the system on free, so the resident size
-follows the live tensors.
+Times are taken in turns, the three implementations in one process per config and mode, after a
+warm-up step each. Peak memory is the most one step holds beyond the model and its optimizer state:
+on CUDA the allocator's peak; on CPU the rise of the resident set's high-water mark over one step,
+in a process of its own where glibc returns every block of 64 KiB or more to the system on free,
+so the resident size follows the live tensors.
 
     python benchmarks/bench_model.py                       # both configs, CSV in outputs/
     python benchmarks/bench_model.py --configs small --repeats 5
 """
 import argparse
-import csv
 import gc
 import json
 import os
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import set_attention_fused  # noqa: E402
+from utils import set_attention_fused, write_csv  # noqa: E402
 from video_transformer import VideoClassifier, timesformer_base_patch16_224  # noqa: E402
 from weight_init import convert_hf_timesformer  # noqa: E402
 
@@ -61,15 +60,14 @@ def hf_model(config):
 
 
 def build(implementation, config_name):
-    """The model to measure; ours always carries the transformers model's weights."""
+    """(model, function of a video) to measure; ours always carries the transformers model's weights."""
     config = our_config(config_name)
     reference = hf_model(config)
     if implementation == 'hf':
         return reference, lambda video: reference(pixel_values=video).logits
     ours = VideoClassifier(config)
     ours.load_state_dict(convert_hf_timesformer(reference.state_dict()))
-    set_attention_fused(ours, implementation == 'sdpa')
-    return ours, ours
+    return ours, set_attention_fused(ours, implementation == 'sdpa')
 
 
 def resident_bytes(field):
@@ -85,8 +83,8 @@ def reset_peak_resident():
         clear_refs.write('5')
 
 
-def measure(implementation, config_name, mode, quantity, repeats, device):
-    """Median seconds ('time') or peak bytes ('memory') of a `mode` step ('forward' or 'train')."""
+def make_step(implementation, config_name, mode, device):
+    """A function running one `mode` step ('forward' or 'train': with backward and AdamW) of a batch of 1."""
     torch.manual_seed(0)
     model, run = build(implementation, config_name)
     model.to(device)
@@ -100,24 +98,30 @@ def measure(implementation, config_name, mode, quantity, repeats, device):
             model.eval()
             with torch.no_grad():
                 run(video)
-            return
-        model.train()
-        loss = torch.nn.functional.cross_entropy(run(video), target)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()  # warm-up: allocator, kernels and optimizer state
-    if quantity == 'memory':
-        return {'peak_bytes': peak_bytes(step, device)}
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
+        else:
+            model.train()
+            torch.nn.functional.cross_entropy(run(video), target).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         if device == 'cuda':
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return {'seconds': sorted(times)[len(times) // 2]}
+
+    step()  # warm-up: allocator, kernels and optimizer state
+    return step
+
+
+def measure_times(config_name, mode, repeats, device):
+    """Median seconds of a step of every implementation, taken in turns in this one process so that
+    drift of the machine reaches all of them alike."""
+    steps = {implementation: make_step(implementation, config_name, mode, device)
+             for implementation in IMPLEMENTATIONS}
+    times = {implementation: [] for implementation in IMPLEMENTATIONS}
+    for _ in range(repeats):
+        for implementation, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[implementation].append(time.perf_counter() - start)
+    return {implementation: sorted(values)[len(values) // 2] for implementation, values in times.items()}
 
 
 def peak_bytes(step, device):
@@ -157,27 +161,35 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(measure(*json.loads(args.worker), args.repeats, args.device)))
+        quantity, config, mode, *implementation = json.loads(args.worker)
+        if quantity == 'time':
+            print(json.dumps(measure_times(config, mode, args.repeats, args.device)))
+        else:
+            step = make_step(implementation[0], config, mode, args.device)
+            print(json.dumps({'peak_bytes': peak_bytes(step, args.device)}))
         return
 
-    jobs = [(implementation, config, mode, quantity) for config in args.configs for mode in ('forward', 'train')
-            for quantity in ('time', 'memory') for implementation in IMPLEMENTATIONS]
-    # Blocks of 64 KiB or more go back to the system on free, so the resident size follows tensors.
+    # Times: one process per config and mode. Memory: one per implementation too, where blocks of
+    # 64 KiB or more go back to the system on free, so the resident size follows the tensors.
+    jobs = [('time', config, mode) for config in args.configs for mode in ('forward', 'train')]
+    jobs += [('memory', config, mode, implementation) for config in args.configs
+             for mode in ('forward', 'train') for implementation in IMPLEMENTATIONS]
     memory_env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': str(64 * 1024)}
     results = {}
     for job in tqdm(jobs, desc='benchmark'):
         command = [sys.executable, __file__, '--worker', json.dumps(job), '--repeats', str(args.repeats),
                    '--device', args.device, '--threads', str(args.threads)]
         output = subprocess.run(command, check=True, capture_output=True, text=True,
-                                env=memory_env if job[-1] == 'memory' else None).stdout
-        implementation, config, mode, _ = job
-        results.setdefault((config, mode, implementation), {}).update(json.loads(output.splitlines()[-1]))
+                                env=memory_env if job[0] == 'memory' else None).stdout
+        results[tuple(job)] = json.loads(output.splitlines()[-1])
 
     rows = []
     for config in args.configs:
         difference = check_same_function(config)
         for mode in ('forward', 'train'):
-            ours, explicit, hf = (results[config, mode, name] for name in IMPLEMENTATIONS)
+            seconds = results['time', config, mode]
+            ours, explicit, hf = ({'seconds': seconds[name], **results['memory', config, mode, name]}
+                                  for name in IMPLEMENTATIONS)
             rows.append({
                 'config': config, 'mode': mode, 'device': args.device, 'threads': args.threads,
                 'sdpa_s': ours['seconds'], 'explicit_s': explicit['seconds'], 'hf_s': hf['seconds'],
@@ -195,12 +207,7 @@ def main():
         print(f"{row['config']:6} {row['mode']:8} {row['sdpa_s']:8.3f} {row['explicit_s']:10.3f} {row['hf_s']:8.3f} "
               f"{row['sdpa_peak_mib']:9.0f} {row['explicit_peak_mib']:9.0f} {row['hf_peak_mib']:9.0f} "
               f"{row['speedup_vs_explicit']:7.2f} {row['speedup_vs_hf']:6.2f} {row['max_abs_logit_diff_vs_hf']:9.1e}")
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with args.csv.open('w', newline='') as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
+    write_csv(rows, args.csv)
 
 if __name__ == '__main__':
     main()
