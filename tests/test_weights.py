@@ -24,7 +24,6 @@ from weight_init import (WeightLoadError, convert_hf_timesformer, convert_hf_viv
                          inflate_image_model, resize_position_tables, save_hf_timesformer, save_weights)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / 'shared'
 DIM, HEADS, LAYERS, SIZE, PATCH, FRAMES, CLASSES = 32, 2, 2, 32, 8, 4, 5
 GRID = SIZE // PATCH
 
@@ -258,9 +257,9 @@ def timm_layout(attention_type='image', prefix='', dim=DIM, classes=CLASSES):
     return {prefix + key: shape for key, shape in shapes.items()}
 
 
-def test_seed_layout_is_the_released_checkpoints():
+def test_seed_layout_is_the_released_checkpoints(shared_dir):
     listed = {}
-    for line in (SHARED / 'formats' / 'seed_timesformer_b_k600_keys.txt').read_text().splitlines():
+    for line in (shared_dir / 'formats' / 'seed_timesformer_b_k600_keys.txt').read_text().splitlines():
         if line and not line.startswith('#'):
             key, shape = line.split('\t')
             listed[key] = tuple(int(size) for size in shape.strip('()').split(',') if size.strip())
