@@ -89,6 +89,19 @@ class VideoTransformerConfig:
         """Token frames after the patch embedding (frames / tube_size for Conv3d)."""
         return self.num_frames // self.tube_size if self.conv_type == 'Conv3d' else self.num_frames
 
+    @property
+    def position_table_rows(self):
+        """Rows of each position table: pos_embed (1 + P, or 1 + P*T' when joint) and, when there is
+        one, time_embed (T', or 1 + T' for fact_encoder, whose temporal encoder has a class token)."""
+        if self.pos_emb_type == 'joint':
+            return {'pos_embed': 1 + self.num_patches * self.num_time_steps}
+        rows = {'pos_embed': 1 + self.num_patches}
+        if self.attention_type == 'fact_encoder':
+            rows['time_embed'] = 1 + self.num_time_steps
+        elif self.attention_type != 'space_only':
+            rows['time_embed'] = self.num_time_steps
+        return rows
+
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
@@ -140,17 +153,9 @@ class VideoTransformer(nn.Module):
                      c.activation, c.mlp_ratio, c.dropout_p, drop_path)
 
     def _add_position_tables(self):
-        """pos_embed (1, 1 + P, D), or (1, 1 + P*T', D) when joint; time_embed (1, T', D),
-        (1, 1 + T', D) for fact_encoder, none for space_only or joint."""
+        """pos_embed and, where the config has one, time_embed (1, rows, D); see position_table_rows."""
         c = self.config
-        if c.pos_emb_type == 'joint':
-            shapes = {'pos_embed': 1 + c.num_patches * c.num_time_steps}
-        else:
-            shapes = {'pos_embed': 1 + c.num_patches}
-            if c.attention_type == 'fact_encoder':
-                shapes['time_embed'] = 1 + c.num_time_steps
-            elif c.attention_type != 'space_only':
-                shapes['time_embed'] = c.num_time_steps
+        shapes = c.position_table_rows
         for name, length in shapes.items():
             table = sine_cosine_table(length, c.embed_dims)
             if c.use_learnable_pos_emb:

@@ -383,10 +383,9 @@ def inflate_image_model(state_dict, config):
     if config.conv_type == 'Conv3d':
         inflated['backbone.patch_embed.proj.weight'] = inflate_patch_kernel(
             reference, config.tube_size, config.extend_strategy)
-    if config.attention_type == 'fact_encoder':
-        inflated['backbone.time_embed'] = reference.new_zeros(1, 1 + config.num_time_steps, dim)
-    elif config.attention_type != 'space_only' and config.pos_emb_type == 'separate':
-        inflated['backbone.time_embed'] = reference.new_zeros(1, config.num_time_steps, dim)
+    time_rows = config.position_table_rows.get('time_embed')
+    if time_rows is not None:
+        inflated['backbone.time_embed'] = reference.new_zeros(1, time_rows, dim)
     table = inflated.get('backbone.pos_embed')
     if config.pos_emb_type == 'joint' and table is not None:
         patches = repeat(table[:, 1:], 'b p d -> b (p t) d', t=config.num_time_steps)
@@ -436,11 +435,9 @@ def resize_position_tables(state_dict, config, source_time_steps=None, path='the
     and notes of what changed.
     """
     resized, notes = dict(state_dict), []
+    rows = config.position_table_rows
     table = state_dict.get('backbone.pos_embed')
-    if config.pos_emb_type == 'joint':
-        target = 1 + config.num_patches * config.num_time_steps
-    else:
-        target = 1 + config.num_patches
+    target = rows['pos_embed']
     if table is not None and table.shape[1] != target:
         _check_rows(table, config, source_time_steps, path)
         grid = math.isqrt(config.num_patches)
@@ -453,11 +450,11 @@ def resize_position_tables(state_dict, config, source_time_steps=None, path='the
         resized['backbone.pos_embed'] = torch.cat((table[:, :1], patches), dim=1)
         notes.append(f'pos_embed {table.shape[1]} -> {target} rows')
     table = state_dict.get('backbone.time_embed')
-    kept = 1 if config.attention_type == 'fact_encoder' else 0
-    if table is not None and table.shape[1] != kept + config.num_time_steps:
+    if table is not None and 'time_embed' in rows and table.shape[1] != rows['time_embed']:
+        kept = rows['time_embed'] - config.num_time_steps  # fact_encoder's class row
         steps = _resize_time(table[:, kept:], config.num_time_steps)
         resized['backbone.time_embed'] = torch.cat((table[:, :kept], steps), dim=1)
-        notes.append(f'time_embed {table.shape[1]} -> {kept + config.num_time_steps} rows')
+        notes.append(f'time_embed {table.shape[1]} -> {rows["time_embed"]} rows')
     return resized, notes
 
 
