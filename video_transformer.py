@@ -71,6 +71,10 @@ class VideoTransformerConfig:
             raise ValueError(f'img_size {self.img_size} is not a multiple of patch_size {self.patch_size}')
         if self.conv_type == 'Conv3d' and self.num_frames % self.tube_size:
             raise ValueError(f'num_frames {self.num_frames} is not a multiple of tube_size {self.tube_size}')
+        if self.copy_strategy not in ('repeat', 'set_zero'):
+            raise ValueError(f"copy_strategy must be 'repeat' or 'set_zero', got {self.copy_strategy!r}")
+        if self.extend_strategy not in ('temporal_avg', 'center_frame'):
+            raise ValueError(f"extend_strategy must be 'temporal_avg' or 'center_frame', got {self.extend_strategy!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}')
         if self.pos_emb_type not in ('separate', 'joint'):

@@ -322,15 +322,6 @@ def is_image_model(state_dict):
             and state_dict['backbone.patch_embed.proj.weight'].ndim == 4)
 
 
-def _copied(tensor, copy_strategy):
-    """A copy of a spatial parameter for a new temporal one: 'repeat' it or 'set_zero'."""
-    if copy_strategy == 'repeat':
-        return tensor.clone()
-    if copy_strategy == 'set_zero':
-        return torch.zeros_like(tensor)
-    raise ValueError(f"copy_strategy must be 'repeat' or 'set_zero', got {copy_strategy!r}")
-
-
 def inflate_patch_kernel(weight, tube_size, extend_strategy):
     """Conv2d kernel (D, C, p, p) -> Conv3d kernel (D, C, tube_size, p, p).
 
@@ -348,17 +339,30 @@ def inflate_patch_kernel(weight, tube_size, extend_strategy):
 
 def inflate_image_model(state_dict, config):
     """Image-model weights in our keys (per-frame blocks `blocks.N.attn`, Conv2d patches) -> the
-    video model `config` describes. Position tables keep their size (see resize_position_tables).
+    video model `config` describes, and the keys it leaves to the model's own initialisation.
+    Position tables keep their size (see resize_position_tables).
 
     Divided blocks, as official TimeSformer does: the image attention goes into the spatial slot,
-    and the temporal one gets its copy ('repeat') or zeros ('set_zero') by `config.copy_strategy`,
-    temporal_fc zero. The seed did it the other way round: it loaded the image attention into its
-    temporal slot. fact_encoder: the temporal layers copy the first
-    spatial ones. The time table starts at zero, so with temporal_fc zero a static video gives
-    the image model's features, as official TimeSformer starts from ImageNet.
+    temporal_fc is zero, and the temporal attention is a copy of the image one ('repeat') or keeps
+    the model's initialisation ('set_zero'). The seed did it the other way round (the image
+    attention in its temporal slot) and its 'set_zero' zeroed every copied weight, LayerNorm
+    included, which leaves a branch no gradient can ever reach. fact_encoder: the temporal layers
+    copy the first spatial ones ('repeat'), or keep their initialisation with the last projection
+    of each residual branch zero, so that they start as the identity ('set_zero'). The time table
+    starts at zero, so a static video gives the image model's features, as official TimeSformer
+    starts from ImageNet.
     """
-    inflated = {}
+    inflated, left_at_init = {}, []
     divided = config.attention_type == 'divided_space_time'
+
+    def add_temporal(key, value, branch_output=False):
+        if config.copy_strategy == 'repeat':
+            inflated[key] = value.clone()
+        elif branch_output:
+            inflated[key] = torch.zeros_like(value)
+        else:
+            left_at_init.append(key)
+
     for key, value in state_dict.items():
         match = re.fullmatch(r'backbone\.blocks\.(\d+)\.(attn|ffn)\.(.+)', key)
         if match is None:
@@ -367,11 +371,12 @@ def inflate_image_model(state_dict, config):
         index, operator, rest = int(match[1]), match[2], match[3]
         if divided and operator == 'attn':
             inflated[f'backbone.blocks.{index}.spatial_attn.{rest}'] = value
-            inflated[f'backbone.blocks.{index}.temporal_attn.{rest}'] = _copied(value, config.copy_strategy)
+            add_temporal(f'backbone.blocks.{index}.temporal_attn.{rest}', value)
         else:
             inflated[key] = value
         if config.attention_type == 'fact_encoder' and index < config.num_time_transformer_layers:
-            inflated[f'backbone.temporal_blocks.{index}.{operator}.{rest}'] = _copied(value, config.copy_strategy)
+            add_temporal(f'backbone.temporal_blocks.{index}.{operator}.{rest}', value,
+                         branch_output=re.match(r'(attn\.attn\.proj|ffn\.fc2)\.', f'{operator}.{rest}') is not None)
 
     dim = config.embed_dims
     reference = inflated['backbone.patch_embed.proj.weight']
@@ -390,7 +395,7 @@ def inflate_image_model(state_dict, config):
     if config.pos_emb_type == 'joint' and table is not None:
         patches = repeat(table[:, 1:], 'b p d -> b (p t) d', t=config.num_time_steps)
         inflated['backbone.pos_embed'] = torch.cat((table[:, :1], patches), dim=1)
-    return inflated
+    return inflated, tuple(left_at_init)
 
 
 def _resize_grid(tables, size):
@@ -885,8 +890,9 @@ def init_from_pretrained_(model, path):
         notes.append("pos_embed patch rows from MAE's fixed sine-cosine table, class row from the model's init")
     time_steps = source.num_time_steps
     kind = source.fixed.get('pos_emb_type', config.pos_emb_type)
+    left_at_init = ()
     if is_image_model(state_dict):
-        state_dict = inflate_image_model(state_dict, config)
+        state_dict, left_at_init = inflate_image_model(state_dict, config)
         time_steps = config.num_time_steps  # a joint table now spans the model's frames
     elif 'backbone.pos_embed' in state_dict and kind != config.pos_emb_type:
         # Rows alone cannot always tell: 1 + P*T' may be 1 + a square.
@@ -894,7 +900,7 @@ def init_from_pretrained_(model, path):
                               f'pos_emb_type={kind!r}, not {config.pos_emb_type!r}')
     state_dict, resized = resize_position_tables(state_dict, config, time_steps, source.path)
     state_dict = strip_prefix(state_dict, 'backbone.')
-    expected = tuple(key.removeprefix('backbone.') for key in source.missing_ok)
+    expected = tuple(key.removeprefix('backbone.') for key in source.missing_ok + left_at_init)
     missing = load_state_dict_strictly(model, state_dict, source.path, expected)
     logger.info('Initialised %s %s from %s: format %s; missing keys %s; unexpected keys []%s',
                 config.arch, config.attention_type, source.path, source.format, missing,

@@ -181,6 +181,8 @@ def test_integer_video_is_rejected_with_a_clear_error():
     ({'arch': 'vivit', 'conv_type': 'Conv3d', 'num_frames': 5}, 'not a multiple of tube_size'),
     ({'num_heads': 3}, 'not divisible by num_heads'),
     ({'pos_emb_type': 'joint', 'attention_type': 'space_only'}, "pos_emb_type 'joint'"),
+    ({'copy_strategy': 'zero'}, "copy_strategy must be 'repeat' or 'set_zero'"),
+    ({'extend_strategy': 'middle'}, "extend_strategy must be 'temporal_avg' or 'center_frame'"),
 ])
 def test_inconsistent_configs_are_refused(changes, match):
     with pytest.raises(ValueError, match=match):

@@ -415,9 +415,27 @@ def test_timesformer_from_an_image_vit_reproduces_it_on_a_static_video(tmp_path,
         features = model(repeat(frame, 'b c h w -> b t c h w', t=FRAMES))
     torch.testing.assert_close(features, vit_features(vit, frame, HEADS), atol=1e-5, rtol=0)
     block = model.blocks[0]
-    copy = block.spatial_attn.attn.qkv.weight if copy_strategy == 'repeat' else torch.zeros(3 * DIM, DIM)
-    assert torch.equal(block.temporal_attn.attn.qkv.weight, copy)
+    copied = torch.equal(block.temporal_attn.attn.qkv.weight, block.spatial_attn.attn.qkv.weight)
+    assert copied == (copy_strategy == 'repeat')
+    assert block.temporal_attn.attn.qkv.weight.abs().min() > 0 and block.temporal_attn.norm.weight.all()
     assert not block.temporal_attn.temporal_fc.weight.any()
+
+
+@pytest.mark.parametrize('copy_strategy', ['repeat', 'set_zero'])
+@pytest.mark.parametrize('preset', [timesformer_tiny, vivit_tiny])
+def test_temporal_layers_inflated_from_a_vit_learn(tmp_path, preset, copy_strategy):
+    # The seed's set_zero zeroed every copied weight: no gradient ever reached those layers.
+    path = write_vit(random_state(timm_layout()), tmp_path, 'pth')
+    model = VideoClassifier(preset(pretrained=str(path), copy_strategy=copy_strategy, norm_eps=1e-6))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    clip = video(frames=model.config.num_frames)
+    for _ in range(3):  # the zero projection opens the branch to gradients after one step
+        optimizer.zero_grad()
+        F.cross_entropy(model(clip), torch.tensor([0, 1])).backward()
+        optimizer.step()
+    temporal = {name: parameter.grad for name, parameter in model.named_parameters() if 'temporal' in name}
+    stuck = [name for name, grad in temporal.items() if not grad.any()]
+    assert temporal and not stuck
 
 
 @pytest.mark.parametrize('container', ['pth', 'npz'])
@@ -461,6 +479,14 @@ def test_vivit_from_a_vit_inflates_patches_and_copies_temporal_layers(tmp_path, 
     for index in range(2):
         for name, value in model.temporal_blocks[index].state_dict().items():
             assert torch.equal(value, model.blocks[index].state_dict()[name])
+    # set_zero: the temporal layers keep their init and start as the identity.
+    fresh = ViViT(vivit_tiny(pretrained=str(tmp_path / 'vit.pth'), copy_strategy='set_zero',
+                             num_time_transformer_layers=2, img_size=48)).eval()
+    block = fresh.temporal_blocks[0]
+    assert not block.attn.attn.proj.weight.any() and not block.ffn.fc2.weight.any()
+    assert not torch.equal(block.attn.attn.qkv.weight, fresh.blocks[0].attn.attn.qkv.weight)
+    tokens = torch.randn(2, 3, DIM)
+    torch.testing.assert_close(block(tokens), tokens)
     assert model.pos_embed.shape == (1, 1 + 36, DIM)
     torch.testing.assert_close(model.pos_embed[:, 0], vit['pos_embed'][:, 0])
     assert not model.time_embed.any()
