@@ -1,8 +1,10 @@
 """LightningDataModule for video clips; augmentation and normalisation run on the batch's device.
 
-The CPU side (dataset.py) returns uint8 clips resized so their short side is `short_side`. After
-the batch reaches its device, `on_after_batch_transfer` crops, augments, normalises and mixes it,
-so the same code runs on a GPU or, without one, on CPU tensors.
+The CPU side (dataset.py) returns uint8 clips resized so their short side is `short_side`; for
+validation and test the collate function cuts each clip's crops there, so a clip's views never
+depend on the rest of its batch. After the batch reaches its device, `on_after_batch_transfer`
+augments (training: random resized crop and the rest), normalises and mixes it, so the same code
+runs on a GPU or, without one, on CPU tensors.
 
 Batch contract, a dict as the LightningModule's steps receive it:
 - training: `video` float32 (B, T, 3, img_size, img_size), normalised; `label` int64 (B,), or
@@ -18,13 +20,12 @@ Batch contract, a dict as the LightningModule's steps receive it:
 import math
 import random
 from collections import Counter
+from functools import partial
 
 import kornia.augmentation as K
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
@@ -110,22 +111,6 @@ def train_augmentation(img_size, crop_scale=(0.08, 1.0), hflip=0.5, color_jitter
     return torch.nn.Sequential(*stages)
 
 
-def spatial_crops(video, size, num_crops=1):
-    """(..., H, W) -> num_crops (..., size, size) views: centred on the short side, spread evenly
-    along the long side (num_crops 1: the centre; 3: the seed's three crops)."""
-    height, width = video.shape[-2:]
-    if min(height, width) < size:
-        raise ValueError(f'cannot crop {size} pixels from frames of {height}x{width}')
-    across = (min(height, width) - size) // 2
-    extra = max(height, width) - size
-    along = [extra // 2] if num_crops == 1 else np.linspace(0, extra, num_crops).round().astype(int)
-    crops = []
-    for offset in along:
-        top, left = (across, offset) if width >= height else (offset, across)
-        crops.append(video[..., top:top + size, left:left + size])
-    return crops
-
-
 def mix_clips(video, label, num_class, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1):
     """Mixup or CutMix of each clip with the batch in reverse order, one draw per batch as in timm.
 
@@ -176,6 +161,8 @@ class VideoDataModule(pl.LightningDataModule):
         self.short_side = short_side if short_side is not None else round(img_size * SHORT_SIDE_RATIO)
         if self.short_side < img_size:
             raise ValueError(f'short_side {self.short_side} is smaller than img_size {img_size}')
+        if num_crops < 1:
+            raise ValueError(f'num_crops must be at least 1, got {num_crops}')
         if mixup and mixup_alpha <= 0 and cutmix_alpha <= 0:
             raise ValueError('mixup needs mixup_alpha > 0 or cutmix_alpha > 0')
         self.sources = {'train': train_data_path, 'val': val_data_path, 'test': test_data_path,
@@ -226,7 +213,9 @@ class VideoDataModule(pl.LightningDataModule):
         training = split == 'train'
         return DataLoader(
             self.dataset(split), batch_size=hp.batch_size, shuffle=training, drop_last=training,
-            num_workers=hp.num_workers, collate_fn=collate_clips,
+            num_workers=hp.num_workers,
+            collate_fn=collate_clips if training else partial(
+                collate_clips, crop_size=hp.img_size, num_crops=1 if split == 'val' else hp.num_crops),
             # Pinned memory only helps copies to a GPU; without one torch warns and ignores it.
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
@@ -246,16 +235,11 @@ class VideoDataModule(pl.LightningDataModule):
         return self._loader('predict')
 
     def transform_batch(self, batch, stage):
-        """Crop, augment, normalise and mix a collated batch on its device (see the module doc)."""
+        """Augment (training), normalise and mix a collated batch on its device (see the module doc)."""
         hp = self.hparams
-        video = batch['video']
+        video = batch['video'].float().div_(255)  # evaluation views arrive cropped (collate_clips)
         if stage == 'train':
-            video = self.train_augment(video.float().div_(255))
-        elif stage == 'val':
-            video = spatial_crops(video, hp.img_size)[0].float().div_(255)
-        else:
-            views = torch.stack(spatial_crops(video, hp.img_size, hp.num_crops), dim=2)
-            video = rearrange(views, 'b v k t c h w -> b (v k) t c h w').float().div_(255)
+            video = self.train_augment(video)
         mean, std = (torch.tensor(stats, device=video.device).view(3, 1, 1) for stats in DATA_STATICS[hp.data_statics])
         video = (video - mean) / std
         label = batch['label']

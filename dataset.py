@@ -381,6 +381,8 @@ class VideoDataset(Dataset):
             raise ValueError(f'decoder must be one of {DECODERS}, got {decoder!r}')
         if min(num_frames, frame_interval, num_clips, short_side) < 1:
             raise ValueError('num_frames, frame_interval, num_clips and short_side must be positive')
+        if window_seconds is not None and not window_seconds > 0:
+            raise ValueError(f'window_seconds must be positive, got {window_seconds}')
         class_names = load_class_map(class_map) if isinstance(class_map, (str, Path)) else class_map
         samples, self.class_names = load_annotations(data_path, root_dir, class_names, num_class, num_samples_per_cls)
         self.data_path = str(data_path)
@@ -490,17 +492,47 @@ class VideoDataset(Dataset):
         return {'video': video, 'label': int(self.labels[index]), 'index': index, 'skipped': skipped}
 
 
-def collate_clips(samples):
-    """Batch dataset items: video uint8 (B, ...) centre-cropped to the batch's smallest height
-    and width (clips of other aspect ratios differ in the long side), label and index int64 (B,),
-    skipped the batch's total as a plain int, so summing it never waits for a device."""
-    height = min(sample['video'].shape[-2] for sample in samples)
-    width = min(sample['video'].shape[-1] for sample in samples)
-    clips = []
-    for sample in samples:
-        video = sample['video']
-        top, left = (video.shape[-2] - height) // 2, (video.shape[-1] - width) // 2
-        clips.append(video[..., top:top + height, left:left + width])
+def spatial_crops(video, size, num_crops=1):
+    """(..., H, W) -> num_crops (..., size, size) views: centred on the short side, spread evenly
+    along the long side (num_crops 1: the centre; 3: the seed's three crops)."""
+    height, width = video.shape[-2:]
+    if min(height, width) < size:
+        raise ValueError(f'cannot crop {size} pixels from frames of {height}x{width}')
+    across = (min(height, width) - size) // 2
+    extra = max(height, width) - size
+    along = [extra // 2] if num_crops == 1 else np.linspace(0, extra, num_crops).round().astype(int)
+    crops = []
+    for offset in along:
+        top, left = (across, offset) if width >= height else (offset, across)
+        crops.append(video[..., top:top + size, left:left + size])
+    return crops
+
+
+def crop_views(video, size, num_crops=1):
+    """Evaluation views of one item, uint8: a clip (T, 3, H, W) -> its centre crop (T, 3, S, S);
+    test clips (V, T, 3, H, W) -> (V * num_crops, T, 3, S, S), clip-major."""
+    crops = spatial_crops(video, size, num_crops)
+    if video.ndim == 4:
+        return crops[0]
+    return rearrange(torch.stack(crops, dim=1), 'v k t c h w -> (v k) t c h w')
+
+
+def collate_clips(samples, crop_size=None, num_crops=1):
+    """Batch dataset items: label and index int64 (B,), skipped the batch's total as a plain int, so
+    summing it never waits for a device, and video uint8 (B, ...): with crop_size, each item's
+    evaluation views (crop_views), so no clip's crops depend on the others in its batch; without,
+    for training, the clips centre-cropped to the batch's smallest height and width (clips of other
+    aspect ratios differ in the long side), which the random crop on the device then samples."""
+    if crop_size is not None:
+        clips = [crop_views(sample['video'], crop_size, num_crops) for sample in samples]
+    else:
+        height = min(sample['video'].shape[-2] for sample in samples)
+        width = min(sample['video'].shape[-1] for sample in samples)
+        clips = []
+        for sample in samples:
+            video = sample['video']
+            top, left = (video.shape[-2] - height) // 2, (video.shape[-1] - width) // 2
+            clips.append(video[..., top:top + height, left:left + width])
     return {
         'video': torch.stack(clips),
         'label': torch.tensor([sample['label'] for sample in samples], dtype=torch.int64),

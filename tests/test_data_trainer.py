@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from data_trainer import (DATA_STATICS, SkippedVideos, VideoDataModule, mix_clips, parse_auto_augment,
-                          spatial_crops, train_augmentation)
+from data_trainer import DATA_STATICS, SkippedVideos, VideoDataModule, mix_clips, parse_auto_augment, train_augmentation
+from dataset import spatial_crops
 from demo.make_demo_dataset import CLASSES
 
 
@@ -126,6 +126,8 @@ def test_datamodule_argument_errors(demo_data):
         small_module(demo_data, short_side=28)
     with pytest.raises(ValueError, match='mixup needs'):
         small_module(demo_data, mixup=True, mixup_alpha=0.0, cutmix_alpha=0.0)
+    with pytest.raises(ValueError, match='num_crops must be at least 1, got 0'):
+        small_module(demo_data, num_crops=0)
     with pytest.raises(ValueError, match='no test data'):
         small_module(demo_data, test_data_path=None).dataset('test')
 
@@ -166,11 +168,17 @@ def test_train_augmentation_with_colour_jitter_keeps_frames_together():
     assert all(torch.allclose(clip, clip[:1].expand_as(clip), atol=1e-5) for clip in out)
 
 
+def items(batch):
+    """A collated batch back to the dataset items it could have come from."""
+    return [{'video': video, 'label': int(label), 'index': int(index), 'skipped': 0}
+            for video, label, index in zip(batch['video'], batch['label'], batch['index'])]
+
+
 @pytest.mark.parametrize('statics', sorted(DATA_STATICS))
 def test_val_batches_are_the_normalised_centre_crop(demo_data, statics):
     data = small_module(demo_data, data_statics=statics)
     batch = uint8_batch()
-    out = data.transform_batch(batch, 'val')
+    out = data.transform_batch(data.val_dataloader().collate_fn(items(batch)), 'val')
     mean, std = (torch.tensor(values).view(3, 1, 1) for values in DATA_STATICS[statics])
     expected = (batch['video'][..., 4:36, 9:41].float() / 255 - mean) / std
     assert out['video'].shape == (3, 4, 3, 32, 32)
@@ -181,12 +189,24 @@ def test_val_batches_are_the_normalised_centre_crop(demo_data, statics):
 def test_test_batches_stack_clips_by_crops(demo_data):
     data = small_module(demo_data, num_clips=2, num_crops=3, data_statics='inception')
     batch = uint8_batch(batch_size=2, clips=2)
-    out = data.transform_batch(batch, 'test')
+    out = data.transform_batch(data.test_dataloader().collate_fn(items(batch)), 'test')
     assert out['video'].shape == (2, 6, 4, 3, 32, 32)
     # View v * num_crops + k is clip v, crop k: left, centre and right along the long side.
     for view, (clip, left) in enumerate((clip, left) for clip in range(2) for left in (0, 9, 18)):
         expected = batch['video'][:, clip, ..., 4:36, left:left + 32].float() / 255 * 2 - 1
         assert torch.allclose(out['video'][:, view], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('split', ['val', 'test'])
+def test_a_clips_views_do_not_depend_on_its_batch(demo_data, split):
+    # A wide clip batched with a narrower one keeps the crops it gets alone.
+    data = small_module(demo_data, num_clips=2, num_crops=3)
+    collate = getattr(data, f'{split}_dataloader')().collate_fn
+    clips = 2 if split == 'test' else None
+    wide, narrow = items(uint8_batch(1, clips, width=60)), items(uint8_batch(1, clips, width=40, seed=1))
+    alone = collate(wide)['video'][0]
+    assert torch.equal(collate(wide + narrow)['video'][0], alone)
+    assert torch.equal(collate(narrow + wide)['video'][1], alone)
 
 
 def test_spatial_crops_follow_the_long_side():

@@ -470,3 +470,5 @@ def test_dataset_argument_errors(demo_data):
         VideoDataset(demo_data / 'val.txt', decoder='opencv')
     with pytest.raises(ValueError, match='must be positive'):
         VideoDataset(demo_data / 'val.txt', num_frames=0)
+    with pytest.raises(ValueError, match='window_seconds must be positive, got 0'):
+        VideoDataset(demo_data / 'val.txt', window_seconds=0)
