@@ -43,7 +43,12 @@ def write_csv(rows, path):
     """Rows (dicts with the same keys) to a CSV file at `path`, creating its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open('w', newline='') as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    partial = path.with_name(path.name + '.partial')
+    try:
+        with partial.open('w', newline='') as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        partial.replace(path)  # an interrupted write never leaves a truncated file at `path`
+    finally:
+        partial.unlink(missing_ok=True)

@@ -125,9 +125,9 @@ class VideoTransformer(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        if config.attention_type not in self.attention_types:
-            raise ValueError(f'{type(self).__name__} attention_type must be one of '
-                             f'{self.attention_types}, got {config.attention_type!r}')
+        if ARCHITECTURES[config.arch] is not type(self):
+            raise ValueError(f'a config of arch {config.arch!r} builds {ARCHITECTURES[config.arch].__name__}, '
+                             f'not {type(self).__name__}')
         self.config = config
         dim = config.embed_dims
         self.patch_embed = PatchEmbed(config.patch_size, config.in_channels, dim,
@@ -289,6 +289,8 @@ def load_model(path, *, drop_head=False, class_names=None, **overrides):
     if class_names is None and not drop_head:
         class_names = source.class_names
     if class_names is not None and len(class_names) != config.num_classes:
+        logger.warning('%s: its %d class names do not match its %d classes; they are left out',
+                       source.path, len(class_names), config.num_classes)
         class_names = None
     model = VideoClassifier(config, class_names)
     state_dict, notes = resize_position_tables(state_dict, config, source.num_time_steps, source.path)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from transformer import Attention, sine_cosine_table
-from utils import set_attention_fused
+from utils import set_attention_fused, write_csv
 from video_transformer import (TimeSformer, VideoClassifier, VideoTransformerConfig, ViViT,
                                timesformer_tiny, vivit_tiny)
 
@@ -189,6 +189,11 @@ def test_inconsistent_configs_are_refused(changes, match):
         VideoClassifier(VideoTransformerConfig(**{**timesformer_tiny().to_dict(), **changes}))
 
 
+def test_a_config_builds_only_its_own_architecture():
+    with pytest.raises(ValueError, match="arch 'vivit' builds ViViT, not TimeSformer"):
+        TimeSformer(vivit_tiny(attention_type='joint_space_time'))
+
+
 def test_sine_cosine_table_matches_the_seed_formula_in_float64():
     num_positions, dim = 1569, 768
     angles = np.array([[position / np.power(10000, 2 * (channel // 2) / dim) for channel in range(dim)]
@@ -221,3 +226,12 @@ def test_dropout_follows_spatial_and_temporal_positions_like_the_seed():
     scale = 1 / (1 - config.dropout_p)
     values = set(torch.round(tokens[0, 1:].flatten(), decimals=4).tolist())
     assert values == {0.0, scale, (scale + 1) * scale}
+
+
+def test_write_csv_never_leaves_a_truncated_file(tmp_path):
+    path = tmp_path / 'out' / 'rows.csv'
+    write_csv([{'config': 'base', 'seconds': 1.5}], path)
+    with pytest.raises(ValueError):  # a row with a key the header lacks fails halfway through
+        write_csv([{'config': 'small', 'seconds': 0.5}, {'config': 'x', 'extra': 1}], path)
+    assert path.read_text().splitlines() == ['config,seconds', 'base,1.5']
+    assert [file.name for file in path.parent.iterdir()] == ['rows.csv']

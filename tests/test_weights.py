@@ -686,6 +686,17 @@ def test_training_checkpoint_loads(tmp_path):
         assert torch.equal(loaded(clip), model(clip))
 
 
+def test_class_names_that_do_not_fit_the_head_are_left_out_with_a_warning(tmp_path, caplog):
+    model = VideoClassifier(timesformer_tiny(num_classes=2))
+    torch.save({'state_dict': {f'model.{key}': value for key, value in model.state_dict().items()},
+                'hyper_parameters': {'config': model.config.to_dict(), 'class_names': ['x', 'y', 'z']}},
+               tmp_path / 'last.ckpt')
+    with caplog.at_level(logging.WARNING):
+        loaded = load_model(tmp_path / 'last.ckpt')
+    assert loaded.class_names is None
+    assert 'its 3 class names do not match its 2 classes' in caplog.text
+
+
 def test_export_command_writes_both_folders(tmp_path):
     state = random_state(seed_layout('divided_space_time'))
     path = save_lightning(tmp_path / 'seed.ckpt', state)
