@@ -16,6 +16,9 @@ Batch contract, a dict as the LightningModule's steps receive it:
 - always: `index` int64 (B,), the dataset items, and `skipped`, a plain int counting the unreadable
   videos replaced to fill the batch. Add `SkippedVideos()` to the Trainer's callbacks to log their
   sum per epoch as `{stage}/skipped_videos`.
+
+Under DDP, Lightning's samplers shard the items, and `setup` offsets the RNG seeds by the rank so
+that ranks draw different windows, crops and mixes.
 """
 import math
 import random
@@ -203,6 +206,14 @@ class VideoDataModule(pl.LightningDataModule):
         return self.datasets[split]
 
     def setup(self, stage=None):
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            # seed_everything seeds every rank alike, so every rank would draw the same temporal
+            # windows, crops and mixes at each step. Offset the seeds by the rank (DDP keeps the
+            # weights in sync; loader workers draw their seeds from this RNG).
+            seed = (torch.initial_seed() + trainer.global_rank) % 2**63
+            torch.manual_seed(seed)
+            random.seed(seed)
         splits = {'fit': ('train', 'val'), 'validate': ('val',), 'test': ('test',), 'predict': ('predict',)}
         for split in splits.get(stage, ('train', 'val', 'test', 'predict')):
             if self.sources[split] is not None:

@@ -1,6 +1,9 @@
 """The DataModule under a real Lightning Trainer, and the device-side augmentation's contract."""
 import random
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -259,3 +262,19 @@ def test_parse_auto_augment():
                             ('rand-m11', 'needs a magnitude'), ('rand-m9-w0', "unknown part 'w0'")]:
         with pytest.raises(ValueError, match=message):
             parse_auto_augment(policy)
+
+
+def test_ddp_ranks_get_disjoint_items_and_draw_their_own_augmentation(demo_data, tmp_path):
+    # Two real processes under torchrun, gloo on CPU. One video listed 8 times and a window longer
+    # than the video: every rank decodes the very same clip, so only the augmentation tells them apart.
+    path, name = (demo_data / 'train.txt').read_text().splitlines()[0].split('\t')
+    annotation = tmp_path / 'same.txt'
+    annotation.write_text(f'{demo_data / path}\t{name}\n' * 8)
+    script = Path(__file__).with_name('ddp_fit.py')
+    subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                    str(script), str(annotation), str(demo_data / 'classmap.json'), str(tmp_path)],
+                   check=True, capture_output=True, timeout=300)
+    ranks = [torch.load(tmp_path / f'rank{rank}.pt', weights_only=True) for rank in (0, 1)]
+    assert sorted(torch.cat([rank['index'] for rank in ranks]).tolist()) == list(range(8))
+    assert all(rank['video'].shape == (4, 4, 3, 32, 32) for rank in ranks)
+    assert not any(torch.allclose(first, second) for first, second in zip(ranks[0]['video'], ranks[1]['video']))
