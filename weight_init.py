@@ -315,9 +315,10 @@ def convert_hf_vivit(state_dict, num_time_steps):
 # From an image model to a video model, and position tables to other sizes
 
 
-def is_image_model(state_dict):
-    """True for our keys of a per-frame model: no time table, no temporal layers, 2-D patches."""
-    return ('backbone.time_embed' not in state_dict
+def is_image_model(state_dict, pos_emb_type='separate'):
+    """True for our keys of a per-frame model: no time table, no temporal layers, 2-D patches and
+    a per-frame position table (a joint table spans all frames of a joint space-time model)."""
+    return (pos_emb_type == 'separate' and 'backbone.time_embed' not in state_dict
             and not any('temporal_' in key for key in state_dict)
             and state_dict['backbone.patch_embed.proj.weight'].ndim == 4)
 
@@ -720,6 +721,10 @@ def _read_ours(state_dict, extras, sidecar, path):
         meta = extras.get('hyper_parameters') or {}
     config = meta.get('config')
     if config is None:
+        if 'backbone.pos_embed' in state_dict and is_image_model(state_dict):
+            raise WeightLoadError(f"{path}: without their config these weights could be per-frame (a per-frame "
+                                  f"pos_embed) or joint space-time (a pos_embed over every frame); put the "
+                                  f"config.json saved with them beside them")
         return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict, path),
                              _defaults(state_dict), meta.get('class_names'))
     fixed = {name: config[name] for name in STRUCTURAL_FIELDS if name in config}
@@ -891,7 +896,7 @@ def init_from_pretrained_(model, path):
     time_steps = source.num_time_steps
     kind = source.fixed.get('pos_emb_type', config.pos_emb_type)
     left_at_init = ()
-    if is_image_model(state_dict):
+    if is_image_model(state_dict, source.fixed.get('pos_emb_type', 'separate')):
         state_dict, left_at_init = inflate_image_model(state_dict, config)
         time_steps = config.num_time_steps  # a joint table now spans the model's frames
     elif 'backbone.pos_embed' in state_dict and kind != config.pos_emb_type:

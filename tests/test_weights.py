@@ -823,6 +823,21 @@ def test_joint_table_for_a_separate_model_is_one_clear_error(tmp_path, frames):
             resize_position_tables({'backbone.pos_embed': table}, separate.replace(img_size=48), path='x.pt')
 
 
+@pytest.mark.parametrize('attention_type,pos_emb_type', [('joint_space_time', 'joint'), ('space_only', 'separate')])
+def test_per_frame_and_joint_timesformer_weights_are_told_apart(tmp_path, attention_type, pos_emb_type):
+    # 1 + 16 patches * 4 frames = 1 + 8*8 rows: a joint table looks like a per-frame one at 64 px.
+    config = timesformer_tiny(attention_type=attention_type, pos_emb_type=pos_emb_type)
+    model = randomise_(VideoClassifier(config))
+    save_weights(model, tmp_path / 'export')
+    started = TimeSformer(config.replace(pretrained=str(tmp_path / 'export'))).eval()
+    clip = video()
+    with torch.no_grad():
+        torch.testing.assert_close(started(clip), model.backbone(clip), atol=0, rtol=0)
+    torch.save(model.state_dict(), tmp_path / 'bare.pt')
+    with pytest.raises(WeightLoadError, match='bare.pt: without their config.*config.json'):
+        load_model(tmp_path / 'bare.pt')
+
+
 def test_overrides_that_agree_are_hints_and_others_are_errors(tmp_path):
     path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
     load_model(path, num_heads=HEADS, arch='timesformer', attention_type='divided_space_time',
