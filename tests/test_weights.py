@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from safetensors.torch import save_file
 
-from video_transformer import TimeSformer, VideoClassifier, ViViT, load_model, timesformer_tiny, vivit_tiny
+from utils import count_parameters
+from video_transformer import (TimeSformer, VideoClassifier, ViViT, load_model, timesformer_base_patch16_224,
+                               timesformer_tiny, vivit_tiny)
 from weight_init import (WeightLoadError, convert_hf_timesformer, convert_hf_vivit, convert_jax_vit,
                          convert_mae, convert_seed, convert_timm, convert_to_hf_timesformer,
                          inflate_image_model, resize_position_tables, save_hf_timesformer, save_weights)
@@ -267,6 +269,8 @@ def test_seed_layout_is_the_released_checkpoints(shared_dir):
     # The file lists block 0 only; blocks 1..11 repeat it.
     assert {key: shape for key, shape in ours.items() if not re.search(r'layers\.layers\.[1-9]', key)} == listed
     assert sum(np.prod(shape) for shape in ours.values()) == 121_720_152
+    # The README's claim: our TimeSformer-B/16 preset with a 600-class head has the same count.
+    assert count_parameters(VideoClassifier(timesformer_base_patch16_224(num_classes=600))) == 121_720_152
 
 
 # ---------------------------------------------------------------------------------------------
@@ -883,18 +887,21 @@ class Harmless:
     """A class a hostile pickle could name; loading must never import or build it."""
 
 
-TRIGGERED = []
-
-
 class Tripwire:
+    """Unpickling it creates the file `marker`: the code a hostile checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return TRIGGERED.append, ('executed',)
+        return Path.touch, (self.marker,)
 
 
 def hostile_files(tmp_path):
     model_state = VideoClassifier(timesformer_tiny()).state_dict()
     torch.save({'state_dict': model_state, 'extra': Harmless()}, tmp_path / 'class.ckpt')
-    (tmp_path / 'reduce.pkl').write_bytes(pickle.dumps({'state_dict': Tripwire()}))
+    torch.save({'state_dict': Tripwire(tmp_path / 'ran')}, tmp_path / 'reduce.ckpt')
+    (tmp_path / 'reduce.pkl').write_bytes(pickle.dumps({'state_dict': Tripwire(tmp_path / 'ran')}))
     torch.save({'state_dict': model_state}, tmp_path / 'good.pt')
     data = (tmp_path / 'good.pt').read_bytes()
     (tmp_path / 'truncated.pt').write_bytes(data[:len(data) // 2])
@@ -916,6 +923,7 @@ def hostile_files(tmp_path):
 @pytest.mark.filterwarnings('ignore:Detected pickle protocol')
 @pytest.mark.parametrize('name, message', [
     ('class.ckpt', r'refused, it needs arbitrary unpickling \([\w.]*Harmless\)'),
+    ('reduce.ckpt', r'refused, it needs arbitrary unpickling \(getattr\)'),
     ('reduce.pkl', 'not a readable checkpoint'),
     ('truncated.pt', 'not a readable checkpoint'),
     ('truncated.safetensors', 'not a readable safetensors file'),
@@ -934,7 +942,14 @@ def test_bad_files_get_one_clear_error(tmp_path, name, message):
     with pytest.raises(WeightLoadError, match=message) as error:
         load_model(tmp_path / name)
     assert str(tmp_path / name) in str(error.value) and '\n' not in str(error.value)
-    assert not TRIGGERED
+    assert not (tmp_path / 'ran').exists()
+
+
+def test_the_hostile_checkpoint_would_run_code_if_unpickled(tmp_path):
+    # Keeps the test above honest: its tripwire does fire under a plain torch.load.
+    hostile_files(tmp_path)
+    torch.load(tmp_path / 'reduce.ckpt', weights_only=False)
+    assert (tmp_path / 'ran').exists()
 
 
 def test_lightning_1_callback_classes_are_read_as_placeholders(tmp_path):
