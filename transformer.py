@@ -36,6 +36,11 @@ def sine_cosine_table(num_positions, dim):
     return table.float()[None]
 
 
+def num_token_frames(num_frames, conv_type, tube_size):
+    """Token frames the patch embedding makes of num_frames: one per tubelet of tube_size for Conv3d."""
+    return num_frames // tube_size if conv_type == 'Conv3d' else num_frames
+
+
 class PatchEmbed(nn.Module):
     """Frames to patch tokens: (B, T, C, H, W) -> (B, T', P, D), T' = T / tube_size.
 

@@ -8,7 +8,7 @@ import torch
 from einops import rearrange, reduce, repeat
 from torch import nn
 
-from transformer import ACTIVATIONS, Block, ClassificationHead, PatchEmbed, sine_cosine_table
+from transformer import ACTIVATIONS, Block, ClassificationHead, PatchEmbed, num_token_frames, sine_cosine_table
 from weight_init import (HEAD_KEYS, SAME_KEYS, WeightLoadError, init_from_pretrained_, init_video_transformer_,
                          load_state_dict_strictly, read_weights, resize_position_tables)
 
@@ -91,7 +91,7 @@ class VideoTransformerConfig:
     @property
     def num_time_steps(self):
         """Token frames after the patch embedding (frames / tube_size for Conv3d)."""
-        return self.num_frames // self.tube_size if self.conv_type == 'Conv3d' else self.num_frames
+        return num_token_frames(self.num_frames, self.conv_type, self.tube_size)
 
     @property
     def position_table_rows(self):

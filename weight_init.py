@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from transformer import sine_cosine_table
+from transformer import num_token_frames, sine_cosine_table
 
 logger = logging.getLogger(__name__)
 
@@ -692,7 +692,7 @@ class SourceWeights:
         frames = self.fixed.get('num_frames')
         if frames is None:
             return None
-        return frames // self.fixed.get('tube_size', 1) if self.fixed.get('conv_type') == 'Conv3d' else frames
+        return num_token_frames(frames, self.fixed.get('conv_type'), self.fixed.get('tube_size', 1))
 
 
 def _merge_fixed(from_weights, from_config, path):

@@ -27,7 +27,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataset import VideoDataset, collate_clips  # noqa: E402
+from dataset import DECODERS, VideoDataset, collate_clips  # noqa: E402
 from demo.make_demo_dataset import make_demo_dataset  # noqa: E402
 from utils import write_csv  # noqa: E402
 
@@ -39,7 +39,6 @@ SOURCES = {
 }
 NUM_TEST_CLIPS = 3
 BATCH_SIZE = 4
-DECODERS = ('decord', 'pyav')
 STRATEGIES = ('first', 'all')
 
 

@@ -25,6 +25,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -125,18 +126,36 @@ def make_step(implementation, config_name, mode, device, dtype):
     return step
 
 
-def measure_times(config_name, mode, repeats, device, dtype):
-    """Median seconds of a step of every implementation, taken in turns in this one process so that
-    drift of the machine reaches all of them alike."""
+def in_turns(measure, config_name, mode, repeats, device, dtype):
+    """{implementation: medians of the numbers measure(step) returns}, over `repeats` steps of every
+    implementation taken in turns in this one process, so that drift of the machine reaches all alike."""
     steps = {implementation: make_step(implementation, config_name, mode, device, dtype)
              for implementation in IMPLEMENTATIONS}
-    times = {implementation: [] for implementation in IMPLEMENTATIONS}
+    samples = {implementation: [] for implementation in IMPLEMENTATIONS}
     for _ in range(repeats):
         for implementation, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[implementation].append(time.perf_counter() - start)
-    return {implementation: sorted(values)[len(values) // 2] for implementation, values in times.items()}
+            samples[implementation].append(measure(step))
+    return {implementation: [statistics.median_high(column) for column in zip(*values)]
+            for implementation, values in samples.items()}
+
+
+def timed(step):
+    """(seconds of one step,)."""
+    start = time.perf_counter()
+    step()
+    return (time.perf_counter() - start,)
+
+
+def profiled(step):
+    """(seconds of one CPU step under the profiler, seconds of it in linear-layer GEMMs and AdamW)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        (total,) = timed(step)
+    events = {event.key: event for event in profiler.key_averages()}
+    gemm_us = sum(events[name].self_cpu_time_total for name in ('aten::addmm', 'aten::mm') if name in events)
+    adamw = events.get('Optimizer.step#AdamW.step')
+    return total, (gemm_us + (adamw.cpu_time_total if adamw else 0.0)) / 1e6
 
 
 def peak_bytes(step, device):
@@ -152,29 +171,6 @@ def peak_bytes(step, device):
     baseline = resident_bytes('VmRSS')
     step()
     return resident_bytes('VmHWM') - baseline
-
-
-def profile_floor(config_name, mode, repeats, dtype):
-    """{implementation: (seconds of a profiled CPU step, seconds of it in linear-layer GEMMs and AdamW)},
-    medians over `repeats` steps taken in turns."""
-    from torch.profiler import ProfilerActivity, profile
-
-    steps = {implementation: make_step(implementation, config_name, mode, 'cpu', dtype)
-             for implementation in IMPLEMENTATIONS}
-    samples = {implementation: [] for implementation in IMPLEMENTATIONS}
-    for _ in range(repeats):
-        for implementation, step in steps.items():
-            with profile(activities=[ProfilerActivity.CPU]) as profiler:
-                start = time.perf_counter()
-                step()
-                total = time.perf_counter() - start
-            events = {event.key: event for event in profiler.key_averages()}
-            gemm_us = sum(events[name].self_cpu_time_total for name in ('aten::addmm', 'aten::mm')
-                          if name in events)
-            adamw = events.get('Optimizer.step#AdamW.step')
-            samples[implementation].append((total, (gemm_us + (adamw.cpu_time_total if adamw else 0.0)) / 1e6))
-    return {implementation: [sorted(column)[len(column) // 2] for column in zip(*values)]
-            for implementation, values in samples.items()}
 
 
 def check_same_function(config_name, dtype):
@@ -204,10 +200,9 @@ def main():
     dtype = getattr(torch, args.dtype)
     if args.worker:
         quantity, config, mode, *implementation = json.loads(args.worker)
-        if quantity == 'time':
-            print(json.dumps(measure_times(config, mode, args.repeats, args.device, dtype)))
-        elif quantity == 'floor':
-            print(json.dumps(profile_floor(config, mode, args.repeats, dtype)))
+        if quantity in ('time', 'floor'):
+            measure = timed if quantity == 'time' else profiled
+            print(json.dumps(in_turns(measure, config, mode, args.repeats, args.device, dtype)))
         else:
             step = make_step(implementation[0], config, mode, args.device, dtype)
             print(json.dumps({'peak_bytes': peak_bytes(step, args.device)}))
@@ -234,7 +229,7 @@ def main():
         difference = check_same_function(config, dtype)
         for mode in args.modes:
             seconds = results['time', config, mode]
-            ours, explicit, hf = ({'seconds': seconds[name], **results['memory', config, mode, name]}
+            ours, explicit, hf = ({'seconds': seconds[name][0], **results['memory', config, mode, name]}
                                   for name in IMPLEMENTATIONS)
             rows.append({
                 'config': config, 'mode': mode, 'device': args.device, 'threads': args.threads, 'dtype': args.dtype,
