@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from transformer import Attention, sine_cosine_table
+from reference import randomise_, vit_features
 from utils import set_attention_fused, write_csv
 from video_transformer import (TimeSformer, VideoClassifier, VideoTransformerConfig, ViViT,
                                timesformer_tiny, vivit_tiny)
@@ -20,13 +20,6 @@ def tiny_config(arch, attention_type, **overrides):
     return preset(attention_type=attention_type, **overrides)
 
 
-def randomise_(model, seed=0):
-    """Random values everywhere, so zero-initialised parts (temporal_fc) cannot hide a path."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    return model
 
 
 def video(config, batch=2, seed=0):
@@ -107,26 +100,21 @@ def test_whole_model_gives_the_same_logits_on_both_attention_paths(arch, attenti
     torch.testing.assert_close(fused, explicit, rtol=1e-10, atol=1e-10)
 
 
+# Our divided block's spatial operator and FFN in timm's ViT names.
+TIMM_NAMES = {'spatial_attn.norm.': 'norm1.', 'spatial_attn.attn.': 'attn.', 'ffn.norm.': 'norm2.',
+              'ffn.fc1.': 'mlp.fc1.', 'ffn.fc2.': 'mlp.fc2.'}
+
+
 def image_vit_features(state, config, image):
-    """An independent ViT forward over the backbone's weights: image (B, C, H, W) -> (B, D)."""
-    heads, eps = config.num_heads, config.norm_eps
-    patches = F.conv2d(image, state['patch_embed.proj.weight'], state['patch_embed.proj.bias'],
-                       stride=config.patch_size).flatten(2).transpose(1, 2)
-    x = torch.cat((state['cls_token'].expand(len(image), -1, -1), patches), dim=1) + state['pos_embed']
-    for i in range(config.num_transformer_layers):
-        prefix = f'blocks.{i}.'
-        h = F.layer_norm(x, x.shape[-1:], state[prefix + 'spatial_attn.norm.weight'],
-                         state[prefix + 'spatial_attn.norm.bias'], eps)
-        qkv = F.linear(h, state[prefix + 'spatial_attn.attn.qkv.weight'], state[prefix + 'spatial_attn.attn.qkv.bias'])
-        q, k, v = qkv.unflatten(-1, (3, heads, -1)).permute(2, 0, 3, 1, 4)
-        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-        out = (weights @ v).transpose(1, 2).flatten(2)
-        x = x + F.linear(out, state[prefix + 'spatial_attn.attn.proj.weight'], state[prefix + 'spatial_attn.attn.proj.bias'])
-        h = F.layer_norm(x, x.shape[-1:], state[prefix + 'ffn.norm.weight'], state[prefix + 'ffn.norm.bias'], eps)
-        h = F.gelu(F.linear(h, state[prefix + 'ffn.fc1.weight'], state[prefix + 'ffn.fc1.bias']))
-        x = x + F.linear(h, state[prefix + 'ffn.fc2.weight'], state[prefix + 'ffn.fc2.bias'])
-    x = F.layer_norm(x, x.shape[-1:], state['norm.weight'], state['norm.bias'], config.final_norm_eps)
-    return x[:, 0]
+    """The independent ViT forward over the backbone's spatial weights: image (B, C, H, W) -> (B, D)."""
+    vit = {}
+    for key, value in state.items():
+        if 'temporal' in key or key == 'time_embed':
+            continue
+        for ours, timm in TIMM_NAMES.items():
+            key = key.replace(ours, timm)
+        vit[key] = value
+    return vit_features(vit, image, config.num_heads, config.norm_eps, config.final_norm_eps)
 
 
 def test_divided_timesformer_on_a_static_video_is_an_image_vit_when_time_is_switched_off():

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from safetensors.torch import save_file
 
+from reference import layer_norm, linear, qkv_attention, randomise_, vit_features
 from utils import count_parameters
 from video_transformer import (TimeSformer, VideoClassifier, ViViT, load_model, timesformer_base_patch16_224,
                                timesformer_tiny, vivit_tiny)
@@ -40,13 +41,6 @@ def random_state(shapes, seed=0):
     return {key: randn(*shape, generator=generator) for key, shape in shapes.items()}
 
 
-def randomise_(module, std=0.2):
-    """Every parameter of `module` drawn from N(0, std) in place, so no zero or one hides a bug."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
-    return module.eval()
 
 
 def video(batch=2, frames=FRAMES, size=SIZE, seed=1):
@@ -57,12 +51,8 @@ def video(batch=2, frames=FRAMES, size=SIZE, seed=1):
 # Independent references: plain torch over each source's own keys
 
 
-def layer_norm(x, state, prefix, eps):
-    return F.layer_norm(x, x.shape[-1:], state[prefix + '.weight'], state[prefix + '.bias'], eps)
 
 
-def linear(x, state, prefix):
-    return F.linear(x, state[prefix + '.weight'], state.get(prefix + '.bias'))
 
 
 def mha(x, state, prefix, heads):
@@ -75,12 +65,6 @@ def mha(x, state, prefix, heads):
     return out.transpose(0, 1)
 
 
-def qkv_attention(x, state, prefix, heads):
-    """timm's Attention: softmax(q k^T / sqrt(d)) v through proj, q, k, v stacked in qkv."""
-    q, k, v = (rearrange(part, 'n l (h e) -> n h l e', h=heads)
-               for part in linear(x, state, prefix + '.qkv').chunk(3, dim=-1))
-    weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
-    return linear(rearrange(weights @ v, 'n h l e -> n l (h e)'), state, prefix + '.proj')
 
 
 def seed_forward(state, clip, attention_type, heads):
@@ -181,16 +165,6 @@ def official_forward(state, clip, heads, eps=1e-6):
     return linear(layer_norm(x, s, 'norm', eps)[:, 0], s, 'head')
 
 
-def vit_features(state, image, heads, eps=1e-6):
-    """A timm ViT's class-token features on images (B, C, H, W)."""
-    x = rearrange(F.conv2d(image, state['patch_embed.proj.weight'], state['patch_embed.proj.bias'],
-                           stride=PATCH), 'n d h w -> n (h w) d')
-    x = torch.cat((repeat(state['cls_token'], '1 1 d -> n 1 d', n=x.shape[0]), x), dim=1) + state['pos_embed']
-    for index in range(LAYERS):
-        p = f'blocks.{index}.'
-        x = x + qkv_attention(layer_norm(x, state, p + 'norm1', eps), state, p + 'attn', heads)
-        x = x + linear(F.gelu(linear(layer_norm(x, state, p + 'norm2', eps), state, p + 'mlp.fc1')), state, p + 'mlp.fc2')
-    return layer_norm(x, state, 'norm', eps)[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,7 +528,7 @@ def hf_timesformer(attention_type='divided_space_time', **changes):
         num_attention_heads=HEADS, intermediate_size=4 * DIM, num_labels=CLASSES,
         id2label={index: f'action {index}' for index in range(CLASSES)}, attention_type=attention_type,
         **changes)
-    return randomise_(transformers.TimesformerForVideoClassification(config))
+    return randomise_(transformers.TimesformerForVideoClassification(config)).eval()
 
 
 def hf_vivit(**changes):
@@ -562,7 +536,7 @@ def hf_vivit(**changes):
         image_size=SIZE, num_frames=FRAMES, tubelet_size=[2, PATCH, PATCH], hidden_size=DIM,
         num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=4 * DIM, num_labels=CLASSES,
         **changes)
-    return randomise_(transformers.VivitForVideoClassification(config))
+    return randomise_(transformers.VivitForVideoClassification(config)).eval()
 
 
 def max_abs(a, b):
@@ -600,7 +574,7 @@ def test_hf_timesformer_bare_model_gives_backbone_keys():
     config = transformers.TimesformerConfig(image_size=SIZE, patch_size=PATCH, num_frames=FRAMES,
                                             hidden_size=DIM, num_hidden_layers=LAYERS,
                                             num_attention_heads=HEADS, intermediate_size=4 * DIM)
-    reference = randomise_(transformers.TimesformerModel(config))
+    reference = randomise_(transformers.TimesformerModel(config)).eval()
     converted = convert_hf_timesformer(reference.state_dict())
     assert all(key.startswith('backbone.') for key in converted)
     backbone = TimeSformer(timesformer_tiny(norm_eps=1e-6)).eval()
@@ -647,7 +621,7 @@ def test_hf_vivit_position_rows_become_patch_major():
 
 def test_export_round_trip_is_exact(tmp_path):
     model = randomise_(VideoClassifier(vivit_tiny(attention_type='fact_dot_product', num_classes=3),
-                                       class_names=['a', 'b', 'c']))
+                                       class_names=['a', 'b', 'c'])).eval()
     save_weights(model, tmp_path / 'export')
     loaded = load_model(tmp_path / 'export')
     assert loaded.config == model.config and loaded.class_names == ['a', 'b', 'c']
@@ -659,12 +633,12 @@ def test_export_round_trip_is_exact(tmp_path):
 
 
 def test_failed_export_leaves_the_previous_one_intact(tmp_path):
-    model = randomise_(VideoClassifier(timesformer_tiny(norm_eps=1e-6)))
+    model = randomise_(VideoClassifier(timesformer_tiny(norm_eps=1e-6))).eval()
     save_weights(model, tmp_path / 'ours')
     save_hf_timesformer(model, tmp_path / 'hf')
     before = {path: path.read_bytes() for path in tmp_path.rglob('*') if path.is_file()}
     # Tied weights: safetensors refuses tensors that share memory, after the export has begun.
-    tied = randomise_(VideoClassifier(timesformer_tiny(norm_eps=1e-6), class_names=list('abcd')))
+    tied = randomise_(VideoClassifier(timesformer_tiny(norm_eps=1e-6), class_names=list('abcd'))).eval()
     tied.backbone.blocks[1].ffn.fc1.weight = tied.backbone.blocks[0].ffn.fc1.weight
     for save, folder in ((save_weights, 'ours'), (save_hf_timesformer, 'hf')):
         with pytest.raises(RuntimeError, match='share memory'):
@@ -678,7 +652,7 @@ def test_failed_export_leaves_the_previous_one_intact(tmp_path):
 
 
 def test_training_checkpoint_loads(tmp_path):
-    model = randomise_(VideoClassifier(timesformer_tiny(num_classes=2), class_names=['x', 'y']))
+    model = randomise_(VideoClassifier(timesformer_tiny(num_classes=2), class_names=['x', 'y'])).eval()
     state = {f'model.{key}': value for key, value in model.state_dict().items()}
     torch.save({'epoch': 1, 'state_dict': state, 'hparams_name': 'kwargs',
                 'hyper_parameters': {'config': model.config.to_dict(), 'class_names': ['x', 'y'], 'lr': 1e-3}},
@@ -737,7 +711,8 @@ def test_export_command_errors_are_one_line(tmp_path, flags, output, message):
 
 
 def test_hf_export_loads_in_transformers_and_back(tmp_path):
-    model = randomise_(VideoClassifier(timesformer_tiny(norm_eps=1e-6, num_classes=3), class_names=['a', 'b', 'c']))
+    model = randomise_(VideoClassifier(timesformer_tiny(norm_eps=1e-6, num_classes=3),
+                                       class_names=['a', 'b', 'c'])).eval()
     save_hf_timesformer(model, tmp_path / 'hf')
     reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'hf').eval()
     assert reference.config.id2label == {0: 'a', 1: 'b', 2: 'c'}
@@ -831,7 +806,7 @@ def test_joint_table_for_a_separate_model_is_one_clear_error(tmp_path, frames):
 def test_per_frame_and_joint_timesformer_weights_are_told_apart(tmp_path, attention_type, pos_emb_type):
     # 1 + 16 patches * 4 frames = 1 + 8*8 rows: a joint table looks like a per-frame one at 64 px.
     config = timesformer_tiny(attention_type=attention_type, pos_emb_type=pos_emb_type)
-    model = randomise_(VideoClassifier(config))
+    model = randomise_(VideoClassifier(config)).eval()
     save_weights(model, tmp_path / 'export')
     started = TimeSformer(config.replace(pretrained=str(tmp_path / 'export'))).eval()
     clip = video()
