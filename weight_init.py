@@ -957,10 +957,9 @@ def save_weights(model, directory):
     return _write_folder(directory, tensors, meta)
 
 
-def save_hf_timesformer(model, directory):
-    """Write a TimeSformer VideoClassifier as a transformers TimesformerForVideoClassification
-    folder (config.json + model.safetensors) that `from_pretrained` loads."""
-    config = model.config
+def hf_timesformer_config(config, class_names=None):
+    """transformers' TimesformerConfig fields (a dict) for our TimeSformer `config`; ValueError for
+    one transformers cannot express."""
     activation = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu'}[config.activation]
     unsupported = [
         (config.conv_type == 'Conv2d', 'Conv2d patches'),
@@ -974,8 +973,8 @@ def save_hf_timesformer(model, directory):
     needed = [what for holds, what in unsupported if not holds]
     if needed:
         raise ValueError(f'transformers TimeSformer needs {", ".join(needed)}')
-    names = model.class_names or [f'LABEL_{index}' for index in range(config.num_classes)]
-    hf_config = {
+    names = class_names or [f'LABEL_{index}' for index in range(config.num_classes)]
+    return {
         'model_type': 'timesformer', 'architectures': ['TimesformerForVideoClassification'],
         'image_size': config.img_size, 'patch_size': config.patch_size, 'num_channels': config.in_channels,
         'num_frames': config.num_frames, 'hidden_size': config.embed_dims,
@@ -988,6 +987,12 @@ def save_hf_timesformer(model, directory):
         'id2label': {str(index): name for index, name in enumerate(names)},
         'label2id': {name: index for index, name in enumerate(names)},
     }
+
+
+def save_hf_timesformer(model, directory):
+    """Write a TimeSformer VideoClassifier as a transformers TimesformerForVideoClassification
+    folder (config.json + model.safetensors) that `from_pretrained` loads."""
+    hf_config = hf_timesformer_config(model.config, model.class_names)
     tensors = {key: value.detach().contiguous()
                for key, value in convert_to_hf_timesformer(_named_tables(model)).items()}
     return _write_folder(directory, tensors, hf_config)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils import set_attention_fused, write_csv  # noqa: E402
 from video_transformer import VideoClassifier, timesformer_base_patch16_224  # noqa: E402
-from weight_init import convert_hf_timesformer  # noqa: E402
+from weight_init import convert_hf_timesformer, hf_timesformer_config  # noqa: E402
 
 # Same numerics as transformers' TimesformerConfig defaults: LayerNorm eps 1e-6, exact GELU,
 # no dropout or stochastic depth, so both sides compute the same function.
@@ -57,14 +57,8 @@ def our_config(name):
 
 def hf_model(config):
     from transformers import TimesformerConfig, TimesformerForVideoClassification
-    hf_config = TimesformerConfig(
-        image_size=config.img_size, patch_size=config.patch_size, num_frames=config.num_frames,
-        hidden_size=config.embed_dims, num_hidden_layers=config.num_transformer_layers,
-        num_attention_heads=config.num_heads, intermediate_size=int(config.embed_dims * config.mlp_ratio),
-        hidden_act='gelu', layer_norm_eps=config.norm_eps, num_labels=config.num_classes,
-        attention_type='divided_space_time')
     torch.manual_seed(0)
-    return TimesformerForVideoClassification(hf_config)
+    return TimesformerForVideoClassification(TimesformerConfig(**hf_timesformer_config(config)))
 
 
 def build(implementation, config_name):
