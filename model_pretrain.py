@@ -1,6 +1,402 @@
-"""Training command line (not built yet)."""
+"""Train a video transformer.
+
+    python model_pretrain.py                       # a small TimeSformer on the demo dataset, a few minutes on a CPU
+    python model_pretrain.py -lr 0.005 -epoch 15 -batch_size 8 -num_class 600 -frame_interval 32 \\
+        -root_dir WORKSPACE -train_data_path train.txt -val_data_path val.txt -pretrain vit
+
+Flags keep the original repository's single-dash spelling; `--flag` works too. Without
+-train_data_path the demo dataset is used (generated into demo/data on first use) with the demo's
+recipe; with it, the defaults are the original's Kinetics recipe. Any flag overrides either.
+Results go to ROOT_DIR/results/<experiment tag>/{ckpt,log}.
+"""
+import argparse
+import logging
+import os
+import signal
 import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
+from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from data_trainer import SkippedVideos, VideoDataModule
+from dataset import UnreadableDatasetError
+from demo.make_demo_dataset import make_demo_dataset
+from model_trainer import LitVideoClassifier, NonFiniteLossError
+from run_outputs import AtomicCheckpointIO, CheckpointOnSigterm, percent, plot_curves, read_metrics, write_json
+from transformer import Block
+from video_transformer import VideoTransformerConfig
+from weight_init import WeightLoadError, init_from_pretrained_
+
+REPOSITORY = Path(__file__).resolve().parent
+DEMO_DIR = REPOSITORY / 'demo' / 'data'
+# The original's `-pretrain vit|mae` name files in ROOT_DIR/pretrain_model; `kinetics` is a released
+# video checkpoint there (the original's TimeSformer-B Kinetics-600).
+PRETRAIN_FILES = {
+    'vit': 'vit_base_patch16_224.pth',
+    'mae': 'pretrain_mae_vit_base_mask_0.75_400e.pth',
+    'kinetics': 'timesformer_k600.ckpt',
+}
+# The original's README recipe on Kinetics: TimeSformer-B/16, 8 frames 32 apart, SGD with nesterov
+# momentum, lr 0.005 divided by 10 at epochs 5 and 11 of 15, mean = std = 0.5, three test crops.
+KINETICS_RECIPE = dict(
+    lr=0.005, epoch=15, batch_size=8, num_workers=4, log_interval=30, num_samples_per_cls=10000,
+    pretrain='vit', frame_interval=32, root_dir='.', arch='timesformer', attention_type='divided_space_time',
+    num_frames=8, img_size=224, patch_size=16, embed_dims=768, num_heads=12, depth=12, num_time_layers=4,
+    tube_size=2, data_statics='inception', num_clips=1, num_crops=3, optim_type='sgd', momentum=0.9,
+    weight_decay=1e-4, lr_schedule='multistep', warmup_epochs=0.0, min_lr=1e-6, milestones=[5, 11],
+    layer_decay=1.0, label_smoothing=0.0, mixup_alpha=0.8, cutmix_alpha=1.0, drop_path=0.1, crop_scale=[0.08, 1.0], color_jitter=0.4,
+    save_ckpt_freq=1000,
+)
+# The demo: a small TimeSformer learns the motion classes of demo/make_demo_dataset.py from scratch.
+DEMO_RECIPE = dict(
+    KINETICS_RECIPE, lr=1e-3, epoch=30, batch_size=16, num_workers=2, log_interval=10, pretrain='none',
+    frame_interval=4, root_dir='runs/demo', num_frames=8, img_size=32, patch_size=8, embed_dims=64, num_heads=4,
+    depth=4, data_statics='kinetics', num_clips=2, num_crops=3, optim_type='adamw', weight_decay=0.05,
+    lr_schedule='cosine', warmup_epochs=2.0, label_smoothing=0.1, drop_path=0.0, crop_scale=[0.6, 1.0],
+    color_jitter=0.0, save_ckpt_freq=0,
+)
+ATTENTION_TYPES = ('divided_space_time', 'space_only', 'joint_space_time', 'fact_encoder', 'fact_dot_product')
+
+
+class UsageError(Exception):
+    """A flag or path the user gave that cannot work; exits 2 with one line."""
+
+
+def str_to_bool(text):
+    """The original's `-mixup True` spelling, and a bare `-mixup`."""
+    if text.lower() in ('true', '1', 'yes'):
+        return True
+    if text.lower() in ('false', '0', 'no'):
+        return False
+    raise argparse.ArgumentTypeError(f'expected True or False, got {text!r}')
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, single-dash long flags and their double-dash aliases."""
+
+    def flag(self, name, **kwargs):
+        self.add_argument(f'-{name}', f'--{name}', **kwargs)
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def parse_args(argv=None):
+    parser = Parser(description=__doc__.split('\n\n')[0], allow_abbrev=False,
+                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    # Every flag whose default depends on the recipe (demo or Kinetics) defaults to None here.
+    seed = parser.add_argument_group("the original repository's flags")
+    for name, kind, text in (
+            ('lr', float, 'base learning rate (not scaled by the batch size)'),
+            ('epoch', int, 'epochs to train'),
+            ('batch_size', int, 'clips per device and step'),
+            ('num_workers', int, 'loader processes per device'),
+            ('log_interval', int, 'steps between log rows'),
+            ('num_class', int, 'classes; inferred from the class map or the labels when not given'),
+            ('num_samples_per_cls', int, 'at most this many training clips per class'),
+            ('pretrain', str, "starting point: none, vit, mae, kinetics (files in ROOT_DIR/pretrain_model) or a path"),
+            ('frame_interval', int, 'frames between sampled frames'),
+            ('seed', int, 'random seed'),
+            ('root_dir', str, 'workspace: pretrain_model/ and results/ live here')):
+        seed.add_argument(f'-{name}', f'--{name}', type=kind, help=text)
+    seed.add_argument('-gpus', '--gpus', type=int, nargs='+', help='GPU ids, or -1 for all (same as -accelerator gpu -devices)')
+    seed.add_argument('-train_data_path', '--train_data_path', help='training list, Kinetics CSV or folder per class; '
+                                                                    'without it, the demo dataset')
+    for split in ('val', 'test'):
+        seed.add_argument(f'-{split}_data_path', f'--{split}_data_path', help=f'{split} annotations')
+
+    model = parser.add_argument_group('model and data')
+    model.add_argument('-arch', '--arch', choices=('timesformer', 'vivit'))
+    model.add_argument('-attention_type', '--attention_type', choices=ATTENTION_TYPES)
+    for name, kind, text in (
+            ('num_frames', int, 'frames per clip'), ('img_size', int, 'crop size in pixels'),
+            ('patch_size', int, 'patch size in pixels'), ('embed_dims', int, 'width'),
+            ('num_heads', int, 'attention heads'), ('depth', int, 'blocks (the spatial encoder for ViViT fact_encoder)'),
+            ('num_time_layers', int, "ViViT fact_encoder's temporal blocks"),
+            ('tube_size', int, "ViViT's tubelet depth in frames"),
+            ('drop_path', float, 'stochastic depth rate of the last block'),
+            ('num_clips', int, 'test clips per video'), ('num_crops', int, 'test crops per clip (1 or 3)'),
+            ('window_seconds', float, 'sample a window of this many seconds instead of num_frames x frame_interval')):
+        model.add_argument(f'-{name}', f'--{name}', type=kind, help=text)
+    model.add_argument('-data_statics', '--data_statics', choices=('kinetics', 'imagenet', 'clip', 'inception'),
+                       help='normalisation statistics (the original used inception: mean = std = 0.5)')
+    model.add_argument('-class_map', '--class_map', help='JSON name -> index, or one name per line')
+    model.add_argument('-data_root', '--data_root', help="folder the lists' relative video paths start from "
+                                                         "(default: the list's own folder)")
+    model.add_argument('-decoder', '--decoder', choices=('decord', 'pyav'))
+
+    recipe = parser.add_argument_group('recipe')
+    recipe.add_argument('-optim_type', '--optim_type', choices=('sgd', 'adamw'))
+    recipe.add_argument('-lr_schedule', '--lr_schedule', choices=('cosine', 'multistep'))
+    recipe.add_argument('-milestones', '--milestones', type=int, nargs='+', help='multistep: epochs where lr drops 10x')
+    for name, kind, text in (
+            ('momentum', float, 'SGD momentum (nesterov)'), ('weight_decay', float, 'not on norms, biases, '
+                                                                                      'class token, position tables'),
+            ('warmup_epochs', float, 'linear warmup'), ('min_lr', float, 'cosine floor'),
+            ('layer_decay', float, 'lr x layer_decay per block from the top (1: off)'),
+            ('clip_grad', float, 'clip the gradient norm to this (0: off)'),
+            ('label_smoothing', float, 'label smoothing of the loss'),
+            ('mixup_alpha', float, 'mixup Beta(alpha, alpha)'), ('cutmix_alpha', float, 'CutMix Beta(alpha, alpha)'),
+            ('color_jitter', float, 'colour jitter strength without auto_augment (0: off)'),
+            ('freeze_blocks', int, 'partial fine-tune: freeze the patch embedding and the first N blocks')):
+        recipe.add_argument(f'-{name}', f'--{name}', type=kind, help=text)
+    recipe.add_argument('-crop_scale', '--crop_scale', type=float, nargs=2, metavar=('MIN', 'MAX'),
+                        help='area range of the random resized crop')
+    recipe.add_argument('-mixup', '--mixup', type=str_to_bool, nargs='?', const=True, default=False,
+                        help='mixup / CutMix of training clips')
+    recipe.add_argument('-auto_augment', '--auto_augment', help='RandAugment policy, e.g. rand-m9-n2')
+    recipe.add_argument('-eval_metrics', '--eval_metrics', choices=('finetune', 'linear_prob'), default='finetune',
+                        help='linear_prob: train the head only, the backbone frozen in eval mode')
+    recipe.add_argument('-nonfinite_loss', '--nonfinite_loss', choices=('stop', 'skip'), default='stop',
+                        help='on a NaN or infinite loss: stop naming the last checkpoint, or skip the step')
+
+    lightning = parser.add_argument_group('Lightning')
+    lightning.add_argument('-accelerator', '--accelerator', default='auto', help='cpu, gpu, auto')
+    lightning.add_argument('-devices', '--devices', default='auto', help='number of devices, or auto')
+    lightning.add_argument('-num_nodes', '--num_nodes', type=int, default=1)
+    lightning.add_argument('-strategy', '--strategy', choices=('auto', 'ddp', 'fsdp'), default='auto')
+    lightning.add_argument('-activation_checkpointing', '--activation_checkpointing', action='store_true',
+                           help='fsdp: recompute each block in backward (less memory, about a third slower)')
+    lightning.add_argument('-precision', '--precision', choices=('32-true', '16-mixed', 'bf16-mixed'),
+                           help='default: bf16-mixed (or 16-mixed) on GPUs, 32-true on CPUs')
+    lightning.add_argument('-accumulate_grad_batches', '--accumulate_grad_batches', type=int, default=1)
+    lightning.add_argument('-max_steps', '--max_steps', type=int, default=-1)
+    lightning.add_argument('-val_check_interval', '--val_check_interval', type=float,
+                           help='validate every this many steps (> 1) or fraction of an epoch (<= 1)')
+    lightning.add_argument('-save_ckpt_freq', '--save_ckpt_freq', type=int, help='also save every this many steps '
+                                                                                '(0: at epoch ends only)')
+    lightning.add_argument('-resume', '--resume', nargs='?', const='last',
+                           help="continue the experiment's last checkpoint, or the one given")
+    lightning.add_argument('-compile', '--compile', action='store_true', help='torch.compile the model')
+    args = parser.parse_args(argv)
+    recipe_defaults = DEMO_RECIPE if args.train_data_path is None else KINETICS_RECIPE
+    for name, value in recipe_defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.seed is None:
+        args.seed = 0
+    return args
+
+
+def check_writable(root_dir):
+    """Create ROOT_DIR/results and prove a file can be written there."""
+    results = Path(root_dir) / 'results'
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=results):
+            pass
+    except OSError as error:
+        raise UsageError(f'-root_dir {root_dir}: cannot write results there ({error.strerror or error})') from None
+
+
+def resolve_pretrain(args):
+    """The starting-point file of -pretrain, or None for 'none'."""
+    if args.pretrain == 'none':
+        return None
+    path = Path(args.root_dir) / 'pretrain_model' / PRETRAIN_FILES[args.pretrain] \
+        if args.pretrain in PRETRAIN_FILES else Path(args.pretrain)
+    if not path.exists():
+        raise UsageError(f'-pretrain {args.pretrain}: no such file {path} (use -pretrain none to start from scratch)')
+    return path
+
+
+def build_data(args):
+    """The DataModule, its annotation files parsed (not decoded), so list mistakes stop the run here."""
+    if args.train_data_path is None:
+        if not (DEMO_DIR / 'train.txt').is_file():
+            logging.info('Generating the demo dataset in %s', DEMO_DIR)
+            make_demo_dataset(DEMO_DIR, seed=0)
+        paths = {split: str(DEMO_DIR / f'{split}.txt') for split in ('train', 'val', 'test')}
+        class_map = args.class_map or str(DEMO_DIR / 'classmap.json')
+    else:
+        paths = {'train': args.train_data_path, 'val': args.val_data_path, 'test': args.test_data_path}
+        class_map = args.class_map
+    for split, path in paths.items():
+        if path is not None and not Path(path).exists():
+            raise UsageError(f'-{split}_data_path {path}: no such file or folder')
+    if class_map is not None and not Path(class_map).is_file():
+        raise UsageError(f'-class_map {class_map}: no such file')
+    try:
+        data = VideoDataModule(
+            train_data_path=paths['train'], val_data_path=paths['val'], test_data_path=paths['test'],
+            root_dir=args.data_root, class_map=class_map, num_class=args.num_class,
+            num_samples_per_cls=args.num_samples_per_cls, num_frames=args.num_frames,
+            frame_interval=args.frame_interval, window_seconds=args.window_seconds, num_clips=args.num_clips,
+            num_crops=args.num_crops, img_size=args.img_size, batch_size=args.batch_size, num_workers=args.num_workers,
+            persistent_workers=False, data_statics=args.data_statics, crop_scale=tuple(args.crop_scale),
+            color_jitter=args.color_jitter, auto_augment=args.auto_augment, mixup=args.mixup,
+            mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
+            **({'decoder': args.decoder} if args.decoder else {}))
+        for split, path in paths.items():
+            if path is not None:
+                data.dataset(split)
+    except ValueError as error:  # AnnotationError, or a data setting out of range
+        raise UsageError(error) from None
+    return data
+
+
+def build_config(args, num_classes):
+    conv = dict(conv_type='Conv3d', tube_size=args.tube_size) if args.arch == 'vivit' else {}
+    try:
+        return VideoTransformerConfig(
+            arch=args.arch, attention_type=args.attention_type, num_frames=args.num_frames,
+            img_size=args.img_size, patch_size=args.patch_size, embed_dims=args.embed_dims,
+            num_heads=args.num_heads, num_transformer_layers=args.depth,
+            num_time_transformer_layers=args.num_time_layers,
+            drop_path_rate=args.drop_path, num_classes=num_classes, **conv)
+    except ValueError as error:  # the config names the field, which is the flag without its dash
+        raise UsageError(error) from None
+
+
+def build_trainer(args):
+    accelerator, devices = args.accelerator, args.devices
+    if args.gpus is not None:
+        accelerator, devices = 'gpu', (-1 if args.gpus == [-1] else args.gpus)
+    elif devices != 'auto':
+        devices = int(devices) if devices.lstrip('-').isdigit() else devices
+    on_gpu = accelerator in ('gpu', 'cuda') or (accelerator == 'auto' and torch.cuda.is_available())
+    precision = args.precision or (
+        ('bf16-mixed' if torch.cuda.is_bf16_supported() else '16-mixed') if on_gpu else '32-true')
+    strategy = args.strategy
+    if strategy == 'ddp':
+        strategy = DDPStrategy(find_unused_parameters=False)  # backward reaches every parameter
+    elif strategy == 'fsdp':
+        strategy = FSDPStrategy(auto_wrap_policy={Block}, state_dict_type='full',
+                                activation_checkpointing_policy={Block} if args.activation_checkpointing else None)
+    val_check = args.val_check_interval
+    return pl.Trainer(
+        accelerator=accelerator, devices=devices, num_nodes=args.num_nodes, strategy=strategy, precision=precision,
+        max_epochs=args.epoch, max_steps=args.max_steps, accumulate_grad_batches=args.accumulate_grad_batches,
+        gradient_clip_val=args.clip_grad or None,
+        val_check_interval=int(val_check) if val_check is not None and val_check > 1 else val_check,
+        log_every_n_steps=args.log_interval, plugins=[AtomicCheckpointIO()], logger=False,
+        callbacks=[SkippedVideos()], enable_model_summary=False)
+
+
+def experiment_tag(args, num_devices):
+    """The original's tag: what most often differs between runs of one workspace."""
+    pretrain = Path(args.pretrain).stem if args.pretrain not in PRETRAIN_FILES else args.pretrain
+    return (f'arch_{args.arch}_lr_{args.lr}_pretrain_{pretrain}_seed_{args.seed}_gpus_{num_devices}_'
+            f'bs_{args.batch_size}_nw_{args.num_workers}_frame_interval_{args.frame_interval}')
+
+
+def main(argv=None):
+    started = time.perf_counter()
+    args = parse_args(argv)
+    check_writable(args.root_dir)
+    pretrain = resolve_pretrain(args)
+    data = build_data(args)
+    config = build_config(args, data.num_class)
+    trainer = build_trainer(args)
+    run_dir = Path(args.root_dir) / 'results' / experiment_tag(args, trainer.num_devices * trainer.num_nodes)
+    ckpt_dir, log_dir = run_dir / 'ckpt', run_dir / 'log'
+    resume = None
+    if args.resume is not None:
+        resume = ckpt_dir / 'last.ckpt' if args.resume == 'last' else Path(args.resume)
+        if not resume.is_file():
+            raise UsageError(f'-resume: no checkpoint at {resume}')
+
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    module = LitVideoClassifier(
+        config, data.class_names, data.preprocessing.to_dict(), optim_type=args.optim_type, lr=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, milestones=args.milestones,
+        layer_decay=args.layer_decay, label_smoothing=args.label_smoothing, freeze_blocks=args.freeze_blocks,
+        eval_metrics=args.eval_metrics, nonfinite_loss=args.nonfinite_loss)
+    if pretrain is not None and resume is None:
+        init_from_pretrained_(module.model.backbone, pretrain)
+    if args.compile:
+        module.model.compile()
+
+    validating = data.sources['val'] is not None
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename='best', monitor='val/top1' if validating else None,
+                           mode='max', save_top_k=1, save_last=True)
+    checkpoints = [best]
+    if args.save_ckpt_freq:
+        checkpoints.append(ModelCheckpoint(dirpath=ckpt_dir, filename='step{step:07d}', auto_insert_metric_name=False,
+                                           every_n_train_steps=args.save_ckpt_freq, save_top_k=-1, save_last=True))
+    sigterm = CheckpointOnSigterm(ckpt_dir / 'last.ckpt')
+    trainer.callbacks.extend(checkpoints + [sigterm])
+    csv_logger = CSVLogger(run_dir, name='log', version='')
+    trainer.loggers = [csv_logger, TensorBoardLogger(log_dir, name='tensorboard', version='')]
+    say(f'Training {config.arch} {config.attention_type} ({config.num_transformer_layers} blocks of width '
+        f'{config.embed_dims}, {config.num_frames}x{config.img_size}, {config.num_classes} classes) on '
+        f'{len(data.dataset("train"))} clips; precision {trainer.precision}, {trainer.num_devices} device(s) x '
+        f'{trainer.num_nodes} node(s); results in {run_dir}')
+    try:
+        trainer.fit(module, data, ckpt_path=resume)
+        tested = trainer.test(module, data, ckpt_path='best' if validating and best.best_model_path else None,
+                              verbose=False) if data.sources['test'] is not None else [{}]
+    except SIGTERMException:
+        say(f'Stopped by SIGTERM; saved {sigterm.path}; continue with the same flags and -resume')
+        return 128 + signal.SIGTERM
+    test = tested[0] if tested else {}
+    report(args, module, trainer, data, best, test, log_dir, run_dir, time.perf_counter() - started)
+    return 0
+
+
+def first_video(data):
+    split = next(split for split in ('test', 'val', 'train') if data.sources[split] is not None)
+    return data.dataset(split).path(0)
+
+
+@rank_zero_only
+def report(args, module, trainer, data, best, test, log_dir, run_dir, seconds):
+    """The one-line summary, summary.json and curves.png beside the logs, and the next command."""
+    rows = (log_dir / 'metrics.csv')
+    best_score = float(best.best_model_score) if best.best_model_score is not None else None
+    val_top5, best_epoch = None, None
+    if best_score is not None and rows.is_file():
+        from_rows = [row for row in read_metrics(rows) if row.get('val/top1') == best_score]
+        if from_rows:
+            val_top5, best_epoch = from_rows[0].get('val/top5'), int(from_rows[0]['epoch'])
+    views = data.preprocessing.num_clips * data.preprocessing.num_crops
+    summary = {
+        'experiment': run_dir.name, 'best_val_top1': best_score, 'best_val_top5': val_top5, 'best_epoch': best_epoch,
+        'test_top1_1view': test.get('test/top1_1view'), 'test_top5_1view': test.get('test/top5_1view'),
+        'test_top1': test.get('test/top1'), 'test_top5': test.get('test/top5'), 'test_views': views,
+        'epochs': trainer.current_epoch, 'steps': trainer.global_step, 'skipped_steps': module.skipped_steps,
+        'seconds': round(seconds, 1), 'checkpoint': best.best_model_path or best.last_model_path,
+        'last_checkpoint': best.last_model_path,
+    }
+    write_json(summary, log_dir / 'summary.json')
+    if rows.is_file():
+        plot_curves(rows, log_dir / 'curves.png')
+    say(f'Done in {seconds / 60:.1f} min: best val top-1 {percent(best_score)} / top-5 {percent(val_top5)} '
+        f'(epoch {best_epoch}); test top-1 {percent(summary["test_top1_1view"])} / top-5 '
+        f'{percent(summary["test_top5_1view"])} at 1 view, {percent(summary["test_top1"])} / '
+        f'{percent(summary["test_top5"])} at {data.preprocessing.num_clips}x{data.preprocessing.num_crops} views; '
+        f'{log_dir / "summary.json"}, {log_dir / "curves.png"}')
+    say(f'Next: python model_inference.py -pretrain {summary["checkpoint"]} -video_path {first_video(data)}')
+
+
+def say(message):
+    """A line for the user on standard output, from rank zero only."""
+    rank_zero_only(print)(message, flush=True)
+
+
+def last_line(error):
+    """The message of an error, or its last line when a loader worker wrapped it with a traceback."""
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
 
 
 if __name__ == '__main__':
-    sys.exit('model_pretrain.py is not built yet: it arrives with the training CLI issue.')
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    try:
+        code = main()
+    except (UsageError, WeightLoadError) as error:  # a flag, a path or a file the user gave
+        print(f'model_pretrain.py: error: {error}', file=sys.stderr)
+        code = 2
+    except (NonFiniteLossError, UnreadableDatasetError) as error:  # the run itself went wrong
+        print(f'model_pretrain.py: {last_line(error)}', file=sys.stderr)
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,100 @@
+"""What a training run leaves behind: checkpoints written atomically, one more on SIGTERM, the curves
+of its CSV log as a PNG and a summary as JSON."""
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from matplotlib.figure import Figure
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint beside its destination, syncs it to disk, then renames it into place, so a
+    crash, a kill or a full disk while saving never leaves a truncated file where a good one was.
+    Reads with weights_only=True: a checkpoint holds tensors and plain types only."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f'.{path.name}.partial')
+        try:
+            with open(partial, 'wb') as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return torch.load(path, map_location=map_location or 'cpu', weights_only=True)
+
+
+class CheckpointOnSigterm(pl.Callback):
+    """Saves a checkpoint to `path` when Lightning stops the run on SIGTERM (a scheduler's
+    preemption or `kill`), so `-resume` continues from the last finished step."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.saved = False
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)
+            self.saved = True
+
+
+def read_metrics(path):
+    """Rows of a Lightning CSVLogger metrics.csv as dicts of floats (absent values left out)."""
+    with open(path, newline='') as handle:
+        return [{key: float(value) for key, value in row.items() if value not in ('', None)}
+                for row in csv.DictReader(handle)]
+
+
+def _series(rows, key, axis):
+    points = [(row[axis], row[key]) for row in rows if key in row and axis in row]
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def plot_curves(metrics_csv, png):
+    """Loss (train per step, val per epoch), top-1 accuracy (train and val per epoch) and the
+    learning rate from a CSVLogger metrics.csv -> a PNG of three panels."""
+    rows = read_metrics(metrics_csv)
+    figure = Figure(figsize=(15, 4))  # no pyplot: no GUI backend, nothing global
+    loss_axis, accuracy_axis, lr_axis = figure.subplots(1, 3)
+    for key, label in (('train/loss', 'train (step)'), ('val/loss', 'val')):
+        steps, values = _series(rows, key, 'step')
+        if values:
+            loss_axis.plot(steps, values, label=label, marker='o' if key == 'val/loss' else None)
+    loss_axis.set(title='loss', xlabel='step')
+    for key, label in (('train/top1_epoch', 'train top-1'), ('val/top1', 'val top-1'), ('val/top5', 'val top-5')):
+        epochs, values = _series(rows, key, 'epoch')
+        if values:
+            accuracy_axis.plot([epoch + 1 for epoch in epochs], values, label=label, marker='o')
+    accuracy_axis.set(title='accuracy', xlabel='epoch', ylim=(0, 1.02))
+    steps, values = _series(rows, 'train/lr', 'step')
+    lr_axis.plot(steps, values)
+    lr_axis.set(title='learning rate', xlabel='step')
+    for axis in (loss_axis, accuracy_axis):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
+    figure.tight_layout()
+    figure.savefig(png, dpi=100)
+
+
+def write_json(values, path):
+    """`values` as indented JSON at `path`, replacing it atomically."""
+    path = Path(path)
+    partial = path.with_name(f'.{path.name}.partial')
+    partial.write_text(json.dumps(values, indent=2) + '\n')
+    os.replace(partial, path)
+
+
+def percent(value):
+    """A fraction as '87.5' for the summary line, or 'n/a'."""
+    return 'n/a' if value is None or (isinstance(value, float) and math.isnan(value)) else f'{100 * value:.1f}'

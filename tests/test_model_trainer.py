@@ -1,0 +1,151 @@
+"""The LightningModule, through real Lightning fits of a tiny TimeSformer on the generated demo clips."""
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from data_trainer import VideoDataModule
+from model_loading import load_model
+from model_trainer import LitVideoClassifier, NonFiniteLossError
+from run_outputs import AtomicCheckpointIO
+from video_transformer import timesformer_tiny
+
+
+def tiny_data(demo_data, **overrides):
+    settings = dict(train_data_path=demo_data / 'train.txt', val_data_path=demo_data / 'val.txt',
+                    test_data_path=demo_data / 'test.txt', class_map=demo_data / 'classmap.json', num_frames=4,
+                    frame_interval=2, img_size=32, batch_size=4, num_workers=0, num_clips=2, num_crops=3,
+                    color_jitter=0.0, crop_scale=(0.5, 1.0))
+    return VideoDataModule(**{**settings, **overrides})
+
+
+def tiny_module(data, **settings):
+    return LitVideoClassifier(timesformer_tiny(num_classes=data.num_class), data.class_names,
+                              data.preprocessing.to_dict(), **settings)
+
+
+def fit(module, data, tmp_path, max_steps=-1, max_epochs=1, **trainer_settings):
+    trainer = pl.Trainer(accelerator='cpu', devices=1, max_epochs=max_epochs, max_steps=max_steps, logger=False,
+                         default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+                         plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0, **trainer_settings)
+    trainer.fit(module, data)
+    return trainer
+
+
+def snapshot(module):
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def test_linear_probe_trains_the_head_only(demo_data, tmp_path):
+    pl.seed_everything(0)
+    data = tiny_data(demo_data)
+    module = tiny_module(data, eval_metrics='linear_prob', optim_type='adamw', lr=1e-2, weight_decay=0.05)
+    before = snapshot(module)
+    fit(module, data, tmp_path, max_steps=3, enable_checkpointing=False, limit_val_batches=0)
+    after = snapshot(module)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {'model.head.fc.weight', 'model.head.fc.bias'}
+    assert not module.model.backbone.training  # eval mode: no dropout, no stochastic depth
+
+
+def test_freeze_blocks_freezes_the_embedding_and_exactly_those_blocks(demo_data, tmp_path):
+    pl.seed_everything(0)
+    data = tiny_data(demo_data)
+    module = tiny_module(data, freeze_blocks=1, optim_type='adamw', lr=1e-2)
+    before = snapshot(module)
+    fit(module, data, tmp_path, max_steps=3, enable_checkpointing=False, limit_val_batches=0)
+    after = snapshot(module)
+    for name in before:
+        frozen = name.startswith(('model.backbone.patch_embed.', 'model.backbone.blocks.0.')) or name in (
+            'model.backbone.cls_token', 'model.backbone.pos_embed', 'model.backbone.time_embed')
+        if name.endswith(('temporal_fc.weight', 'temporal_fc.bias')) and not frozen:
+            continue  # zero-initialised and may stay near zero; not evidence either way
+        assert torch.equal(before[name], after[name]) == frozen, name
+
+
+def test_layer_decay_scales_each_block_and_spares_norms_biases_and_tables(demo_data):
+    data = tiny_data(demo_data)
+    module = tiny_module(data, lr=0.1, layer_decay=0.5, weight_decay=0.05)
+    groups = module.parameter_groups()
+    names = {id(parameter): name for name, parameter in module.named_parameters()}
+    lr_of = {names[id(parameter)]: (group['lr'], group['weight_decay']) for group in groups
+             for parameter in group['params']}
+    assert len(lr_of) == sum(1 for _ in module.parameters())
+    # 2 blocks: embedding 0.5^3, block 0 0.5^2, block 1 0.5, norm and head 1.
+    assert lr_of['model.backbone.patch_embed.proj.weight'] == (pytest.approx(0.1 * 0.125), 0.05)
+    assert lr_of['model.backbone.pos_embed'] == (pytest.approx(0.1 * 0.125), 0.0)
+    assert lr_of['model.backbone.cls_token'][1] == 0.0
+    assert lr_of['model.backbone.blocks.0.spatial_attn.attn.qkv.weight'] == (pytest.approx(0.1 * 0.25), 0.05)
+    assert lr_of['model.backbone.blocks.1.ffn.fc1.weight'] == (pytest.approx(0.1 * 0.5), 0.05)
+    assert lr_of['model.backbone.blocks.1.ffn.fc1.bias'] == (pytest.approx(0.1 * 0.5), 0.0)
+    assert lr_of['model.backbone.blocks.1.ffn.norm.weight'][1] == 0.0
+    assert lr_of['model.head.fc.weight'] == (pytest.approx(0.1), 0.05)
+
+
+def test_schedules_warm_up_then_follow_cosine_or_milestones(demo_data):
+    data = tiny_data(demo_data)
+    cosine = tiny_module(data, lr=1.0, min_lr=0.01, lr_schedule='cosine', warmup_epochs=1)
+    factors = [cosine.lr_factor(step, steps_per_epoch=10, total_steps=110) for step in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:])) and factors[-1] > 0.01
+    steps = tiny_module(data, lr=1.0, lr_schedule='multistep', milestones=(5, 11), lr_gamma=0.1)
+    assert [steps.lr_factor(step, 10, 150) for step in (49, 50, 109, 110)] == pytest.approx([1, 0.1, 0.1, 0.01])
+
+
+def test_checkpoint_rebuilds_with_class_names_and_preprocessing(demo_data, tmp_path):
+    pl.seed_everything(0)
+    data = tiny_data(demo_data)
+    module = tiny_module(data, optim_type='adamw', lr=1e-3)
+    trainer = fit(module, data, tmp_path, max_steps=2, limit_val_batches=1)
+    path = tmp_path / 'checkpoint.ckpt'
+    trainer.save_checkpoint(path)
+    raw = torch.load(path, weights_only=True)  # plain types only
+    assert raw['hyper_parameters']['config']['num_classes'] == 4
+    model = load_model(path)
+    assert model.class_names == data.class_names
+    assert model.preprocessing == data.preprocessing
+    video = torch.rand(2, 4, 3, 32, 32)
+    module.eval()
+    torch.testing.assert_close(model(video), module(video), rtol=0, atol=0)
+
+
+def test_evaluation_averages_the_views_and_reports_one_view(demo_data, tmp_path):
+    pl.seed_everything(0)
+    data = tiny_data(demo_data, batch_size=2)
+    module = tiny_module(data)
+    trainer = pl.Trainer(accelerator='cpu', devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    results = trainer.test(module, data, verbose=False)[0]
+    assert {'test/top1', 'test/top5', 'test/top1_1view', 'test/top5_1view'} <= set(results)
+    # Recompute from the raw views: 2 clips x 3 crops per video, softmax averaged.
+    data.setup('test')
+    correct = correct_one = total = 0
+    module.eval()
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            batch = data.transform_batch(batch, 'test')
+            video, label = batch['video'], batch['label']
+            assert video.shape[1] == 6
+            logits = module(video.flatten(0, 1)).view(video.shape[0], 6, -1)
+            correct += (logits.softmax(-1).mean(1).argmax(1) == label).sum().item()
+            correct_one += (logits[:, 4].argmax(1) == label).sum().item()  # middle clip 1, centre crop
+            total += len(label)
+    assert results['test/top1'] == pytest.approx(correct / total)
+    assert results['test/top1_1view'] == pytest.approx(correct_one / total)
+
+
+def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(demo_data, tmp_path):
+    pl.seed_everything(0)
+    data = tiny_data(demo_data)
+    # An absurd learning rate overflows the weights within a few steps: a real non-finite loss.
+    module = tiny_module(data, optim_type='sgd', lr=1e30, momentum=0.0)
+    with pytest.raises(NonFiniteLossError, match=r'at step \d+ .*last good checkpoint'):
+        fit(module, data, tmp_path, max_steps=8, enable_checkpointing=False, limit_val_batches=0)
+    pl.seed_everything(0)
+    module = tiny_module(data, optim_type='sgd', lr=1e30, momentum=0.0, nonfinite_loss='skip')
+    trainer = fit(module, data, tmp_path, max_steps=8, enable_checkpointing=False, limit_val_batches=0)
+    assert module.skipped_steps > 0
+    assert trainer.global_step + module.skipped_steps == 8 or trainer.global_step == 8
+    assert not math.isnan(module.skipped_steps)
