@@ -1,47 +1,52 @@
 """LightningDataModule for video clips; augmentation and normalisation run on the batch's device.
 
 The CPU side (dataset.py) returns uint8 clips resized so their short side is `short_side`; for
-validation and test the collate function cuts each clip's crops there, so a clip's views never
-depend on the rest of its batch. After the batch reaches its device, `on_after_batch_transfer`
-augments (training: random resized crop and the rest), normalises and mixes it, so the same code
-runs on a GPU or, without one, on CPU tensors.
+validation, test and predict the collate function cuts each clip's crops there, so a clip's views
+never depend on the rest of its batch. After the batch reaches its device, `on_after_batch_transfer`
+augments (training: random resized crop and the rest), normalises (`preprocessing.normalize`) and
+mixes it, so the same code runs on a GPU or, without one, on CPU tensors.
 
 Batch contract, a dict as the LightningModule's steps receive it:
 - training: `video` float32 (B, T, 3, img_size, img_size), normalised; `label` int64 (B,), or
-  float32 soft labels (B, num_class) when mixup is on.
-- validation: `video` float32 (B, T, 3, img_size, img_size), the centre crop; `label` int64 (B,).
-- test and predict: `video` float32 (B, V, T, 3, img_size, img_size) with V = num_clips * num_crops
-  views, clip-major; `label` int64 (B,). Average the views at the logits:
-      logits = model(video.flatten(0, 1)).view(B, V, -1).mean(1)
-- always: `index` int64 (B,), the dataset items, and `skipped`, a plain int counting the unreadable
-  videos replaced to fill the batch. Add `SkippedVideos()` to the Trainer's callbacks to log their
-  sum per epoch as `{stage}/skipped_videos`.
+  float32 soft targets (B, num_class) when mixup is on (no label smoothing: that is the loss's).
+- validation, test and predict: `video` float32 (B, V, T, 3, img_size, img_size), normalised, with
+  V = 1 for validation (the centre crop of the centre clip) and V = num_clips * num_crops for test
+  and predict, clip-major; `label` int64 (B,), -1 for unlabelled videos in predict. Average the
+  views at the logits: logits = model(video.flatten(0, 1)).view(B, V, -1).mean(1).
+- always: `index` int64 (B,), the dataset items; `path` [str] (B,), their video files; `skipped`,
+  a plain int, and `failed`, [(path, reason)], the unreadable videos met for the batch. Training
+  replaces them by other items; evaluation leaves them out, so B may be smaller than the batch
+  size, or 0 (`video` then has shape (0, V, T, 3, img_size, img_size)): skip such a batch. Add
+  `SkippedVideos()` to the Trainer's callbacks to log the sum per epoch as `{stage}/skipped_videos`.
 
-Under DDP, Lightning's samplers shard the items, and `setup` offsets the RNG seeds by the rank so
-that ranks draw different windows, crops and mixes.
+Seeding: call `pl.seed_everything(seed, workers=True)` before anything is built. Under DDP every
+rank then holds the same seed, and Lightning's DDP and FSDP strategies reset every rank to it at
+the start of each run (fit, validate, test, predict), so ranks would draw the same windows, crops
+and mixes. `setup` therefore seeds each run with seed + global rank (`seed_rank`), the seed being
+the one this DataModule met at its first setup: however often setup runs, the rank is added once.
+Lightning's samplers shard the items.
+
+Hyper-parameters are saved as plain types (paths as strings), so a checkpoint's
+`datamodule_hyper_parameters` load with `torch.load(weights_only=True)`; `preprocessing` gives the
+data settings inference needs, as a `preprocessing.Preprocessing`.
 """
 import math
+import os
 import random
 from collections import Counter
 from functools import partial
 
 import kornia.augmentation as K
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from dataset import VideoDataset, collate_clips
+import preprocessing
+from dataset import VideoDataset, check_skip_fraction, collate_clips, collate_views
 
-DATA_STATICS = {
-    'kinetics': ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
-    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    'clip': ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-    'inception': ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
-# Evaluation resizes the short side to img_size * 256 / 224 and crops img_size, the Kinetics habit.
-SHORT_SIDE_RATIO = 256 / 224
 # RandAugment magnitudes are on timm's scale, where 10 is the strongest level.
 MAX_MAGNITUDE = 10
 # Keys of timm's RandAugment strings that need no handling here: magnitudes are always drawn per
@@ -114,11 +119,11 @@ def train_augmentation(img_size, crop_scale=(0.08, 1.0), hflip=0.5, color_jitter
     return torch.nn.Sequential(*stages)
 
 
-def mix_clips(video, label, num_class, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1):
+def mix_clips(video, label, num_class, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5):
     """Mixup or CutMix of each clip with the batch in reverse order, one draw per batch as in timm.
 
-    video float (B, T, 3, H, W), label int64 (B,) -> mixed video, soft labels float (B, num_class).
-    A CutMix box covers the same pixels in every frame of a clip.
+    video float (B, T, 3, H, W), label int64 (B,) -> mixed video, soft targets float (B, num_class)
+    that sum to 1. A CutMix box covers the same pixels in every frame of a clip.
     """
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or random.random() < switch_prob)
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
@@ -136,18 +141,35 @@ def mix_clips(video, label, num_class, mixup_alpha=0.8, cutmix_alpha=1.0, switch
         lam = 1 - (bottom - top) * (right - left) / (height * width)
     else:
         video = video * lam + partner * (1 - lam)
-    target = F.one_hot(label, num_class).float() * (1 - label_smoothing) + label_smoothing / num_class
+    target = F.one_hot(label, num_class).float()
     return video, target * lam + target.flip(0) * (1 - lam)
 
 
+def seed_rank(seed, rank):
+    """Seed torch, random and numpy with seed + rank, so that ranks seeded alike draw differently."""
+    torch.manual_seed(seed + rank)
+    random.seed(seed + rank)
+    # numpy takes 32-bit seeds, as seed_everything gives.
+    np.random.seed((seed + rank) % 2**32)
+
+
+def _plain(value):
+    """Paths as strings, also in a list (of videos to predict), so that hyper-parameters load back
+    under weights_only=True."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
 class VideoDataModule(pl.LightningDataModule):
-    """Train, val, test and predict loaders over annotation files, with device-side augmentation.
+    """Train, val, test and predict loaders over annotation sources, with device-side augmentation.
 
     Arguments follow the seed's flags (num_frames, frame_interval, img_size, num_class, batch_size,
     num_workers, data_statics, root_dir, *_data_path, mixup, auto_augment). root_dir is the folder
     relative video paths are joined to. class_map is a class map file or a list of names; without
-    it the classes come from the first annotation source. predict uses predict_data_path, or
-    test_data_path when that is not given, with the test views.
+    it the classes come from the first annotation source. predict uses predict_data_path (anything
+    VideoDataset's predict mode reads: a list, with or without labels, a video or a folder of
+    videos), or test_data_path when that is not given, with the test views.
     """
 
     def __init__(self, train_data_path=None, val_data_path=None, test_data_path=None, predict_data_path=None,
@@ -156,23 +178,28 @@ class VideoDataModule(pl.LightningDataModule):
                  img_size=224, short_side=None, batch_size=8, num_workers=4, pin_memory=True,
                  persistent_workers=True, prefetch_factor=2, decoder='decord', max_skip_fraction=0.5,
                  data_statics='kinetics', crop_scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4,
-                 auto_augment=None, mixup=False, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1):
+                 auto_augment=None, mixup=False, mixup_alpha=0.8, cutmix_alpha=1.0):
         super().__init__()
+        # save_hyperparameters reads these locals: store paths as strings, which weights_only reads.
+        train_data_path, val_data_path, test_data_path, predict_data_path, root_dir, class_map = map(
+            _plain, (train_data_path, val_data_path, test_data_path, predict_data_path, root_dir, class_map))
         self.save_hyperparameters()
-        if data_statics not in DATA_STATICS:
-            raise ValueError(f'data_statics must be one of {sorted(DATA_STATICS)}, got {data_statics!r}')
-        self.short_side = short_side if short_side is not None else round(img_size * SHORT_SIDE_RATIO)
-        if self.short_side < img_size:
-            raise ValueError(f'short_side {self.short_side} is smaller than img_size {img_size}')
-        if num_crops < 1:
-            raise ValueError(f'num_crops must be at least 1, got {num_crops}')
+        mean, std = preprocessing.data_statics(data_statics)
+        self.preprocessing = preprocessing.Preprocessing(
+            num_frames=num_frames, frame_interval=frame_interval, window_seconds=window_seconds, img_size=img_size,
+            short_side=short_side, mean=mean, std=std, num_clips=num_clips, num_crops=num_crops)
+        check_skip_fraction(max_skip_fraction)
         if mixup and mixup_alpha <= 0 and cutmix_alpha <= 0:
             raise ValueError('mixup needs mixup_alpha > 0 or cutmix_alpha > 0')
         self.sources = {'train': train_data_path, 'val': val_data_path, 'test': test_data_path,
                         'predict': predict_data_path if predict_data_path is not None else test_data_path}
+        # The views each evaluation split cuts: validation one, the centre crop of the centre clip.
+        self.views = {'val': self.preprocessing.replace(num_clips=1, num_crops=1), 'test': self.preprocessing,
+                      'predict': self.preprocessing}
         self.train_augment = train_augmentation(img_size, crop_scale, hflip, color_jitter, auto_augment)
         self.datasets = {}
         self._class_names = None
+        self._seed = None
 
     @property
     def class_names(self):
@@ -195,12 +222,10 @@ class VideoDataModule(pl.LightningDataModule):
             if self.sources[split] is None:
                 raise ValueError(f'no {split} data: give {split}_data_path')
             hp = self.hparams
-            self.datasets[split] = VideoDataset(
-                self.sources[split], mode={'predict': 'test'}.get(split, split), root_dir=hp.root_dir,
+            self.datasets[split] = VideoDataset.from_preprocessing(
+                self.sources[split], self.preprocessing, mode=split, root_dir=hp.root_dir,
                 class_map=self._class_names if self._class_names is not None else hp.class_map,
-                num_class=hp.num_class, num_samples_per_cls=hp.num_samples_per_cls,
-                num_frames=hp.num_frames, frame_interval=hp.frame_interval, window_seconds=hp.window_seconds,
-                num_clips=hp.num_clips, short_side=self.short_side, decoder=hp.decoder,
+                num_class=hp.num_class, num_samples_per_cls=hp.num_samples_per_cls, decoder=hp.decoder,
                 max_skip_fraction=hp.max_skip_fraction)
             self._class_names = self.datasets[split].class_names
         return self.datasets[split]
@@ -208,12 +233,11 @@ class VideoDataModule(pl.LightningDataModule):
     def setup(self, stage=None):
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
-            # seed_everything seeds every rank alike, so every rank would draw the same temporal
-            # windows, crops and mixes at each step. Offset the seeds by the rank (DDP keeps the
-            # weights in sync; loader workers draw their seeds from this RNG).
-            seed = (torch.initial_seed() + trainer.global_rank) % 2**63
-            torch.manual_seed(seed)
-            random.seed(seed)
+            # See the module doc. Loader workers draw their seeds from this process's torch RNG, so
+            # they differ by rank too.
+            if self._seed is None:
+                self._seed = torch.initial_seed()
+            seed_rank(self._seed, trainer.global_rank)
         splits = {'fit': ('train', 'val'), 'validate': ('val',), 'test': ('test',), 'predict': ('predict',)}
         for split in splits.get(stage, ('train', 'val', 'test', 'predict')):
             if self.sources[split] is not None:
@@ -225,8 +249,7 @@ class VideoDataModule(pl.LightningDataModule):
         return DataLoader(
             self.dataset(split), batch_size=hp.batch_size, shuffle=training, drop_last=training,
             num_workers=hp.num_workers,
-            collate_fn=collate_clips if training else partial(
-                collate_clips, crop_size=hp.img_size, num_crops=1 if split == 'val' else hp.num_crops),
+            collate_fn=collate_clips if training else partial(collate_views, preprocessing=self.views[split]),
             # Pinned memory only helps copies to a GPU; without one torch warns and ignores it.
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
@@ -246,27 +269,26 @@ class VideoDataModule(pl.LightningDataModule):
         return self._loader('predict')
 
     def transform_batch(self, batch, stage):
-        """Augment (training), normalise and mix a collated batch on its device (see the module doc)."""
+        """Augment (stage 'train'), normalise and mix (training, with mixup) a collated batch on its
+        device (see the module doc); evaluation views arrive cropped (collate_views)."""
         hp = self.hparams
-        video = batch['video'].float().div_(255)  # evaluation views arrive cropped (collate_clips)
-        if stage == 'train':
+        video = batch['video'].float().div_(255)
+        training = stage == 'train'
+        if training:
             video = self.train_augment(video)
-        mean, std = (torch.tensor(stats, device=video.device).view(3, 1, 1) for stats in DATA_STATICS[hp.data_statics])
-        video = (video - mean) / std
+        video = preprocessing.normalize(video, self.preprocessing.mean, self.preprocessing.std)
         label = batch['label']
-        if stage == 'train' and hp.mixup:
-            video, label = mix_clips(video, label, self.num_class, hp.mixup_alpha, hp.cutmix_alpha,
-                                     label_smoothing=hp.label_smoothing)
+        if training and hp.mixup:
+            video, label = mix_clips(video, label, self.num_class, hp.mixup_alpha, hp.cutmix_alpha)
         return {**batch, 'video': video, 'label': label}
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
-        trainer = self.trainer
-        stage = 'train' if trainer.training else 'test' if trainer.testing or trainer.predicting else 'val'
-        return self.transform_batch(batch, stage)
+        return self.transform_batch(batch, 'train' if self.trainer.training else 'eval')
 
 
 class SkippedVideos(pl.Callback):
-    """Sums the batches' `skipped` counts; logs `{stage}/skipped_videos` and warns once per epoch."""
+    """Sums the batches' `skipped` counts (videos replaced in training, left out in evaluation); logs
+    `{stage}/skipped_videos` and warns once per epoch."""
 
     def __init__(self):
         self.counts = Counter()
@@ -301,5 +323,6 @@ class SkippedVideos(pl.Callback):
         if pl_module is not None:
             pl_module.log(f'{stage}/skipped_videos', float(count), reduce_fx='sum', sync_dist=True)
         if count:
-            rank_zero_warn(f'epoch {trainer.current_epoch} {stage}: {count} unreadable videos were replaced '
-                           f'by others (logged above with their paths)')
+            fate = 'replaced by others' if stage == 'train' else 'left out'
+            rank_zero_warn(f'epoch {trainer.current_epoch} {stage}: {count} unreadable videos were {fate} '
+                           f'(logged above with their paths)')

@@ -1,20 +1,28 @@
 """Video clips from annotation files: parse, sample frame indices, decode only those, align on the CPU.
 
-Annotation sources (`load_annotations`):
+Sources (`load_annotations`):
 - a list, the seed's and MMAction2's: `relative/path.mp4 label` per line, tab or space separated
   (with a tab the path may contain spaces), label a class index or a class name;
 - a Kinetics CSV (`label,youtube_id,time_start,time_end,split`), files named
   `{youtube_id}_{start:06d}_{end:06d}.mp4`, inside a folder per label or not;
 - a folder per class (UCF101, HMDB51): `data_path/{class}/*.mp4`.
+For prediction, where labels are optional, also a single video, a folder of videos (every video below
+it, sorted; the folders mean nothing), a list whose lines may be paths alone, or a sequence of video
+paths. A name ending in a video extension is always a video, never read as an annotation file.
 Relative paths are joined to `root_dir`, or to the annotation file's folder when no root is given.
-A class map (`load_class_map`) is JSON name -> index or one name per line.
+A class map (`load_class_map`) is JSON name -> index or one name per line. Unlabelled items have
+label -1 (UNLABELLED).
 
-A dataset item is a dict: `video` uint8 (T, 3, H, W) for train and val, (num_clips, T, 3, H, W)
-for test, resized so the short side is `short_side`; `label` int; `index` int, the item actually
-returned; `skipped` int, how many unreadable videos were replaced to produce it. Carrying the count
-in the item lets it cross worker processes with the batch, so it can be summed per epoch.
+A dataset item is a dict: `video` uint8 (T, 3, H, W) in training, (num_clips, T, 3, H, W) in
+val (one clip), test and predict, resized so the short side is `short_side`, or None when the
+video could not be read (evaluation drops it); `label` int; `index` int and `path` str, the item
+actually returned; `failed` [(path, reason)], the unreadable videos met on the way. Carrying the
+failures in the item lets them cross worker processes with the batch. `collate_clips` (training)
+and `collate_views` (evaluation) batch items; see their docs for the batch.
 """
+import codecs
 import csv
+import io
 import json
 import logging
 import os
@@ -36,13 +44,20 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg')
 KINETICS_COLUMNS = ('label', 'youtube_id', 'time_start', 'time_end')
-MODES = ('train', 'val', 'test')
+MODES = ('train', 'val', 'test', 'predict')
+# Modes that read num_clips windows of each video for multi-view testing.
+MULTI_VIEW_MODES = ('test', 'predict')
+UNLABELLED = -1
+# How messages name a source given as a sequence of video paths.
+GIVEN_VIDEOS = 'the given videos'
 DECODERS = ('decord', 'pyav')
 # A skip ratio is only judged after this many failures, so a few bad files early in an epoch
 # cannot stop a mostly healthy list by chance.
 MIN_FAILURES_TO_ABORT = 32
 # Rows of a Kinetics CSV probed on disk to tell whether files sit in a folder per label.
 LAYOUT_PROBE_ROWS = 32
+# Values named in one log line before the rest are only counted.
+MAX_NAMED = 8
 
 
 class AnnotationError(ValueError):
@@ -64,11 +79,31 @@ def _canonical(name):
     return name.strip().replace(' ', '_')
 
 
+def _named(values):
+    """'a, b, c' naming at most MAX_NAMED values, then how many more."""
+    values = [str(value) for value in values]
+    more = f' and {len(values) - MAX_NAMED} more' if len(values) > MAX_NAMED else ''
+    return ', '.join(values[:MAX_NAMED]) + more
+
+
+def _read_text(path):
+    """The text of a UTF-8 file (a leading byte-order mark, as spreadsheet tools on Windows write,
+    is dropped); other bytes are an AnnotationError naming the line."""
+    data = Path(path).read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b'\n') + 1
+        raise AnnotationError(f'{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); '
+                              f'save the file as UTF-8') from None
+
+
 def load_class_map(path):
     """Class names in index order from JSON (name -> index, or a list) or one name per line."""
     path = Path(path)
-    # utf-8-sig: files saved by spreadsheet tools on Windows start with a byte-order mark.
-    text = path.read_text(encoding='utf-8-sig')
+    text = _read_text(path)
     if path.suffix == '.json':
         try:
             content = json.loads(text)
@@ -114,6 +149,8 @@ def _assign_labels(entries, source, class_names=None, num_class=None):
             else:
                 raise AnnotationError(f'{where}: label {token!r} is not a class of the class map')
         return samples, list(class_names)
+    if not entries:
+        return [], [str(index) for index in range(num_class or 0)]
     numbered = [entry for entry in entries if is_index(entry[1])]
     named = [entry for entry in entries if not is_index(entry[1])]
     if numbered and named:
@@ -126,9 +163,21 @@ def _assign_labels(entries, source, class_names=None, num_class=None):
                                   f'give a class map')
         lookup = {name: index for index, name in enumerate(names)}
         return [(path, lookup[token]) for path, token, _ in entries], names
-    size = num_class if num_class is not None else max(int(token) for _, token, _ in entries) + 1
+    size = num_class if num_class is not None else _infer_num_class(entries, source)
     return [(path, _check_range(int(token), size, where)) for path, token, where in entries], \
         [str(index) for index in range(size)]
+
+
+def _infer_num_class(entries, source):
+    """Classes implied by index labels without a class map or num_class: the largest label + 1,
+    said in one warning line that names the indices no sample has."""
+    labels = {int(token) for _, token, _ in entries}
+    size = max(labels) + 1
+    missing = sorted(set(range(size)) - labels)
+    absent = f'; no sample has label {_named(missing)}' if missing else ''
+    log.warning('%s: %d classes inferred from the largest label, %d, as neither a class map nor num_class '
+                'is given%s', source, size, size - 1, absent)
+    return size
 
 
 def _check_range(label, num_class, where):
@@ -137,19 +186,46 @@ def _check_range(label, num_class, where):
     return label
 
 
-def _parse_list(path, root):
-    """(path, label token, where) per line of a seed / MMAction2 list."""
+def _check_repeats(entries, samples, source):
+    """Refuse a path listed with two labels, naming both lines; warn once when paths repeat."""
+    first = {}
+    repeats = []
+    for (path, token, where), (_, label) in zip(entries, samples):
+        if path not in first:
+            first[path] = (token, label, where)
+            continue
+        first_token, first_label, first_where = first[path]
+        if first_label != label:
+            raise AnnotationError(f'{where}: {path} is listed with label {token or "none"!r} here and with '
+                                  f'{first_token or "none"!r} at {first_where}')
+        repeats.append((path, first_where, where))
+    if repeats:
+        path, first_where, where = repeats[0]
+        log.warning('%s: %d lines repeat a video listed before with the same label (first: %s at %s and %s); '
+                    'each line is kept', source, len(repeats), path, first_where, where)
+
+
+def _parse_list(path, root, require_labels):
+    """(path, label token or None, where) per line of a seed / MMAction2 list. Without a tab, a line
+    whose end is a video file name is a path alone, which only prediction accepts."""
     entries = []
-    with open(path, encoding='utf-8-sig') as lines:
-        for line_number, line in enumerate(lines, 1):
-            text = line.strip()
-            if not text or text.startswith('#'):
-                continue
-            where = f'{path}:{line_number}'
-            fields = [field.strip() for field in (text.split('\t') if '\t' in text else text.rsplit(None, 1))]
-            if len(fields) != 2 or not all(fields):
-                raise AnnotationError(f'{where}: expected "relative/path.mp4 label", got {text!r}')
+    for line_number, line in enumerate(io.StringIO(_read_text(path)), 1):
+        text = line.strip()
+        if not text or text.startswith('#'):
+            continue
+        where = f'{path}:{line_number}'
+        if '\t' in text:
+            fields = [field.strip() for field in text.split('\t')]
+        elif text.lower().endswith(VIDEO_EXTENSIONS):
+            fields = [text]
+        else:
+            fields = text.rsplit(None, 1)
+        if len(fields) == 1 and not require_labels:
+            entries.append((str(root / fields[0]), None, where))
+        elif len(fields) == 2 and all(fields):
             entries.append((str(root / fields[0]), fields[1], where))
+        else:
+            raise AnnotationError(f'{where}: expected "relative/path.mp4 label", got {text!r}')
     return entries
 
 
@@ -165,64 +241,105 @@ def _kinetics_folder(root, rows):
 
 def _parse_kinetics_csv(path, root):
     """(path, label token, where) per row of a Kinetics CSV."""
-    with open(path, newline='', encoding='utf-8-sig') as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in KINETICS_COLUMNS if column not in (reader.fieldnames or ())]
-        if missing:
-            raise AnnotationError(f'{path}:1: the Kinetics CSV header lacks {", ".join(missing)} '
-                                  f'(expected {",".join(KINETICS_COLUMNS)},split)')
-        rows = []
-        for row in reader:
-            where = f'{path}:{reader.line_num}'
-            try:
-                start, end = int(row['time_start']), int(row['time_end'])
-            except (TypeError, ValueError):
-                raise AnnotationError(f'{where}: time_start and time_end must be integers, '
-                                      f'got {row["time_start"]!r} and {row["time_end"]!r}') from None
-            if not row['youtube_id'] or not row['label']:
-                raise AnnotationError(f'{where}: empty label or youtube_id')
-            rows.append((row['label'], f'{row["youtube_id"]}_{start:06d}_{end:06d}.mp4', where))
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=''))
+    missing = [column for column in KINETICS_COLUMNS if column not in (reader.fieldnames or ())]
+    if missing:
+        raise AnnotationError(f'{path}:1: the Kinetics CSV header lacks {", ".join(missing)} '
+                              f'(expected {",".join(KINETICS_COLUMNS)},split)')
+    rows = []
+    for row in reader:
+        where = f'{path}:{reader.line_num}'
+        try:
+            start, end = int(row['time_start']), int(row['time_end'])
+        except (TypeError, ValueError):
+            raise AnnotationError(f'{where}: time_start and time_end must be integers, '
+                                  f'got {row["time_start"]!r} and {row["time_end"]!r}') from None
+        if not row['youtube_id'] or not row['label']:
+            raise AnnotationError(f'{where}: empty label or youtube_id')
+        rows.append((row['label'], f'{row["youtube_id"]}_{start:06d}_{end:06d}.mp4', where))
     naming = _kinetics_folder(root, rows)
     return [(str(root / naming(label) / file), label, where) for label, file, where in rows]
 
 
+def _videos_under(folder):
+    """Video files anywhere below folder, sorted."""
+    return sorted(file for file in folder.rglob('*') if file.suffix.lower() in VIDEO_EXTENSIONS and file.is_file())
+
+
 def _parse_folders(path):
-    """(path, folder name, where) per video of a folder-per-class tree."""
+    """(path, folder name, where) per video of a folder-per-class tree; an empty class folder is
+    refused, as it would shift the index of every later class."""
     folders = sorted(child for child in path.iterdir() if child.is_dir())
     if not folders:
-        raise AnnotationError(f'{path}: expected a folder per class, found no folders')
-    return [(str(file), folder.name, str(folder)) for folder in folders for file in sorted(folder.rglob('*'))
-            if file.suffix.lower() in VIDEO_EXTENSIONS]
+        raise AnnotationError(f'{path}: expected a folder per class, found no folders '
+                              f'(videos without labels can only be predicted)')
+    entries = []
+    for folder in folders:
+        videos = _videos_under(folder)
+        if not videos:
+            raise AnnotationError(f'{folder}: a class folder with no videos ({" ".join(VIDEO_EXTENSIONS)}); '
+                                  f'remove it or add its videos')
+        entries += [(str(file), folder.name, str(folder)) for file in videos]
+    return entries
 
 
-def load_annotations(data_path, root_dir=None, class_names=None, num_class=None, num_samples_per_cls=None):
-    """Parse a list, a Kinetics CSV (.csv) or a folder per class into ([(path, label)], class names).
+def _parse_source(data_path, root_dir, require_labels):
+    """(path, label token or None, where) per video of an annotation file, a folder or a video."""
+    if not data_path.exists():
+        raise AnnotationError(f'{data_path}: no such file or folder')
+    root = Path(root_dir) if root_dir is not None else data_path.parent
+    if data_path.is_dir():
+        if require_labels:
+            return _parse_folders(data_path)
+        videos = _videos_under(data_path)
+        if not videos:
+            raise AnnotationError(f'{data_path}: no videos ({" ".join(VIDEO_EXTENSIONS)}) in this folder')
+        return [(str(file), None, str(file)) for file in videos]
+    if data_path.suffix.lower() in VIDEO_EXTENSIONS:
+        if require_labels:
+            raise AnnotationError(f'{data_path}: a video, where labels are needed: give a list, a Kinetics CSV '
+                                  f'or a folder per class')
+        return [(str(data_path), None, str(data_path))]
+    if data_path.suffix.lower() == '.csv':
+        return _parse_kinetics_csv(data_path, root)
+    return _parse_list(data_path, root, require_labels)
 
+
+def load_annotations(data_path, root_dir=None, class_names=None, num_class=None, num_samples_per_cls=None,
+                     require_labels=True):
+    """Parse a source (see the module doc) into ([(path, label)], class names).
+
+    data_path: a list, a Kinetics CSV (.csv), a folder per class, or, with require_labels=False,
+    also a video, a folder of videos or a sequence of video paths; unlabelled items get UNLABELLED.
     class_names (index -> name) maps name labels to indices; without it, names are sorted.
-    num_samples_per_cls keeps at most that many samples per class, in file order.
+    num_samples_per_cls keeps at most that many labelled samples per class, in file order.
     """
     if num_samples_per_cls is not None and num_samples_per_cls < 1:
         raise ValueError(f'num_samples_per_cls must be positive, got {num_samples_per_cls}')
-    data_path = Path(data_path)
-    if not data_path.exists():
-        raise AnnotationError(f'{data_path}: no such annotation file or folder')
-    root = Path(root_dir) if root_dir is not None else data_path.parent
-    if data_path.is_dir():
-        entries = _parse_folders(data_path)
-    elif data_path.suffix.lower() == '.csv':
-        entries = _parse_kinetics_csv(data_path, root)
+    if isinstance(data_path, (str, os.PathLike)):
+        source = Path(data_path)
+        entries = _parse_source(source, root_dir, require_labels)
+    elif require_labels:
+        raise ValueError('a sequence of video paths has no labels; give an annotation file or folder')
     else:
-        entries = _parse_list(data_path, root)
+        source = GIVEN_VIDEOS
+        entries = [(os.fspath(path), None, os.fspath(path)) for path in data_path]
     if not entries:
-        raise AnnotationError(f'{data_path}: lists no videos')
-    samples, names = _assign_labels(entries, data_path, class_names, num_class)
+        raise AnnotationError(f'{source}: lists no videos')
+    labelled = [entry for entry in entries if entry[1] is not None]
+    assigned, names = _assign_labels(labelled, source, class_names, num_class)
+    assigned = iter(assigned)
+    samples = [next(assigned) if token is not None else (path, UNLABELLED) for path, token, _ in entries]
+    _check_repeats(entries, samples, source)
     if num_samples_per_cls is not None:
         counts = np.zeros(len(names), dtype=np.int64)
         kept = []
         for path, label in samples:
-            if counts[label] < num_samples_per_cls:
-                kept.append((path, label))
+            if label != UNLABELLED:
+                if counts[label] == num_samples_per_cls:
+                    continue
                 counts[label] += 1
+            kept.append((path, label))
         samples = kept
     return samples, names
 
@@ -232,8 +349,8 @@ def load_annotations(data_path, root_dir=None, class_names=None, num_class=None,
 def sample_frame_indices(total_frames, num_frames, window, mode, num_clips=1, rng=None):
     """Frame indices (clips, num_frames), int64, evenly spaced in windows of `window` frames.
 
-    train: one window at a random start (rng, a numpy Generator). test: num_clips windows centred
-    in equal parts of the range of starts; val: the same with one clip, the centre window.
+    train: one window at a random start (rng, a numpy Generator). test and predict: num_clips windows
+    centred in equal parts of the range of starts; val: the same with one clip, the centre window.
     Indices run from the window's first to its last frame, the seed's rule. A video shorter than
     the window is the window: its frames are spread over num_frames, repeating frames when it has
     fewer than num_frames.
@@ -247,7 +364,7 @@ def sample_frame_indices(total_frames, num_frames, window, mode, num_clips=1, rn
     if mode == 'train':
         starts = rng.integers(0, last_start + 1, size=1)
     else:
-        clips = num_clips if mode == 'test' else 1
+        clips = num_clips if mode in MULTI_VIEW_MODES else 1
         starts = np.floor((np.arange(clips) + 0.5) * last_start / clips).astype(np.int64)
     offsets = np.linspace(0, span - 1, num_frames).astype(np.int64)
     return starts[:, None] + offsets[None, :]
@@ -361,15 +478,21 @@ def resize_short_side(frames, short_side):
 # ---------------------------------------------------------------- dataset
 
 class VideoDataset(Dataset):
-    """Clips of an annotation source, decoded frame by frame only where sampled.
+    """Clips of a source (see load_annotations), decoded frame by frame only where sampled.
 
-    mode 'train' samples a random window, 'val' the centre one, 'test' num_clips windows spread
-    over the video (sample_frame_indices). A window
-    spans num_frames * frame_interval frames, or window_seconds of each video when given, which
-    evens out different frame rates. decoder 'decord' falls back to PyAV for files decord cannot
-    read (or when decord is not installed); 'pyav' uses PyAV only. An unreadable video is logged
-    and replaced by a random other one; past max_skip_fraction of failed reads (after
-    MIN_FAILURES_TO_ABORT failures) UnreadableDatasetError stops the run.
+    mode 'train' samples a random window, 'val' the centre one, 'test' and 'predict' num_clips
+    windows spread over the video (sample_frame_indices); only 'predict' accepts unlabelled videos.
+    A window spans num_frames * frame_interval frames, or window_seconds of each video when given,
+    which evens out different frame rates. decoder 'decord' falls back to PyAV for files decord
+    cannot read (or when decord is not installed); 'pyav' uses PyAV only.
+
+    An unreadable video is logged with its path and reason. In training it is replaced by a random
+    other item; in val, test and predict the item is dropped (its `video` is None), so metrics and
+    results stay with the files they name. Each process (main or loader worker) counts the videos it
+    tried and those that failed: in train, val and test, once MIN_FAILURES_TO_ABORT have failed and
+    more than max_skip_fraction (0 <= f < 1) of those tried, UnreadableDatasetError stops the run,
+    so a list of unreadable videos always stops. predict never stops: every failure is reported
+    per file.
     """
 
     def __init__(self, data_path, mode='train', root_dir=None, class_map=None, num_class=None,
@@ -383,9 +506,11 @@ class VideoDataset(Dataset):
             raise ValueError('num_frames, frame_interval, num_clips and short_side must be positive')
         if window_seconds is not None and not window_seconds > 0:
             raise ValueError(f'window_seconds must be positive, got {window_seconds}')
-        class_names = load_class_map(class_map) if isinstance(class_map, (str, Path)) else class_map
-        samples, self.class_names = load_annotations(data_path, root_dir, class_names, num_class, num_samples_per_cls)
-        self.data_path = str(data_path)
+        self.max_skip_fraction = check_skip_fraction(max_skip_fraction)
+        class_names = load_class_map(class_map) if isinstance(class_map, (str, os.PathLike)) else class_map
+        samples, self.class_names = load_annotations(data_path, root_dir, class_names, num_class,
+                                                     num_samples_per_cls, require_labels=mode != 'predict')
+        self.data_path = str(data_path) if isinstance(data_path, (str, os.PathLike)) else GIVEN_VIDEOS
         # Paths as one bytes array and labels as one int array: worker processes then share them
         # copy-on-write, where a list of Python strings would be copied page by page as
         # reference counts change, and memory would grow over an epoch.
@@ -395,17 +520,24 @@ class VideoDataset(Dataset):
         self.num_frames = num_frames
         self.frame_interval = frame_interval
         self.window_seconds = window_seconds
-        self.num_clips = num_clips if mode == 'test' else 1
+        self.num_clips = num_clips if mode in MULTI_VIEW_MODES else 1
         self.short_side = short_side
         if decoder == 'decord' and decord is None:
             log.warning('decord is not installed; decoding with PyAV')
         self.decoders = ('decord', 'pyav') if decoder == 'decord' and decord is not None else ('pyav',)
         self.decode_threads = decode_threads
-        self.max_skip_fraction = max_skip_fraction
         self.attempts = 0
         self.failures = 0
         self._rng = None
         self._rng_seed = None
+
+    @classmethod
+    def from_preprocessing(cls, data_path, preprocessing, mode='predict', **options):
+        """A dataset that samples and resizes as a `preprocessing.Preprocessing` says (frames, frame
+        interval or window seconds, short side, clips); options are VideoDataset's other arguments."""
+        return cls(data_path, mode, num_frames=preprocessing.num_frames, frame_interval=preprocessing.frame_interval,
+                   window_seconds=preprocessing.window_seconds, num_clips=preprocessing.num_clips,
+                   short_side=preprocessing.short_side, **options)
 
     def __len__(self):
         return len(self.labels)
@@ -466,30 +598,42 @@ class VideoDataset(Dataset):
         finally:
             reader.close()
 
-    def _note_failure(self, path, reason):
+    def _read(self, path, failed):
+        """load(path), or None once the failure is logged, counted and appended to failed as
+        (path, reason); past the skip budget (see the class doc) UnreadableDatasetError."""
+        self.attempts += 1
+        try:
+            return self.load(path)
+        except DecodeError as error:
+            reason = str(error)
+        failed.append((path, reason))
         self.failures += 1
-        log.warning('skipped video %s: %s', path, reason)
-        if self.failures >= MIN_FAILURES_TO_ABORT and self.failures > self.max_skip_fraction * self.attempts:
+        log.warning('unreadable video %s: %s; %s', path, reason,
+                    'replaced by another' if self.mode == 'train' else 'left out')
+        if (self.mode != 'predict' and self.failures >= MIN_FAILURES_TO_ABORT
+                and self.failures > self.max_skip_fraction * self.attempts):
             raise UnreadableDatasetError(
                 f'{self.data_path}: {self.failures} of {self.attempts} videos read could not be decoded '
                 f'(last: {path}: {reason}); check root_dir and the paths in the annotation file')
+        return None
 
     def __getitem__(self, index):
-        skipped = 0
-        while True:
-            path = self.path(index)
-            self.attempts += 1
-            try:
-                video = self.load(path)
-                break
-            except DecodeError as error:
-                reason = str(error)
-            skipped += 1
-            self._note_failure(path, reason)
+        failed = []
+        video = self._read(self.path(index), failed)
+        while video is None and self.mode == 'train':
             index = int(self._generator().integers(len(self)))
-        if self.mode != 'test':
+            video = self._read(self.path(index), failed)
+        if video is not None and self.mode == 'train':
             video = video[0]
-        return {'video': video, 'label': int(self.labels[index]), 'index': index, 'skipped': skipped}
+        return {'video': video, 'label': int(self.labels[index]), 'index': index, 'path': self.path(index),
+                'failed': failed}
+
+
+def check_skip_fraction(max_skip_fraction):
+    """max_skip_fraction, if 0 <= it < 1: at 1 or more a list of unreadable videos could never stop."""
+    if not 0 <= max_skip_fraction < 1:
+        raise ValueError(f'max_skip_fraction must be at least 0 and below 1, got {max_skip_fraction}')
+    return max_skip_fraction
 
 
 def spatial_crops(video, size, num_crops=1):
@@ -509,33 +653,54 @@ def spatial_crops(video, size, num_crops=1):
 
 
 def crop_views(video, size, num_crops=1):
-    """Evaluation views of one item, uint8: a clip (T, 3, H, W) -> its centre crop (T, 3, S, S);
-    test clips (V, T, 3, H, W) -> (V * num_crops, T, 3, S, S), clip-major."""
+    """Evaluation views of one item: uint8 clips (V, T, 3, H, W) -> (V * num_crops, T, 3, S, S),
+    clip-major."""
     crops = spatial_crops(video, size, num_crops)
-    if video.ndim == 4:
-        return crops[0]
     return rearrange(torch.stack(crops, dim=1), 'v k t c h w -> (v k) t c h w')
 
 
-def collate_clips(samples, crop_size=None, num_crops=1):
-    """Batch dataset items: label and index int64 (B,), skipped the batch's total as a plain int, so
-    summing it never waits for a device, and video uint8 (B, ...): with crop_size, each item's
-    evaluation views (crop_views), so no clip's crops depend on the others in its batch; without,
-    for training, the clips centre-cropped to the batch's smallest height and width (clips of other
-    aspect ratios differ in the long side), which the random crop on the device then samples."""
-    if crop_size is not None:
-        clips = [crop_views(sample['video'], crop_size, num_crops) for sample in samples]
-    else:
-        height = min(sample['video'].shape[-2] for sample in samples)
-        width = min(sample['video'].shape[-1] for sample in samples)
-        clips = []
-        for sample in samples:
-            video = sample['video']
-            top, left = (video.shape[-2] - height) // 2, (video.shape[-1] - width) // 2
-            clips.append(video[..., top:top + height, left:left + width])
+def _batch(samples, video):
+    """The batch of the items read, with video the stacked clips or views (see collate_views)."""
+    read = [sample for sample in samples if sample['video'] is not None]
+    failed = [failure for sample in samples for failure in sample['failed']]
     return {
-        'video': torch.stack(clips),
-        'label': torch.tensor([sample['label'] for sample in samples], dtype=torch.int64),
-        'index': torch.tensor([sample['index'] for sample in samples], dtype=torch.int64),
-        'skipped': sum(sample['skipped'] for sample in samples),
+        'video': video,
+        'label': torch.tensor([sample['label'] for sample in read], dtype=torch.int64),
+        'index': torch.tensor([sample['index'] for sample in read], dtype=torch.int64),
+        'path': [sample['path'] for sample in read],
+        'skipped': len(failed),
+        'failed': failed,
     }
+
+
+def collate_clips(samples):
+    """Batch training items (all read): video uint8 (B, T, 3, h, w), the clips centre-cropped to the
+    batch's smallest height and width (clips of other aspect ratios differ in the long side), which
+    the random crop on the device then samples; the other keys as in collate_views, `failed` the
+    videos replaced."""
+    videos = [sample['video'] for sample in samples]
+    height = min(video.shape[-2] for video in videos)
+    width = min(video.shape[-1] for video in videos)
+    clips = []
+    for video in videos:
+        top, left = (video.shape[-2] - height) // 2, (video.shape[-1] - width) // 2
+        clips.append(video[..., top:top + height, left:left + width])
+    return _batch(samples, torch.stack(clips))
+
+
+def collate_views(samples, preprocessing):
+    """Batch evaluation items, with views cut per item (crop_views) so none depends on its batch.
+
+    preprocessing (a `preprocessing.Preprocessing`) gives img_size S, num_crops and, for a batch of
+    dropped items only, num_clips and num_frames T. Returns video uint8 (B, V, T, 3, S, S),
+    V = num_clips * num_crops, clip-major; label, index int64 (B,); path [str] (B,), the items read;
+    skipped int and failed [(path, reason)], the unreadable videos, left out of the batch. B may be
+    0 when no video of the batch could be read.
+    """
+    views = [crop_views(sample['video'], preprocessing.img_size, preprocessing.num_crops)
+             for sample in samples if sample['video'] is not None]
+    if not views:
+        empty = (0, preprocessing.num_clips * preprocessing.num_crops, preprocessing.num_frames, 3,
+                 preprocessing.img_size, preprocessing.img_size)
+        return _batch(samples, torch.empty(empty, dtype=torch.uint8))
+    return _batch(samples, torch.stack(views))

@@ -2,8 +2,9 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_fit.py ANNOTATION CLASS_MAP OUT_DIR
 
-Saves what its training steps received, dataset indices (N,) and augmented clips (N, T, 3, S, S),
-to OUT_DIR/rank<global rank>.pt.
+Fits one epoch, tests, then calls the DataModule's setup once more by hand. Saves what its training
+steps received, dataset indices (N,) and augmented clips (N, T, 3, S, S), and the process's torch
+seed after each of the three (`seeds`), to OUT_DIR/rank<global rank>.pt.
 """
 import sys
 from pathlib import Path
@@ -30,19 +31,27 @@ class Recorder(pl.LightningModule):
         self.clips.append(batch['video'])
         return F.cross_entropy(self.head(batch['video'].mean(dim=(1, 3, 4))), batch['label'])
 
+    def test_step(self, batch, batch_idx):
+        pass
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def main(annotation, class_map, out_dir):
-    pl.seed_everything(0, verbose=False)
-    data = VideoDataModule(train_data_path=annotation, class_map=class_map, num_frames=4, frame_interval=16,
-                           img_size=32, batch_size=2, num_workers=1, color_jitter=0.4)
+    pl.seed_everything(0, workers=True, verbose=False)
+    data = VideoDataModule(train_data_path=annotation, test_data_path=annotation, class_map=class_map, num_frames=4,
+                           frame_interval=16, img_size=32, batch_size=2, num_workers=1, color_jitter=0.4)
     model = Recorder(data.num_class)
     trainer = pl.Trainer(accelerator='cpu', devices=2, strategy='ddp', max_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, data)
-    torch.save({'index': torch.cat(model.indices), 'video': torch.cat(model.clips)},
+    seeds = [torch.initial_seed()]
+    trainer.test(model, data, verbose=False)
+    seeds.append(torch.initial_seed())
+    data.setup('test')
+    seeds.append(torch.initial_seed())
+    torch.save({'index': torch.cat(model.indices), 'video': torch.cat(model.clips), 'seeds': seeds},
                Path(out_dir) / f'rank{trainer.global_rank}.pt')
 
 

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from data_trainer import DATA_STATICS, SkippedVideos, VideoDataModule, mix_clips, parse_auto_augment, train_augmentation
+from data_trainer import SkippedVideos, VideoDataModule, mix_clips, parse_auto_augment, train_augmentation
 from dataset import spatial_crops
 from demo.make_demo_dataset import CLASSES
+from preprocessing import DATA_STATICS, Preprocessing
 
 
 class TinyVideoModel(pl.LightningModule):
@@ -36,16 +37,20 @@ class TinyVideoModel(pl.LightningModule):
         self.record('train', batch)
         return F.cross_entropy(self(batch['video']), batch['label'])
 
-    def validation_step(self, batch, batch_idx):
-        self.record('val', batch)
-
     def averaged_logits(self, batch):
+        """(B, V, T, 3, H, W) views -> logits (B, num_class) averaged over the views."""
         batch_size, views = batch['video'].shape[:2]
         return self(batch['video'].flatten(0, 1)).view(batch_size, views, -1).mean(1)
 
+    def validation_step(self, batch, batch_idx):
+        self.record('val', batch)
+        if len(batch['video']):
+            self.averaged_logits(batch)
+
     def test_step(self, batch, batch_idx):
         self.record('test', batch)
-        self.averaged_logits(batch)
+        if len(batch['video']):
+            self.averaged_logits(batch)
 
     def predict_step(self, batch, batch_idx):
         self.record('predict', batch)
@@ -53,6 +58,11 @@ class TinyVideoModel(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def write_list(path, lines):
+    path.write_text(''.join(f'{line}\n' for line in lines))
+    return path
 
 
 def quiet_trainer(**options):
@@ -89,11 +99,14 @@ def test_trainer_runs_every_stage_with_two_workers(demo_data, tmp_path):
     for batch in model.seen['train']:
         assert batch['video'] == ((4, 4, 3, 32, 32), torch.float32)
         assert batch['label'] == ((4, len(CLASSES)), torch.float32)
-    assert model.seen['val'][0]['video'] == ((4, 4, 3, 32, 32), torch.float32)
-    assert model.seen['val'][0]['label'] == ((4,), torch.int64)
-    for stage in ('test', 'predict'):
-        assert model.seen[stage][0]['video'] == ((4, 2 * 3, 4, 3, 32, 32), torch.float32)
+    assert model.seen['val'][0]['video'] == ((4, 1, 4, 3, 32, 32), torch.float32)
+    for stage in ('val', 'test', 'predict'):
+        if stage != 'val':
+            assert model.seen[stage][0]['video'] == ((4, 2 * 3, 4, 3, 32, 32), torch.float32)
         assert model.seen[stage][0]['label'] == ((4,), torch.int64)
+        assert model.seen[stage][0]['index'] == ((4,), torch.int64)
+        paths = model.seen[stage][0]['path']
+        assert len(paths) == 4 and all(Path(path).is_file() for path in paths)
     assert [prediction.shape for prediction in predictions] == [(4, len(CLASSES))]
 
 
@@ -129,10 +142,73 @@ def test_datamodule_argument_errors(demo_data):
         small_module(demo_data, short_side=28)
     with pytest.raises(ValueError, match='mixup needs'):
         small_module(demo_data, mixup=True, mixup_alpha=0.0, cutmix_alpha=0.0)
-    with pytest.raises(ValueError, match='num_crops must be at least 1, got 0'):
+    with pytest.raises(ValueError, match='num_crops must be a positive integer, got 0'):
         small_module(demo_data, num_crops=0)
+    with pytest.raises(ValueError, match='max_skip_fraction must be at least 0 and below 1, got 1'):
+        small_module(demo_data, max_skip_fraction=1)
     with pytest.raises(ValueError, match='no test data'):
         small_module(demo_data, test_data_path=None).dataset('test')
+
+
+def test_checkpoint_hyper_parameters_load_with_weights_only(demo_data, tmp_path):
+    # Paths given as Path objects were pickled as PosixPath, which weights_only refuses.
+    data = small_module(demo_data, root_dir=demo_data, data_statics='imagenet')
+    model = TinyVideoModel(data.num_class)
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=data)
+    trainer.save_checkpoint(tmp_path / 'last.ckpt')
+    saved = torch.load(tmp_path / 'last.ckpt', weights_only=True)['datamodule_hyper_parameters']
+    assert saved['train_data_path'] == str(demo_data / 'train.txt') and saved['root_dir'] == str(demo_data)
+    assert saved['class_map'] == str(demo_data / 'classmap.json')
+    assert 'label_smoothing' not in saved
+    rebuilt = VideoDataModule.load_from_checkpoint(tmp_path / 'last.ckpt', weights_only=True)
+    assert rebuilt.preprocessing == data.preprocessing and rebuilt.class_names == data.class_names
+
+
+def test_preprocessing_carries_the_data_settings(demo_data):
+    data = small_module(demo_data, frame_interval=3, window_seconds=0.5, data_statics='inception', num_clips=2,
+                        num_crops=1)
+    assert data.preprocessing == Preprocessing(num_frames=4, frame_interval=3, window_seconds=0.5, img_size=32,
+                                               short_side=37, mean=(0.5,) * 3, std=(0.5,) * 3, num_clips=2,
+                                               num_crops=1)
+    assert Preprocessing.from_dict(data.preprocessing.to_dict()) == data.preprocessing
+
+
+def test_evaluation_leaves_unreadable_videos_out(demo_data, tmp_path):
+    # Val: two good videos and two missing ones; test: only missing ones, so its one batch is empty.
+    good = (demo_data / 'val.txt').read_text().splitlines()[:2]
+    lines = [f'{demo_data / path}\t{name}' for path, name in (line.split('\t') for line in good)]
+    val_list = write_list(tmp_path / 'val.txt', [lines[0], 'gone/a.mp4\tgrowing', lines[1], 'gone/b.mp4\tgrowing'])
+    test_list = write_list(tmp_path / 'test.txt', ['gone/c.mp4\tgrowing', 'gone/d.mp4\tshrinking'])
+    data = small_module(demo_data, val_data_path=val_list, test_data_path=test_list, num_clips=2, num_crops=3)
+    model = TinyVideoModel(data.num_class)
+    trainer = quiet_trainer(callbacks=[SkippedVideos()])
+    with pytest.warns(UserWarning, match=r'epoch 0 val: 2 unreadable videos were left out'):
+        trainer.validate(model, datamodule=data)
+    assert trainer.callback_metrics['val/skipped_videos'] == 2
+    [batch] = model.seen['val']
+    assert batch['video'] == ((2, 1, 4, 3, 32, 32), torch.float32)
+    assert batch['path'] == [str(demo_data / line.split('\t')[0]) for line in good]
+    assert [path for path, _ in batch['failed']] == [str(tmp_path / 'gone' / name) for name in ('a.mp4', 'b.mp4')]
+    with pytest.warns(UserWarning, match=r'epoch 0 test: 2 unreadable videos were left out'):
+        trainer.test(model, datamodule=data)
+    [batch] = model.seen['test']
+    assert batch['video'] == ((0, 2 * 3, 4, 3, 32, 32), torch.float32) and batch['label'] == ((0,), torch.int64)
+    assert batch['skipped'] == 2 and batch['path'] == []
+
+
+@pytest.mark.parametrize('source', ['folder', 'paths'])
+def test_predict_on_unlabelled_videos(demo_data, source):
+    videos = sorted((demo_data / 'val').rglob('*.mp4'))
+    data = small_module(demo_data, predict_data_path=demo_data / 'val' if source == 'folder' else videos,
+                        num_clips=2, num_crops=1)
+    model = TinyVideoModel(data.num_class)
+    quiet_trainer().predict(model, datamodule=data)
+    [batch] = model.seen['predict']
+    assert batch['video'] == ((4, 2, 4, 3, 32, 32), torch.float32)
+    assert batch['path'] == [str(video) for video in videos]
+    assert data.dataset('predict').labels.tolist() == [-1] * 4
+    assert data.hparams.predict_data_path == (str(demo_data / 'val') if source == 'folder' else batch['path'])
 
 
 # ---------------------------------------------------------------- device-side augmentation
@@ -173,18 +249,18 @@ def test_train_augmentation_with_colour_jitter_keeps_frames_together():
 
 def items(batch):
     """A collated batch back to the dataset items it could have come from."""
-    return [{'video': video, 'label': int(label), 'index': int(index), 'skipped': 0}
+    return [{'video': video, 'label': int(label), 'index': int(index), 'path': f'{int(index)}.mp4', 'failed': []}
             for video, label, index in zip(batch['video'], batch['label'], batch['index'])]
 
 
 @pytest.mark.parametrize('statics', sorted(DATA_STATICS))
 def test_val_batches_are_the_normalised_centre_crop(demo_data, statics):
-    data = small_module(demo_data, data_statics=statics)
-    batch = uint8_batch()
+    data = small_module(demo_data, data_statics=statics, num_clips=2, num_crops=3)
+    batch = uint8_batch(clips=1)
     out = data.transform_batch(data.val_dataloader().collate_fn(items(batch)), 'val')
     mean, std = (torch.tensor(values).view(3, 1, 1) for values in DATA_STATICS[statics])
     expected = (batch['video'][..., 4:36, 9:41].float() / 255 - mean) / std
-    assert out['video'].shape == (3, 4, 3, 32, 32)
+    assert out['video'].shape == (3, 1, 4, 3, 32, 32)
     assert torch.allclose(out['video'], expected, atol=1e-6)
     assert torch.equal(out['label'], batch['label'])
 
@@ -205,7 +281,7 @@ def test_a_clips_views_do_not_depend_on_its_batch(demo_data, split):
     # A wide clip batched with a narrower one keeps the crops it gets alone.
     data = small_module(demo_data, num_clips=2, num_crops=3)
     collate = getattr(data, f'{split}_dataloader')().collate_fn
-    clips = 2 if split == 'test' else None
+    clips = 2 if split == 'test' else 1
     wide, narrow = items(uint8_batch(1, clips, width=60)), items(uint8_batch(1, clips, width=40, seed=1))
     alone = collate(wide)['video'][0]
     assert torch.equal(collate(wide + narrow)['video'][0], alone)
@@ -224,20 +300,22 @@ def test_spatial_crops_follow_the_long_side():
         spatial_crops(landscape, 64)
 
 
-def test_mixup_gives_soft_labels(demo_data):
-    data = small_module(demo_data, mixup=True, label_smoothing=0.1)
+def test_mixup_gives_soft_targets_without_smoothing(demo_data):
+    # Label smoothing is the loss's: the targets mix two one-hot labels and nothing else.
+    data = small_module(demo_data, mixup=True)
     random.seed(0)
     out = data.transform_batch(uint8_batch(batch_size=4), 'train')
     label = out['label']
     assert label.shape == (4, 4) and label.dtype == torch.float32
-    assert torch.allclose(label.sum(1), torch.ones(4)) and label.min() >= 0.1 / 4 - 1e-6
+    assert torch.allclose(label.sum(1), torch.ones(4))
+    assert ((label > 0).sum(1) == 2).all() and torch.allclose(label, label.flip(0).flip(1))
 
 
 def test_mixup_blends_each_clip_with_its_partner():
     video = torch.rand(4, 3, 3, 8, 8)
     label = torch.tensor([0, 1, 2, 3])
     random.seed(0)
-    mixed, soft = mix_clips(video, label, 4, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0)
+    mixed, soft = mix_clips(video, label, 4, mixup_alpha=0.8, cutmix_alpha=0.0)
     lam = soft[0, 0].item()
     assert 0 < lam < 1 and soft[0, 3].item() == pytest.approx(1 - lam)
     assert torch.allclose(mixed, video * lam + video.flip(0) * (1 - lam), atol=1e-6)
@@ -247,7 +325,7 @@ def test_cutmix_pastes_one_box_through_every_frame():
     video = torch.rand(2, 5, 3, 16, 16)
     label = torch.tensor([0, 1])
     random.seed(3)
-    mixed, soft = mix_clips(video, label, 2, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0)
+    mixed, soft = mix_clips(video, label, 2, mixup_alpha=0.0, cutmix_alpha=1.0)
     pasted = (mixed[0] == video[1]).all(dim=1) & (mixed[0] != video[0]).any(dim=1)
     assert pasted.any()
     assert all(torch.equal(pasted[t], pasted[0]) for t in range(5))
@@ -278,3 +356,5 @@ def test_ddp_ranks_get_disjoint_items_and_draw_their_own_augmentation(demo_data,
     assert sorted(torch.cat([rank['index'] for rank in ranks]).tolist()) == list(range(8))
     assert all(rank['video'].shape == (4, 4, 3, 32, 32) for rank in ranks)
     assert not any(torch.allclose(first, second) for first, second in zip(ranks[0]['video'], ranks[1]['video']))
+    # seed_everything(0) plus the rank, added once however often setup runs (fit, test, by hand).
+    assert [rank['seeds'] for rank in ranks] == [[0, 0, 0], [1, 1, 1]]

@@ -9,8 +9,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import dataset
-from dataset import (AnnotationError, DecordReader, PyAVReader, UnreadableDatasetError, VideoDataset,
-                     collate_clips, load_annotations, load_class_map, resize_short_side, sample_frame_indices)
+from dataset import (UNLABELLED, AnnotationError, DecordReader, PyAVReader, UnreadableDatasetError, VideoDataset,
+                     collate_clips, collate_views, load_annotations, load_class_map, resize_short_side,
+                     sample_frame_indices)
+from preprocessing import Preprocessing
 from demo.make_demo_dataset import CLASSES, make_demo_dataset, render_clip, write_video
 
 
@@ -133,7 +135,7 @@ def test_num_class_must_match_the_class_map(tmp_path):
 def test_empty_list_and_missing_file(tmp_path):
     with pytest.raises(AnnotationError, match='lists no videos'):
         load_annotations(write(tmp_path / 'empty.txt', '# nothing\n'))
-    with pytest.raises(AnnotationError, match='no such annotation file'):
+    with pytest.raises(AnnotationError, match='absent.txt: no such file or folder'):
         load_annotations(tmp_path / 'absent.txt')
 
 
@@ -143,6 +145,55 @@ def test_samples_per_class_cap_keeps_file_order(tmp_path):
     assert [os.path.basename(path) for path, _ in samples] == ['0.mp4', '1.mp4', '2.mp4', '3.mp4']
     with pytest.raises(ValueError, match='num_samples_per_cls must be positive'):
         load_annotations(listing, num_samples_per_cls=0)
+
+
+@pytest.mark.parametrize('name, head', [
+    ('train.txt', 'a.mp4 0\nb.mp4 1\n'),
+    ('classes.txt', 'abseiling\nair drumming\n'),
+    ('classes.json', '{"abseiling": 0,\n "air drumming": 1,\n'),
+    ('train.csv', 'label,youtube_id,time_start,time_end,split\nabseiling,abc,0,10,train\n'),
+])
+@pytest.mark.parametrize('byte_order_mark', [b'', b'\xef\xbb\xbf'])
+def test_non_utf8_bytes_name_file_and_line(tmp_path, name, head, byte_order_mark):
+    path = tmp_path / name
+    path.write_bytes(byte_order_mark + head.encode() + 'caf\u00e9 0\n'.encode('latin-1'))
+    read = load_class_map if name.startswith('classes') else load_annotations
+    with pytest.raises(AnnotationError, match=rf'^{path}:3: not UTF-8 text \(byte 0xe9\)'):
+        read(path)
+
+
+def test_a_path_listed_with_two_labels_is_refused_naming_both_lines(tmp_path):
+    listing = write(tmp_path / 'l.txt', 'a.mp4 0\nb.mp4 1\na.mp4 1\n')
+    with pytest.raises(AnnotationError, match=rf"^{listing}:3: {tmp_path / 'a.mp4'} is listed with label '1' here "
+                                              rf"and with '0' at {listing}:1$"):
+        load_annotations(listing)
+
+
+def test_repeated_lines_are_kept_with_one_warning(tmp_path, caplog):
+    # A name and an index of the same class are the same label.
+    listing = write(tmp_path / 'l.txt', 'a.mp4 cat\nb.mp4 1\na.mp4 0\nb.mp4 dog\nc.mp4 0\n')
+    with caplog.at_level(logging.WARNING, logger='dataset'):
+        samples, _ = load_annotations(listing, class_names=['cat', 'dog'])
+    assert [label for _, label in samples] == [0, 1, 0, 1, 0]
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage() == (f"{listing}: 2 lines repeat a video listed before with the same label "
+                                              f"(first: {tmp_path / 'a.mp4'} at {listing}:1 and {listing}:3); "
+                                              f"each line is kept")
+
+
+def test_the_number_of_inferred_classes_is_said(tmp_path, caplog):
+    listing = write(tmp_path / 'l.txt', 'a.mp4 0\nb.mp4 3\nc.mp4 7\nd.mp4 3\n')
+    with caplog.at_level(logging.WARNING, logger='dataset'):
+        _, names = load_annotations(listing)
+    assert names == [str(index) for index in range(8)]
+    assert [record.getMessage() for record in caplog.records] == [
+        f'{listing}: 8 classes inferred from the largest label, 7, as neither a class map nor num_class is given; '
+        f'no sample has label 1, 2, 4, 5, 6']
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='dataset'):
+        load_annotations(listing, num_class=10)
+        load_annotations(listing, class_names=[str(index) for index in range(8)])
+    assert not caplog.records
 
 
 # ---------------------------------------------------------------- Kinetics CSV
@@ -214,6 +265,15 @@ def test_folder_per_class(tmp_path):
         load_annotations(root / 'Archery')
 
 
+def test_an_empty_class_folder_is_refused_naming_it(tmp_path):
+    # Dropping it would shift the index of every later class.
+    root = tmp_path / 'UCF-101'
+    for relative in ('Archery/a.avi', 'Basketball/notes.txt', 'Biking/b.mp4'):
+        touch_video(root / relative)
+    with pytest.raises(AnnotationError, match=rf'^{root / "Basketball"}: a class folder with no videos'):
+        load_annotations(root)
+
+
 def test_demo_dataset_is_deterministic_from_its_seed(tmp_path):
     first, again, other = (make_demo_dataset(tmp_path / name, seed=seed, clips_per_class=(1, 1, 0), progress=False)
                            for name, seed in (('a', 0), ('b', 0), ('c', 1)))
@@ -231,6 +291,56 @@ def test_demo_lists_and_folders_agree(demo_data):
     from_list, _ = load_annotations(demo_data / 'train.txt', class_names=names)
     from_folders, _ = load_annotations(demo_data / 'train', class_names=names)
     assert sorted(from_list) == sorted(from_folders) and len(from_list) == 4 * len(CLASSES)
+
+
+# ---------------------------------------------------------------- unlabelled input for prediction
+
+def test_a_video_is_never_read_as_an_annotation_file(demo_data):
+    video = demo_videos(demo_data)[0]
+    assert load_annotations(video, require_labels=False) == ([(str(video), UNLABELLED)], [])
+    with pytest.raises(AnnotationError, match=rf'^{video}: a video, where labels are needed'):
+        load_annotations(video)
+
+
+def test_prediction_takes_every_video_below_a_folder(tmp_path):
+    for relative in ('b.mp4', 'a/nested/c.MKV', 'a/d.webm', 'a/notes.txt', 'a/folder.mp4/e.avi'):
+        touch_video(tmp_path / 'videos' / relative)
+    samples, names = load_annotations(tmp_path / 'videos', require_labels=False)
+    assert [os.path.relpath(path, tmp_path / 'videos') for path, _ in samples] == [
+        'a/d.webm', 'a/folder.mp4/e.avi', 'a/nested/c.MKV', 'b.mp4']
+    assert {label for _, label in samples} == {UNLABELLED} and names == []
+    # A folder per class is a folder of videos too: prediction ignores what the folders say.
+    samples, _ = load_annotations(tmp_path / 'videos' / 'a', require_labels=False)
+    assert len(samples) == 3
+    with pytest.raises(AnnotationError, match='no videos'):
+        load_annotations(write(tmp_path / 'text' / 'notes.txt', '').parent, require_labels=False)
+
+
+def test_prediction_lists_may_omit_labels(tmp_path):
+    listing = write(tmp_path / 'l.txt', 'my clip.mp4\nb.mp4 dog\nc d/e.mp4\t\nf.mp4\tcat\n')
+    samples, names = load_annotations(listing, class_names=['cat', 'dog'], require_labels=False)
+    assert samples == [(str(tmp_path / 'my clip.mp4'), UNLABELLED), (str(tmp_path / 'b.mp4'), 1),
+                       (str(tmp_path / 'c d/e.mp4'), UNLABELLED), (str(tmp_path / 'f.mp4'), 0)]
+    assert names == ['cat', 'dog']
+    # Where labels are needed, a line without one is refused, not split into a path and a "label".
+    with pytest.raises(AnnotationError, match=rf"^{listing}:1: expected \"relative/path.mp4 label\", "
+                                              rf"got 'my clip.mp4'"):
+        load_annotations(listing, class_names=['cat', 'dog'])
+
+
+def test_prediction_from_explicit_paths(demo_data, tmp_path):
+    videos = demo_videos(demo_data)[:2] + [tmp_path / 'missing.mp4']
+    settings = Preprocessing(num_frames=4, frame_interval=4, img_size=32, num_clips=2, num_crops=3)
+    clips = VideoDataset.from_preprocessing(videos, settings)
+    assert clips.mode == 'predict' and len(clips) == 3 and clips.labels.tolist() == [UNLABELLED] * 3
+    items = [clips[index] for index in range(len(clips))]
+    assert items[0]['video'].shape[:3] == (2, 4, 3) and min(items[0]['video'].shape[-2:]) == settings.short_side
+    batch = collate_views(items, settings)
+    assert batch['video'].shape == (2, 6, 4, 3, 32, 32)
+    assert batch['path'] == [str(video) for video in videos[:2]] and batch['label'].tolist() == [UNLABELLED] * 2
+    assert batch['failed'] == [(str(videos[2]), 'no such file')]
+    with pytest.raises(ValueError, match='a sequence of video paths has no labels'):
+        VideoDataset(videos, mode='test')
 
 
 # ---------------------------------------------------------------- frame indices
@@ -298,7 +408,7 @@ def test_window_in_seconds_on_a_real_50_fps_video(tmp_path):
     write_video(tmp_path / 'fast.mp4', frames, fps=50)
     listing = write(tmp_path / 'l.txt', 'fast.mp4 0\n')
     item = VideoDataset(listing, mode='val', num_frames=5, window_seconds=0.4, short_side=64)[0]
-    stamps = item['video'][:, 0, 2, 40].float() / 4
+    stamps = item['video'][0, :, 0, 2, 40].float() / 4
     # 0.4 s at 50 fps is 20 frames: the centre window 20..39, five frames across it.
     assert torch.allclose(stamps, torch.tensor([20.0, 24.0, 29.0, 34.0, 39.0]), atol=1.0)
 
@@ -342,11 +452,13 @@ def test_dataset_items_train_and_test(shared_videos, tmp_path, decoder):
     for index, (height, width) in enumerate([(128, 228), (128, 227)]):
         item = train[index]
         assert item['video'].shape == (8, 3, height, width) and item['video'].dtype == torch.uint8
-        assert item['label'] == 0 and item['index'] == index and item['skipped'] == 0
+        assert item['label'] == 0 and item['index'] == index and item['failed'] == []
+        assert item['path'] == str(shared_videos[index])
         assert test[index]['video'].shape == (3, 8, 3, height, width)
     batch = collate_clips([train[0], train[1]])
     assert batch['video'].shape == (2, 8, 3, 128, 227)
-    assert batch['label'].dtype == torch.int64 and batch['skipped'] == 0
+    assert batch['label'].dtype == torch.int64 and batch['skipped'] == 0 and batch['failed'] == []
+    assert batch['path'] == [str(path) for path in shared_videos[:2]]
 
 
 def test_val_items_are_the_same_for_both_decoders(shared_videos, tmp_path):
@@ -371,7 +483,7 @@ def test_pyav_decodes_when_decord_is_missing(demo_data, monkeypatch, caplog):
         clips = VideoDataset(demo_data / 'val.txt', mode='val', num_frames=4, frame_interval=4, short_side=32)
     assert clips.decoders == ('pyav',)
     assert 'decord is not installed' in caplog.text
-    assert clips[0]['video'].shape[:2] == (4, 3)
+    assert clips[0]['video'].shape[:3] == (1, 4, 3)
 
 
 def test_pyav_takes_over_files_decord_fails_on(tmp_path, caplog):
@@ -383,7 +495,7 @@ def test_pyav_takes_over_files_decord_fails_on(tmp_path, caplog):
     listing = write(tmp_path / 'l.txt', 'stream.ts 0\n')
     with caplog.at_level(logging.DEBUG, logger='dataset'):
         item = VideoDataset(listing, mode='val', num_frames=4, frame_interval=8, short_side=64)[0]
-    assert item['skipped'] == 0 and item['video'].shape == (4, 3, 64, 96)
+    assert item['failed'] == [] and item['video'].shape == (1, 4, 3, 64, 96)
     assert 'pyav read' in caplog.text and 'decord:' in caplog.text
 
 
@@ -418,25 +530,63 @@ def broken_list(demo_data, tmp_path):
     return write(tmp_path / 'broken.txt', ''.join(lines)), bad
 
 
+# A corrupt file names each decoder tried (decord falls back to PyAV) and what it raised.
+CORRUPT_REASONS = {'decord': ('decord: RuntimeError', 'pyav: InvalidDataError'), 'pyav': ('pyav: InvalidDataError',)}
+
+
+def unreadable_reasons(decoder):
+    return {'missing.mp4': ('no such file',), 'empty.mp4': ('empty file',), 'random.mp4': CORRUPT_REASONS[decoder],
+            'truncated.mp4': CORRUPT_REASONS[decoder]}
+
+
 @pytest.mark.parametrize('decoder', ['decord', 'pyav'])
-def test_unreadable_videos_are_replaced_logged_and_counted(broken_list, caplog, decoder):
+def test_unreadable_videos_are_replaced_in_training(broken_list, caplog, decoder):
     listing, bad = broken_list
-    clips = VideoDataset(listing, mode='val', num_frames=4, frame_interval=4, short_side=32, decoder=decoder)
-    # A corrupt file names each decoder tried (decord falls back to PyAV) and what it raised.
-    corrupt = ('decord: RuntimeError', 'pyav: InvalidDataError')[decoder == 'pyav':]
-    reasons = {'missing.mp4': ('no such file',), 'empty.mp4': ('empty file',), 'random.mp4': corrupt,
-               'truncated.mp4': corrupt}
+    clips = VideoDataset(listing, mode='train', num_frames=4, frame_interval=4, short_side=32, decoder=decoder)
+    reasons = unreadable_reasons(decoder)
     for index, path in enumerate(bad, start=4):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger='dataset'):
             item = clips[index]
-        assert item['skipped'] >= 1 and item['index'] < 4
-        assert item['video'].shape == (4, 3, 32, 48)
+        assert item['failed'][0][0] == str(path) and all(part in item['failed'][0][1] for part in reasons[path.name])
+        # The item returned is another, readable one, with its own path and label.
+        assert item['index'] < 4 and item['path'] == clips.path(item['index'])
+        assert item['label'] == clips.labels[item['index']] and item['video'].shape == (4, 3, 32, 48)
         first = caplog.records[0]
         assert first.levelno == logging.WARNING
-        assert str(path) in first.getMessage() and all(part in first.getMessage() for part in reasons[path.name])
+        assert str(path) in first.getMessage() and 'replaced by another' in first.getMessage()
     batch = collate_clips([clips[index] for index in range(len(clips))])
-    assert batch['skipped'] >= len(bad) and batch['video'].shape[0] == len(clips)
+    assert batch['skipped'] == len(batch['failed']) >= len(bad) and batch['video'].shape[0] == len(clips)
+
+
+@pytest.mark.parametrize('mode', ['val', 'test', 'predict'])
+def test_unreadable_videos_are_left_out_of_evaluation(broken_list, caplog, mode):
+    # Never another video in its place: a metric or a result row would carry the wrong file's label.
+    listing, bad = broken_list
+    settings = Preprocessing(num_frames=4, frame_interval=4, img_size=32, short_side=32, num_clips=2, num_crops=3)
+    clips = VideoDataset.from_preprocessing(listing, settings, mode=mode)
+    with caplog.at_level(logging.WARNING, logger='dataset'):
+        samples = [clips[index] for index in range(len(clips))]
+    reasons = unreadable_reasons('decord')
+    for index, path in enumerate(bad, start=4):
+        sample = samples[index]
+        assert sample['video'] is None and sample['index'] == index
+        assert [failure[0] for failure in sample['failed']] == [str(path)]
+        assert all(part in sample['failed'][0][1] for part in reasons[path.name])
+        assert f'unreadable video {path}' in caplog.text
+    assert caplog.text.count('left out') == len(bad)
+    views = settings if mode != 'val' else settings.replace(num_clips=1, num_crops=1)
+    batch = collate_views(samples, views)
+    clips_per_item = 1 if mode == 'val' else 2 * 3
+    assert batch['video'].shape == (4, clips_per_item, 4, 3, 32, 32)
+    assert batch['index'].tolist() == [0, 1, 2, 3] and batch['label'].tolist() == clips.labels[:4].tolist()
+    assert batch['path'] == [clips.path(index) for index in range(4)]
+    assert batch['skipped'] == len(bad) and [path for path, _ in batch['failed']] == [str(path) for path in bad]
+    # A batch of unreadable videos only is empty, with the shape of its views.
+    empty = collate_views(samples[4:], views)
+    assert empty['video'].shape == (0, clips_per_item, 4, 3, 32, 32) and empty['video'].dtype == torch.uint8
+    assert empty['label'].shape == empty['index'].shape == (0,) and empty['path'] == []
+    assert empty['skipped'] == len(bad)
 
 
 def test_skips_are_counted_across_worker_processes(broken_list):
@@ -451,7 +601,7 @@ def test_skips_are_counted_across_worker_processes(broken_list):
 def test_a_mostly_unreadable_list_stops_with_a_clear_error(demo_data, tmp_path):
     good = demo_videos(demo_data)[0]
     lines = [f'{good}\t0\n'] + [f'missing_{i}.mp4\t0\n' for i in range(9)]
-    clips = VideoDataset(write(tmp_path / 'mostly_missing.txt', ''.join(lines)), mode='val', num_frames=2,
+    clips = VideoDataset(write(tmp_path / 'mostly_missing.txt', ''.join(lines)), mode='train', num_frames=2,
                          short_side=32)
     with pytest.raises(UnreadableDatasetError, match=r'mostly_missing.txt: \d+ of \d+ videos read could not be '
                                                      r'decoded .*no such file.*check root_dir'):
@@ -463,6 +613,29 @@ def test_a_list_with_no_readable_video_stops(tmp_path):
     clips = VideoDataset(write(tmp_path / 'none.txt', 'a.mp4 0\nb.mp4 0\n'), mode='train', short_side=32)
     with pytest.raises(UnreadableDatasetError, match='check root_dir'):
         clips[0]
+
+
+def test_the_skip_budget_always_ends(tmp_path):
+    # At a fraction of 1 an unreadable list retried forever; any fraction below 1 stops it, in each
+    # loader worker on its own, at the MIN_FAILURES_TO_ABORT-th failure.
+    listing = write(tmp_path / 'none.txt', ''.join(f'{i}.mp4 0\n' for i in range(8)))
+    for fraction in (1, 1.5, -0.1):
+        with pytest.raises(ValueError, match=f'max_skip_fraction must be at least 0 and below 1, got {fraction}'):
+            VideoDataset(listing, max_skip_fraction=fraction)
+    clips = VideoDataset(listing, mode='train', short_side=32, max_skip_fraction=0.99)
+    with pytest.raises(UnreadableDatasetError, match=f'{dataset.MIN_FAILURES_TO_ABORT} of '
+                                                     f'{dataset.MIN_FAILURES_TO_ABORT} videos read'):
+        list(DataLoader(clips, batch_size=2, num_workers=2, collate_fn=collate_clips))
+
+
+def test_evaluation_of_an_unreadable_list_stops_but_prediction_reports_each_file(tmp_path):
+    listing = write(tmp_path / 'none.txt', ''.join(f'{i}.mp4 0\n' for i in range(dataset.MIN_FAILURES_TO_ABORT)))
+    test = VideoDataset(listing, mode='test', short_side=32)
+    with pytest.raises(UnreadableDatasetError):
+        [test[index] for index in range(len(test))]
+    predict = VideoDataset(listing, mode='predict', short_side=32)
+    batch = collate_views([predict[index] for index in range(len(predict))], Preprocessing(img_size=32))
+    assert batch['video'].shape[0] == 0 and len(batch['failed']) == len(predict)
 
 
 def test_dataset_argument_errors(demo_data):
