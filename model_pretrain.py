@@ -52,7 +52,7 @@ KINETICS_RECIPE = dict(
     num_frames=8, img_size=224, patch_size=16, embed_dims=768, num_heads=12, depth=12, num_time_layers=4,
     tube_size=2, data_statics='inception', num_clips=1, num_crops=3, optim_type='sgd', momentum=0.9,
     weight_decay=1e-4, lr_schedule='multistep', warmup_epochs=0.0, min_lr=1e-6, milestones=[5, 11],
-    layer_decay=1.0, label_smoothing=0.0, mixup_alpha=0.8, cutmix_alpha=1.0, drop_path=0.1, crop_scale=[0.08, 1.0], color_jitter=0.4,
+    layer_decay=1.0, freeze_blocks=0, clip_grad=0.0, label_smoothing=0.0, mixup_alpha=0.8, cutmix_alpha=1.0, drop_path=0.1, crop_scale=[0.08, 1.0], color_jitter=0.4,
     save_ckpt_freq=1000,
 )
 # The demo: a small TimeSformer learns the motion classes of demo/make_demo_dataset.py from scratch.
@@ -256,7 +256,7 @@ def build_config(args, num_classes):
         raise UsageError(error) from None
 
 
-def build_trainer(args):
+def build_trainer(args, callbacks):
     accelerator, devices = args.accelerator, args.devices
     if args.gpus is not None:
         accelerator, devices = 'gpu', (-1 if args.gpus == [-1] else args.gpus)
@@ -278,7 +278,18 @@ def build_trainer(args):
         gradient_clip_val=args.clip_grad or None,
         val_check_interval=int(val_check) if val_check is not None and val_check > 1 else val_check,
         log_every_n_steps=args.log_interval, plugins=[AtomicCheckpointIO()], logger=False,
-        callbacks=[SkippedVideos()], enable_model_summary=False)
+        callbacks=[SkippedVideos(), *callbacks], enable_model_summary=False)
+
+
+def checkpoint_callbacks(args, validating):
+    """best.ckpt by val top-1 (the latest without validation), last.ckpt, and step checkpoints every
+    -save_ckpt_freq steps; their folder is set once the experiment's tag is known."""
+    callbacks = [ModelCheckpoint(filename='best', monitor='val/top1' if validating else None, mode='max',
+                                 save_top_k=1, save_last=True)]
+    if args.save_ckpt_freq:
+        callbacks.append(ModelCheckpoint(filename='step{step:07d}', auto_insert_metric_name=False,
+                                         every_n_train_steps=args.save_ckpt_freq, save_top_k=-1, save_last=True))
+    return callbacks
 
 
 def experiment_tag(args, num_devices):
@@ -295,9 +306,15 @@ def main(argv=None):
     pretrain = resolve_pretrain(args)
     data = build_data(args)
     config = build_config(args, data.num_class)
-    trainer = build_trainer(args)
+    validating = data.sources['val'] is not None
+    checkpoints = checkpoint_callbacks(args, validating)
+    sigterm = CheckpointOnSigterm()
+    trainer = build_trainer(args, checkpoints + [sigterm])
     run_dir = Path(args.root_dir) / 'results' / experiment_tag(args, trainer.num_devices * trainer.num_nodes)
     ckpt_dir, log_dir = run_dir / 'ckpt', run_dir / 'log'
+    for callback in checkpoints:
+        callback.dirpath = str(ckpt_dir)
+    sigterm.path = str(ckpt_dir / 'last.ckpt')
     resume = None
     if args.resume is not None:
         resume = ckpt_dir / 'last.ckpt' if args.resume == 'last' else Path(args.resume)
@@ -316,17 +333,9 @@ def main(argv=None):
     if args.compile:
         module.model.compile()
 
-    validating = data.sources['val'] is not None
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename='best', monitor='val/top1' if validating else None,
-                           mode='max', save_top_k=1, save_last=True)
-    checkpoints = [best]
-    if args.save_ckpt_freq:
-        checkpoints.append(ModelCheckpoint(dirpath=ckpt_dir, filename='step{step:07d}', auto_insert_metric_name=False,
-                                           every_n_train_steps=args.save_ckpt_freq, save_top_k=-1, save_last=True))
-    sigterm = CheckpointOnSigterm(ckpt_dir / 'last.ckpt')
-    trainer.callbacks.extend(checkpoints + [sigterm])
-    csv_logger = CSVLogger(run_dir, name='log', version='')
-    trainer.loggers = [csv_logger, TensorBoardLogger(log_dir, name='tensorboard', version='')]
+    best = checkpoints[0]
+    trainer.loggers = [CSVLogger(run_dir, name='log', version=''),
+                       TensorBoardLogger(log_dir, name='tensorboard', version='')]
     say(f'Training {config.arch} {config.attention_type} ({config.num_transformer_layers} blocks of width '
         f'{config.embed_dims}, {config.num_frames}x{config.img_size}, {config.num_classes} classes) on '
         f'{len(data.dataset("train"))} clips; precision {trainer.precision}, {trainer.num_devices} device(s) x '

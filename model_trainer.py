@@ -90,7 +90,7 @@ class LitVideoClassifier(pl.LightningModule):
     def _freeze(self):
         hp = self.hparams
         if hp.eval_metrics == 'linear_prob':
-            self.model.backbone.requires_grad_(False)
+            self.model.backbone.requires_grad_(False).eval()
             return
         for name, parameter in self.model.backbone.named_parameters():
             if name.startswith(EMBEDDING_NAMES) and hp.freeze_blocks > 0:
@@ -99,7 +99,7 @@ class LitVideoClassifier(pl.LightningModule):
             block.requires_grad_(False)
 
     def train(self, mode=True):
-        """Lightning switches modes around every loop; a linear probe's backbone stays in eval mode."""
+        """A linear probe's backbone stays in eval mode, whoever switches the module to training."""
         super().train(mode)
         if self.hparams.eval_metrics == 'linear_prob':
             self.model.backbone.eval()
@@ -174,12 +174,14 @@ class LitVideoClassifier(pl.LightningModule):
         if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
             return self._nonfinite(loss)
         hard = target if target.ndim == 1 else target.argmax(dim=1)
+        size = len(hard)
         for k in (1, 5):
             self.metrics[f'train_top{k}'](logits.detach(), hard)
-        self.log('train/loss', loss, prog_bar=True)
-        self.log('train/top1', self.metrics['train_top1'], prog_bar=True, on_step=True, on_epoch=True)
-        self.log('train/top5', self.metrics['train_top5'], on_step=True, on_epoch=True)
-        self.log('train/lr', self.trainer.optimizers[0].param_groups[-1]['lr'], prog_bar=True)
+        self.log('train/loss', loss, prog_bar=True, batch_size=size)
+        self.log('train/top1', self.metrics['train_top1'], prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=size)
+        self.log('train/top5', self.metrics['train_top5'], on_step=True, on_epoch=True, batch_size=size)
+        self.log('train/lr', self.trainer.optimizers[0].param_groups[-1]['lr'], prog_bar=True, batch_size=size)
         return loss
 
     def _nonfinite(self, loss):
@@ -188,7 +190,7 @@ class LitVideoClassifier(pl.LightningModule):
         if self.hparams.nonfinite_loss == 'skip':
             self.skipped_steps += 1
             rank_zero_warn(f'step {step}: loss is {loss.item()}, step skipped ({self.skipped_steps} so far)')
-            self.log('train/skipped_steps', float(self.skipped_steps))
+            self.log('train/skipped_steps', float(self.skipped_steps), batch_size=1)
             return None
         callback = self.trainer.checkpoint_callback
         last = (callback.last_model_path or callback.best_model_path) if callback is not None else ''
@@ -200,17 +202,17 @@ class LitVideoClassifier(pl.LightningModule):
         grads = [parameter.grad for parameter in self.parameters() if parameter.grad is not None]
         if grads:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(grad) for grad in grads]))
-            self.log('train/grad_norm', norm)
+            self.log('train/grad_norm', norm, batch_size=1)
 
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_started = time.perf_counter()
         if self._batch_ended is not None:
             # Waiting for the loader, the copy to the device and the augmentation there.
-            self.log('train/data_time', self._batch_started - self._batch_ended)
+            self.log('train/data_time', self._batch_started - self._batch_ended, batch_size=1)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self._batch_ended = time.perf_counter()
-        self.log('train/step_time', self._batch_ended - self._batch_started, prog_bar=True)
+        self.log('train/step_time', self._batch_ended - self._batch_started, prog_bar=True, batch_size=1)
 
     def on_train_epoch_end(self):
         self._batch_ended = None  # validation runs in between; its time is no data time
