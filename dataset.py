@@ -547,12 +547,15 @@ class VideoDataset(Dataset):
         return os.fsdecode(self.paths[index])
 
     def _generator(self):
-        """This process's generator: DataLoader seeds each worker differently every epoch, and
-        seed_everything makes those seeds, and the main process's, reproducible."""
+        """The generator of a draw. In a loader worker, the worker's own, seeded by the DataLoader from
+        the main process's torch RNG at each epoch (or once, with persistent workers). Without
+        workers, a new one seeded from torch's global RNG at each draw, so the draws follow that RNG,
+        which seed_everything seeds and a resumed checkpoint restores."""
         info = get_worker_info()
-        seed = info.seed if info is not None else torch.initial_seed()
-        if seed != self._rng_seed:
-            self._rng, self._rng_seed = np.random.default_rng(seed), seed
+        if info is None:
+            return np.random.default_rng(int(torch.randint(2**62, ())))
+        if info.seed != self._rng_seed:
+            self._rng, self._rng_seed = np.random.default_rng(info.seed), info.seed
         return self._rng
 
     def window(self, fps):

@@ -256,12 +256,25 @@ def build_config(args, num_classes):
         raise UsageError(error) from None
 
 
-def build_trainer(args, callbacks):
-    accelerator, devices = args.accelerator, args.devices
+def resolve_devices(args):
+    """(accelerator, devices) for the Trainer; the original's -gpus ids (or -1) win."""
     if args.gpus is not None:
-        accelerator, devices = 'gpu', (-1 if args.gpus == [-1] else args.gpus)
-    elif devices != 'auto':
-        devices = int(devices) if devices.lstrip('-').isdigit() else devices
+        return 'gpu', (-1 if args.gpus == [-1] else args.gpus)
+    devices = args.devices
+    return args.accelerator, int(devices) if devices.lstrip('-').isdigit() else devices
+
+
+def count_devices(accelerator, devices):
+    """How many devices the Trainer will use, for the experiment tag, before it is built."""
+    if isinstance(devices, list):
+        return len(devices)
+    gpus = torch.cuda.device_count() if accelerator in ('gpu', 'cuda', 'auto') else 0
+    if devices in ('auto', -1):
+        return max(1, gpus) if devices == 'auto' or gpus else os.cpu_count()
+    return int(devices)
+
+
+def build_trainer(args, accelerator, devices, callbacks, loggers):
     on_gpu = accelerator in ('gpu', 'cuda') or (accelerator == 'auto' and torch.cuda.is_available())
     precision = args.precision or (
         ('bf16-mixed' if torch.cuda.is_bf16_supported() else '16-mixed') if on_gpu else '32-true')
@@ -277,17 +290,17 @@ def build_trainer(args, callbacks):
         max_epochs=args.epoch, max_steps=args.max_steps, accumulate_grad_batches=args.accumulate_grad_batches,
         gradient_clip_val=args.clip_grad or None,
         val_check_interval=int(val_check) if val_check is not None and val_check > 1 else val_check,
-        log_every_n_steps=args.log_interval, plugins=[AtomicCheckpointIO()], logger=False,
+        log_every_n_steps=args.log_interval, plugins=[AtomicCheckpointIO()], logger=loggers,
         callbacks=[SkippedVideos(), *callbacks], enable_model_summary=False)
 
 
-def checkpoint_callbacks(args, validating):
+def checkpoint_callbacks(args, ckpt_dir, validating):
     """best.ckpt by val top-1 (the latest without validation), last.ckpt, and step checkpoints every
-    -save_ckpt_freq steps; their folder is set once the experiment's tag is known."""
-    callbacks = [ModelCheckpoint(filename='best', monitor='val/top1' if validating else None, mode='max',
+    -save_ckpt_freq steps."""
+    callbacks = [ModelCheckpoint(ckpt_dir, filename='best', monitor='val/top1' if validating else None, mode='max',
                                  save_top_k=1, save_last=True)]
     if args.save_ckpt_freq:
-        callbacks.append(ModelCheckpoint(filename='step{step:07d}', auto_insert_metric_name=False,
+        callbacks.append(ModelCheckpoint(ckpt_dir, filename='step{step:07d}', auto_insert_metric_name=False,
                                          every_n_train_steps=args.save_ckpt_freq, save_top_k=-1, save_last=True))
     return callbacks
 
@@ -302,26 +315,25 @@ def experiment_tag(args, num_devices):
 def main(argv=None):
     started = time.perf_counter()
     args = parse_args(argv)
+    pl.seed_everything(args.seed, workers=True, verbose=False)
     check_writable(args.root_dir)
     pretrain = resolve_pretrain(args)
     data = build_data(args)
     config = build_config(args, data.num_class)
-    validating = data.sources['val'] is not None
-    checkpoints = checkpoint_callbacks(args, validating)
-    sigterm = CheckpointOnSigterm()
-    trainer = build_trainer(args, checkpoints + [sigterm])
-    run_dir = Path(args.root_dir) / 'results' / experiment_tag(args, trainer.num_devices * trainer.num_nodes)
+    accelerator, devices = resolve_devices(args)
+    run_dir = Path(args.root_dir) / 'results' / experiment_tag(args, count_devices(accelerator, devices) * args.num_nodes)
     ckpt_dir, log_dir = run_dir / 'ckpt', run_dir / 'log'
-    for callback in checkpoints:
-        callback.dirpath = str(ckpt_dir)
-    sigterm.path = str(ckpt_dir / 'last.ckpt')
     resume = None
     if args.resume is not None:
         resume = ckpt_dir / 'last.ckpt' if args.resume == 'last' else Path(args.resume)
         if not resume.is_file():
             raise UsageError(f'-resume: no checkpoint at {resume}')
 
-    pl.seed_everything(args.seed, workers=True, verbose=False)
+    validating = data.sources['val'] is not None
+    checkpoints = checkpoint_callbacks(args, ckpt_dir, validating)
+    sigterm = CheckpointOnSigterm(ckpt_dir / 'last.ckpt')
+    loggers = [CSVLogger(run_dir, name='log', version=''), TensorBoardLogger(log_dir, name='tensorboard', version='')]
+    trainer = build_trainer(args, accelerator, devices, checkpoints + [sigterm], loggers)
     module = LitVideoClassifier(
         config, data.class_names, data.preprocessing.to_dict(), optim_type=args.optim_type, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
@@ -334,8 +346,6 @@ def main(argv=None):
         module.model.compile()
 
     best = checkpoints[0]
-    trainer.loggers = [CSVLogger(run_dir, name='log', version=''),
-                       TensorBoardLogger(log_dir, name='tensorboard', version='')]
     say(f'Training {config.arch} {config.attention_type} ({config.num_transformer_layers} blocks of width '
         f'{config.embed_dims}, {config.num_frames}x{config.img_size}, {config.num_classes} classes) on '
         f'{len(data.dataset("train"))} clips; precision {trainer.precision}, {trainer.num_devices} device(s) x '

@@ -39,8 +39,8 @@ class CheckpointOnSigterm(pl.Callback):
     """Saves a checkpoint to `path` when Lightning stops the run on SIGTERM (a scheduler's
     preemption or `kill`), so `-resume` continues from the last finished step."""
 
-    def __init__(self, path=None):
-        self.path = path
+    def __init__(self, path):
+        self.path = str(path)
         self.saved = False
 
     def on_exception(self, trainer, pl_module, exception):

@@ -170,3 +170,27 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(demo_data, tmp_path)
     assert module.skipped_steps == len(data.dataset('train')) // 4 - 1
     after = snapshot(module)
     assert all(torch.equal(first.weights[name], after[name]) for name in after)  # skipped steps change nothing
+
+
+@pytest.mark.parametrize('num_workers', [0, 1])
+def test_resume_continues_exactly_where_the_run_stopped(demo_data, tmp_path, num_workers):
+    """Two epochs straight give the same weights as one epoch, a checkpoint, a new process state,
+    and one more epoch: optimiser, schedule, step and every random draw continue."""
+    def run(epochs, name, ckpt_path=None):
+        pl.seed_everything(0, workers=True)
+        data = tiny_data(demo_data, num_workers=num_workers, persistent_workers=False, mixup=True, color_jitter=0.4)
+        module = tiny_module(data, optim_type='adamw', lr=1e-3, lr_schedule='cosine', warmup_epochs=1)
+        trainer = pl.Trainer(accelerator='cpu', devices=1, max_epochs=epochs, logger=False, default_root_dir=tmp_path,
+                             enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+                             callbacks=[pl.callbacks.ModelCheckpoint(tmp_path / name, save_last=True)],
+                             limit_val_batches=1)
+        trainer.fit(module, data, ckpt_path=ckpt_path)
+        return snapshot(module), trainer
+
+    straight, _ = run(2, 'straight')
+    _, first = run(1, 'stopped')
+    resumed, second = run(2, 'resumed', ckpt_path=tmp_path / 'stopped' / 'last.ckpt')
+    assert second.global_step == 2 * first.global_step
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
