@@ -66,3 +66,89 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(demo_data, tmp_path):
         assert 'Traceback' not in result.stderr, name
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and expected in lines[0], (name, lines)
+
+
+def wait_for(path_glob, root, process, timeout=300):
+    """Poll until a file matching path_glob exists below root; fail if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(root.glob(path_glob))
+        if found:
+            return found
+        if process.poll() is not None:
+            pytest.fail(f'the run ended ({process.returncode}) before {path_glob}: {process.communicate()[1][-3000:]}')
+        time.sleep(0.05)
+    pytest.fail(f'no {path_glob} after {timeout} s')
+
+
+def test_killed_and_terminated_runs_resume_and_finish(demo_data, tmp_path):
+    flags = [*demo_flags(demo_data), *TINY, '-epoch', '3', '-save_ckpt_freq', '2', '-root_dir', tmp_path]
+    # SIGKILL once the first step checkpoint is on disk: at most the steps since it are lost.
+    first = train(*flags, wait=False)
+    wait_for('results/*/ckpt/step0000002.ckpt', tmp_path, first)
+    first.kill()
+    first.wait()
+    ckpt = run_dir(tmp_path) / 'ckpt'
+    assert torch.load(ckpt / 'last.ckpt', weights_only=True)['global_step'] >= 2
+    # SIGTERM after the next step checkpoint: Lightning stops at the end of the step and we save.
+    second = train(*flags, '-resume', wait=False)
+    wait_for('results/*/ckpt/step0000006.ckpt', tmp_path, second)
+    second.send_signal(signal.SIGTERM)
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert 'Stopped by SIGTERM' in out and 'Traceback' not in err
+    stopped_at = torch.load(ckpt / 'last.ckpt', weights_only=True)['global_step']
+    assert stopped_at >= 6
+    third = train(*flags, '-resume')
+    assert third.returncode == 0, third.stderr[-3000:]
+    summary = json.loads((run_dir(tmp_path) / 'log' / 'summary.json').read_text())
+    assert summary['steps'] == 3 * 4 and summary['epochs'] == 3  # 16 clips in batches of 4, 3 epochs
+
+
+INTERRUPTED_SAVE = '''
+import resource, signal, sys
+import pytorch_lightning as pl
+from data_trainer import VideoDataModule
+from model_trainer import LitVideoClassifier
+from run_outputs import AtomicCheckpointIO
+from video_transformer import timesformer_tiny
+demo, path = sys.argv[1:]
+data = VideoDataModule(train_data_path=f'{demo}/train.txt', class_map=f'{demo}/classmap.json', num_frames=4,
+                       frame_interval=2, img_size=32, batch_size=4, num_workers=0)
+module = LitVideoClassifier(timesformer_tiny(), data.class_names, data.preprocessing.to_dict())
+trainer = pl.Trainer(accelerator='cpu', max_steps=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, plugins=[AtomicCheckpointIO()])
+trainer.fit(module, data)
+trainer.save_checkpoint(path)
+print(module.model.head.fc.weight.sum().item(), flush=True)
+trainer.fit_loop.max_steps = 2
+trainer.fit(module, data)
+# The next save is killed by the kernel (SIGXFSZ) half-way through writing its file.
+size = __import__('os').path.getsize(path)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it to raise EFBIG; let the kernel kill
+trainer.save_checkpoint(path)
+print('not reached', flush=True)
+'''
+
+
+def test_a_save_killed_mid_write_leaves_the_previous_checkpoint(demo_data, tmp_path):
+    path = tmp_path / 'last.ckpt'
+    result = subprocess.run([sys.executable, '-c', INTERRUPTED_SAVE, str(demo_data), str(path)], cwd=REPOSITORY,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGXFSZ, result.stderr[-3000:]
+    assert 'not reached' not in result.stdout
+    saved_sum = float(result.stdout.split()[0])
+    assert list(tmp_path.glob('.last.ckpt.partial'))  # the truncated write, beside the good file
+    model = load_model(path)
+    assert model.head.fc.weight.sum().item() == pytest.approx(saved_sum, abs=1e-6)
+
+
+def test_two_process_ddp_fit_on_cpu(demo_data, tmp_path):
+    result = train(*demo_flags(demo_data), *TINY, '-epoch', '1', '-devices', '2', '-strategy', 'ddp',
+                   '-root_dir', tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'gpus_2' in run_dir(tmp_path).name
+    summary = json.loads((run_dir(tmp_path) / 'log' / 'summary.json').read_text())
+    assert summary['steps'] == 2  # 16 clips over 2 ranks in batches of 4
+    assert load_model(summary['checkpoint']).class_names == ['moving_up', 'moving_down', 'growing', 'shrinking']
