@@ -8,8 +8,8 @@ import json
 import logging
 import sys
 
-from video_transformer import load_model
-from weight_init import save_hf_timesformer, save_weights
+from model_loading import load_model
+from weight_export import save_hf_timesformer, save_weights
 
 
 def parse_args(argv=None):

@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils import set_attention_fused, write_csv  # noqa: E402
 from video_transformer import VideoClassifier, timesformer_base_patch16_224  # noqa: E402
-from weight_init import convert_hf_timesformer, hf_timesformer_config  # noqa: E402
+from weight_export import hf_timesformer_config  # noqa: E402
+from weight_formats import convert_hf_timesformer  # noqa: E402
 
 # Same numerics as transformers' TimesformerConfig defaults: LayerNorm eps 1e-6, exact GELU,
 # no dropout or stochastic depth, so both sides compute the same function.

@@ -20,11 +20,12 @@ from safetensors.torch import save_file
 
 from reference import layer_norm, linear, qkv_attention, randomise_, vit_features
 from utils import count_parameters
-from video_transformer import (TimeSformer, VideoClassifier, ViViT, load_model, timesformer_base_patch16_224,
-                               timesformer_tiny, vivit_tiny)
-from weight_init import (WeightLoadError, convert_hf_timesformer, convert_hf_vivit, convert_jax_vit,
-                         convert_mae, convert_seed, convert_timm, convert_to_hf_timesformer,
-                         inflate_image_model, resize_position_tables, save_hf_timesformer, save_weights)
+from model_loading import load_model
+from video_transformer import TimeSformer, VideoClassifier, ViViT, timesformer_base_patch16_224, timesformer_tiny, vivit_tiny
+from weight_export import save_hf_timesformer, save_weights
+from weight_fitting import inflate_image_model, resize_position_tables
+from weight_formats import (WeightLoadError, convert_hf_timesformer, convert_hf_vivit, convert_jax_vit, convert_mae,
+                            convert_seed, convert_timm, convert_to_hf_timesformer)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM, HEADS, LAYERS, SIZE, PATCH, FRAMES, CLASSES = 32, 2, 2, 32, 8, 4, 5
@@ -833,7 +834,7 @@ def test_new_head_only_when_asked(tmp_path, caplog):
     path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
     with pytest.raises(WeightLoadError, match='drop_head'):
         load_model(path, num_heads=HEADS, class_names=['a', 'b'])
-    with caplog.at_level(logging.INFO, logger='video_transformer'):
+    with caplog.at_level(logging.INFO, logger='model_loading'):
         model = load_model(path, num_heads=HEADS, class_names=['a', 'b'], drop_head=True)
     assert model.head.fc.out_features == 2 and model.class_names == ['a', 'b']
     assert "format seed" in caplog.text and "missing keys ['head.fc.bias', 'head.fc.weight']" in caplog.text
