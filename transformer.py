@@ -88,7 +88,8 @@ class Attention(nn.Module):
 
     Every operator below calls this one module; they choose space, time or both by regrouping
     tokens into the batch axis. `fused=False` computes softmax(QK^T / sqrt(d)) V explicitly,
-    the path attention maps need; both paths share the same weights.
+    the same numbers as SDPA; `keep_weights=True` takes that path too and keeps the last softmax
+    weights (B, heads, N, N), detached, in `weights` (utils.record_attention sets it).
     """
 
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
@@ -98,6 +99,8 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.attn_drop = attn_drop
         self.fused = True
+        self.keep_weights = False
+        self.weights = None
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -110,9 +113,11 @@ class Attention(nn.Module):
     def attend(self, q, k, v):
         """Scaled dot-product attention on (B, heads, N, d) -> (B, heads, N, d)."""
         dropout = self.attn_drop if self.training else 0.0
-        if self.fused:
+        if self.fused and not self.keep_weights:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         weights = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+        if self.keep_weights:
+            self.weights = weights.detach()
         return F.dropout(weights, dropout, training=self.training) @ v
 
     def merge_heads(self, x):

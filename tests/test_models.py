@@ -4,10 +4,12 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 
 from transformer import Attention, sine_cosine_table
 from reference import randomise_, vit_features
-from utils import set_attention_fused, write_csv
+from utils import record_attention, set_attention_fused, write_csv
 from video_transformer import (TimeSformer, VideoClassifier, VideoTransformerConfig, ViViT,
                                timesformer_tiny, vivit_tiny)
 
@@ -223,3 +225,46 @@ def test_write_csv_never_leaves_a_truncated_file(tmp_path):
         write_csv([{'config': 'small', 'seconds': 0.5}, {'config': 'x', 'extra': 1}], path)
     assert path.read_text().splitlines() == ['config,seconds', 'base,1.5']
     assert [file.name for file in path.parent.iterdir()] == ['rows.csv']
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention weights for maps
+
+
+def test_recorded_attention_weights_are_the_explicit_softmax_and_change_no_logit():
+    model = randomise_(VideoClassifier(timesformer_tiny())).double().eval()
+    clips = video(model.config).double()
+    inputs = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Attention):
+            module.register_forward_pre_hook(lambda module, args, name=name: inputs.__setitem__(name, args[0]))
+    with torch.no_grad():
+        fused = model(clips)
+        with record_attention(model) as attentions:
+            recorded = model(clips)
+            weights = {name: attention.weights for name, attention in attentions.items()}
+    torch.testing.assert_close(recorded, fused, rtol=1e-12, atol=1e-12)
+    assert sorted(weights) == sorted(inputs) and all(value is not None for value in weights.values())
+    for name, x in inputs.items():
+        attention = model.get_submodule(name)
+        q, k, _ = rearrange(F.linear(x, attention.qkv.weight, attention.qkv.bias), 'n l (three h e) -> three n h l e',
+                            three=3, h=model.config.num_heads)
+        expected = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+        torch.testing.assert_close(weights[name], expected, rtol=1e-12, atol=1e-12)
+    # Per frame with the class token first: (B*T, heads, 1 + P, 1 + P); per patch over time: (B*P, heads, T, T).
+    assert weights['backbone.blocks.0.spatial_attn.attn'].shape == (2 * 4, 2, 1 + 16, 1 + 16)
+    assert weights['backbone.blocks.0.temporal_attn.attn'].shape == (2 * 16, 2, 4, 4)
+    assert all(attention.weights is None and not attention.keep_weights and attention.fused
+               for attention in attentions.values())
+
+
+@pytest.mark.parametrize('config', [timesformer_tiny(attention_type='space_only'), vivit_tiny()],
+                         ids=['space_only', 'fact_encoder'])
+def test_recorded_spatial_attention_is_one_map_per_frame(config):
+    model = randomise_(VideoClassifier(config)).eval()
+    clips = video(config)
+    with torch.no_grad(), record_attention(model) as attentions:
+        model(clips)
+        spatial = attentions['backbone.blocks.1.attn.attn'].weights
+    assert spatial.shape == (2 * config.num_time_steps, 2, 1 + 16, 1 + 16)
+    torch.testing.assert_close(spatial.sum(dim=-1), torch.ones(spatial.shape[:-1]))
