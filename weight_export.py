@@ -46,15 +46,17 @@ def _write_folder(directory, tensors, config):
 
 def save_weights(model, directory):
     """Write a VideoClassifier as directory/model.safetensors (our keys) + directory/config.json
-    ({'format', 'config', 'class_names'}), which load_model reads back exactly."""
+    ({'format', 'config', 'class_names', 'preprocessing'}), which load_model reads back exactly."""
     tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
-    meta = {'format': OUR_FORMAT, 'config': model.config.to_dict(), 'class_names': model.class_names}
+    preprocessing = model.preprocessing.to_dict() if model.preprocessing is not None else None
+    meta = {'format': OUR_FORMAT, 'config': model.config.to_dict(), 'class_names': model.class_names,
+            'preprocessing': preprocessing}
     return _write_folder(directory, tensors, meta)
 
 
 def hf_timesformer_config(config, class_names=None):
-    """transformers' TimesformerConfig fields (a dict) for our TimeSformer `config`; ValueError for
-    one transformers cannot express."""
+    """transformers' TimesformerConfig fields (a dict) for our TimeSformer `config`; WeightLoadError
+    for one transformers cannot express."""
     activation = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu'}[config.activation]
     unsupported = [
         (config.conv_type == 'Conv2d', 'Conv2d patches'),
@@ -62,12 +64,13 @@ def hf_timesformer_config(config, class_names=None):
         # transformers' space_only classifies every frame instead of averaging them.
         (config.attention_type in ('divided_space_time', 'joint_space_time'), 'divided or joint attention'),
         (config.norm_eps == config.final_norm_eps,
-         f'one LayerNorm eps (norm_eps {config.norm_eps} vs final_norm_eps {config.final_norm_eps})'),
+         f'one LayerNorm eps (norm_eps {config.norm_eps} vs final_norm_eps {config.final_norm_eps}; loading '
+         f'with norm_eps={config.final_norm_eps} picks one and changes the logits slightly)'),
         (config.return_cls_token, 'the class token as output'),
     ]
     needed = [what for holds, what in unsupported if not holds]
     if needed:
-        raise ValueError(f'transformers TimeSformer needs {", ".join(needed)}')
+        raise WeightLoadError(f'transformers TimeSformer needs {", ".join(needed)}')
     names = class_names or [f'LABEL_{index}' for index in range(config.num_classes)]
     return {
         'model_type': 'timesformer', 'architectures': ['TimesformerForVideoClassification'],

@@ -46,12 +46,16 @@ def inflate_image_model(state_dict, config):
     attention in its temporal slot) and its 'set_zero' zeroed every copied weight, LayerNorm
     included, which leaves a branch no gradient can ever reach. fact_encoder: the temporal layers
     copy the first spatial ones ('repeat'), or keep their initialisation with the last projection
-    of each residual branch zero, so that they start as the identity ('set_zero'). The time table
+    of each residual branch zero, so that they start as the identity ('set_zero'); the seed's
+    37e1801 layout (fact_encoder_attention 'divided') adds a zero temporal_fc. The time table
     starts at zero, so a static video gives the image model's features, as official TimeSformer
     starts from ImageNet.
     """
     inflated, left_at_init = {}, []
     divided = config.attention_type == 'divided_space_time'
+    # The last projection of each temporal residual branch; a zero temporal_fc ends the attention
+    # branch of the 37e1801 layout (a second zero before it would block every gradient).
+    branch_outputs = r'ffn\.fc2\.' if config.fact_encoder_attention == 'divided' else r'(attn\.attn\.proj|ffn\.fc2)\.'
 
     def add_temporal(key, value, branch_output=False):
         if config.copy_strategy == 'repeat':
@@ -74,15 +78,20 @@ def inflate_image_model(state_dict, config):
             inflated[key] = value
         if config.attention_type == 'fact_encoder' and index < config.num_time_transformer_layers:
             add_temporal(f'backbone.temporal_blocks.{index}.{operator}.{rest}', value,
-                         branch_output=re.match(r'(attn\.attn\.proj|ffn\.fc2)\.', f'{operator}.{rest}') is not None)
+                         branch_output=re.match(branch_outputs, f'{operator}.{rest}') is not None)
 
     dim = config.embed_dims
     reference = inflated['backbone.patch_embed.proj.weight']
+    temporal_fcs = []
     if divided:
-        for index in range(count_layers(inflated, 'backbone.blocks.')):
-            prefix = f'backbone.blocks.{index}.temporal_attn.temporal_fc.'
-            inflated[prefix + 'weight'] = reference.new_zeros(dim, dim)
-            inflated[prefix + 'bias'] = reference.new_zeros(dim)
+        temporal_fcs = [f'backbone.blocks.{index}.temporal_attn.temporal_fc.'
+                        for index in range(count_layers(inflated, 'backbone.blocks.'))]
+    elif config.fact_encoder_attention == 'divided':
+        temporal_fcs = [f'backbone.temporal_blocks.{index}.attn.temporal_fc.'
+                        for index in range(config.num_time_transformer_layers)]
+    for prefix in temporal_fcs:
+        inflated[prefix + 'weight'] = reference.new_zeros(dim, dim)
+        inflated[prefix + 'bias'] = reference.new_zeros(dim)
     if config.conv_type == 'Conv3d':
         inflated['backbone.patch_embed.proj.weight'] = inflate_patch_kernel(
             reference, config.tube_size, config.extend_strategy)
@@ -97,13 +106,16 @@ def inflate_image_model(state_dict, config):
 
 
 def _resize_grid(tables, size):
-    """Patch tables over a square grid (N, g*g, D) -> (N, size*size, D), bicubic.
+    """Patch tables over a square grid (N, g*g, D) -> (N, size*size, D), bicubic; unchanged when g
+    is already `size` (the seed's scale factor below is not the identity at the same size).
 
     The seed's formula (DINO's): a scale factor of (size + 0.1) / g rather than an output size.
     interpolate samples at the scale it is given, so seed checkpoints at another img_size give the
     seed's numbers; the 0.1 keeps floating-point error from flooring the output below `size`.
     """
     grid = math.isqrt(tables.shape[1])
+    if grid == size:
+        return tables
     images = rearrange(tables.float(), 'n (h w) d -> n d h w', h=grid)
     scale = (size + 0.1) / grid
     images = F.interpolate(images, scale_factor=(scale, scale), mode='bicubic', align_corners=False)
@@ -111,7 +123,10 @@ def _resize_grid(tables, size):
 
 
 def _resize_time(tables, length):
-    """Time tables (N, T, D) -> (N, length, D), linear; our choice, the seed has none for time."""
+    """Time tables (N, T, D) -> (N, length, D), linear (our choice, the seed has none for time);
+    unchanged when T is already `length`."""
+    if tables.shape[1] == length:
+        return tables
     lines = F.interpolate(rearrange(tables.float(), 'n t d -> n d t'), size=length,
                           mode='linear', align_corners=False)
     return rearrange(lines, 'n d t -> n t d').to(tables.dtype)
@@ -133,7 +148,7 @@ def _check_rows(table, config, source_time_steps, path):
 
 def resize_position_tables(state_dict, config, source_time_steps=None, path='the weights'):
     """Position tables in our keys resized to `config`: the patch grid bicubic, time linear, the
-    class token's row kept. A joint table (1, 1 + P*T', D) needs the checkpoint's
+    class token's row kept, and an axis already at its size left alone. A joint table (1, 1 + P*T', D) needs the checkpoint's
     `source_time_steps` to be split; `path` names the file in errors. Returns the new state dict
     and notes of what changed.
     """
@@ -159,3 +174,4 @@ def resize_position_tables(state_dict, config, source_time_steps=None, path='the
         resized['backbone.time_embed'] = torch.cat((table[:, :kept], steps), dim=1)
         notes.append(f'time_embed {table.shape[1]} -> {rows["time_embed"]} rows')
     return resized, notes
+

@@ -14,7 +14,8 @@ HEAD_KEYS = ('head.fc.weight', 'head.fc.bias')
 
 
 class WeightLoadError(ValueError):
-    """A weights file that cannot be read, recognised or fitted to the requested model."""
+    """A weights file that cannot be read, recognised, fitted to the requested model or written
+    in the requested format."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +79,9 @@ def convert_seed(state_dict):
     Its Lightning checkpoints (backbone under `model.`, head `cls_head.cls_head`) of TimeSformer and
     ViViT in every attention type, and its ImageNet ViT file (`norms.0/1` beside the attention).
     q, k, v are packed as in nn.MultiheadAttention (`in_proj_*`), the same order as our qkv.
-    A divided block's attentions.0 is the temporal one and attentions.1 the spatial one.
+    A divided block's attentions.0 is the temporal one and attentions.1 the spatial one. At commit
+    37e1801 the temporal encoder of ViViT's fact_encoder has a temporal_fc after its attention
+    (`transformer_layers.1.layers.N.attentions.0.temporal_fc`), kept as `temporal_blocks.N.attn.temporal_fc`.
     """
     divided = any('.attentions.1.' in key for key in state_dict)
     return rename_keys(state_dict, [
@@ -267,3 +270,4 @@ def convert_hf_vivit(state_dict, num_time_steps):
         patches = rearrange(table[:, 1:], 'b (t p) d -> b (p t) d', t=num_time_steps)
         state_dict['backbone.pos_embed'] = torch.cat((table[:, :1], patches), dim=1)
     return state_dict
+

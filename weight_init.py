@@ -1,5 +1,7 @@
 """Initialisation of a new model: fresh (init_video_transformer_) or from a starting point
-(init_from_pretrained_)."""
+(init_from_pretrained_), a separate call after building, so a saved config rebuilds a trained
+model without its starting point and a model can be built on the meta device.
+"""
 import logging
 
 import torch
@@ -43,13 +45,15 @@ def init_video_transformer_(model):
 
 
 def init_from_pretrained_(model, path):
-    """Initialise a VideoTransformer in place from any supported weights at `path`.
+    """Initialise a TimeSformer or ViViT in place from any supported weights at `path`, or the
+    backbone of a VideoClassifier (its head keeps its init: a starting point's head is not used).
 
     Image models (timm, .npz, MAE, the seed's ViT) are inflated by the config's extend_strategy
     and copy_strategy; video models load as they are. Position tables are resized to the config,
-    a classification head is not used, and with fixed sine-cosine positions the checkpoint's
-    learnt tables are left out. MAE's patch positions are its fixed sine-cosine table.
+    and with fixed sine-cosine positions the checkpoint's learnt tables are left out. MAE's patch
+    positions are its fixed sine-cosine table.
     """
+    model = getattr(model, 'backbone', model)
     config = model.config
     source = read_weights(path)
     heads = source.fixed.get('num_heads', config.num_heads)
