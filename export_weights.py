@@ -8,8 +8,23 @@ import json
 import logging
 import sys
 
-from video_transformer import load_model
-from weight_init import save_hf_timesformer, save_weights
+from model_loading import load_model
+from video_transformer import CONFIG_FIELDS
+from weight_export import save_hf_timesformer, save_weights
+from weight_formats import WeightLoadError
+
+
+def parse_override(text):
+    """'FIELD=VALUE' -> (FIELD, VALUE read as JSON when it parses, else the string)."""
+    name, equals, value = text.partition('=')
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f'takes FIELD=VALUE, got {text!r}')
+    if name not in CONFIG_FIELDS:
+        raise argparse.ArgumentTypeError(f'{name!r} is not a config field; one of {", ".join(CONFIG_FIELDS)}')
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
 
 
 def parse_args(argv=None):
@@ -20,33 +35,23 @@ def parse_args(argv=None):
     parser.add_argument('-hf', '--hf', action='store_true',
                         help='write a transformers TimesformerForVideoClassification folder')
     parser.add_argument('-num_heads', '--num_heads', type=int,
-                        help='attention heads, for formats that do not record them (the seed repo)')
-    parser.add_argument('-set', '--set', action='append', default=[], metavar='FIELD=VALUE',
+                        help='attention heads, for formats that do not record them (the seed repo, bare '
+                             'state dicts); required for those, so a guess is never written as a fact')
+    parser.add_argument('-set', '--set', action='append', default=[], metavar='FIELD=VALUE', type=parse_override,
                         help='another config field (img_size, num_frames, ...); VALUE is read as JSON '
                              'when it parses, else as a string')
     return parser.parse_args(argv)
 
 
-def parse_override(text):
-    """'FIELD=VALUE' -> (FIELD, VALUE read as JSON when it parses, else the string)."""
-    name, equals, value = text.partition('=')
-    if not equals or not name:
-        raise ValueError(f'-set takes FIELD=VALUE, got {text!r}')
-    try:
-        return name, json.loads(value)
-    except ValueError:
-        return name, value
-
-
 if __name__ == '__main__':
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format='%(message)s')
+    overrides = dict(args.set)
+    if args.num_heads is not None:
+        overrides['num_heads'] = args.num_heads
     try:
-        overrides = dict(map(parse_override, args.set))
-        if args.num_heads is not None:
-            overrides['num_heads'] = args.num_heads
-        model = load_model(args.checkpoint, **overrides)
+        model = load_model(args.checkpoint, guess_num_heads=False, **overrides)
         (save_hf_timesformer if args.hf else save_weights)(model, args.output_dir)
-    except (ValueError, TypeError, OSError) as error:  # WeightLoadError is a ValueError
+    except (WeightLoadError, OSError) as error:
         sys.exit(f'export_weights.py: {error}')
     logging.info('Wrote %s', args.output_dir)

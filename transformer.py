@@ -88,7 +88,8 @@ class Attention(nn.Module):
 
     Every operator below calls this one module; they choose space, time or both by regrouping
     tokens into the batch axis. `fused=False` computes softmax(QK^T / sqrt(d)) V explicitly,
-    the path attention maps need; both paths share the same weights.
+    the same numbers as SDPA; `keep_weights=True` takes that path too and keeps the last softmax
+    weights (B, heads, N, N), detached, in `weights` (utils.record_attention sets it).
     """
 
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
@@ -98,6 +99,8 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.attn_drop = attn_drop
         self.fused = True
+        self.keep_weights = False
+        self.weights = None
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -110,9 +113,11 @@ class Attention(nn.Module):
     def attend(self, q, k, v):
         """Scaled dot-product attention on (B, heads, N, d) -> (B, heads, N, d)."""
         dropout = self.attn_drop if self.training else 0.0
-        if self.fused:
+        if self.fused and not self.keep_weights:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         weights = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+        if self.keep_weights:
+            self.weights = weights.detach()
         return F.dropout(weights, dropout, training=self.training) @ v
 
     def merge_heads(self, x):
@@ -160,7 +165,9 @@ class TemporalAttention(PreNormAttention):
 class SpatialAttention(PreNormAttention):
     """Attention within each frame: (B, 1 + P*T, D) -> (B, 1 + P*T, D).
 
-    The class token joins every frame and its T outputs are averaged back into one.
+    The class token joins every frame and its T outputs are averaged back into one. The seed's
+    ViViT fact_encoder at commit 37e1801 ran it on each frame's own tokens (1 + P) with T = T':
+    patch i joined group i mod T'.
     """
 
     def forward(self, x, num_frames):
@@ -171,6 +178,20 @@ class SpatialAttention(PreNormAttention):
         cls_update = reduce(update[:, :1], '(b t) 1 d -> b 1 d', 'mean', t=num_frames)
         patch_update = rearrange(update[:, 1:], '(b t) p d -> b (p t) d', t=num_frames)
         return x + torch.cat((cls_update, patch_update), dim=1)
+
+
+class ClassTokenTemporalAttention(PreNormAttention):
+    """Attention over a video's class token and frame tokens, the residual branch through
+    `temporal_fc`: (B, 1 + T', D) -> (B, 1 + T', D). The temporal encoder of the seed's ViViT
+    fact_encoder at commit 37e1801 (its DividedTemporalAttentionWithPreNorm with the class token).
+    """
+
+    def __init__(self, dim, num_heads, norm_eps, qkv_bias, dropout_p, drop_path):
+        super().__init__(dim, num_heads, norm_eps, qkv_bias, dropout_p, drop_path)
+        self.temporal_fc = nn.Linear(dim, dim)
+
+    def forward(self, x, num_frames=None):
+        return x + self.temporal_fc(self.drop_path(self.attn(self.norm(x))))
 
 
 class FactorisedDotProductAttention(PreNormAttention):
@@ -231,24 +252,30 @@ class FFN(nn.Module):
         return x + self.drop_path(self.dropout(self.fc2(hidden)))
 
 
+# The attention operators of a block, by attention type. fact_encoder builds its spatial and
+# temporal encoders from the seed's operator names: 'self_attn' in both (its later commits, the
+# released ViViT weights), or 'space_attn' and 'time_attn' (its commit 37e1801).
 OPERATORS = {
     'divided_space_time': {'temporal_attn': TemporalAttention, 'spatial_attn': SpatialAttention},
     'joint_space_time': {'attn': PreNormAttention},
     'space_only': {'attn': PreNormAttention},
-    'fact_encoder': {'attn': PreNormAttention},
     'fact_dot_product': {'attn': FactorisedDotProductAttention},
+    'self_attn': {'attn': PreNormAttention},
+    'space_attn': {'attn': SpatialAttention},
+    'time_attn': {'attn': ClassTokenTemporalAttention},
 }
 
 
 class Block(nn.Module):
-    """The attention operators of `attention_type` in order, then the FFN: (B, N, D) -> (B, N, D)."""
+    """The attention operators of `operators` (an OPERATORS key) in order, then the FFN:
+    (B, N, D) -> (B, N, D)."""
 
-    def __init__(self, attention_type, dim, num_heads, norm_eps, qkv_bias, activation,
+    def __init__(self, operators, dim, num_heads, norm_eps, qkv_bias, activation,
                  mlp_ratio, dropout_p, drop_path):
         super().__init__()
-        for name, operator in OPERATORS[attention_type].items():
+        for name, operator in OPERATORS[operators].items():
             self.add_module(name, operator(dim, num_heads, norm_eps, qkv_bias, dropout_p, drop_path))
-        self.attention_names = tuple(OPERATORS[attention_type])
+        self.attention_names = tuple(OPERATORS[operators])
         self.ffn = FFN(dim, int(dim * mlp_ratio), norm_eps, activation, dropout_p, drop_path)
 
     def forward(self, x, num_frames=None):

@@ -1,5 +1,6 @@
 """Small helpers shared by the models, benchmarks and command lines."""
 import csv
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,6 +20,32 @@ def set_attention_fused(model, fused):
         if isinstance(module, Attention):
             module.fused = fused
     return model
+
+
+@contextmanager
+def record_attention(model):
+    """Within the block every Attention of `model` runs its explicit softmax path and keeps its
+    last softmax weights, detached, as `.weights` (B*groups, heads, N, N); yields {module name:
+    Attention}. Read them inside the block; on exit SDPA is back and the weights are dropped.
+
+    The groups are the operator's: TimeSformer's divided `spatial_attn` and space_only's `attn`
+    hold (B*T, heads, 1 + P, 1 + P), one map per frame with the class token first; fact_encoder's
+    spatial blocks (B*T', heads, 1 + P, 1 + P), or in the seed's 37e1801 layout T' groups of each
+    frame's patches. fact_dot_product attends twice per block, its temporal half of the heads last.
+    The logits are SDPA's, to rounding.
+
+        with record_attention(model) as attentions:
+            logits = model(video)
+            maps = [attentions[f'backbone.blocks.{i}.spatial_attn.attn'].weights for i in range(depth)]
+    """
+    attentions = {name: module for name, module in model.named_modules() if isinstance(module, Attention)}
+    for attention in attentions.values():
+        attention.keep_weights = True
+    try:
+        yield attentions
+    finally:
+        for attention in attentions.values():
+            attention.keep_weights, attention.weights = False, None
 
 
 def count_flops(model, video):

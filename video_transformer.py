@@ -1,18 +1,18 @@
-"""TimeSformer and ViViT on the shared blocks of transformer.py, the classifier, standard sizes
-and `load_model` for weights of every supported format."""
+"""TimeSformer and ViViT on the shared blocks of transformer.py, the classifier and standard sizes.
+
+Building a model allocates and initialises it and reads no file; weight_init.init_from_pretrained_
+starts it from other weights and model_loading.load_model loads a trained one.
+"""
 import dataclasses
-import logging
 from dataclasses import dataclass
 
 import torch
 from einops import rearrange, reduce, repeat
 from torch import nn
 
+from preprocessing import Preprocessing
 from transformer import ACTIVATIONS, Block, ClassificationHead, PatchEmbed, num_token_frames, sine_cosine_table
-from weight_init import (HEAD_KEYS, SAME_KEYS, WeightLoadError, init_from_pretrained_, init_video_transformer_,
-                         load_state_dict_strictly, read_weights, resize_position_tables)
-
-logger = logging.getLogger(__name__)
+from weight_init import init_from_pretrained_, init_video_transformer_
 
 
 @dataclass(frozen=True)
@@ -23,13 +23,18 @@ class VideoTransformerConfig:
     attention_type: TimeSformer: 'divided_space_time', 'space_only', 'joint_space_time';
         ViViT: 'fact_encoder' (model 2), 'joint_space_time' (model 1),
         'divided_space_time' (model 3), 'fact_dot_product' (model 4).
+    fact_encoder_attention: the operators of fact_encoder's two encoders: 'self_attn' (the seed
+        after commit 37e1801, the released ViViT weights) or 'divided' (the seed at 37e1801: the
+        spatial encoder attends within T' interleaved groups of each frame's patches, the temporal
+        encoder adds a temporal_fc).
     pos_emb_type: 'separate' (a spatial table over the class token and patches plus a temporal
         table over frames) or 'joint' (one table over every token, as Hugging Face's ViViT).
-    norm_eps / final_norm_eps: LayerNorm eps inside the blocks / before pooling.
+    norm_eps / final_norm_eps: LayerNorm eps inside the blocks / before pooling: 1e-6 as official
+        TimeSformer, timm and transformers (the seed's checkpoints load with its 1e-5 in the blocks).
     dropout_p: dropout after the position embeddings, on attention weights and projections and
         in the FFN. drop_path_rate: stochastic depth of the last block, rising linearly from 0.
-    pretrained: weights (any format load_model reads) to start from; an image model is inflated by
-        extend_strategy (Conv2d -> Conv3d) and copy_strategy (spatial -> temporal attention).
+    copy_strategy / extend_strategy: how init_from_pretrained_ inflates an image model
+        (spatial -> temporal attention, Conv2d -> Conv3d).
     """
 
     arch: str = 'timesformer'
@@ -40,6 +45,7 @@ class VideoTransformerConfig:
     num_heads: int = 12
     num_transformer_layers: int = 12
     num_time_transformer_layers: int = 4
+    fact_encoder_attention: str = 'self_attn'
     in_channels: int = 3
     conv_type: str = 'Conv2d'
     tube_size: int = 2
@@ -51,11 +57,10 @@ class VideoTransformerConfig:
     use_learnable_pos_emb: bool = True
     pos_emb_type: str = 'separate'
     return_cls_token: bool = True
-    pretrained: str | None = None
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     activation: str = 'gelu'
-    norm_eps: float = 1e-5
+    norm_eps: float = 1e-6
     final_norm_eps: float = 1e-6
     num_classes: int = 400
     head_dropout_p: float = 0.0
@@ -71,6 +76,16 @@ class VideoTransformerConfig:
             raise ValueError(f'img_size {self.img_size} is not a multiple of patch_size {self.patch_size}')
         if self.conv_type == 'Conv3d' and self.num_frames % self.tube_size:
             raise ValueError(f'num_frames {self.num_frames} is not a multiple of tube_size {self.tube_size}')
+        if self.fact_encoder_attention not in FACT_ENCODER_OPERATORS:
+            raise ValueError(f'fact_encoder_attention must be one of {sorted(FACT_ENCODER_OPERATORS)}, '
+                             f'got {self.fact_encoder_attention!r}')
+        if self.fact_encoder_attention == 'divided':
+            if self.attention_type != 'fact_encoder':
+                raise ValueError(f"fact_encoder_attention 'divided' is for attention_type 'fact_encoder', "
+                                 f"not {self.attention_type!r}")
+            if self.num_patches % self.num_time_steps:
+                raise ValueError(f"fact_encoder_attention 'divided' splits each frame's {self.num_patches} "
+                                 f"patches into {self.num_time_steps} groups (one per token frame): not a multiple")
         if self.copy_strategy not in ('repeat', 'set_zero'):
             raise ValueError(f"copy_strategy must be 'repeat' or 'set_zero', got {self.copy_strategy!r}")
         if self.extend_strategy not in ('temporal_avg', 'center_frame'):
@@ -113,22 +128,32 @@ class VideoTransformerConfig:
         return dataclasses.asdict(self)
 
 
+CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(VideoTransformerConfig))
+# fact_encoder_attention -> the OPERATORS of the spatial and the temporal encoder's blocks.
+FACT_ENCODER_OPERATORS = {'self_attn': ('self_attn', 'self_attn'), 'divided': ('space_attn', 'time_attn')}
+
+
 class VideoTransformer(nn.Module):
     """Patch embedding, position embeddings, blocks, final norm and pooling.
 
-    float (B, T, C, H, W) -> features (B, embed_dims). Tokens inside are (B, 1 + P*T', D),
-    class token first, patch-major and time-minor; space_only and the spatial encoder of
-    fact_encoder run each frame as its own sequence (B*T', 1 + P, D).
+    float (B, T, C, H, W) -> features (B, embed_dims), the final-normed class token by default.
+    Tokens inside are (B, 1 + P*T', D), class token first, patch-major and time-minor; space_only
+    and the spatial encoder of fact_encoder run each frame as its own sequence (B*T', 1 + P, D).
+
+    Built from a config, `TimeSformer(config)`, or from the seed's keyword arguments,
+    `TimeSformer(num_frames=8, img_size=224, patch_size=16, ...)`, with the seed's defaults for the
+    rest. `pretrained` initialises the built model from that file once (init_from_pretrained_);
+    the config does not keep it, so rebuilding from the config never reads it.
     """
 
+    arch = None
     attention_types = ()
+    # The seed's constructor defaults where they differ from VideoTransformerConfig's.
+    keyword_defaults = {}
 
-    def __init__(self, config):
+    def __init__(self, config=None, *, pretrained=None, norm_layer=nn.LayerNorm, **fields):
         super().__init__()
-        if ARCHITECTURES[config.arch] is not type(self):
-            raise ValueError(f'a config of arch {config.arch!r} builds {ARCHITECTURES[config.arch].__name__}, '
-                             f'not {type(self).__name__}')
-        self.config = config
+        self.config = config = self._config(config, norm_layer, fields)
         dim = config.embed_dims
         self.patch_embed = PatchEmbed(config.patch_size, config.in_channels, dim,
                                       config.conv_type, config.tube_size)
@@ -137,23 +162,43 @@ class VideoTransformer(nn.Module):
         self.pos_drop = nn.Dropout(config.dropout_p)
 
         depth = config.num_transformer_layers
+        spatial, temporal = config.attention_type, None
         if config.attention_type == 'fact_encoder':
             depth += config.num_time_transformer_layers
-        rates = torch.linspace(0, config.drop_path_rate, depth).tolist()
-        spatial_type = 'space_only' if config.attention_type == 'fact_encoder' else config.attention_type
-        self.blocks = nn.ModuleList(
-            self._block(spatial_type, rate) for rate in rates[:config.num_transformer_layers])
-        if config.attention_type == 'fact_encoder':
+            spatial, temporal = FACT_ENCODER_OPERATORS[config.fact_encoder_attention]
+        # Stochastic depth rises linearly from 0 to drop_path_rate over all blocks (in Python: a
+        # model built on the meta device has no values to read back).
+        rates = [config.drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
+        self.blocks = nn.ModuleList(self._block(spatial, rate) for rate in rates[:config.num_transformer_layers])
+        if temporal is not None:
             self.temporal_blocks = nn.ModuleList(
-                self._block('fact_encoder', rate) for rate in rates[config.num_transformer_layers:])
+                self._block(temporal, rate) for rate in rates[config.num_transformer_layers:])
         self.norm = nn.LayerNorm(dim, eps=config.final_norm_eps)
         init_video_transformer_(self)
-        if config.pretrained:
-            init_from_pretrained_(self, config.pretrained)
+        if pretrained is not None:
+            init_from_pretrained_(self, pretrained)
 
-    def _block(self, attention_type, drop_path):
+    def _config(self, config, norm_layer, fields):
+        """The config to build: `config` itself, or one from keyword arguments."""
+        name = type(self).__name__
+        if norm_layer is not nn.LayerNorm:
+            raise TypeError(f'{name}() builds nn.LayerNorm norms (eps norm_eps and final_norm_eps), '
+                            f'got norm_layer={norm_layer!r}')
+        if config is None:
+            unknown = sorted(set(fields) - set(CONFIG_FIELDS))
+            if unknown:
+                raise TypeError(f'{name}() got unexpected keyword arguments {unknown}')
+            config = VideoTransformerConfig(**{'arch': self.arch, **self.keyword_defaults, **fields})
+        elif fields:
+            raise TypeError(f'{name}() takes a config or keyword arguments, not both (got {sorted(fields)})')
+        if ARCHITECTURES[config.arch] is not type(self):
+            raise ValueError(f'a config of arch {config.arch!r} builds {ARCHITECTURES[config.arch].__name__}, '
+                             f'not {name}')
+        return config
+
+    def _block(self, operators, drop_path):
         c = self.config
-        return Block(attention_type, c.embed_dims, c.num_heads, c.norm_eps, c.qkv_bias,
+        return Block(operators, c.embed_dims, c.num_heads, c.norm_eps, c.qkv_bias,
                      c.activation, c.mlp_ratio, c.dropout_p, drop_path)
 
     def _add_position_tables(self):
@@ -170,13 +215,23 @@ class VideoTransformer(nn.Module):
             self.time_embed = None
 
     def check_input(self, x):
-        c = self.config
-        expected = (c.num_frames, c.in_channels, c.img_size, c.img_size)
-        if x.ndim != 5 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f'{type(self).__name__} expects a video (B, T, C, H, W) = '
-                             f'(B, {", ".join(map(str, expected))}), got {tuple(x.shape)}')
+        """A ValueError naming what was expected unless x is a float video this model takes: its
+        frame count (any count without a time table: space_only), channels, size and dtype."""
+        c, name = self.config, type(self).__name__
+        any_frames = self.time_embed is None and c.pos_emb_type == 'separate'
+        frames = 'T' if any_frames else c.num_frames
+        multiple = c.tube_size if c.conv_type == 'Conv3d' else 1
+        shape_ok = x.ndim == 5 and tuple(x.shape[2:]) == (c.in_channels, c.img_size, c.img_size) and (
+            x.shape[1] > 0 and x.shape[1] % multiple == 0 if any_frames else x.shape[1] == c.num_frames)
+        if not shape_ok:
+            raise ValueError(f'{name} expects a video (B, T, C, H, W) = (B, {frames}, {c.in_channels}, '
+                             f'{c.img_size}, {c.img_size}), got {tuple(x.shape)}')
+        weight = self.patch_embed.proj.weight
         if not x.is_floating_point():
-            raise ValueError(f'{type(self).__name__} expects a float video, got {x.dtype}')
+            raise ValueError(f'{name} expects a float video, got {x.dtype}')
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f'{name} has {weight.dtype} weights and expects a {weight.dtype} video, got '
+                             f'{x.dtype}: convert it with video.to({weight.dtype}), or run under autocast')
 
     def tokens(self, patches):
         """Patch tokens (B, T', P, D) with positions -> (B, 1 + P*T', D), or per frame
@@ -199,9 +254,8 @@ class VideoTransformer(nn.Module):
         time_embed = repeat(self.time_embed, '1 t d -> 1 (p t) d', p=num_patches)
         return self.pos_drop(torch.cat((tokens[:, :1], tokens[:, 1:] + time_embed), dim=1))
 
-    def encode(self, tokens, batch):
-        """Blocks: tokens from `tokens` -> (B, N, D) per video."""
-        time_steps = self.config.num_time_steps
+    def encode(self, tokens, batch, time_steps):
+        """Blocks: tokens from `tokens` -> (B, N, D) per video, for `time_steps` token frames."""
         for block in self.blocks:
             tokens = block(tokens, time_steps)
         if self.config.attention_type == 'space_only':
@@ -223,21 +277,25 @@ class VideoTransformer(nn.Module):
 
     def forward(self, x):
         self.check_input(x)
-        tokens = self.tokens(self.patch_embed(x))
-        tokens = self.encode(tokens, batch=x.shape[0])
+        patches = self.patch_embed(x)
+        tokens = self.encode(self.tokens(patches), *patches.shape[:2])
         return self.pool(self.norm(tokens))
 
 
 class TimeSformer(VideoTransformer):
     """TimeSformer (Bertasius et al., 2021): per-frame patches and space-time attention."""
 
+    arch = 'timesformer'
     attention_types = ('divided_space_time', 'space_only', 'joint_space_time')
 
 
 class ViViT(VideoTransformer):
     """ViViT (Arnab et al., 2021): tubelet patches and models 1-4 of the paper."""
 
+    arch = 'vivit'
     attention_types = ('fact_encoder', 'joint_space_time', 'divided_space_time', 'fact_dot_product')
+    keyword_defaults = {'conv_type': 'Conv3d', 'tube_size': 2, 'attention_type': 'fact_encoder',
+                        'copy_strategy': 'set_zero', 'extend_strategy': 'temporal_avg'}
 
 
 ARCHITECTURES = {'timesformer': TimeSformer, 'vivit': ViViT}
@@ -246,15 +304,19 @@ ARCHITECTURES = {'timesformer': TimeSformer, 'vivit': ViViT}
 class VideoClassifier(nn.Module):
     """Backbone and linear head: float video (B, T, C, H, W) -> logits (B, num_classes).
 
-    class_names, when known, name the logits in order; checkpoints carry them.
+    class_names, when known, name the logits in order; preprocessing (a Preprocessing), when
+    known, says how a video becomes the model's input. Checkpoints carry both.
     """
 
-    def __init__(self, config, class_names=None):
+    def __init__(self, config, class_names=None, preprocessing=None):
         super().__init__()
         if class_names is not None and len(class_names) != config.num_classes:
             raise ValueError(f'{len(class_names)} class names for num_classes={config.num_classes}')
+        if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+            raise TypeError(f'preprocessing must be a Preprocessing or None, got {type(preprocessing).__name__}')
         self.config = config
         self.class_names = list(class_names) if class_names is not None else None
+        self.preprocessing = preprocessing
         self.backbone = ARCHITECTURES[config.arch](config)
         self.head = ClassificationHead(config.embed_dims, config.num_classes, config.head_dropout_p)
         nn.init.trunc_normal_(self.head.fc.weight, std=0.02)
@@ -264,64 +326,7 @@ class VideoClassifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-# Fields a checkpoint fixes that a caller may still change: position tables are resized to them.
-RESIZABLE_FIELDS = ('img_size', 'num_frames')
-
-
-def load_model(path, *, drop_head=False, class_names=None, **overrides):
-    """Weights in any supported format -> eval-mode VideoClassifier, float (B, T, 3, H, W) -> (B, K).
-
-    The format is read from the keys (weight_init.FORMATS). What the weights or their own config
-    fix is taken from them; `overrides` (config fields) give the rest, e.g. num_heads for the seed
-    format, whose width-64 default may not hold. An override that contradicts the weights is an
-    error, except img_size and num_frames, to which the position tables are resized. Another
-    num_classes, or class_names of another length, needs drop_head=True: a new head.
-    """
-    source = read_weights(path)
-    config = _config_for(source, overrides, class_names, drop_head)
-    state_dict, expected_missing = source.state_dict, source.missing_ok
-    if drop_head:
-        state_dict = {key: value for key, value in state_dict.items() if key not in HEAD_KEYS}
-        expected_missing += HEAD_KEYS
-    elif HEAD_KEYS[0] not in state_dict:
-        raise WeightLoadError(f'{source.path}: holds no classification head; pass drop_head=True '
-                              f'and num_classes for a new one')
-    if class_names is None and not drop_head:
-        class_names = source.class_names
-    if class_names is not None and len(class_names) != config.num_classes:
-        logger.warning('%s: its %d class names do not match its %d classes; they are left out',
-                       source.path, len(class_names), config.num_classes)
-        class_names = None
-    model = VideoClassifier(config, class_names)
-    state_dict, notes = resize_position_tables(state_dict, config, source.num_time_steps, source.path)
-    missing = load_state_dict_strictly(model, state_dict, source.path, expected_missing)
-    logger.info('Loaded %s: format %s; %s %s, %d layers of width %d, %d heads, %d frames at %d px, '
-                '%d classes; missing keys %s; unexpected keys []%s', source.path, source.format,
-                config.arch, config.attention_type, config.num_transformer_layers, config.embed_dims,
-                config.num_heads, config.num_frames, config.img_size, config.num_classes, missing,
-                ''.join(f'; {note}' for note in notes))
-    return model.eval()
-
-
-def _config_for(source, overrides, class_names, drop_head):
-    """The config for `source`: its fixed fields, overrides where they agree, then its defaults."""
-    unknown = sorted(set(overrides) - {field.name for field in dataclasses.fields(VideoTransformerConfig)})
-    if unknown or 'pretrained' in overrides:
-        raise TypeError(f'load_model() takes config fields other than pretrained, got {unknown or ["pretrained"]}')
-    if class_names is not None:
-        overrides = {**overrides, 'num_classes': len(class_names)}
-    for name, value in overrides.items():
-        fixed = source.fixed.get(name, value)
-        agrees = value == fixed or (name == 'attention_type' and SAME_KEYS.get(fixed) == value)
-        if not agrees and name not in RESIZABLE_FIELDS and not (drop_head and name == 'num_classes'):
-            hint = ' (drop_head=True starts a new head)' if name == 'num_classes' else ''
-            raise WeightLoadError(f'{source.path}: {name}={value!r} contradicts the weights, '
-                                  f'which fix {name}={fixed!r}{hint}')
-    try:
-        return VideoTransformerConfig(**{**source.defaults, **source.fixed, **overrides})
-    except ValueError as error:
-        raise WeightLoadError(f'{source.path}: {error}') from None
-
+# Standard sizes.
 
 def timesformer_base_patch16_224(**overrides):
     """TimeSformer-B/16, 8 frames at 224x224, divided space-time attention (the paper's default)."""

@@ -38,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils import set_attention_fused, write_csv  # noqa: E402
 from video_transformer import VideoClassifier, timesformer_base_patch16_224  # noqa: E402
-from weight_init import convert_hf_timesformer, hf_timesformer_config  # noqa: E402
+from weight_export import hf_timesformer_config  # noqa: E402
+from weight_formats import convert_hf_timesformer  # noqa: E402
 
-# Same numerics as transformers' TimesformerConfig defaults: LayerNorm eps 1e-6, exact GELU,
-# no dropout or stochastic depth, so both sides compute the same function.
+# Same numerics as transformers' TimesformerConfig defaults (the preset's LayerNorm eps 1e-6 and
+# exact GELU, no dropout or stochastic depth), so both sides compute the same function.
 CONFIGS = {
     'base': dict(num_frames=8, img_size=224),
     'small': dict(num_frames=8, img_size=112, embed_dims=384, num_heads=6),
@@ -51,8 +52,7 @@ NUM_CLASSES = 400
 
 
 def our_config(name):
-    return timesformer_base_patch16_224(**CONFIGS[name], norm_eps=1e-6, drop_path_rate=0.0,
-                                        num_classes=NUM_CLASSES)
+    return timesformer_base_patch16_224(**CONFIGS[name], drop_path_rate=0.0, num_classes=NUM_CLASSES)
 
 
 def hf_model(config):

@@ -1,7 +1,10 @@
-"""Independent plain-torch references shared by the model and weight tests."""
+"""Independent plain-torch references shared by the model and weight tests: each source's own
+forward pass written from its code, over its own keys."""
+import math
+
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange, reduce, repeat
 
 
 def randomise_(module, std=0.2, seed=0):
@@ -43,3 +46,170 @@ def vit_features(state, image, heads, eps=1e-6, final_eps=None):
         hidden = F.gelu(linear(layer_norm(x, state, p + 'norm2', eps), state, p + 'mlp.fc1'))
         x = x + linear(hidden, state, p + 'mlp.fc2')
     return layer_norm(x, state, 'norm', eps if final_eps is None else final_eps)[:, 0]
+
+
+def count_indices(state, prefix):
+    """Layers `prefix` + index + '.' among the keys."""
+    return len({key[len(prefix):].split('.')[0] for key in state if key.startswith(prefix)})
+
+
+def mha(x, state, prefix, heads):
+    """nn.MultiheadAttention's own forward on (N, L, D), weights as the seed stores them."""
+    x = x.transpose(0, 1)
+    out, _ = F.multi_head_attention_forward(
+        x, x, x, x.shape[-1], heads, state[prefix + '.in_proj_weight'], state[prefix + '.in_proj_bias'],
+        None, None, False, 0.0, state[prefix + '.out_proj.weight'], state[prefix + '.out_proj.bias'],
+        training=False, need_weights=False)
+    return out.transpose(0, 1)
+
+
+def seed_forward(state, clip, attention_type, heads):
+    """The seed's TimeSformer / ViViT forward and head, step by step as its code runs them.
+
+    LayerNorm eps 1e-5 in the blocks, 1e-6 at the end; the class token of fact_encoder is the
+    seed's x[:b, 0], so call it with one video at a time. A fact_encoder whose temporal layers
+    have a temporal_fc is the layout of commit 37e1801 (see seed_37e1801_spatial and _temporal).
+    """
+    s = {key.removeprefix('model.'): value for key, value in state.items()}
+    batch, frames = clip.shape[:2]
+    kernel = s['patch_embed.projection.weight']
+    if kernel.ndim == 5:
+        x = F.conv3d(rearrange(clip, 'b t c h w -> b c t h w'), kernel, s['patch_embed.projection.bias'],
+                     stride=kernel.shape[2:])
+        x = rearrange(x, 'b c t h w -> (b t) (h w) c')
+        frames //= kernel.shape[2]
+    else:
+        x = F.conv2d(rearrange(clip, 'b t c h w -> (b t) c h w'), kernel, s['patch_embed.projection.bias'],
+                     stride=kernel.shape[2:])
+        x = rearrange(x, 'b c h w -> b (h w) c')
+    x = torch.cat((repeat(s['cls_token'], '1 1 d -> n 1 d', n=x.shape[0]), x), dim=1) + s['pos_embed']
+    if attention_type not in ('space_only', 'fact_encoder'):
+        cls_token = x[:batch, :1]
+        x = rearrange(x[:, 1:], '(b t) p d -> (b p) t d', b=batch) + s['time_embed']
+        x = torch.cat((cls_token, rearrange(x, '(b p) t d -> b (p t) d', b=batch)), dim=1)
+
+    def ffn(x, prefix):
+        hidden = F.gelu(linear(layer_norm(x, s, prefix + '.ffns.0.norm', 1e-5), s, prefix + '.ffns.0.layers.0.0'))
+        return x + linear(hidden, s, prefix + '.ffns.0.layers.1')
+
+    def block(x, prefix, divided):
+        if divided:
+            cls_token, patches = x[:, :1], x[:, 1:]
+            query = rearrange(patches, 'b (p t) d -> (b p) t d', t=frames)
+            out = mha(layer_norm(query, s, prefix + '.attentions.0.norm', 1e-5), s,
+                      prefix + '.attentions.0.attn', heads)
+            out = linear(out, s, prefix + '.attentions.0.temporal_fc')
+            x = torch.cat((cls_token, patches + rearrange(out, '(b p) t d -> b (p t) d', b=x.shape[0])), dim=1)
+            cls_token, patches = x[:, :1], x[:, 1:]
+            query = rearrange(patches, 'b (p t) d -> (b t) p d', t=frames)
+            query = torch.cat((repeat(cls_token, 'b 1 d -> (b t) 1 d', t=frames), query), dim=1)
+            out = mha(layer_norm(query, s, prefix + '.attentions.1.norm', 1e-5), s,
+                      prefix + '.attentions.1.attn', heads)
+            cls_out = reduce(out[:, :1], '(b t) 1 d -> b 1 d', 'mean', t=frames)
+            x = x + torch.cat((cls_out, rearrange(out[:, 1:], '(b t) p d -> b (p t) d', t=frames)), dim=1)
+        else:
+            x = x + mha(layer_norm(x, s, prefix + '.attentions.0.norm', 1e-5), s, prefix + '.attentions.0.attn', heads)
+        return ffn(x, prefix)
+
+    if attention_type == 'fact_encoder':
+        commit_37e1801 = any(key.startswith('transformer_layers.1.') and '.temporal_fc.' in key for key in s)
+        for index in range(count_indices(s, 'transformer_layers.0.layers.')):
+            prefix = f'transformer_layers.0.layers.{index}'
+            if commit_37e1801:
+                x = ffn(seed_37e1801_spatial(x, s, prefix, heads, groups=frames), prefix)
+            else:
+                x = block(x, prefix, False)
+        cls_token = x[:batch, :1]
+        x = reduce(rearrange(x[:, 1:], '(b t) p d -> b t p d', b=batch), 'b t p d -> b t d', 'mean')
+        x = torch.cat((cls_token, x), dim=1) + s['time_embed']
+        for index in range(count_indices(s, 'transformer_layers.1.layers.')):
+            prefix = f'transformer_layers.1.layers.{index}'
+            if commit_37e1801:
+                x = ffn(seed_37e1801_temporal(x, s, prefix, heads), prefix)
+            else:
+                x = block(x, prefix, False)
+    else:
+        for index in range(count_indices(s, 'transformer_layers.layers.')):
+            x = block(x, f'transformer_layers.layers.{index}', attention_type == 'divided_space_time')
+    if attention_type == 'space_only':
+        x = reduce(rearrange(x, '(b t) p d -> b t p d', b=batch), 'b t p d -> b p d', 'mean')
+    return F.linear(layer_norm(x, s, 'norm', 1e-6)[:, 0], state['cls_head.cls_head.weight'],
+                    state['cls_head.cls_head.bias'])
+
+
+def seed_37e1801_spatial(x, s, prefix, heads, groups):
+    """DividedSpatialAttentionWithPreNorm of the seed at 37e1801 as its ViViT spatial encoder ran it:
+    on one frame's tokens (N, 1 + P, D) with num_frames = T' = `groups`. Its rearrange
+    'b (p t) d -> (b t) p d' puts patch i in group i mod T'; the class token joins every group,
+    its outputs are averaged over the groups; the residual is the whole input."""
+    cls_token, patches = x[:, :1], x[:, 1:]
+    outputs = [mha(layer_norm(torch.cat((cls_token, patches[:, group::groups]), dim=1), s,
+                              prefix + '.attentions.0.norm', 1e-5), s, prefix + '.attentions.0.attn', heads)
+               for group in range(groups)]
+    update = torch.empty_like(x)
+    update[:, :1] = torch.stack([output[:, :1] for output in outputs]).mean(dim=0)
+    for group, output in enumerate(outputs):
+        update[:, 1 + group::groups] = output[:, 1:]
+    return x + update
+
+
+def seed_37e1801_temporal(x, s, prefix, heads):
+    """DividedTemporalAttentionWithPreNorm (use_cls_token=True, num_frames = T') of the seed at
+    37e1801 as its ViViT temporal encoder ran it, on (B, 1 + T', D): its p = T' // T' = 1 patch
+    position leaves one sequence of the class token and the frame tokens; temporal_fc follows the
+    attention and the residual is the whole input."""
+    out = mha(layer_norm(x, s, prefix + '.attentions.0.norm', 1e-5), s, prefix + '.attentions.0.attn', heads)
+    return x + linear(out, s, prefix + '.attentions.0.temporal_fc')
+
+
+def official_forward(state, clip, heads, eps=1e-6):
+    """facebookresearch/TimeSformer vit.py (divided, joint or space_only), on its `model.` keys."""
+    s = {key.removeprefix('model.'): value for key, value in state.items()}
+    batch, frames = clip.shape[:2]
+    kernel = s['patch_embed.proj.weight']
+    x = F.conv2d(rearrange(clip, 'b t c h w -> (b t) c h w'), kernel, s['patch_embed.proj.bias'],
+                 stride=kernel.shape[2:])
+    x = rearrange(x, 'n d h w -> n (h w) d')
+    x = torch.cat((repeat(s['cls_token'], '1 1 d -> n 1 d', n=x.shape[0]), x), dim=1) + s['pos_embed']
+    divided = 'blocks.0.temporal_fc.weight' in s
+    space_only = 'time_embed' not in s
+    if not space_only:
+        cls_token = x[:batch, :1]
+        x = rearrange(x[:, 1:], '(b t) n m -> (b n) t m', b=batch) + s['time_embed']
+        x = torch.cat((cls_token, rearrange(x, '(b n) t m -> b (n t) m', b=batch)), dim=1)
+    for index in range(count_indices(s, 'blocks.')):
+        p = f'blocks.{index}.'
+        if divided:
+            xt = rearrange(x[:, 1:], 'b (n t) m -> (b n) t m', t=frames)
+            res = qkv_attention(layer_norm(xt, s, p + 'temporal_norm1', eps), s, p + 'temporal_attn', heads)
+            res = linear(rearrange(res, '(b n) t m -> b (n t) m', b=batch), s, p + 'temporal_fc')
+            xt = x[:, 1:] + res
+            init_cls = x[:, :1]
+            xs = rearrange(xt, 'b (n t) m -> (b t) n m', t=frames)
+            xs = torch.cat((repeat(init_cls, 'b 1 m -> (b t) 1 m', t=frames), xs), dim=1)
+            res = qkv_attention(layer_norm(xs, s, p + 'norm1', eps), s, p + 'attn', heads)
+            cls_res = reduce(res[:, :1], '(b t) 1 m -> b 1 m', 'mean', b=batch)
+            res = rearrange(res[:, 1:], '(b t) n m -> b (n t) m', b=batch)
+            x = torch.cat((init_cls, xt), dim=1) + torch.cat((cls_res, res), dim=1)
+        else:
+            x = x + qkv_attention(layer_norm(x, s, p + 'norm1', eps), s, p + 'attn', heads)
+        x = x + linear(F.gelu(linear(layer_norm(x, s, p + 'norm2', eps), s, p + 'mlp.fc1')), s, p + 'mlp.fc2')
+    if space_only:
+        x = reduce(x, '(b t) n m -> b n m', 'mean', b=batch)
+    return linear(layer_norm(x, s, 'norm', eps)[:, 0], s, 'head')
+
+
+def cubic_resampling(source, target, scale, a=-0.75):
+    """(target, source) matrix of Keys' cubic convolution (PyTorch's a = -0.75) sampling source
+    pixel (i + 0.5) / scale - 0.5 for output i, edges clamped: bicubic interpolation by hand."""
+    def kernel(x):
+        x = abs(x)
+        return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1 if x <= 1 else a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a
+
+    matrix = torch.zeros(target, source, dtype=torch.float64)
+    for row in range(target):
+        position = (row + 0.5) / scale - 0.5
+        floor = math.floor(position)
+        for offset in (-1, 0, 1, 2):
+            matrix[row, min(max(floor + offset, 0), source - 1)] += kernel(position - floor - offset)
+    return matrix

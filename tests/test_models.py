@@ -1,25 +1,31 @@
-"""TimeSformer and ViViT: shapes, gradients, determinism, attention maths and divided semantics."""
+"""TimeSformer and ViViT: shapes, gradients, determinism, attention maths and divided semantics,
+construction the seed's way, and the attention weights the explicit path keeps."""
 import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
 
-from transformer import Attention, sine_cosine_table
+from preprocessing import Preprocessing
 from reference import randomise_, vit_features
-from utils import set_attention_fused, write_csv
-from video_transformer import (TimeSformer, VideoClassifier, VideoTransformerConfig, ViViT,
-                               timesformer_tiny, vivit_tiny)
+from transformer import Attention, sine_cosine_table
+from utils import record_attention, set_attention_fused, write_csv
+from video_transformer import (TimeSformer, VideoClassifier, VideoTransformerConfig, ViViT, timesformer_base_patch16_224,
+                               timesformer_tiny, vivit_base_patch16_224, vivit_tiny)
 
+# (arch, attention_type), and ViViT's factorised encoder in the seed's 37e1801 layout.
 VARIANTS = [('timesformer', name) for name in TimeSformer.attention_types] + \
-           [('vivit', name) for name in ViViT.attention_types]
+           [('vivit', name) for name in ViViT.attention_types] + [('vivit', 'fact_encoder/37e1801')]
 
 
 def tiny_config(arch, attention_type, **overrides):
+    if attention_type == 'fact_encoder/37e1801':
+        return vivit_tiny(fact_encoder_attention='divided', **overrides)
     preset = timesformer_tiny if arch == 'timesformer' else vivit_tiny
     return preset(attention_type=attention_type, **overrides)
-
-
 
 
 def video(config, batch=2, seed=0):
@@ -162,6 +168,27 @@ def test_integer_video_is_rejected_with_a_clear_error():
         VideoClassifier(timesformer_tiny())(torch.zeros(1, 4, 3, 32, 32, dtype=torch.uint8))
 
 
+def test_a_video_of_another_float_dtype_is_a_value_error_outside_autocast():
+    model = VideoClassifier(timesformer_tiny()).eval()
+    with pytest.raises(ValueError, match=r'float32 weights and expects a torch.float32 video, got torch.float64'):
+        model(torch.zeros(1, 4, 3, 32, 32, dtype=torch.float64))
+    assert model.double()(torch.zeros(1, 4, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert model.float()(torch.zeros(1, 4, 3, 32, 32, dtype=torch.bfloat16)).shape == (1, 4)
+
+
+def test_without_a_time_table_any_frame_count_is_taken():
+    space_only = randomise_(VideoClassifier(timesformer_tiny(attention_type='space_only'))).eval()
+    clips = video(space_only.config, batch=1)
+    with torch.no_grad():
+        # Frames are averaged: a clip and the same clip twice over give the same logits.
+        torch.testing.assert_close(space_only(clips), space_only(clips.repeat(1, 2, 1, 1, 1)), atol=1e-6, rtol=0)
+        assert space_only(clips[:, :1]).shape == (1, 4)
+    for config in (timesformer_tiny(), vivit_tiny(), timesformer_tiny(attention_type='space_only', conv_type='Conv3d')):
+        with pytest.raises(ValueError, match='expects a video'):
+            VideoClassifier(config)(torch.zeros(1, 3, 3, 32, 32))
+
+
 @pytest.mark.parametrize('changes,match', [
     ({'arch': 'timesformer', 'attention_type': 'fact_encoder'}, 'TimeSformer attention_type'),
     ({'arch': 'resnet'}, 'arch must be one of'),
@@ -223,3 +250,112 @@ def test_write_csv_never_leaves_a_truncated_file(tmp_path):
         write_csv([{'config': 'small', 'seconds': 0.5}, {'config': 'x', 'extra': 1}], path)
     assert path.read_text().splitlines() == ['config,seconds', 'base,1.5']
     assert [file.name for file in path.parent.iterdir()] == ['rows.csv']
+
+
+# ---------------------------------------------------------------------------------------------
+# Construction: the seed's keyword arguments, the meta device
+
+
+SEED_TIMESFORMER = dict(num_frames=4, img_size=32, patch_size=8, embed_dims=32, num_heads=2, num_transformer_layers=2,
+                        in_channels=3, conv_type='Conv2d', dropout_p=0.0, attention_type='divided_space_time',
+                        norm_layer=nn.LayerNorm, copy_strategy='repeat', use_learnable_pos_emb=True,
+                        return_cls_token=True)
+
+
+def test_the_seed_keyword_arguments_build_the_same_backbone_as_a_config():
+    by_keywords = randomise_(TimeSformer(**SEED_TIMESFORMER)).eval()
+    by_config = TimeSformer(timesformer_tiny(drop_path_rate=0.1)).eval()
+    assert by_keywords.config == by_config.config.replace(num_classes=400)
+    by_config.load_state_dict(by_keywords.state_dict())
+    clips = video(by_config.config)
+    with torch.no_grad():
+        features = by_keywords(clips)
+        assert torch.equal(features, by_config(clips))
+    # The final-normed class token, as the seed's forward returns.
+    tokens = by_keywords.encode(by_keywords.tokens(by_keywords.patch_embed(clips)), 2, 4)
+    torch.testing.assert_close(features, by_keywords.norm(tokens)[:, 0])
+
+
+def test_vivit_keywords_take_the_seed_vivit_defaults():
+    config = ViViT(num_frames=4, img_size=32, patch_size=8, embed_dims=32, num_heads=2,
+                   num_transformer_layers=2).config
+    assert (config.arch, config.conv_type, config.tube_size, config.attention_type, config.copy_strategy) == \
+        ('vivit', 'Conv3d', 2, 'fact_encoder', 'set_zero')
+
+
+@pytest.mark.parametrize('build, message', [
+    # The seed lost dropout_ratio silently in **kwargs.
+    (lambda: TimeSformer(**SEED_TIMESFORMER, dropout_ratio=0.1), r"unexpected keyword arguments \['dropout_ratio'\]"),
+    (lambda: ViViT(vivit_tiny(), num_frames=8), 'a config or keyword arguments, not both'),
+    (lambda: TimeSformer(**{**SEED_TIMESFORMER, 'norm_layer': nn.BatchNorm1d}), 'norm_layer=.*BatchNorm1d'),
+])
+def test_keyword_mistakes_are_type_errors_naming_them(build, message):
+    with pytest.raises(TypeError, match=message):
+        build()
+
+
+@pytest.mark.parametrize('arch,attention_type', VARIANTS + [('vivit', 'sine-cosine')])
+def test_a_model_builds_on_the_meta_device(arch, attention_type):
+    config = tiny_config(arch, 'fact_encoder' if attention_type == 'sine-cosine' else attention_type,
+                         use_learnable_pos_emb=attention_type != 'sine-cosine', drop_path_rate=0.2)
+    with torch.device('meta'):
+        model = VideoClassifier(config)
+    assert {tensor.device.type for tensor in [*model.parameters(), *model.buffers()]} == {'meta'}
+    assert [block.ffn.drop_path.drop_prob for block in model.backbone.blocks][-1] > 0
+
+
+def test_classifier_keeps_its_preprocessing():
+    preprocessing = Preprocessing(num_frames=4, img_size=32)
+    assert VideoClassifier(timesformer_tiny(), preprocessing=preprocessing).preprocessing is preprocessing
+    assert VideoClassifier(timesformer_tiny()).preprocessing is None
+    with pytest.raises(TypeError, match='Preprocessing'):
+        VideoClassifier(timesformer_tiny(), preprocessing=preprocessing.to_dict())
+
+
+@pytest.mark.parametrize('preset', [timesformer_base_patch16_224, vivit_base_patch16_224])
+def test_presets_use_one_layernorm_eps(preset):
+    config = preset()
+    assert config.norm_eps == config.final_norm_eps == 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention weights for maps
+
+
+def test_recorded_attention_weights_are_the_explicit_softmax_and_change_no_logit():
+    model = randomise_(VideoClassifier(timesformer_tiny())).double().eval()
+    clips = video(model.config).double()
+    inputs = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Attention):
+            module.register_forward_pre_hook(lambda module, args, name=name: inputs.__setitem__(name, args[0]))
+    with torch.no_grad():
+        fused = model(clips)
+        with record_attention(model) as attentions:
+            recorded = model(clips)
+            weights = {name: attention.weights for name, attention in attentions.items()}
+    torch.testing.assert_close(recorded, fused, rtol=1e-12, atol=1e-12)
+    assert sorted(weights) == sorted(inputs) and all(value is not None for value in weights.values())
+    for name, x in inputs.items():
+        attention = model.get_submodule(name)
+        q, k, _ = rearrange(F.linear(x, attention.qkv.weight, attention.qkv.bias), 'n l (three h e) -> three n h l e',
+                            three=3, h=model.config.num_heads)
+        expected = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+        torch.testing.assert_close(weights[name], expected, rtol=1e-12, atol=1e-12)
+    # Per frame with the class token first: (B*T, heads, 1 + P, 1 + P); per patch over time: (B*P, heads, T, T).
+    assert weights['backbone.blocks.0.spatial_attn.attn'].shape == (2 * 4, 2, 1 + 16, 1 + 16)
+    assert weights['backbone.blocks.0.temporal_attn.attn'].shape == (2 * 16, 2, 4, 4)
+    assert all(attention.weights is None and not attention.keep_weights and attention.fused
+               for attention in attentions.values())
+
+
+@pytest.mark.parametrize('config', [timesformer_tiny(attention_type='space_only'), vivit_tiny()],
+                         ids=['space_only', 'fact_encoder'])
+def test_recorded_spatial_attention_is_one_map_per_frame(config):
+    model = randomise_(VideoClassifier(config)).eval()
+    clips = video(config)
+    with torch.no_grad(), record_attention(model) as attentions:
+        model(clips)
+        spatial = attentions['backbone.blocks.1.attn.attn'].weights
+    assert spatial.shape == (2 * config.num_time_steps, 2, 1 + 16, 1 + 16)
+    torch.testing.assert_close(spatial.sum(dim=-1), torch.ones(spatial.shape[:-1]))

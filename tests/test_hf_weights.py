@@ -1,0 +1,226 @@
+"""transformers' TimeSformer and ViViT: folders they write load with their numbers and their
+preprocessing, and our transformers export loads in transformers and back."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from layouts import CLASSES, DIM, FRAMES, HEADS, LAYERS, PATCH, SIZE, random_state, save_lightning, seed_layout, video
+from model_loading import load_model
+from preprocessing import normalize
+from reference import randomise_
+from video_transformer import TimeSformer, VideoClassifier, timesformer_base_patch16_224, timesformer_hr_patch16_448, \
+    timesformer_large_patch16_224, timesformer_tiny
+from weight_export import hf_timesformer_config, save_hf_timesformer, save_weights
+from weight_formats import WeightLoadError, convert_hf_timesformer, convert_hf_vivit, convert_to_hf_timesformer
+
+transformers = pytest.importorskip('transformers')
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hf_timesformer(attention_type='divided_space_time', **changes):
+    config = transformers.TimesformerConfig(
+        image_size=SIZE, patch_size=PATCH, num_frames=FRAMES, hidden_size=DIM, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, intermediate_size=4 * DIM, num_labels=CLASSES,
+        id2label={index: f'action {index}' for index in range(CLASSES)}, attention_type=attention_type,
+        **changes)
+    return randomise_(transformers.TimesformerForVideoClassification(config)).eval()
+
+
+def hf_vivit(**changes):
+    config = transformers.VivitConfig(
+        image_size=SIZE, num_frames=FRAMES, tubelet_size=[2, PATCH, PATCH], hidden_size=DIM,
+        num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=4 * DIM, num_labels=CLASSES,
+        **changes)
+    return randomise_(transformers.VivitForVideoClassification(config)).eval()
+
+
+def max_abs(a, b):
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize('attention_type, changes', [
+    ('divided_space_time', {}),
+    ('joint_space_time', {}),
+    ('divided_space_time', {'hidden_act': 'gelu_fast', 'layer_norm_eps': 1e-5}),
+])
+def test_hf_timesformer_folder_matches_transformers(tmp_path, attention_type, changes):
+    reference = hf_timesformer(attention_type, **changes)
+    reference.save_pretrained(tmp_path)
+    model = load_model(tmp_path)
+    assert model.class_names == [f'action {index}' for index in range(CLASSES)]
+    assert model.config.activation == ('gelu_tanh' if changes else 'gelu')
+    clip = video()
+    with torch.no_grad():
+        assert max_abs(model(clip), reference(clip).logits) < 1e-4
+
+
+def test_hf_timesformer_space_only_is_refused(tmp_path):
+    hf_timesformer('space_only').save_pretrained(tmp_path)
+    with pytest.raises(WeightLoadError, match='classifies every frame') as error:
+        load_model(tmp_path)
+    assert str(tmp_path) in str(error.value)
+    # Without config.json the missing time table says space_only.
+    (tmp_path / 'config.json').unlink()
+    with pytest.raises(WeightLoadError, match='classifies every frame'):
+        load_model(tmp_path)
+
+
+def test_hf_timesformer_bare_model_gives_backbone_keys():
+    config = transformers.TimesformerConfig(image_size=SIZE, patch_size=PATCH, num_frames=FRAMES,
+                                            hidden_size=DIM, num_hidden_layers=LAYERS,
+                                            num_attention_heads=HEADS, intermediate_size=4 * DIM)
+    reference = randomise_(transformers.TimesformerModel(config)).eval()
+    converted = convert_hf_timesformer(reference.state_dict())
+    assert all(key.startswith('backbone.') for key in converted)
+    backbone = TimeSformer(timesformer_tiny()).eval()
+    backbone.load_state_dict({key.removeprefix('backbone.'): value for key, value in converted.items()})
+    clip = video(batch=1)
+    with torch.no_grad():
+        assert max_abs(backbone(clip), reference(clip).last_hidden_state[:, 0]) < 1e-4
+    assert convert_to_hf_timesformer(converted).keys() == reference.state_dict().keys()
+
+
+OLD_VIVIT_NAMES = [('layers.', 'encoder.layer.'), ('attention.q_proj', 'attention.attention.query'),
+                   ('attention.k_proj', 'attention.attention.key'), ('attention.v_proj', 'attention.attention.value'),
+                   ('attention.o_proj', 'attention.output.dense'), ('mlp.fc1', 'intermediate.dense'),
+                   ('mlp.fc2', 'output.dense')]
+
+
+@pytest.mark.parametrize('naming', ['transformers-5', 'transformers-4'])
+def test_hf_vivit_matches_transformers(tmp_path, naming):
+    reference = hf_vivit()
+    reference.config.save_pretrained(tmp_path)
+    state = reference.state_dict()
+    if naming == 'transformers-4':
+        for new, old in OLD_VIVIT_NAMES:
+            state = {key.replace(new, old): value for key, value in state.items()}
+    torch.save(state, tmp_path / 'pytorch_model.bin')
+    model = load_model(tmp_path / 'pytorch_model.bin')
+    assert (model.config.arch, model.config.pos_emb_type, model.config.activation) == ('vivit', 'joint', 'gelu_tanh')
+    clip = video()
+    with torch.no_grad():
+        assert max_abs(model(clip), reference(clip).logits) < 1e-4
+
+
+def test_hf_vivit_position_rows_become_patch_major():
+    table = torch.arange(1 + 2 * 16, dtype=torch.float)[None, :, None]  # row index as the value
+    converted = convert_hf_vivit({'vivit.embeddings.position_embeddings': table}, num_time_steps=2)
+    rows = converted['backbone.pos_embed'][0, :, 0].long().tolist()
+    # ours: 1 + p*T + t holds theirs: 1 + t*P + p
+    assert rows[:5] == [0, 1, 17, 2, 18]
+
+
+def test_heads_in_the_file_must_match_the_model(tmp_path):
+    hf_timesformer().save_pretrained(tmp_path)
+    with pytest.raises(WeightLoadError, match='heads'):
+        TimeSformer(timesformer_tiny(num_heads=4), pretrained=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Their preprocessing
+
+
+def frames_uint8(count=2, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def test_a_folder_without_a_processor_gets_kinetics_settings(tmp_path):
+    hf_timesformer().save_pretrained(tmp_path)
+    preprocessing = load_model(tmp_path).preprocessing
+    assert (preprocessing.mean, preprocessing.std) == ((0.45,) * 3, (0.225,) * 3)
+    assert (preprocessing.num_frames, preprocessing.img_size, preprocessing.short_side) == (FRAMES, SIZE, SIZE)
+    assert (preprocessing.frame_interval, preprocessing.num_clips, preprocessing.num_crops) == (4, 1, 1)
+
+
+@pytest.mark.parametrize('processor, model', [
+    (lambda: transformers.VideoMAEImageProcessor(image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3],
+                                                 size={'shortest_edge': 40}, crop_size={'height': SIZE, 'width': SIZE}),
+     'timesformer'),
+    # ViViT's processor rescales to [-1, 1] (offset) and then normalises with mean = std = 0.5.
+    (lambda: transformers.VivitImageProcessor(size={'shortest_edge': 40}, crop_size={'height': SIZE, 'width': SIZE}),
+     'vivit'),
+])
+def test_a_processor_file_gives_its_normalisation_and_sizes(tmp_path, processor, model):
+    processor = processor()
+    (hf_timesformer() if model == 'timesformer' else hf_vivit()).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    preprocessing = load_model(tmp_path).preprocessing
+    assert (preprocessing.img_size, preprocessing.short_side) == (SIZE, 40)
+    frames = frames_uint8()
+    theirs = processor(list(frames), do_resize=False, do_center_crop=False, return_tensors='pt').pixel_values
+    ours = normalize(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255, preprocessing.mean, preprocessing.std)
+    torch.testing.assert_close(ours[None], theirs.float(), atol=1e-5, rtol=1e-5)
+    # A larger image size keeps the short side's ratio to it; the frames follow the model.
+    resized = load_model(tmp_path, img_size=2 * SIZE, num_frames=2 * FRAMES).preprocessing
+    assert (resized.img_size, resized.short_side, resized.num_frames) == (2 * SIZE, 80, 2 * FRAMES)
+
+
+def test_the_video_processor_file_wins_as_in_transformers(tmp_path):
+    hf_timesformer().save_pretrained(tmp_path)
+    transformers.VideoMAEImageProcessor(image_mean=[0.1, 0.2, 0.3]).save_pretrained(tmp_path)
+    settings = json.loads((tmp_path / 'preprocessor_config.json').read_text())
+    (tmp_path / 'video_preprocessor_config.json').write_text(json.dumps({**settings, 'image_mean': [0.3, 0.2, 0.1]}))
+    assert load_model(tmp_path).preprocessing.mean == pytest.approx((0.3, 0.2, 0.1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Our transformers export
+
+
+def test_hf_export_loads_in_transformers_and_back(tmp_path):
+    model = randomise_(VideoClassifier(timesformer_tiny(num_classes=3), class_names=['a', 'b', 'c'])).eval()
+    save_hf_timesformer(model, tmp_path / 'hf')
+    reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'hf').eval()
+    assert reference.config.id2label == {0: 'a', 1: 'b', 2: 'c'}
+    expected = convert_to_hf_timesformer(model.state_dict())
+    assert all(torch.equal(value, expected[key]) for key, value in reference.state_dict().items())
+    clip = video()
+    with torch.no_grad():
+        assert max_abs(reference(clip).logits, model(clip)) < 1e-4
+    loaded = load_model(tmp_path / 'hf')
+    assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize('preset', [timesformer_base_patch16_224, timesformer_hr_patch16_448,
+                                    timesformer_large_patch16_224])
+def test_every_timesformer_preset_can_be_written_for_transformers(preset):
+    config = transformers.TimesformerConfig(**hf_timesformer_config(preset()))
+    assert config.layer_norm_eps == 1e-6
+
+
+def test_export_command_writes_both_folders(tmp_path):
+    model = randomise_(VideoClassifier(timesformer_tiny(num_classes=3))).eval()
+    save_weights(model, tmp_path / 'trained')
+    for flags, folder in (([], 'ours'), (['-hf'], 'hf')):
+        done = subprocess.run([sys.executable, 'export_weights.py', str(tmp_path / 'trained'), str(tmp_path / folder),
+                               *flags], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0 and 'format videotransformer-pytorch' in done.stderr, done.stderr
+    clip = video()
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / 'ours')(clip), model(clip))
+        reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'hf').eval()
+        assert max_abs(reference(clip).logits, model(clip)) < 1e-4
+
+
+def test_a_seed_checkpoint_goes_to_transformers_with_one_eps_chosen(tmp_path):
+    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
+    # transformers has one LayerNorm eps, the seed two (1e-5 and 1e-6): -hf asks to choose one.
+    for flags, folder in ((['-hf'], 'refused'), (['-hf', '-set', 'norm_eps=1e-6'], 'hf')):
+        done = subprocess.run([sys.executable, 'export_weights.py', str(path), str(tmp_path / folder),
+                               '-num_heads', str(HEADS), *flags], cwd=ROOT, capture_output=True, text=True)
+        assert 'format seed' in done.stderr
+        if folder == 'refused':
+            assert done.returncode == 1 and 'one LayerNorm eps' in done.stderr.splitlines()[-1]
+            assert 'norm_eps=1e-06' in done.stderr.splitlines()[-1]
+        else:
+            assert done.returncode == 0, done.stderr
+    clip = video()
+    with torch.no_grad():
+        reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'hf').eval()
+        expected = load_model(path, num_heads=HEADS, norm_eps=1e-6)(clip)
+        assert max_abs(reference(clip).logits, expected) < 1e-4

@@ -1,0 +1,96 @@
+"""Writing weights: our safetensors + config.json folder, which load_model reads back exactly,
+and a transformers TimesformerForVideoClassification folder."""
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from weight_formats import OUR_FORMAT, WeightLoadError, convert_to_hf_timesformer
+
+
+def _named_tables(model):
+    """Classifier state dict, with fixed sine-cosine tables included (they are not persistent)."""
+    state_dict = model.state_dict()
+    for name in ('pos_embed', 'time_embed'):
+        table = getattr(model.backbone, name)
+        if table is not None:
+            state_dict[f'backbone.{name}'] = table
+    return state_dict
+
+
+def _write_folder(directory, tensors, config):
+    """Write `tensors` as directory/model.safetensors and `config` as directory/config.json.
+
+    Both are written into a temporary folder beside `directory` first and then moved into place
+    with os.replace, so a failure never leaves a half-written file over a good export, and the
+    window for new weights beside an old config.json is two renames.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise WeightLoadError(f'{directory}: exists and is not a folder')
+    text = json.dumps(config, indent=2) + '\n'
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
+    try:
+        save_file(tensors, staging / 'model.safetensors', metadata={'format': 'pt'})
+        (staging / 'config.json').write_text(text)
+        for name in ('model.safetensors', 'config.json'):
+            os.replace(staging / name, directory / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def save_weights(model, directory):
+    """Write a VideoClassifier as directory/model.safetensors (our keys) + directory/config.json
+    ({'format', 'config', 'class_names', 'preprocessing'}), which load_model reads back exactly."""
+    tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+    preprocessing = model.preprocessing.to_dict() if model.preprocessing is not None else None
+    meta = {'format': OUR_FORMAT, 'config': model.config.to_dict(), 'class_names': model.class_names,
+            'preprocessing': preprocessing}
+    return _write_folder(directory, tensors, meta)
+
+
+def hf_timesformer_config(config, class_names=None):
+    """transformers' TimesformerConfig fields (a dict) for our TimeSformer `config`; WeightLoadError
+    for one transformers cannot express."""
+    activation = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu'}[config.activation]
+    unsupported = [
+        (config.conv_type == 'Conv2d', 'Conv2d patches'),
+        (config.pos_emb_type == 'separate', "pos_emb_type 'separate'"),
+        # transformers' space_only classifies every frame instead of averaging them.
+        (config.attention_type in ('divided_space_time', 'joint_space_time'), 'divided or joint attention'),
+        (config.norm_eps == config.final_norm_eps,
+         f'one LayerNorm eps (norm_eps {config.norm_eps} vs final_norm_eps {config.final_norm_eps}; loading '
+         f'with norm_eps={config.final_norm_eps} picks one and changes the logits slightly)'),
+        (config.return_cls_token, 'the class token as output'),
+    ]
+    needed = [what for holds, what in unsupported if not holds]
+    if needed:
+        raise WeightLoadError(f'transformers TimeSformer needs {", ".join(needed)}')
+    names = class_names or [f'LABEL_{index}' for index in range(config.num_classes)]
+    return {
+        'model_type': 'timesformer', 'architectures': ['TimesformerForVideoClassification'],
+        'image_size': config.img_size, 'patch_size': config.patch_size, 'num_channels': config.in_channels,
+        'num_frames': config.num_frames, 'hidden_size': config.embed_dims,
+        'num_hidden_layers': config.num_transformer_layers, 'num_attention_heads': config.num_heads,
+        'intermediate_size': int(config.embed_dims * config.mlp_ratio), 'hidden_act': activation,
+        'hidden_dropout_prob': config.dropout_p, 'attention_probs_dropout_prob': config.dropout_p,
+        'initializer_range': 0.02, 'layer_norm_eps': config.norm_eps, 'qkv_bias': config.qkv_bias,
+        # drop_path_rate stays out: transformers 5.23 types it as int and rejects a float.
+        'attention_type': config.attention_type,
+        'id2label': {str(index): name for index, name in enumerate(names)},
+        'label2id': {name: index for index, name in enumerate(names)},
+    }
+
+
+def save_hf_timesformer(model, directory):
+    """Write a TimeSformer VideoClassifier as a transformers TimesformerForVideoClassification
+    folder (config.json + model.safetensors) that `from_pretrained` loads."""
+    hf_config = hf_timesformer_config(model.config, model.class_names)
+    tensors = {key: value.detach().contiguous()
+               for key, value in convert_to_hf_timesformer(_named_tables(model)).items()}
+    return _write_folder(directory, tensors, hf_config)
