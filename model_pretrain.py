@@ -33,7 +33,8 @@ from model_trainer import LitVideoClassifier, NonFiniteLossError
 from run_outputs import AtomicCheckpointIO, CheckpointOnSigterm, percent, plot_curves, read_metrics, write_json
 from transformer import Block
 from video_transformer import VideoTransformerConfig
-from weight_init import WeightLoadError, init_from_pretrained_
+from weight_formats import WeightLoadError
+from weight_init import init_from_pretrained_
 
 REPOSITORY = Path(__file__).resolve().parent
 DEMO_DIR = REPOSITORY / 'demo' / 'data'
@@ -317,8 +318,8 @@ def main(argv=None):
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     check_writable(args.root_dir)
-    pretrain = resolve_pretrain(args)
     data = build_data(args)
+    pretrain = resolve_pretrain(args)
     config = build_config(args, data.num_class)
     accelerator, devices = resolve_devices(args)
     run_dir = Path(args.root_dir) / 'results' / experiment_tag(args, count_devices(accelerator, devices) * args.num_nodes)

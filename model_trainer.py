@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy
 
+from preprocessing import Preprocessing
 from video_transformer import VideoClassifier, VideoTransformerConfig
 
 OPTIMIZERS = ('sgd', 'adamw')
@@ -66,7 +67,8 @@ class LitVideoClassifier(pl.LightningModule):
             'warmup_epochs': warmup_epochs, 'min_lr': min_lr, 'milestones': list(milestones), 'lr_gamma': lr_gamma,
             'layer_decay': layer_decay, 'label_smoothing': label_smoothing, 'freeze_blocks': freeze_blocks,
             'eval_metrics': eval_metrics, 'nonfinite_loss': nonfinite_loss})
-        self.model = VideoClassifier(VideoTransformerConfig(**config), class_names)
+        self.model = VideoClassifier(VideoTransformerConfig(**config), class_names,
+                                     Preprocessing.from_dict(preprocessing) if preprocessing is not None else None)
         num_blocks = len(self.blocks)
         if not 0 <= freeze_blocks <= num_blocks:
             raise ValueError(f'freeze_blocks must be between 0 and the model\'s {num_blocks} blocks, got {freeze_blocks}')
@@ -76,7 +78,6 @@ class LitVideoClassifier(pl.LightningModule):
             f'{stage}_top{k}': MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average='micro')
             for stage in ('train', 'val', 'test', 'test_1view') for k in (1, 5)})
         self.skipped_steps = 0
-        self._rng_to_restore = None
         self._batch_started = self._batch_ended = None
 
     @property
@@ -264,12 +265,9 @@ class LitVideoClassifier(pl.LightningModule):
         checkpoint['rng_states'] = {name: state.cpu() for name, state in gathered.items()}
 
     def on_load_checkpoint(self, checkpoint):
-        self._rng_to_restore = checkpoint.get('rng_states')
-
-    def on_train_epoch_start(self):
-        # Restored here, not on load: the sanity check and setup draw random numbers in between
-        # that the uninterrupted run did not, and the epoch's loader draws its seeds right after.
-        states, self._rng_to_restore = self._rng_to_restore, None
+        # Restored at once: the next random draws are the loader iterator's shuffle and worker seeds
+        # (built when the optimiser's schedule asks for the epoch length), where the run stopped.
+        states = checkpoint.get('rng_states')
         if states is None:
             return
         rank, saved_ranks = self.global_rank, states['torch'].shape[0]

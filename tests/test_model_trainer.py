@@ -4,7 +4,7 @@ import pytorch_lightning as pl
 import torch
 
 from data_trainer import VideoDataModule
-from video_transformer import load_model
+from model_loading import load_model
 from model_trainer import LitVideoClassifier, NonFiniteLossError
 from run_outputs import AtomicCheckpointIO
 from video_transformer import timesformer_tiny

@@ -17,7 +17,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 # A small, fast recipe on the session's demo clips (4 train clips per class).
 TINY = ['-num_frames', '4', '-frame_interval', '2', '-img_size', '32', '-patch_size', '8', '-embed_dims', '32',
         '-num_heads', '2', '-depth', '2', '-batch_size', '4', '-num_workers', '0', '-num_clips', '1',
-        '-num_crops', '3', '-log_interval', '1', '-accelerator', 'cpu']
+        '-num_crops', '3', '-log_interval', '1', '-accelerator', 'cpu', '-pretrain', 'none']
 
 
 def demo_flags(demo_data):
@@ -59,7 +59,7 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(demo_data, tmp_path):
         'not a number': (['-lr', 'fast'], "argument -lr/--lr: invalid float value: 'fast'"),
     }
     with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(cases, pool.map(lambda case: train(*case[0], *TINY), cases.values())))
+        results = dict(zip(cases, pool.map(lambda case: train(*TINY, *case[0]), cases.values())))
     for name, (_, expected) in cases.items():
         result = results[name]
         assert result.returncode == 2, (name, result.stderr[-2000:])
