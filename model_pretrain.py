@@ -296,14 +296,20 @@ def build_trainer(args, accelerator, devices, callbacks, loggers):
 
 
 def checkpoint_callbacks(args, ckpt_dir, validating):
-    """best.ckpt by val top-1 (the latest without validation), last.ckpt, and step checkpoints every
-    -save_ckpt_freq steps."""
+    """best.ckpt by val top-1 (the latest without validation), last.ckpt at every epoch end, and step
+    checkpoints every -save_ckpt_freq steps."""
     callbacks = [ModelCheckpoint(ckpt_dir, filename='best', monitor='val/top1' if validating else None, mode='max',
                                  save_top_k=1, save_last=True)]
     if args.save_ckpt_freq:
         callbacks.append(ModelCheckpoint(ckpt_dir, filename='step{step:07d}', auto_insert_metric_name=False,
-                                         every_n_train_steps=args.save_ckpt_freq, save_top_k=-1, save_last=True))
+                                         every_n_train_steps=args.save_ckpt_freq, save_top_k=-1))
     return callbacks
+
+
+def latest_checkpoint(ckpt_dir):
+    """The experiment's newest checkpoint to resume from: last.ckpt (epoch ends, SIGTERM) or a step one."""
+    candidates = [path for path in Path(ckpt_dir).glob('*.ckpt') if path.name != 'best.ckpt']
+    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 
 def experiment_tag(args, num_devices):
@@ -326,9 +332,9 @@ def main(argv=None):
     ckpt_dir, log_dir = run_dir / 'ckpt', run_dir / 'log'
     resume = None
     if args.resume is not None:
-        resume = ckpt_dir / 'last.ckpt' if args.resume == 'last' else Path(args.resume)
-        if not resume.is_file():
-            raise UsageError(f'-resume: no checkpoint at {resume}')
+        resume = latest_checkpoint(ckpt_dir) if args.resume == 'last' else Path(args.resume)
+        if resume is None or not resume.is_file():
+            raise UsageError(f'-resume: no checkpoint at {resume or ckpt_dir}')
 
     validating = data.sources['val'] is not None
     checkpoints = checkpoint_callbacks(args, ckpt_dir, validating)
@@ -352,9 +358,9 @@ def main(argv=None):
         f'{len(data.dataset("train"))} clips; precision {trainer.precision}, {trainer.num_devices} device(s) x '
         f'{trainer.num_nodes} node(s); results in {run_dir}')
     try:
-        trainer.fit(module, data, ckpt_path=resume)
+        trainer.fit(module, data, ckpt_path=resume, weights_only=True)
         tested = trainer.test(module, data, ckpt_path='best' if validating and best.best_model_path else None,
-                              verbose=False) if data.sources['test'] is not None else [{}]
+                              verbose=False, weights_only=True) if data.sources['test'] is not None else [{}]
     except SIGTERMException:
         say(f'Stopped by SIGTERM; saved {sigterm.path}; continue with the same flags and -resume')
         return 128 + signal.SIGTERM

@@ -268,14 +268,15 @@ class LitVideoClassifier(pl.LightningModule):
         # Restored at once: the next random draws are the loader iterator's shuffle and worker seeds
         # (built when the optimiser's schedule asks for the epoch length), where the run stopped.
         states = checkpoint.get('rng_states')
-        if states is None:
+        if states is None or self.trainer.state.fn != 'fit':
             return
         rank, saved_ranks = self.global_rank, states['torch'].shape[0]
         if saved_ranks != self.trainer.world_size:
             rank_zero_warn(f'the checkpoint holds the RNG states of {saved_ranks} processes, this run has '
                            f'{self.trainer.world_size}; random draws continue from the seed instead')
             return
-        torch.set_rng_state(states['torch'][rank].to(torch.uint8))
+        # clone: set_rng_state reads a view's storage from its start, not from the view's offset.
+        torch.set_rng_state(states['torch'][rank].clone())
         random.setstate((3, tuple(states['python'][rank].tolist()), None))
         if 'cuda' in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state(states['cuda'][rank].to(torch.uint8))
+            torch.cuda.set_rng_state(states['cuda'][rank].clone())

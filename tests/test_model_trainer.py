@@ -184,7 +184,7 @@ def test_resume_continues_exactly_where_the_run_stopped(demo_data, tmp_path, num
                              enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()],
                              callbacks=[pl.callbacks.ModelCheckpoint(tmp_path / name, save_last=True)],
                              limit_val_batches=1)
-        trainer.fit(module, data, ckpt_path=ckpt_path)
+        trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=True)
         return snapshot(module), trainer
 
     straight, _ = run(2, 'straight')
