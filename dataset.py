@@ -15,9 +15,11 @@ returned; `skipped` int, how many unreadable videos were replaced to produce it.
 in the item lets it cross worker processes with the batch, so it can be summed per epoch.
 """
 import csv
+import importlib.metadata
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import av
@@ -33,6 +35,35 @@ except ImportError:
     decord = None
 
 log = logging.getLogger(__name__)
+
+# decord 0.6.0 and its maintained fork decord2 install the same `decord` module: with both installed,
+# uninstalling either deletes the module files the other still needs.
+DECORD_DISTRIBUTIONS = ('decord', 'decord2')
+DECORD_FIX = 'pip uninstall -y decord decord2 && pip install decord2'
+
+
+def installed_decords(path=None):
+    """{name: version} of the installed distributions that provide the decord module (path: sys.path)."""
+    path = sys.path if path is None else path
+    return {name: dist.version for name in DECORD_DISTRIBUTIONS
+            for dist in importlib.metadata.distributions(name=name, path=path)}
+
+
+def _usable_decord(module):
+    """module, or None when it lacks its files; says in one line how to repair a mixed install."""
+    found = installed_decords()
+    if len(found) > 1:
+        log.warning('%s are both installed and overwrite each other\'s decord module; run: %s',
+                    ' and '.join(f'{name} {version}' for name, version in found.items()), DECORD_FIX)
+    if module is not None and not hasattr(module, 'VideoReader'):
+        # What uninstalling one of the two leaves behind: the folder, without the module's files.
+        log.warning('the decord module in %s is incomplete; decoding with PyAV. Run: %s',
+                    ', '.join(module.__path__), DECORD_FIX)
+        return None
+    return module
+
+
+decord = _usable_decord(decord)
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg')
 KINETICS_COLUMNS = ('label', 'youtube_id', 'time_start', 'time_end')
