@@ -397,10 +397,11 @@ class VideoDataset(Dataset):
     mode 'train' samples a random window, 'val' the centre one, 'test' num_clips windows spread
     over the video (sample_frame_indices). A window
     spans num_frames * frame_interval frames, or window_seconds of each video when given, which
-    evens out different frame rates. decoder 'decord' falls back to PyAV for files decord cannot
-    read (or when decord is not installed); 'pyav' uses PyAV only. An unreadable video is logged
-    and replaced by a random other one; past max_skip_fraction of failed reads (after
-    MIN_FAILURES_TO_ABORT failures) UnreadableDatasetError stops the run.
+    evens out different frame rates. decoder 'decord' (the default, decord2: the faster on real
+    clips) falls back to PyAV for files decord cannot read, 'pyav' to decord; without decord, PyAV
+    reads alone.
+    An unreadable video is logged and replaced by a random other one; past max_skip_fraction of
+    failed reads (after MIN_FAILURES_TO_ABORT failures) UnreadableDatasetError stops the run.
     """
 
     def __init__(self, data_path, mode='train', root_dir=None, class_map=None, num_class=None,
@@ -430,7 +431,8 @@ class VideoDataset(Dataset):
         self.short_side = short_side
         if decoder == 'decord' and decord is None:
             log.warning('decord is not installed; decoding with PyAV')
-        self.decoders = ('decord', 'pyav') if decoder == 'decord' and decord is not None else ('pyav',)
+        other = 'pyav' if decoder == 'decord' else 'decord'
+        self.decoders = tuple(name for name in (decoder, other) if name != 'decord' or decord is not None)
         self.decode_threads = decode_threads
         self.max_skip_fraction = max_skip_fraction
         self.attempts = 0

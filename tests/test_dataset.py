@@ -422,8 +422,8 @@ def broken_list(demo_data, tmp_path):
 def test_unreadable_videos_are_replaced_logged_and_counted(broken_list, caplog, decoder):
     listing, bad = broken_list
     clips = VideoDataset(listing, mode='val', num_frames=4, frame_interval=4, short_side=32, decoder=decoder)
-    # A corrupt file names each decoder tried (decord falls back to PyAV) and what it raised.
-    corrupt = ('decord: RuntimeError', 'pyav: InvalidDataError')[decoder == 'pyav':]
+    # A corrupt file names each decoder tried (each falls back to the other) and what it raised.
+    corrupt = ('decord: RuntimeError', 'pyav: InvalidDataError')
     reasons = {'missing.mp4': ('no such file',), 'empty.mp4': ('empty file',), 'random.mp4': corrupt,
                'truncated.mp4': corrupt}
     for index, path in enumerate(bad, start=4):

@@ -1,13 +1,18 @@
-"""decord2 against PyAV on the real clips, and an environment where decord 0.6.0 and decord2 overwrite each other."""
+"""decord2 against PyAV on the real clips, the default decoder and the fallback between the two, and an
+environment where decord 0.6.0 and decord2 overwrite each other."""
+import inspect
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import dataset
-from dataset import DECORD_FIX, DecordReader, PyAVReader, installed_decords
+from data_trainer import VideoDataModule
+from dataset import DECORD_FIX, DecordReader, PyAVReader, VideoDataset, installed_decords
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +47,26 @@ def test_decord2_frames_of_the_real_clips_equal_pyav(shared_videos):
         assert from_decord2.dtype == np.uint8 and from_decord2.shape == from_pyav.shape
         # The decoder-agreement tolerance of test_dataset.py: both wrap FFmpeg, the frames are equal to the bit.
         assert np.array_equal(from_decord2, from_pyav), path.name
+
+
+def test_decord_is_the_default_and_each_decoder_falls_back_to_the_other(demo_data, tmp_path, caplog):
+    assert inspect.signature(VideoDataModule).parameters['decoder'].default == 'decord'
+    good = demo_data / (demo_data / 'val.txt').read_text().split('\t')[0]
+    (tmp_path / 'random.mp4').write_bytes(np.random.default_rng(0).bytes(20000))
+    (tmp_path / 'list.txt').write_text(f'{good}\t0\nrandom.mp4\t1\n')
+    settings = dict(mode='val', num_frames=4, frame_interval=4, short_side=32)
+    default = VideoDataset(tmp_path / 'list.txt', **settings)
+    by_pyav = VideoDataset(tmp_path / 'list.txt', decoder='pyav', **settings)
+    assert default.decoders == ('decord', 'pyav') and by_pyav.decoders == ('pyav', 'decord')
+    assert torch.equal(default[0]['video'], by_pyav[0]['video'])
+    for clips, tried in ((default, ('decord: RuntimeError', 'pyav: InvalidDataError')),
+                         (by_pyav, ('pyav: InvalidDataError', 'decord: RuntimeError'))):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger='dataset'):
+            clips[1]
+        message = caplog.records[0].getMessage()
+        # The requested decoder first, then the other.
+        assert 'random.mp4' in message and 0 <= message.find(tried[0]) < message.find(tried[1])
 
 
 def test_both_decord_distributions_are_found(tmp_path):

@@ -69,11 +69,10 @@ def test_command_lines_stop_at_once_on_an_old_python(script):
 
 def installed_from_this_checkout():
     """True when `pip install -e .` ran for this checkout in this environment."""
-    try:
-        direct_url = importlib.metadata.distribution('videotransformer-pytorch').read_text('direct_url.json')
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return direct_url is not None and json.loads(direct_url)['url'] == REPO.as_uri()
+    # The build's own egg-info in the checkout is found too (the checkout is on the path); pip's record is not.
+    records = (dist.read_text('direct_url.json') for dist in importlib.metadata.distributions(
+        name='videotransformer-pytorch'))
+    return any(json.loads(record)['url'] == REPO.as_uri() for record in records if record)
 
 
 def test_every_module_imports_from_outside_the_checkout(tmp_path):
