@@ -22,10 +22,12 @@ and `collate_views` (evaluation) batch items; see their docs for the batch.
 """
 import codecs
 import csv
+import importlib.metadata
 import io
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import av
@@ -41,6 +43,35 @@ except ImportError:
     decord = None
 
 log = logging.getLogger(__name__)
+
+# decord 0.6.0 and its maintained fork decord2 install the same `decord` module: with both installed,
+# uninstalling either deletes the module files the other still needs.
+DECORD_DISTRIBUTIONS = ('decord', 'decord2')
+DECORD_FIX = 'pip uninstall -y decord decord2 && pip install decord2'
+
+
+def installed_decords(path=None):
+    """{name: version} of the installed distributions that provide the decord module (path: sys.path)."""
+    path = sys.path if path is None else path
+    return {name: dist.version for name in DECORD_DISTRIBUTIONS
+            for dist in importlib.metadata.distributions(name=name, path=path)}
+
+
+def _usable_decord(module):
+    """module, or None when it lacks its files; says in one line how to repair a mixed install."""
+    found = installed_decords()
+    if len(found) > 1:
+        log.warning('%s are both installed and overwrite each other\'s decord module; run: %s',
+                    ' and '.join(f'{name} {version}' for name, version in found.items()), DECORD_FIX)
+    if module is not None and not hasattr(module, 'VideoReader'):
+        # What uninstalling one of the two leaves behind: the folder, without the module's files.
+        log.warning('the decord module in %s is incomplete; decoding with PyAV. Run: %s',
+                    ', '.join(module.__path__), DECORD_FIX)
+        return None
+    return module
+
+
+decord = _usable_decord(decord)
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg')
 KINETICS_COLUMNS = ('label', 'youtube_id', 'time_start', 'time_end')
@@ -483,8 +514,9 @@ class VideoDataset(Dataset):
     mode 'train' samples a random window, 'val' the centre one, 'test' and 'predict' num_clips
     windows spread over the video (sample_frame_indices); only 'predict' accepts unlabelled videos.
     A window spans num_frames * frame_interval frames, or window_seconds of each video when given,
-    which evens out different frame rates. decoder 'decord' falls back to PyAV for files decord
-    cannot read (or when decord is not installed); 'pyav' uses PyAV only.
+    which evens out different frame rates. decoder 'decord' (the default, decord2: the faster on real
+    clips) falls back to PyAV for files decord cannot read, 'pyav' to decord; without decord, PyAV
+    reads alone.
 
     An unreadable video is logged with its path and reason. In training it is replaced by a random
     other item; in val, test and predict the item is dropped (its `video` is None), so metrics and
@@ -524,7 +556,8 @@ class VideoDataset(Dataset):
         self.short_side = short_side
         if decoder == 'decord' and decord is None:
             log.warning('decord is not installed; decoding with PyAV')
-        self.decoders = ('decord', 'pyav') if decoder == 'decord' and decord is not None else ('pyav',)
+        other = 'pyav' if decoder == 'decord' else 'decord'
+        self.decoders = tuple(name for name in (decoder, other) if name != 'decord' or decord is not None)
         self.decode_threads = decode_threads
         self.attempts = 0
         self.failures = 0

@@ -1,5 +1,9 @@
 """Single-video classification command line (not built yet)."""
-import sys
+from python_check import check_python
+
+check_python()
+
+import sys  # noqa: E402  (after the Python check, as every later import)
 
 
 if __name__ == '__main__':

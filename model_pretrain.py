@@ -9,7 +9,11 @@ Flags keep the original repository's single-dash spelling; `--flag` works too. W
 recipe; with it, the defaults are the original's Kinetics recipe. Any flag overrides either.
 Results go to ROOT_DIR/results/<experiment tag>/{ckpt,log}.
 """
-import argparse
+from python_check import check_python
+
+check_python()  # before anything else, so an old Python stops with one line (keep this file 3.6-parseable)
+
+import argparse  # noqa: E402  (after the Python check, as every later import)
 import logging
 import os
 import signal

@@ -27,7 +27,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataset import DECODERS, VideoDataset, collate_clips  # noqa: E402
+from dataset import DECODERS, VideoDataset, collate_clips, installed_decords  # noqa: E402
 from demo.make_demo_dataset import make_demo_dataset  # noqa: E402
 from utils import write_csv  # noqa: E402
 
@@ -116,8 +116,9 @@ def main():
     def cell(value, width):
         return f'{value:{width}.1f}' if value is not None else f'{"-":>{width}}'
 
+    decords = ', '.join(f'{name} {version}' for name, version in installed_decords().items()) or 'no decord'
     print(f'clips/s, best of {args.repeats}; first = indices first, all = decode everything then slice; '
-          f'test mode reads {NUM_TEST_CLIPS} windows per clip; batch {BATCH_SIZE}')
+          f'test mode reads {NUM_TEST_CLIPS} windows per clip; batch {BATCH_SIZE}; {decords}')
     print(f"{'source':9} {'mode':5} {'frames':6} {'workers':>7} {'decord first':>12} {'decord all':>10} {'x':>5} "
           f"{'pyav first':>10} {'pyav all':>8} {'x':>5} {'decord/pyav':>11}")
     for row in rows:

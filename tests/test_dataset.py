@@ -531,7 +531,8 @@ def broken_list(demo_data, tmp_path):
 
 
 # A corrupt file names each decoder tried (decord falls back to PyAV) and what it raised.
-CORRUPT_REASONS = {'decord': ('decord: RuntimeError', 'pyav: InvalidDataError'), 'pyav': ('pyav: InvalidDataError',)}
+# A corrupt file names each decoder tried (each falls back to the other) and what it raised.
+CORRUPT_REASONS = dict.fromkeys(('decord', 'pyav'), ('decord: RuntimeError', 'pyav: InvalidDataError'))
 
 
 def unreadable_reasons(decoder):

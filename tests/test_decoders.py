@@ -1,0 +1,99 @@
+"""decord2 against PyAV on the real clips, the default decoder and the fallback between the two, and an
+environment where decord 0.6.0 and decord2 overwrite each other."""
+import inspect
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import dataset
+from data_trainer import VideoDataModule
+from dataset import DECORD_FIX, DecordReader, PyAVReader, VideoDataset, installed_decords
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(*args, pythonpath=(REPO,)):
+    """Run `python *args` with only `pythonpath` added to its path; the finished process."""
+    env = {key: value for key, value in os.environ.items() if key != 'PYTHONPATH'}
+    env['PYTHONPATH'] = os.pathsep.join(map(str, pythonpath))
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def write_dist_info(folder, name, version):
+    """The metadata folder pip writes for an installed distribution, as importlib.metadata reads it."""
+    info = folder / f'{name}-{version}.dist-info'
+    info.mkdir(parents=True)
+    (info / 'METADATA').write_text(f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n')
+
+
+def test_decord2_frames_of_the_real_clips_equal_pyav(shared_videos):
+    found = installed_decords()
+    assert set(found) == {'decord2'}, f'expected decord2 alone, found {found}; run: {DECORD_FIX}'
+    # The module's own version says whose files it is: decord 0.6.0's installed over decord2 would say 0.6.0.
+    assert dataset.decord.__version__ == found['decord2']
+    indices = np.array([251, 0, 36, 72, 72, 109, 145, 181, 218, 40])
+    for path in shared_videos:
+        decord_reader, pyav_reader = DecordReader(path), PyAVReader(path)
+        try:
+            from_decord2, from_pyav = decord_reader.read(indices), pyav_reader.read(indices)
+        finally:
+            decord_reader.close()
+            pyav_reader.close()
+        assert from_decord2.dtype == np.uint8 and from_decord2.shape == from_pyav.shape
+        # The decoder-agreement tolerance of test_dataset.py: both wrap FFmpeg, the frames are equal to the bit.
+        assert np.array_equal(from_decord2, from_pyav), path.name
+
+
+def test_decord_is_the_default_and_each_decoder_falls_back_to_the_other(demo_data, tmp_path, caplog):
+    assert inspect.signature(VideoDataModule).parameters['decoder'].default == 'decord'
+    good = demo_data / (demo_data / 'val.txt').read_text().split('\t')[0]
+    (tmp_path / 'random.mp4').write_bytes(np.random.default_rng(0).bytes(20000))
+    (tmp_path / 'list.txt').write_text(f'{good}\t0\nrandom.mp4\t1\n')
+    settings = dict(mode='val', num_frames=4, frame_interval=4, short_side=32)
+    default = VideoDataset(tmp_path / 'list.txt', **settings)
+    by_pyav = VideoDataset(tmp_path / 'list.txt', decoder='pyav', **settings)
+    assert default.decoders == ('decord', 'pyav') and by_pyav.decoders == ('pyav', 'decord')
+    assert torch.equal(default[0]['video'], by_pyav[0]['video'])
+    for clips, tried in ((default, ('decord: RuntimeError', 'pyav: InvalidDataError')),
+                         (by_pyav, ('pyav: InvalidDataError', 'decord: RuntimeError'))):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger='dataset'):
+            clips[1]
+        message = caplog.records[0].getMessage()
+        # The requested decoder first, then the other.
+        assert 'random.mp4' in message and 0 <= message.find(tried[0]) < message.find(tried[1])
+
+
+def test_both_decord_distributions_are_found(tmp_path):
+    write_dist_info(tmp_path, 'decord', '0.6.0')
+    write_dist_info(tmp_path, 'decord2', '3.4.0')
+    assert installed_decords(path=[str(tmp_path)]) == {'decord': '0.6.0', 'decord2': '3.4.0'}
+    assert installed_decords(path=[str(tmp_path / 'nothing')]) == {}
+
+
+def test_importing_dataset_with_both_decords_says_how_to_repair(tmp_path):
+    write_dist_info(tmp_path, 'decord', '0.6.0')
+    write_dist_info(tmp_path, 'decord2', '3.4.0')
+    mixed = run_python('-c', 'import dataset', pythonpath=(tmp_path, REPO))
+    assert mixed.returncode == 0, mixed.stderr
+    lines = mixed.stderr.splitlines()
+    assert len(lines) == 1 and 'decord 0.6.0 and decord2 3.4.0' in lines[0] and DECORD_FIX in lines[0]
+    # This environment alone: nothing to say.
+    alone = run_python('-c', 'import dataset')
+    assert alone.returncode == 0 and alone.stderr == ''
+
+
+def test_a_decord_module_without_its_files_falls_back_to_pyav(tmp_path):
+    # Uninstalling decord 0.6.0 next to decord2 (or the reverse) deletes the shared module's files and
+    # leaves its folder; an empty package ahead on the path stands for that folder here.
+    (tmp_path / 'decord').mkdir()
+    (tmp_path / 'decord' / '__init__.py').write_text('')
+    broken = run_python('-c', 'import dataset; print(dataset.decord)', pythonpath=(tmp_path, REPO))
+    assert broken.returncode == 0, broken.stderr
+    assert broken.stdout.strip() == 'None'
+    assert 'decord module in' in broken.stderr and 'incomplete' in broken.stderr and DECORD_FIX in broken.stderr
