@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import dataset
 from dataset import DECODERS, VIDEO_EXTENSIONS, AnnotationError, UnreadableDatasetError
 from inference import (Evaluation, ResultWriter, VideoFailure, centre_view, classify, inference_preprocessing,
                        load_classifier, model_class_names, prediction_loader, resolve_weights)
@@ -198,6 +199,8 @@ def main(argv=None):
 if __name__ == '__main__':
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     logging.getLogger('dataset').addFilter(ReportedFailures())
+    if dataset.decord is not None:  # its FFmpeg's messages say again what each failure's reason says
+        dataset.decord.logging.set_level(dataset.decord.logging.QUIET)
     try:
         code = main()
     except (UsageError, WeightLoadError, AnnotationError) as error:  # a flag, a path or a file the user gave
