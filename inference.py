@@ -32,7 +32,8 @@ from tqdm import tqdm
 from dataset import UNLABELLED, AnnotationError, VideoDataset, collate_views, load_class_map
 from model_loading import load_model
 from preprocessing import Preprocessing, data_statics, normalize
-from visualize import prediction_figure, save_png
+from utils import write_csv
+from visualize import confusion_figure, prediction_figure, save_png
 from weight_files import WEIGHT_FILES
 from weight_formats import WeightLoadError
 
@@ -321,6 +322,19 @@ class Evaluation:
                          'most_confused_with': class_names[confused] if others[confused] else '',
                          'confused_videos': int(others[confused])})
         return rows
+
+
+def write_report(evaluation, class_names, folder, views):
+    """An evaluation's report in folder: metrics.json (Evaluation.metrics and the views, e.g. '2x3'),
+    per_class_accuracy.csv (Evaluation.per_class) and confusion_matrix.png (confusion_figure).
+    Returns the metrics."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {**evaluation.metrics(), 'views': views}
+    (folder / 'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')
+    write_csv(evaluation.per_class(class_names), folder / 'per_class_accuracy.csv')
+    save_png(confusion_figure(evaluation.confusion, class_names), folder / 'confusion_matrix.png')
+    return metrics
 
 
 class ResultWriter:

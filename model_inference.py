@@ -25,31 +25,17 @@ import torch
 from tqdm import tqdm
 
 import dataset
+from command_line import Parser, UsageError
 from dataset import DECODERS, VIDEO_EXTENSIONS, AnnotationError, UnreadableDatasetError
 from inference import (Evaluation, ResultWriter, VideoFailure, centre_view, classify, inference_preprocessing,
-                       load_classifier, model_class_names, prediction_loader, resolve_weights)
+                       load_classifier, model_class_names, prediction_loader, resolve_weights, write_report)
 from preprocessing import DATA_STATICS
-from utils import write_csv
-from visualize import confusion_figure, frame_attention, rollout_modules, save_png
+from visualize import frame_attention, rollout_modules
 from weight_formats import WeightLoadError
 
 PROGRAM = 'model_inference.py'
 # Loader processes that decode while the model runs, for a folder or a list.
 DEFAULT_WORKERS = 2
-
-
-class UsageError(Exception):
-    """A flag or path the user gave that cannot work; exits 2 with one line."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors, single-dash long flags and their double-dash aliases."""
-
-    def flag(self, name, **kwargs):
-        self.add_argument(f'-{name}', f'--{name}', **kwargs)
-
-    def error(self, message):
-        raise UsageError(message)
 
 
 def parse_args(argv=None):
@@ -104,6 +90,19 @@ def parse_args(argv=None):
     return args
 
 
+def check_outputs(args, single):
+    """Outputs that cannot be written where they are asked for stop the run before it starts:
+    folders (-save_vis for several videos, -out with -eval) where a file is, files where a folder is."""
+    folders = {'save_vis': args.save_vis if not single else None, 'out': args.out if args.eval else None}
+    files = {'out': args.out if not args.eval else None}
+    for name, path in folders.items():
+        if path is not None and Path(path).exists() and not Path(path).is_dir():
+            raise UsageError(f'-{name} {path}: a file, where a folder is expected')
+    for name, path in files.items():
+        if path is not None and Path(path).is_dir():
+            raise UsageError(f'-{name} {path}: a folder, where a file is expected')
+
+
 def resolve_device(name):
     """torch.device of -device: auto takes the GPU when there is one."""
     if name == 'auto':
@@ -130,18 +129,11 @@ class ReportedFailures(logging.Filter):
         return not str(record.msg).startswith('unreadable video')
 
 
-def write_report(evaluation, class_names, folder, views):
-    """metrics.json, per_class_accuracy.csv and confusion_matrix.png in folder; returns the metrics."""
-    folder.mkdir(parents=True, exist_ok=True)
-    metrics = {**evaluation.metrics(), 'views': views}
-    (folder / 'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')
-    write_csv(evaluation.per_class(class_names), folder / 'per_class_accuracy.csv')
-    save_png(confusion_figure(evaluation.confusion, class_names), folder / 'confusion_matrix.png')
-    return metrics
-
-
 def main(argv=None):
     args = parse_args(argv)
+    source = args.eval or args.video_path
+    single = is_single_video(source)
+    check_outputs(args, single)
     device = resolve_device(args.device)
     model = load_classifier(resolve_weights(args.pretrain), args.class_map, num_frames=args.num_frames,
                             img_size=args.img_size)
@@ -157,8 +149,6 @@ def main(argv=None):
     except ValueError as error:
         raise UsageError(error) from None
     model.to(device)
-    source = args.eval or args.video_path
-    single = is_single_video(source)
     workers = args.num_workers if args.num_workers is not None else 0 if single else DEFAULT_WORKERS
     loader = prediction_loader(source, settings, labelled=args.eval is not None, class_names=model.class_names,
                                num_class=model.config.num_classes, batch_size=args.batch_size, num_workers=workers,
@@ -205,6 +195,9 @@ if __name__ == '__main__':
         code = main()
     except (UsageError, WeightLoadError, AnnotationError) as error:  # a flag, a path or a file the user gave
         print(f'{PROGRAM}: error: {error}', file=sys.stderr)
+        code = 2
+    except OSError as error:  # an output that cannot be written (permissions, a full disk)
+        print(f'{PROGRAM}: error: {error.filename or ""}: {error.strerror or error}', file=sys.stderr)
         code = 2
     except UnreadableDatasetError as error:
         print(f'{PROGRAM}: error: {str(error).strip().splitlines()[-1]}', file=sys.stderr)
