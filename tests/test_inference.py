@@ -1,7 +1,6 @@
 """inference.py and visualize.py on real decoded videos and tiny real models."""
 import json
 import logging
-import struct
 
 import numpy as np
 import pytest
@@ -11,31 +10,14 @@ from data_trainer import VideoDataModule
 from dataset import AnnotationError, VideoDataset, collate_views
 from inference import (Evaluation, PredictionDataset, VideoResult, centre_view, classify, inference_preprocessing,
                        load_classifier, model_class_names, prediction_loader, result_record)
+from classifiers import CLASSES, SETTINGS, export, hf_folder, png_size
 from layouts import HEADS, random_state, save_lightning, seed_layout, timm_layout
 from preprocessing import DATA_STATICS, Preprocessing, normalize
 from reference import randomise_
 from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
-from videos import can_encode, moving_square, write_video
+from videos import ODD_VIDEOS, moving_square, write_odd_videos
 from visualize import (attention_rollout, confusion_figure, frame_attention, prediction_figure, rollout_modules,
                        save_png, worst_confusions)
-from weight_export import save_weights
-
-CLASSES = ['moving_up', 'moving_down', 'growing', 'shrinking']
-SETTINGS = Preprocessing(num_frames=4, frame_interval=2, img_size=32, num_clips=2, num_crops=3)
-
-
-def export(path, config=None, class_names=CLASSES, preprocessing=SETTINGS, seed=0):
-    """A randomised tiny classifier saved as our export folder; returns the folder."""
-    config = config or timesformer_tiny(num_classes=len(class_names or CLASSES))
-    save_weights(randomise_(VideoClassifier(config, class_names, preprocessing), seed=seed), path)
-    return path
-
-
-def png_size(path):
-    """(width, height) from a PNG's IHDR chunk; fails on anything that is not a PNG."""
-    data = path.read_bytes()
-    assert data[:8] == b'\x89PNG\r\n\x1a\n' and data[12:16] == b'IHDR'
-    return struct.unpack('>II', data[16:24])
 
 
 def manual_probabilities(model, source, settings, mean, std):
@@ -98,17 +80,6 @@ def test_the_one_view_figure_is_the_training_commands(demo_data, tmp_path):
 
 
 # ---------------------------------------------------------------- preprocessing per source
-
-def hf_folder(path, mean, std):
-    transformers = pytest.importorskip('transformers')
-    config = transformers.TimesformerConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32,
-                                            num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                                            num_labels=4, id2label=dict(enumerate(CLASSES)))
-    randomise_(transformers.TimesformerForVideoClassification(config)).save_pretrained(path)
-    transformers.VideoMAEImageProcessor(image_mean=list(mean), image_std=list(std), size={'shortest_edge': 36},
-                                        crop_size={'height': 32, 'width': 32}).save_pretrained(path)
-    return path
-
 
 def test_each_source_is_classified_with_its_own_normalisation(tmp_path, demo_data):
     """Seed checkpoints: mean = std = 0.5; official TimeSformer: Kinetics statistics; transformers:
@@ -181,32 +152,6 @@ def test_labels_by_name_need_the_models_class_names(tmp_path, demo_data):
 
 
 # ---------------------------------------------------------------- odd videos
-
-ODD_VIDEOS = {
-    # name: (frames, height, width, fps, codec, pix_fmt, gray)
-    'vp9.webm': (12, 48, 64, 25, 'libvpx-vp9', 'yuv420p', False),
-    'hevc.mkv': (12, 48, 64, 25, 'libx265', 'yuv420p', False),
-    'mpeg4.avi': (12, 48, 64, 25, 'mpeg4', 'yuv420p', False),
-    'portrait.mp4': (12, 96, 48, 25, 'libx264', 'yuv420p', False),
-    'odd_97x61.mp4': (12, 61, 97, 25, 'libx264', 'yuv444p', False),
-    'gray.mp4': (12, 48, 64, 25, 'libx264', 'gray', True),
-    'yuv444.mp4': (12, 48, 64, 25, 'libx264', 'yuv444p', False),
-    'fps60.mp4': (120, 36, 48, 60, 'libx264', 'yuv420p', False),
-    'uhd_3840x2160.mp4': (5, 2160, 3840, 25, 'libx264', 'yuv420p', False),
-    'two_frames.mp4': (2, 48, 64, 25, 'libx264', 'yuv420p', False),
-}
-
-
-def write_odd_videos(folder):
-    """ODD_VIDEOS the local FFmpeg can encode, under folder/odd; returns {name: path}."""
-    (folder / 'odd').mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, (frames, height, width, fps, codec, pix_fmt, gray) in ODD_VIDEOS.items():
-        if can_encode(codec):
-            written[name] = write_video(folder / 'odd' / name, moving_square(frames, height, width, gray), fps=fps,
-                                        codec=codec, pix_fmt=pix_fmt)
-    return written
-
 
 @pytest.fixture(scope='module')
 def odd_videos(tmp_path_factory):

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import av
 import pytest
-import torch
 
 from demo.make_demo_dataset import make_demo_dataset
 from inference import classify, inference_preprocessing, load_classifier, prediction_loader
-from test_inference import CLASSES, export, hf_folder, png_size, write_odd_videos
-from videos import moving_square, write_long_video, write_video
+from classifiers import CLASSES, export, hf_folder, png_size
+from videos import moving_square, write_long_video, write_odd_videos, write_video
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DECORD_LOG_LINE = re.compile(r'^\[\d\d:\d\d:\d\d\] \S+\.cc:\d+: ')

@@ -59,3 +59,29 @@ def write_long_video(path, seconds, height, width, fps=25):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
         container.mux(stream.encode())
     return path
+
+
+ODD_VIDEOS = {
+    # name: (frames, height, width, fps, codec, pix_fmt, gray)
+    'vp9.webm': (12, 48, 64, 25, 'libvpx-vp9', 'yuv420p', False),
+    'hevc.mkv': (12, 48, 64, 25, 'libx265', 'yuv420p', False),
+    'mpeg4.avi': (12, 48, 64, 25, 'mpeg4', 'yuv420p', False),
+    'portrait.mp4': (12, 96, 48, 25, 'libx264', 'yuv420p', False),
+    'odd_97x61.mp4': (12, 61, 97, 25, 'libx264', 'yuv444p', False),
+    'gray.mp4': (12, 48, 64, 25, 'libx264', 'gray', True),
+    'yuv444.mp4': (12, 48, 64, 25, 'libx264', 'yuv444p', False),
+    'fps60.mp4': (120, 36, 48, 60, 'libx264', 'yuv420p', False),
+    'uhd_3840x2160.mp4': (5, 2160, 3840, 25, 'libx264', 'yuv420p', False),
+    'two_frames.mp4': (2, 48, 64, 25, 'libx264', 'yuv420p', False),
+}
+
+
+def write_odd_videos(folder):
+    """ODD_VIDEOS the local FFmpeg can encode, under folder/odd; returns {name: path}."""
+    (folder / 'odd').mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, (frames, height, width, fps, codec, pix_fmt, gray) in ODD_VIDEOS.items():
+        if can_encode(codec):
+            written[name] = write_video(folder / 'odd' / name, moving_square(frames, height, width, gray), fps=fps,
+                                        codec=codec, pix_fmt=pix_fmt)
+    return written
