@@ -1,10 +1,209 @@
-"""Single-video classification command line (not built yet)."""
+"""Classify videos with trained weights.
+
+    python model_inference.py -pretrain runs/demo/results/RUN/ckpt/best.ckpt -video_path clip.mp4
+    python model_inference.py -pretrain facebook/timesformer-base-finetuned-k400 -video_path videos/ -json
+    python model_inference.py -pretrain best.ckpt -video_path list.txt -out results.csv -save_vis pictures/
+    python model_inference.py -pretrain best.ckpt -eval test.txt -out report/
+
+-pretrain takes what model_loading.load_model reads (this repository's checkpoints and export
+folders, the original repository's checkpoints, official TimeSformer .pyth files, transformers
+folders) or a Hugging Face Hub id. Frames, frame interval, image size, short side, normalisation,
+clips and crops default to what the weights were trained with; flags override them. -video_path
+is a video, a folder of videos or a list; -eval a labelled list. Flags keep the original's
+single-dash spelling; `--flag` works too. Exit status: 0, 1 when a video could not be read, 2 for
+a flag, path or file that cannot work.
+"""
 from python_check import check_python
 
-check_python()
+check_python()  # before anything else, so an old Python stops with one line (keep this file 3.6-parseable)
 
-import sys  # noqa: E402  (after the Python check, as every later import)
+import argparse  # noqa: E402  (every import after the Python check)
+import json
+import logging
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import dataset
+from command_line import Parser, UsageError
+from dataset import DECODERS, VIDEO_EXTENSIONS, AnnotationError, UnreadableDatasetError
+from inference import (Evaluation, ResultWriter, VideoFailure, centre_view, classify, inference_preprocessing,
+                       load_classifier, model_class_names, prediction_loader, resolve_weights, write_report)
+from preprocessing import DATA_STATICS
+from visualize import frame_attention, rollout_modules
+from weight_formats import WeightLoadError
+
+PROGRAM = 'model_inference.py'
+# Loader processes that decode while the model runs, for a folder or a list.
+DEFAULT_WORKERS = 2
+
+
+def parse_args(argv=None):
+    parser = Parser(description=__doc__.split('\n\n')[0], allow_abbrev=False,
+                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    parser.flag('pretrain', required=True, help='weights: a checkpoint, an export or transformers folder, a Hub id')
+    parser.flag('video_path', help='a video, a folder of videos (searched recursively) or a list of videos')
+    parser.flag('eval', help='a labelled list (a video and its label per line): accuracy, per class, confusion')
+    parser.flag('class_map', help='class names: JSON name -> index, or one name per line (default: the weights\')')
+    settings = parser.add_argument_group('preprocessing (default: what the weights were trained with)')
+    settings.add_argument('-num_frames', '--num_frames', type=int, help='frames per clip (position tables resized)')
+    settings.add_argument('-frame_interval', '--frame_interval', type=int, help='frames between sampled frames')
+    settings.add_argument('-window_seconds', '--window_seconds', type=float,
+                          help='sample each clip from a window of this many seconds instead')
+    settings.add_argument('-img_size', '--img_size', type=int, help='crop size (position tables resized)')
+    settings.add_argument('-short_side', '--short_side', type=int, help='frames are resized to this short side')
+    settings.add_argument('-data_statics', '--data_statics', choices=sorted(DATA_STATICS),
+                          help='normalisation statistics')
+    settings.add_argument('-num_clips', '--num_clips', type=int, help='clips spread over each video')
+    settings.add_argument('-num_crops', '--num_crops', type=int, help='crops per clip: 1 the centre, 3 along the long side')
+    running = parser.add_argument_group('running')
+    running.add_argument('-batch_size', '--batch_size', type=int, default=8, help='views per forward pass')
+    running.add_argument('-num_workers', '--num_workers', type=int,
+                         help=f'decoding processes (default: 0 for a video, {DEFAULT_WORKERS} otherwise)')
+    running.add_argument('-decoder', '--decoder', choices=DECODERS, help='video decoder (default: the dataset\'s)')
+    running.add_argument('-device', '--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    output = parser.add_argument_group('output')
+    output.add_argument('-topk', '--topk', type=int, default=5, help='classes listed per video')
+    output.add_argument('-json', '--json', action='store_true', help='one JSON object per line per video')
+    output.add_argument('-out', '--out', help='results as CSV; with -eval, the report folder '
+                                              '(default eval_LIST)')
+    output.add_argument('-save_vis', '--save_vis', help='a PNG of the frames and top classes (a folder for '
+                                                        'several videos)')
+    output.add_argument('-attention', '--attention', action='store_true',
+                        help='with -save_vis: the class token\'s attention rollout over each frame')
+    args = parser.parse_args(argv)
+    for name in ('num_frames', 'frame_interval', 'img_size', 'short_side', 'num_clips', 'num_crops', 'batch_size', 'topk',
+                 'window_seconds'):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UsageError(f'argument -{name}/--{name}: must be positive, got {value}')
+    if args.num_workers is not None and args.num_workers < 0:
+        raise UsageError(f'argument -num_workers/--num_workers: must be 0 or more, got {args.num_workers}')
+    if (args.video_path is None) == (args.eval is None):
+        raise UsageError('give -video_path (videos to classify) or -eval (a labelled list), one of them')
+    if args.attention and args.save_vis is None:
+        raise UsageError('-attention draws on the pictures of -save_vis; give -save_vis too')
+    for name in ('video_path', 'eval', 'class_map'):
+        path = getattr(args, name)
+        if path is not None and not Path(path).exists():
+            raise UsageError(f'-{name} {path}: no such file or folder')
+    return args
+
+
+def check_outputs(args, single):
+    """Outputs that cannot be written where they are asked for stop the run before it starts:
+    folders (-save_vis for several videos, -out with -eval) where a file is, files where a folder is."""
+    folders = {'save_vis': args.save_vis if not single else None, 'out': args.out if args.eval else None}
+    files = {'out': args.out if not args.eval else None}
+    for name, path in folders.items():
+        if path is not None and Path(path).exists() and not Path(path).is_dir():
+            raise UsageError(f'-{name} {path}: a file, where a folder is expected')
+    for name, path in files.items():
+        if path is not None and Path(path).is_dir():
+            raise UsageError(f'-{name} {path}: a folder, where a file is expected')
+
+
+def resolve_device(name):
+    """torch.device of -device: auto takes the GPU when there is one."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f'-device {name}: expected auto, cpu, cuda or cuda:N') from None
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f'-device {name}: no CUDA device is available')
+    return device
+
+
+def is_single_video(path):
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+class ReportedFailures(logging.Filter):
+    """Drops the dataset's warning for an unreadable video: this command reports each one itself,
+    in its output and at the end, so the warning would say it twice."""
+
+    def filter(self, record):
+        return not str(record.msg).startswith('unreadable video')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    source = args.eval or args.video_path
+    single = is_single_video(source)
+    check_outputs(args, single)
+    device = resolve_device(args.device)
+    model = load_classifier(resolve_weights(args.pretrain), args.class_map, num_frames=args.num_frames,
+                            img_size=args.img_size)
+    if args.attention:
+        try:
+            rollout_modules(model.config)
+        except ValueError as error:
+            raise UsageError(f'-attention: {error}') from None
+    try:
+        settings = inference_preprocessing(
+            model, args.data_statics, frame_interval=args.frame_interval, window_seconds=args.window_seconds,
+            short_side=args.short_side, num_clips=args.num_clips, num_crops=args.num_crops)
+    except ValueError as error:
+        raise UsageError(error) from None
+    model.to(device)
+    workers = args.num_workers if args.num_workers is not None else 0 if single else DEFAULT_WORKERS
+    loader = prediction_loader(source, settings, labelled=args.eval is not None, class_names=model.class_names,
+                               num_class=model.config.num_classes, batch_size=args.batch_size, num_workers=workers,
+                               **({'decoder': args.decoder} if args.decoder else {}))
+    evaluation = Evaluation(model.config.num_classes, centre_view(settings)) if args.eval else None
+    report = Path(args.out or f'eval_{Path(args.eval).stem}') if args.eval else None
+    failures = []
+    started = time.perf_counter()
+    attention = partial(frame_attention, model, preprocessing=settings, device=device) if args.attention else None
+    writer = ResultWriter(model_class_names(model), topk=args.topk, json_lines=args.json,
+                          csv_path=report / 'predictions.csv' if args.eval else args.out,
+                          pictures=args.save_vis, picture_root=None if single else source, attention=attention)
+    with writer, tqdm(total=len(loader.dataset), unit='video', disable=True if single else None,
+                      file=sys.stderr) as bar:
+        for outcome in classify(model, loader, settings, args.batch_size, device):
+            bar.update()
+            writer.write(outcome)
+            if isinstance(outcome, VideoFailure):
+                failures.append(outcome)
+            elif evaluation is not None:
+                evaluation.add(outcome)
+    seconds = time.perf_counter() - started
+    views = f'{settings.num_clips}x{settings.num_crops}'
+    if evaluation is not None:
+        metrics = write_report(evaluation, model_class_names(model), report, views)
+        summary = {'metrics': metrics, 'report': str(report)} if args.json else (
+            f'{metrics["videos"]} videos: top-1 {metrics["top1"]:.2%}, top-5 {metrics["top5"]:.2%} at {views} views; '
+            f'top-1 {metrics["top1_1view"]:.2%}, top-5 {metrics["top5_1view"]:.2%} at 1 view; report in {report}')
+        print(json.dumps(summary) if args.json else summary, flush=True)
+    if not single:
+        read = len(loader.dataset) - len(failures)
+        print(f'{read} of {len(loader.dataset)} videos classified in {seconds:.1f} s', file=sys.stderr)
+    for failure in failures:
+        print(f'{PROGRAM}: error: {failure.path}: {failure.error}', file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == '__main__':
-    sys.exit('model_inference.py is not built yet: it arrives with the inference CLI issue.')
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    logging.getLogger('dataset').addFilter(ReportedFailures())
+    if dataset.decord is not None:  # its FFmpeg's messages say again what each failure's reason says
+        dataset.decord.logging.set_level(dataset.decord.logging.QUIET)
+    try:
+        code = main()
+    except (UsageError, WeightLoadError, AnnotationError) as error:  # a flag, a path or a file the user gave
+        print(f'{PROGRAM}: error: {error}', file=sys.stderr)
+        code = 2
+    except OSError as error:  # an output that cannot be written (permissions, a full disk)
+        print(f'{PROGRAM}: error: {error.filename or ""}: {error.strerror or error}', file=sys.stderr)
+        code = 2
+    except UnreadableDatasetError as error:
+        print(f'{PROGRAM}: error: {str(error).strip().splitlines()[-1]}', file=sys.stderr)
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,406 @@
+"""Classifying videos with trained weights: the weights and the preprocessing they were trained
+with, the views of the DataModule's test split, the softmax averaged over views, one result per
+video as it comes.
+
+    model = load_classifier(resolve_weights('best.ckpt'))   # or a Hub id, an export folder...
+    settings = inference_preprocessing(model, num_clips=2)  # the weights' own, flags on top
+    loader = prediction_loader('videos/', settings, class_names=model.class_names, num_workers=2)
+    for outcome in classify(model, loader, settings):       # VideoResult or VideoFailure, as they come
+        ...                                                 # result_record(outcome, model_class_names(model))
+
+Frames are sampled, decoded, resized and cropped by dataset.py exactly as for the DataModule's test
+split (`VideoDataset`, `collate_views`), in loader workers while the model runs; here the uint8
+views are normalised (`preprocessing.normalize`) on the device and go through the model in chunks
+of `batch_size` views.
+"""
+import csv
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dataset import UNLABELLED, AnnotationError, VideoDataset, collate_views, load_class_map
+from model_loading import load_model
+from preprocessing import Preprocessing, data_statics, normalize
+from utils import write_csv
+from visualize import confusion_figure, prediction_figure, save_png
+from weight_files import WEIGHT_FILES
+from weight_formats import WeightLoadError
+
+log = logging.getLogger(__name__)
+
+# A Hub repository id, `owner/name`; a path that exists, or ends like a weights file, is never one.
+HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
+WEIGHT_SUFFIXES = ('.ckpt', '.pth', '.pyth', '.pt', '.bin', '.safetensors', '.npz')
+# What a Hub snapshot needs: configs (model, processor) and safetensors weights; pickled
+# pytorch_model.bin only when a repository has no safetensors.
+HUB_FILES = ['*.json', '*.safetensors']
+# Item keys PredictionDataset adds, batched as lists by collate_predictions.
+PREDICTION_KEYS = ('frame_indices', 'video_frames', 'decode_ms')
+
+
+# ---------------------------------------------------------------- weights and settings
+
+def resolve_weights(source):
+    """A weights file or folder as given, or the local snapshot of a Hugging Face Hub repository id
+    (`facebook/timesformer-base-finetuned-k400`), fetched into huggingface_hub's cache (HF_HUB_CACHE,
+    HF_HUB_OFFLINE honoured). WeightLoadError when neither is there."""
+    path = Path(source)
+    if path.exists() or not HUB_ID.match(str(source)) or path.suffix.lower() in WEIGHT_SUFFIXES:
+        return path
+    try:
+        folder = Path(snapshot_download(str(source), allow_patterns=HUB_FILES))
+        if not any((folder / name).is_file() for name in WEIGHT_FILES):
+            folder = Path(snapshot_download(str(source), allow_patterns=HUB_FILES + ['pytorch_model.bin']))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightLoadError(f'{source}: no such file or folder, and not found on the Hugging Face Hub '
+                              f'({reason})') from None
+    return folder
+
+
+def load_classifier(source, class_map=None, **overrides):
+    """load_model(source, **overrides) with the class names of `class_map` (JSON name -> index or
+    one name per line) in place of the weights' own; a class map of another size than the head
+    is an AnnotationError naming both counts. Overrides that are None are left out."""
+    model = load_model(source, **{name: value for name, value in overrides.items() if value is not None})
+    if class_map is not None:
+        names = load_class_map(class_map)
+        if len(names) != model.config.num_classes:
+            raise AnnotationError(f'{class_map}: {len(names)} classes, but the model has {model.config.num_classes} '
+                                  f'outputs')
+        model.class_names = names
+    return model
+
+
+def model_class_names(model):
+    """The model's class names, or its class indices as strings when it carries none."""
+    return model.class_names or [str(index) for index in range(model.config.num_classes)]
+
+
+def inference_preprocessing(model, data_statics_name=None, **changes):
+    """The model's Preprocessing with the given changes (fields of Preprocessing; None leaves a
+    field alone) and, by name, other normalisation statistics (preprocessing.DATA_STATICS).
+
+    A model whose weights record no preprocessing (image models, bare state dicts) gets the
+    Kinetics defaults for its frames and size, said in one warning line. frame_interval without
+    window_seconds turns sampling by seconds off, so the interval given is the one used.
+    """
+    changes = {name: value for name, value in changes.items() if value is not None}
+    if 'frame_interval' in changes and 'window_seconds' not in changes:
+        changes['window_seconds'] = None
+    if data_statics_name is not None:
+        changes['mean'], changes['std'] = data_statics(data_statics_name)
+    settings = model.preprocessing
+    if settings is None:
+        settings = Preprocessing(num_frames=model.config.num_frames, img_size=model.config.img_size)
+        defaults = settings.replace(**changes)
+        log.warning('the weights record no preprocessing; taking frame interval %d, short side %d, mean %s, '
+                    'std %s, %d clip(s) x %d crop(s); flags -frame_interval, -short_side, -data_statics, '
+                    '-num_clips, -num_crops change them', defaults.frame_interval, defaults.short_side,
+                    list(defaults.mean), list(defaults.std), defaults.num_clips, defaults.num_crops)
+    return settings.replace(**changes)
+
+
+def centre_view(preprocessing):
+    """Index of the one-view figure's view among a video's clip-major views: the centre crop of
+    the middle clip (of two middle clips, the later), the training command's `test/top1_1view`."""
+    return (preprocessing.num_clips // 2) * preprocessing.num_crops + preprocessing.num_crops // 2
+
+
+# ---------------------------------------------------------------- data
+
+class PredictionDataset(VideoDataset):
+    """VideoDataset whose items also say what was read: `frame_indices` (num_clips lists of
+    num_frames frame numbers), `video_frames` (frames in the video) and `decode_ms` (open,
+    decode and resize). A video with fewer frames than a clip is read with frames repeated and
+    said in one warning line."""
+
+    def read_frames(self, reader, indices):
+        self._sampled = (reader.num_frames, indices.tolist())
+        return super().read_frames(reader, indices)
+
+    def load(self, path):
+        started = time.perf_counter()
+        video = super().load(path)
+        video_frames, frame_indices = self._sampled
+        if video_frames < self.num_frames:
+            log.warning('%s: %d frames, fewer than the %d of a clip; frames are repeated', path, video_frames,
+                        self.num_frames)
+        self._read_info = {'frame_indices': frame_indices, 'video_frames': video_frames,
+                           'decode_ms': (time.perf_counter() - started) * 1000}
+        return video
+
+    def __getitem__(self, index):
+        self._read_info = {}
+        item = super().__getitem__(index)
+        return {**item, **self._read_info}
+
+
+def collate_predictions(samples, preprocessing):
+    """collate_views' batch plus PREDICTION_KEYS, one list entry per video read."""
+    batch = collate_views(samples, preprocessing)
+    read = [sample for sample in samples if sample['video'] is not None]
+    return {**batch, **{key: [sample[key] for sample in read] for key in PREDICTION_KEYS}}
+
+
+def prediction_loader(source, preprocessing, *, labelled=False, class_names=None, num_class=None, batch_size=8,
+                      num_workers=0, **options):
+    """A DataLoader of uint8 view batches (collate_predictions) over `source`: a video, a folder of
+    videos, a list (labels optional) or a sequence of paths; labelled=True needs a label for every
+    video (the test split's rules). Each batch holds as many videos as fit in batch_size views, at
+    least one. class_names map name labels to the model's indices; options go to VideoDataset."""
+    dataset = PredictionDataset.from_preprocessing(source, preprocessing, mode='test' if labelled else 'predict',
+                                                   class_map=class_names, num_class=num_class, **options)
+    if class_names is None and dataset.class_names != [str(i) for i in range(len(dataset.class_names))]:
+        raise AnnotationError(f'{source}: labels classes by name, but the model carries no class names to map '
+                              f'them to its outputs; give a class map')
+    views = preprocessing.num_clips * preprocessing.num_crops
+    return DataLoader(dataset, batch_size=max(1, batch_size // views), num_workers=num_workers,
+                      collate_fn=partial(collate_predictions, preprocessing=preprocessing),
+                      pin_memory=torch.cuda.is_available())
+
+
+# ---------------------------------------------------------------- classification
+
+@dataclass
+class VideoResult:
+    """One video classified. view_logits (V, K) float32: the logits of its V clip-major views;
+    centre_view uint8 (T, 3, S, S): the frames of its one-view figure's view, as the model saw
+    them before normalisation; label: its index, or UNLABELLED."""
+
+    path: str
+    label: int
+    view_logits: torch.Tensor
+    centre_view: torch.Tensor
+    frame_indices: list
+    video_frames: int
+    decode_ms: float
+    forward_ms: float
+
+    @property
+    def probabilities(self):
+        """(K,) the softmax averaged over the views."""
+        return self.view_logits.softmax(dim=-1).mean(dim=0)
+
+
+@dataclass
+class VideoFailure:
+    """A video that could not be read, and why."""
+
+    path: str
+    error: str
+
+
+def view_logits(model, views, preprocessing, batch_size, device):
+    """uint8 views (B, V, T, 3, S, S) -> float32 logits (B, V, K) on the CPU; batch_size views per
+    forward pass, each normalised on `device` as the DataModule does."""
+    chunks = []
+    with torch.inference_mode():
+        for chunk in views.flatten(0, 1).split(batch_size):
+            video = chunk.to(device, non_blocking=True).float().div_(255)
+            chunks.append(model(normalize(video, preprocessing.mean, preprocessing.std)).float().cpu())
+    return torch.cat(chunks).view(*views.shape[:2], -1)
+
+
+def classify(model, loader, preprocessing, batch_size=8, device='cpu'):
+    """VideoFailure and VideoResult per video of the loader's batches, as they come. A batch's
+    forward time is shared by its videos in proportion to their views (all have the same)."""
+    centre = centre_view(preprocessing)
+    for batch in loader:
+        for path, error in batch['failed']:
+            yield VideoFailure(path, error)
+        views = batch['video']
+        if views.shape[0] == 0:
+            continue
+        started = time.perf_counter()
+        logits = view_logits(model, views, preprocessing, batch_size, device)
+        forward_ms = (time.perf_counter() - started) * 1000 / views.shape[0]
+        for position, path in enumerate(batch['path']):
+            yield VideoResult(path, int(batch['label'][position]), logits[position], views[position, centre],
+                              batch['frame_indices'][position], batch['video_frames'][position],
+                              batch['decode_ms'][position], forward_ms)
+
+
+# ---------------------------------------------------------------- results
+
+def result_record(result, class_names, topk=5):
+    """A VideoResult as plain types (JSON lines, CSV): path, the top-k labels, indices and
+    probabilities, views, the frame numbers read per clip, the video's frame count, and decode
+    and forward times in ms; with `label` (a name) when the video has one."""
+    probabilities, indices = result.probabilities.topk(min(topk, len(class_names)))
+    record = {'path': result.path}
+    if result.label != UNLABELLED:
+        record['label'] = class_names[result.label]
+    record.update({
+        'labels': [class_names[index] for index in indices.tolist()], 'indices': indices.tolist(),
+        'probabilities': [round(value, 6) for value in probabilities.tolist()],
+        'views': result.view_logits.shape[0], 'frames': result.frame_indices, 'video_frames': result.video_frames,
+        'decode_ms': round(result.decode_ms, 1), 'forward_ms': round(result.forward_ms, 1)})
+    return record
+
+
+def csv_row(record):
+    """A result_record flattened to CSV columns: the label empty for unlabelled videos,
+    top{i}_label, top{i}_index, top{i}_probability, and the frames as space-separated numbers,
+    clips separated by ' | '."""
+    row = {'path': record['path'], 'label': record.get('label', '')}
+    row.update({key: record[key] for key in ('views', 'video_frames', 'decode_ms', 'forward_ms')})
+    for rank, (label, index, probability) in enumerate(
+            zip(record['labels'], record['indices'], record['probabilities']), 1):
+        row.update({f'top{rank}_label': label, f'top{rank}_index': index, f'top{rank}_probability': probability})
+    row['frames'] = ' | '.join(' '.join(map(str, clip)) for clip in record['frames'])
+    return row
+
+
+def format_result(record):
+    """A result_record as a few lines of text: the video, then its top-k classes."""
+    width = max(len(label) for label in record['labels'])
+    label = f'; label {record["label"]}' if 'label' in record else ''
+    lines = [f'{record["path"]}: {record["views"]} views of {len(record["frames"][0])} frames{label} '
+             f'(decode {record["decode_ms"]:.0f} ms, forward {record["forward_ms"]:.0f} ms)']
+    lines += [f'  {rank}. {name:<{width}}  {probability:7.2%}' for rank, (name, probability) in
+              enumerate(zip(record['labels'], record['probabilities']), 1)]
+    return '\n'.join(lines)
+
+
+class Evaluation:
+    """Top-1 and top-5 accuracy over labelled results, at all views (softmax averaged) and at one
+    view (centre_view's), and the confusion matrix of the all-views prediction:
+    confusion[true, predicted] counts videos."""
+
+    def __init__(self, num_classes, one_view):
+        self.num_classes = num_classes
+        self.one_view = one_view
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.top5_hits = torch.zeros(num_classes, dtype=torch.int64)
+        self.one_view_hits = {1: 0, 5: 0}
+
+    def add(self, result):
+        probabilities, label = result.probabilities, result.label
+        top5 = probabilities.topk(min(5, self.num_classes)).indices
+        self.confusion[label, top5[0]] += 1
+        self.top5_hits[label] += int(label in top5)
+        one_view = result.view_logits[self.one_view].topk(min(5, self.num_classes)).indices
+        self.one_view_hits[1] += int(one_view[0] == label)
+        self.one_view_hits[5] += int(label in one_view)
+
+    @property
+    def videos(self):
+        return int(self.confusion.sum())
+
+    def metrics(self):
+        """{'videos', 'top1', 'top5', 'top1_1view', 'top5_1view'}, accuracies in [0, 1]."""
+        videos = max(1, self.videos)
+        return {'videos': self.videos, 'top1': int(self.confusion.diagonal().sum()) / videos,
+                'top5': int(self.top5_hits.sum()) / videos, 'top1_1view': self.one_view_hits[1] / videos,
+                'top5_1view': self.one_view_hits[5] / videos}
+
+    def per_class(self, class_names):
+        """One row per class: index, name, videos, top-1 and top-5 accuracy (empty without videos),
+        and the class its videos were most often taken for, with the count."""
+        rows = []
+        for index, name in enumerate(class_names):
+            counts = self.confusion[index]
+            videos = int(counts.sum())
+            others = counts.clone()
+            others[index] = 0
+            confused = int(others.argmax())
+            rows.append({'index': index, 'class': name, 'videos': videos,
+                         'top1': round(int(counts[index]) / videos, 6) if videos else '',
+                         'top5': round(int(self.top5_hits[index]) / videos, 6) if videos else '',
+                         'most_confused_with': class_names[confused] if others[confused] else '',
+                         'confused_videos': int(others[confused])})
+        return rows
+
+
+def write_report(evaluation, class_names, folder, views):
+    """An evaluation's report in folder: metrics.json (Evaluation.metrics and the views, e.g. '2x3'),
+    per_class_accuracy.csv (Evaluation.per_class) and confusion_matrix.png (confusion_figure).
+    Returns the metrics."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {**evaluation.metrics(), 'views': views}
+    (folder / 'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')
+    write_csv(evaluation.per_class(class_names), folder / 'per_class_accuracy.csv')
+    save_png(confusion_figure(evaluation.confusion, class_names), folder / 'confusion_matrix.png')
+    return metrics
+
+
+class ResultWriter:
+    """Writes each video's outcome as it comes: result_record as text (format_result) or JSON lines
+    on `stream` (a failure as {"path", "error"} under JSON), CSV rows flushed per video
+    (csv_path), and prediction_figure pictures (pictures: a PNG path for one video, or with
+    picture_root a folder mirroring the videos' paths below picture_root, `clip.mp4` ->
+    `clip.mp4.png`). attention(frames) -> (T', grid, grid) draws the rollout over the frames."""
+
+    def __init__(self, class_names, *, topk=5, json_lines=False, csv_path=None, pictures=None, picture_root=None,
+                 attention=None, stream=sys.stdout):
+        self.class_names, self.topk, self.json_lines, self.stream = class_names, topk, json_lines, stream
+        self.csv_path = Path(csv_path) if csv_path else None
+        self.pictures = Path(pictures) if pictures else None
+        self.picture_root = Path(picture_root) if picture_root else None
+        if self.picture_root is not None and self.picture_root.is_file():
+            self.picture_root = self.picture_root.parent  # a list: paths below its folder
+        self.attention = attention
+        self._csv = self._rows = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._csv is not None:
+            self._csv.close()
+
+    def write(self, outcome):
+        """Write a VideoResult or VideoFailure."""
+        if isinstance(outcome, VideoFailure):
+            if self.json_lines:
+                self._say(json.dumps({'path': outcome.path, 'error': outcome.error}))
+            return
+        record = result_record(outcome, self.class_names, self.topk)
+        self._say(json.dumps(record) if self.json_lines else format_result(record))
+        if self.csv_path is not None:
+            self._write_row(csv_row(record))
+        if self.pictures is not None:
+            self._picture(outcome, record)
+
+    def _say(self, text):
+        # tqdm.write keeps a progress bar on the terminal below the results.
+        tqdm.write(text, file=self.stream)
+        self.stream.flush()
+
+    def _write_row(self, row):
+        if self._rows is None:
+            self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+            self._csv = self.csv_path.open('w', newline='')
+            self._rows = csv.DictWriter(self._csv, fieldnames=list(row))
+            self._rows.writeheader()
+        self._rows.writerow(row)
+        self._csv.flush()
+
+    def picture_path(self, video):
+        """Where the picture of `video` goes."""
+        if self.picture_root is None:
+            return self.pictures / f'{Path(video).name}.png' if self.pictures.is_dir() else self.pictures
+        video = Path(video)
+        relative = video.relative_to(self.picture_root) if video.is_relative_to(self.picture_root) else Path(video.name)
+        return self.pictures / relative.with_name(relative.name + '.png')
+
+    def _picture(self, result, record):
+        frames = result.centre_view.cpu()
+        attention = self.attention(frames) if self.attention is not None else None
+        title = f'{result.path}: {record["labels"][0]} {record["probabilities"][0]:.1%}'
+        path = self.picture_path(result.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(prediction_figure(frames, record['labels'], record['probabilities'], attention, title), path)

@@ -1,0 +1,286 @@
+"""inference.py and visualize.py on real decoded videos and tiny real models."""
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from data_trainer import VideoDataModule
+from dataset import AnnotationError, VideoDataset, collate_views
+from inference import (Evaluation, PredictionDataset, VideoResult, centre_view, classify, inference_preprocessing,
+                       load_classifier, model_class_names, prediction_loader, result_record)
+from classifiers import CLASSES, SETTINGS, export, hf_folder, png_size
+from layouts import HEADS, random_state, save_lightning, seed_layout, timm_layout
+from preprocessing import DATA_STATICS, Preprocessing, normalize
+from reference import randomise_
+from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
+from videos import ODD_VIDEOS, moving_square, write_odd_videos
+from visualize import (attention_rollout, confusion_figure, frame_attention, prediction_figure, rollout_modules,
+                       save_png, worst_confusions)
+
+
+def manual_probabilities(model, source, settings, mean, std):
+    """{path: softmax averaged over views}, the views cut by the dataset and normalised with the
+    statistics the test names, batch by batch: the reference the inference path must equal."""
+    data = VideoDataset.from_preprocessing(source, settings, mode='predict')
+    expected = {}
+    for index in range(len(data)):
+        item = data[index]
+        views = collate_views([item], settings)['video'][0]
+        with torch.no_grad():
+            logits = model(normalize(views.float() / 255, mean, std))
+        expected[item['path']] = logits.softmax(dim=-1).mean(dim=0)
+    return expected
+
+
+# ---------------------------------------------------------------- the test split's views
+
+def test_inference_reproduces_the_datamodules_test_views_in_any_batch_size(demo_data):
+    """The loader's views and normalisation are the DataModule's test split's, and the result does
+    not depend on how views are grouped into forward passes."""
+    data = VideoDataModule(test_data_path=str(demo_data / 'test.txt'), class_map=str(demo_data / 'classmap.json'),
+                           num_frames=4, frame_interval=2, img_size=32, num_clips=2, num_crops=3,
+                           data_statics='imagenet', batch_size=3, num_workers=0)
+    model = randomise_(VideoClassifier(timesformer_tiny(num_classes=4), data.class_names, data.preprocessing)).eval()
+    expected = {}
+    for batch in data.test_dataloader():
+        batch = data.transform_batch(batch, 'eval')
+        with torch.no_grad():
+            logits = model(batch['video'].flatten(0, 1)).view(*batch['video'].shape[:2], -1)
+        expected.update({path: (row.softmax(-1).mean(0), label) for path, row, label in
+                         zip(batch['path'], logits, batch['label'].tolist())})
+    settings = inference_preprocessing(model)
+    assert settings == data.preprocessing
+    for batch_size in (1, 7):
+        loader = prediction_loader(demo_data / 'test.txt', settings, labelled=True, class_names=model.class_names,
+                                   num_class=4, batch_size=batch_size)
+        results = list(classify(model, loader, settings, batch_size=batch_size))
+        assert sorted(result.path for result in results) == sorted(expected)
+        for result in results:
+            probabilities, label = expected[result.path]
+            torch.testing.assert_close(result.probabilities, probabilities, atol=1e-6, rtol=1e-5)
+            assert result.label == label and result.view_logits.shape == (6, 4)
+            assert result.centre_view.shape == (4, 3, 32, 32) and result.centre_view.dtype == torch.uint8
+
+
+def test_the_one_view_figure_is_the_training_commands(demo_data, tmp_path):
+    # LitVideoClassifier.evaluate's centre view: (views // crops // 2) * crops + crops // 2.
+    for clips, crops in ((1, 1), (1, 3), (2, 3), (3, 3), (4, 1), (5, 2)):
+        views = clips * crops
+        assert centre_view(SETTINGS.replace(num_clips=clips, num_crops=crops)) == (views // crops // 2) * crops + crops // 2
+    # The middle clip's centre crop is the validation view: the centre window, centre crop.
+    settings = SETTINGS.replace(num_clips=3, num_crops=3)
+    video = demo_data / 'test' / 'growing' / 'test_0002.mp4'
+    views = collate_views([VideoDataset.from_preprocessing(video, settings, mode='predict')[0]], settings)['video'][0]
+    (tmp_path / 'one.txt').write_text(f'{video} growing\n')
+    val = VideoDataset.from_preprocessing(tmp_path / 'one.txt', settings, mode='val')[0]
+    single = collate_views([val], settings.replace(num_clips=1, num_crops=1))['video'][0, 0]
+    assert torch.equal(views[centre_view(settings)], single)
+
+
+# ---------------------------------------------------------------- preprocessing per source
+
+def test_each_source_is_classified_with_its_own_normalisation(tmp_path, demo_data):
+    """Seed checkpoints: mean = std = 0.5; official TimeSformer: Kinetics statistics; transformers:
+    its processor's; ours: what it was trained with; -data_statics overrides any of them."""
+    seed = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time', classes=4)))
+    official = tmp_path / 'official.pyth'
+    torch.save({'model_state': random_state(timm_layout('divided_space_time', prefix='model.', classes=4))}, official)
+    ours = export(tmp_path / 'ours', preprocessing=SETTINGS.replace(mean=(0.3, 0.4, 0.5), std=(0.2, 0.3, 0.4)))
+    hf = hf_folder(tmp_path / 'hf', mean=(0.6, 0.5, 0.4), std=(0.25, 0.2, 0.15))
+    sources = {seed: ((0.5,) * 3, (0.5,) * 3), official: ((0.45,) * 3, (0.225,) * 3),
+               ours: ((0.3, 0.4, 0.5), (0.2, 0.3, 0.4)), hf: ((0.6, 0.5, 0.4), (0.25, 0.2, 0.15))}
+    video = demo_data / 'test' / 'moving_up' / 'test_0000.mp4'
+    for source, (mean, std) in sources.items():
+        model = load_classifier(source, num_heads=HEADS)
+        settings = inference_preprocessing(model, frame_interval=2)
+        assert settings.mean == pytest.approx(mean) and settings.std == pytest.approx(std), source
+        (result,) = classify(model, prediction_loader(video, settings), settings)
+        expected = manual_probabilities(model, video, settings, mean, std)[str(video)]
+        torch.testing.assert_close(result.probabilities, expected, atol=1e-6, rtol=1e-5)
+        other = inference_preprocessing(model, 'imagenet', frame_interval=2)
+        assert (other.mean, other.std) == DATA_STATICS['imagenet'] and other.num_crops == settings.num_crops
+
+
+def test_flags_override_the_weights_settings_and_an_interval_ends_sampling_by_seconds(tmp_path):
+    model = load_classifier(export(tmp_path / 'ours', preprocessing=SETTINGS.replace(window_seconds=1.5)),
+                            num_frames=8, img_size=48)
+    assert model.config.num_frames == 8 and model.config.img_size == 48
+    settings = inference_preprocessing(model, num_clips=3, num_crops=1, short_side=60)
+    assert settings == SETTINGS.replace(num_frames=8, img_size=48, window_seconds=1.5, short_side=60, num_clips=3,
+                                        num_crops=1)
+    assert inference_preprocessing(model, frame_interval=5).window_seconds is None
+    with pytest.raises(ValueError, match='short_side 40 is smaller than img_size 48'):
+        inference_preprocessing(model, short_side=40)
+
+
+def test_weights_without_preprocessing_get_kinetics_defaults_in_one_warning(tmp_path, caplog):
+    model = load_classifier(export(tmp_path / 'bare', preprocessing=None))
+    with caplog.at_level(logging.WARNING):
+        settings = inference_preprocessing(model, num_crops=1)
+    assert settings == Preprocessing(num_frames=4, img_size=32, num_crops=1)
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert 'record no preprocessing' in line and 'frame interval 32' in line and '1 crop(s)' in line
+
+
+# ---------------------------------------------------------------- class names
+
+def test_class_names_from_the_weights_either_class_map_or_indices(tmp_path):
+    folder = export(tmp_path / 'named')
+    assert load_classifier(folder).class_names == CLASSES
+    json_map = tmp_path / 'map.json'
+    json_map.write_text(json.dumps({'b': 1, 'a': 0, 'd': 3, 'c': 2}))
+    assert load_classifier(folder, json_map).class_names == ['a', 'b', 'c', 'd']
+    lines = tmp_path / 'names.txt'
+    lines.write_text('w\nx\ny\nz\n')
+    assert load_classifier(folder, lines).class_names == ['w', 'x', 'y', 'z']
+    assert model_class_names(load_classifier(export(tmp_path / 'unnamed', class_names=None))) == ['0', '1', '2', '3']
+    lines.write_text('w\nx\ny\n')
+    with pytest.raises(AnnotationError, match='names.txt: 3 classes, but the model has 4 outputs'):
+        load_classifier(folder, lines)
+
+
+def test_labels_by_name_need_the_models_class_names(tmp_path, demo_data):
+    model = load_classifier(export(tmp_path / 'unnamed', class_names=None))
+    with pytest.raises(AnnotationError, match='labels classes by name'):
+        prediction_loader(demo_data / 'test.txt', SETTINGS, labelled=True, num_class=4)
+    numbered = tmp_path / 'numbered.txt'
+    numbered.write_text(f'{demo_data}/test/growing/test_0002.mp4 2\n')
+    (result,) = classify(model, prediction_loader(numbered, SETTINGS, labelled=True, num_class=4), SETTINGS)
+    assert result_record(result, model_class_names(model))['label'] == '2'
+
+
+# ---------------------------------------------------------------- odd videos
+
+@pytest.fixture(scope='module')
+def odd_videos(tmp_path_factory):
+    return write_odd_videos(tmp_path_factory.mktemp('odd'))
+
+
+@pytest.mark.parametrize('decoder', ['decord', 'pyav'])
+@pytest.mark.parametrize('name', ODD_VIDEOS)
+def test_awkward_videos_decode_to_their_own_frames(odd_videos, name, decoder, caplog):
+    """Each is read (with decord, or PyAV where decord cannot), keeps its orientation and its
+    colours; a video shorter than a clip repeats frames with a warning naming it."""
+    if name not in odd_videos:
+        pytest.skip(f'the local FFmpeg has no {ODD_VIDEOS[name][4]} encoder')
+    frames, height, width, _, _, _, gray = ODD_VIDEOS[name]
+    settings = SETTINGS.replace(num_clips=1, num_crops=3)
+    data = PredictionDataset.from_preprocessing(odd_videos[name], settings, decoder=decoder)
+    with caplog.at_level(logging.WARNING):
+        item = data[0]
+    assert item['failed'] == [] and item['video_frames'] == frames
+    video = item['video'][0]
+    assert min(video.shape[-2:]) == settings.short_side and (video.shape[-2] > video.shape[-1]) == (height > width)
+    corner = video[0, :, 1, 1].float()  # the background, which every frame shows at its corners
+    expected = torch.tensor(moving_square(1, 8, 8, gray)[0, 0, 0], dtype=torch.float32)
+    assert (corner - expected).abs().max() < 12, (corner, expected)
+    repeated = [record.getMessage() for record in caplog.records if 'frames are repeated' in record.getMessage()]
+    if frames < settings.num_frames:
+        assert repeated == [f'{odd_videos[name]}: 2 frames, fewer than the 4 of a clip; frames are repeated']
+        assert item['frame_indices'] == [[0, 0, 0, 1]]
+    else:
+        assert repeated == []
+
+
+def test_sampling_by_seconds_spans_the_same_time_at_60_fps(odd_videos):
+    data = PredictionDataset.from_preprocessing(odd_videos['fps60.mp4'], SETTINGS.replace(window_seconds=0.5,
+                                                                                          num_clips=1))
+    (indices,) = data[0]['frame_indices']
+    assert indices[-1] - indices[0] == 29  # 0.5 s at 60 fps: a window of 30 frames
+
+
+# ---------------------------------------------------------------- real clips
+
+def test_real_kinetics_clips_through_a_folder(shared_videos, tmp_path):
+    model = load_classifier(export(tmp_path / 'model', preprocessing=SETTINGS.replace(frame_interval=32)))
+    settings = inference_preprocessing(model)
+    loader = prediction_loader(shared_videos[0].parent, settings, num_workers=1)
+    results = list(classify(model, loader, settings))
+    assert [result.path for result in results] == [str(path) for path in shared_videos]
+    assert sorted(result.video_frames for result in results) == [252, 302]
+    for result in results:
+        assert torch.isfinite(result.view_logits).all() and result.probabilities.sum().item() == pytest.approx(1)
+        assert max(max(clip) for clip in result.frame_indices) < result.video_frames
+        assert result.decode_ms > 0 and result.forward_ms > 0
+
+
+# ---------------------------------------------------------------- evaluation
+
+def result(label, view_logits):
+    logits = torch.tensor(view_logits, dtype=torch.float32)
+    return VideoResult('v.mp4', label, logits, torch.zeros(1, 3, 1, 1, dtype=torch.uint8), [[0]], 1, 1.0, 1.0)
+
+
+def test_evaluation_counts_all_views_and_the_centre_view():
+    evaluation = Evaluation(num_classes=3, one_view=1)
+    # Views 0 and 2 say class 2 strongly, the centre view says class 0: all views 2, one view 0.
+    evaluation.add(result(2, [[0, 0, 9], [3, 0, 0], [0, 0, 9]]))
+    evaluation.add(result(0, [[0, 0, 9], [3, 0, 0], [0, 0, 9]]))
+    evaluation.add(result(1, [[0, 5, 0], [0, 5, 0], [0, 5, 0]]))
+    assert evaluation.metrics() == {'videos': 3, 'top1': 2 / 3, 'top5': 1.0, 'top1_1view': 2 / 3, 'top5_1view': 1.0}
+    assert evaluation.confusion.tolist() == [[0, 0, 1], [0, 1, 0], [0, 0, 1]]
+    rows = evaluation.per_class(['a', 'b', 'c'])
+    assert rows[0] == {'index': 0, 'class': 'a', 'videos': 1, 'top1': 0.0, 'top5': 1.0, 'most_confused_with': 'c',
+                       'confused_videos': 1}
+    assert rows[2]['top1'] == 1.0 and rows[2]['most_confused_with'] == ''
+
+
+# ---------------------------------------------------------------- pictures
+
+def test_attention_rollout_by_hand():
+    """Two blocks, one group, two heads, a class token and two patches."""
+    first = torch.tensor([[[0.2, 0.3, 0.5], [0.1, 0.8, 0.1], [0.4, 0.4, 0.2]],
+                          [[0.6, 0.2, 0.2], [0.3, 0.3, 0.4], [0.0, 0.5, 0.5]]])[None]
+    second = torch.tensor([[[0.1, 0.1, 0.8], [0.5, 0.25, 0.25], [0.3, 0.3, 0.4]],
+                           [[0.3, 0.3, 0.4], [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]])[None]
+    rollout = np.eye(3)
+    for maps in (first, second):
+        mixed = maps[0].numpy().mean(axis=0) + np.eye(3)
+        rollout = (mixed / mixed.sum(axis=1, keepdims=True)) @ rollout
+    got = attention_rollout([first, second])
+    np.testing.assert_allclose(got.numpy(), rollout[None, 0, 1:], rtol=1e-6)
+    # The class token's row of a product of row-stochastic matrices sums to 1, itself included.
+    assert got.sum().item() + rollout[0, 0] == pytest.approx(1)
+
+
+@pytest.mark.parametrize('config, frames', [
+    (timesformer_tiny(), 4), (timesformer_tiny(attention_type='space_only'), 4),
+    (timesformer_tiny(attention_type='joint_space_time'), 4), (vivit_tiny(), 2),
+])
+def test_attention_maps_per_token_frame(config, frames, demo_data):
+    model = randomise_(VideoClassifier(config)).eval()
+    for name in rollout_modules(config):
+        assert name in dict(model.named_modules())
+    clip = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    maps = frame_attention(model, clip, SETTINGS)
+    assert maps.shape == (frames, 4, 4) and maps.min() == 0 and maps.max() == 1
+
+
+def test_attention_is_refused_where_no_attention_covers_a_frame():
+    for config in (vivit_tiny(attention_type='fact_dot_product'), vivit_tiny(fact_encoder_attention='divided')):
+        with pytest.raises(ValueError, match='attention maps are drawn for'):
+            rollout_modules(config)
+
+
+@pytest.mark.parametrize('frames, size', [(4, (640, 360)), (2, (640, 360)), (8, (1280, 360)), (40, (2560, 360))])
+def test_the_prediction_picture_is_a_png_of_the_expected_size(tmp_path, frames, size):
+    clip = torch.from_numpy(moving_square(frames, 32, 32)).permute(0, 3, 1, 2)
+    attention = torch.rand(max(1, frames // 2), 4, 4)
+    labels = ['a rather long class name that needs shortening', 'b', 'c', 'd', 'e']
+    save_png(prediction_figure(clip, labels, [0.5, 0.2, 0.1, 0.1, 0.1], attention, 'title'), tmp_path / 'p.png')
+    assert png_size(tmp_path / 'p.png') == size
+
+
+def test_confusion_matrix_at_400_classes_lists_the_worst_pairs(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    confusion = torch.diag(torch.randint(5, 50, (400,), generator=generator))
+    confusion[7, 300] = 40
+    confusion[123, 5] = 25
+    confusion[50, 51] = 3
+    assert worst_confusions(confusion, 3) == [(7, 300, 40), (123, 5, 25), (50, 51, 3)]
+    assert worst_confusions(torch.eye(3, dtype=torch.int64)) == []
+    names = [f'class {index:03d}' for index in range(400)]
+    save_png(confusion_figure(confusion, names), tmp_path / 'confusion.png')
+    assert png_size(tmp_path / 'confusion.png') == (1600, 1000)

@@ -1,0 +1,286 @@
+"""model_inference.py as users run it: one process per command line, real checkpoints and videos."""
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import av
+import pytest
+
+from demo.make_demo_dataset import make_demo_dataset
+from inference import classify, inference_preprocessing, load_classifier, prediction_loader
+from classifiers import CLASSES, export, hf_folder, png_size
+from videos import moving_square, write_long_video, write_odd_videos, write_video
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DECORD_LOG_LINE = re.compile(r'^\[\d\d:\d\d:\d\d\] \S+\.cc:\d+: ')
+# The training command's tiny recipe (tests/test_training_cli.py), with AdamW so that two epochs
+# learn something, and two clips x three crops at test time.
+TINY = ['-num_frames', '4', '-frame_interval', '2', '-img_size', '32', '-patch_size', '8', '-embed_dims', '32',
+        '-num_heads', '2', '-depth', '2', '-batch_size', '4', '-num_workers', '0', '-num_clips', '2',
+        '-num_crops', '3', '-accelerator', 'cpu', '-pretrain', 'none', '-optim_type', 'adamw', '-lr', '0.002',
+        '-epoch', '2']
+
+
+def infer(*flags, env=None, timeout=300):
+    command = [sys.executable, str(REPOSITORY / 'model_inference.py'), *map(str, flags)]
+    return subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def own_lines(stderr):
+    """Lines of stderr but decord's: its C++ logger writes "[hh:mm:ss] file.cc:line: ERROR ..." for a
+    file it cannot open straight to the process's stderr, past Python's logging."""
+    return [line for line in stderr.splitlines() if line.strip() and not DECORD_LOG_LINE.match(line)]
+
+
+def json_lines(stdout):
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def read_csv(path):
+    with open(path, newline='') as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope='module')
+def labelled(tmp_path_factory):
+    """A demo dataset with 4 test clips per class."""
+    return make_demo_dataset(tmp_path_factory.mktemp('labelled'), seed=0, clips_per_class=(4, 1, 4), progress=False)
+
+
+@pytest.fixture(scope='module')
+def trained(labelled, tmp_path_factory):
+    """The training command's summary.json after a tiny run on `labelled`."""
+    root = tmp_path_factory.mktemp('training')
+    command = [sys.executable, str(REPOSITORY / 'model_pretrain.py'), *TINY, '-root_dir', str(root),
+               '-train_data_path', labelled / 'train.txt', '-val_data_path', labelled / 'val.txt',
+               '-test_data_path', labelled / 'test.txt', '-class_map', labelled / 'classmap.json']
+    result = subprocess.run(list(map(str, command)), cwd=REPOSITORY, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (summary,) = root.glob('results/*/log/summary.json')
+    return json.loads(summary.read_text())
+
+
+@pytest.fixture(scope='module')
+def model_folder(tmp_path_factory):
+    return export(tmp_path_factory.mktemp('export') / 'model')
+
+
+# ---------------------------------------------------------------- output modes
+
+def test_evaluation_mode_gives_the_training_commands_test_accuracy(trained, labelled, tmp_path):
+    result = infer('-pretrain', trained['checkpoint'], '-eval', labelled / 'test.txt', '-out', tmp_path / 'report',
+                   '-json')
+    assert result.returncode == 0, result.stderr[-3000:]
+    *videos, summary = json_lines(result.stdout)
+    metrics = summary['metrics']
+    assert metrics['videos'] == len(videos) == 16 and metrics['views'] == '2x3'
+    for name in ('top1', 'top5', 'top1_1view', 'top5_1view'):
+        assert metrics[name] == pytest.approx(trained[f'test_{name}'], abs=1e-6), name
+    assert {video['label'] for video in videos} == set(CLASSES)
+    report = tmp_path / 'report'
+    assert json.loads((report / 'metrics.json').read_text()) == metrics
+    per_class = read_csv(report / 'per_class_accuracy.csv')
+    assert [row['class'] for row in per_class] == CLASSES and all(row['videos'] == '4' for row in per_class)
+    correct = sum(float(row['top1']) * 4 for row in per_class)
+    assert correct == pytest.approx(metrics['top1'] * 16)
+    assert png_size(report / 'confusion_matrix.png') == (1600, 1000)
+    rows = read_csv(report / 'predictions.csv')
+    assert [row['path'] for row in rows] == [video['path'] for video in videos]
+    assert [row['top1_label'] for row in rows] == [video['labels'][0] for video in videos]
+
+
+def test_one_video_as_a_table_with_csv_and_an_attention_picture(trained, labelled, tmp_path):
+    video = labelled / 'test' / 'growing' / 'test_0002.mp4'
+    result = infer('-pretrain', trained['checkpoint'], '-video_path', video, '-topk', '3', '-out', tmp_path / 'r.csv',
+                   '-save_vis', tmp_path / 'vis.png', '-attention')
+    assert result.returncode == 0 and result.stderr == '', result.stderr[-3000:]
+    head, *table = result.stdout.splitlines()
+    assert head.startswith(f'{video}: 6 views of 4 frames (decode ') and len(table) == 3
+    (row,) = read_csv(tmp_path / 'r.csv')
+    for rank, line in enumerate(table, 1):
+        name, percent = line.split()[1:]
+        assert name == row[f'top{rank}_label'] and name in CLASSES
+        assert float(percent.rstrip('%')) == pytest.approx(100 * float(row[f'top{rank}_probability']), abs=0.006)
+    assert row['label'] == '' and row['views'] == '6' and len(row['frames'].split(' | ')) == 2
+    assert png_size(tmp_path / 'vis.png') == (640, 360)
+
+
+def test_a_list_of_awkward_and_real_videos_as_json_lines(model_folder, tmp_path):
+    """Other containers and codecs, odd sizes, gray, 60 fps, 4K and too few frames are classified;
+    the real Kinetics clips of ../shared/demo too when present. Pictures mirror the paths below the
+    list's folder; others take their file name."""
+    videos = list(write_odd_videos(tmp_path).values())
+    shared = REPOSITORY.parent / 'shared' / 'demo'
+    videos += sorted(shared.glob('*.mp4'))
+    listing = tmp_path / 'videos.txt'
+    listing.write_text(''.join(f'{path}\n' for path in videos))
+    result = infer('-pretrain', model_folder, '-video_path', listing, '-json', '-save_vis', tmp_path / 'pictures',
+                   '-out', tmp_path / 'results.csv', '-num_workers', '2', '-num_clips', '1')
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = json_lines(result.stdout)
+    assert sorted(record['path'] for record in records) == sorted(map(str, videos))
+    for record in records:
+        assert record['labels'][0] in CLASSES and len(record['probabilities']) == 4 and record['views'] == 3
+        assert record['decode_ms'] > 0 and record['forward_ms'] > 0
+        assert all(len(clip) == 4 and max(clip) < record['video_frames'] for clip in record['frames'])
+        path = Path(record['path'])
+        relative = path.relative_to(tmp_path) if path.is_relative_to(tmp_path) else Path(path.name)
+        assert png_size(tmp_path / 'pictures' / f'{relative}.png') == (640, 360)
+    assert len(read_csv(tmp_path / 'results.csv')) == len(videos)
+    assert 'two_frames.mp4: 2 frames, fewer than the 4 of a clip; frames are repeated' in result.stderr
+    assert f'{len(videos)} of {len(videos)} videos classified' in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def write_unreadable_videos(folder):
+    """{name: file} of videos that cannot be classified, each broken another way."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = write_video(folder / 'good.mp4', moving_square(12, 48, 64))
+    data = good.read_bytes()
+    (folder / 'random.mp4').write_bytes(os.urandom(4096))
+    (folder / 'empty.mp4').write_bytes(b'')
+    (folder / 'truncated.mp4').write_bytes(data[:len(data) // 2])
+    zeroed = bytearray(data)  # container intact, every frame's bytes zero: nothing decodes
+    start, end = zeroed.find(b'mdat') + 4, zeroed.find(b'moov') - 4
+    zeroed[start:end] = bytes(end - start)
+    (folder / 'no_decodable_frames.mp4').write_bytes(zeroed)
+    with av.open(str(folder / 'no_frames.mkv'), 'w') as container:  # a stream, never a frame
+        stream = container.add_stream('libx264', rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, 'yuv420p'
+        container.start_encoding()
+    (folder / 'notes.avi').write_text('not a video\n')
+    good.unlink()
+    return {path.name: path for path in folder.iterdir()}
+
+
+def test_a_folder_with_unreadable_videos_classifies_the_rest_and_exits_1(model_folder, tmp_path):
+    broken = write_unreadable_videos(tmp_path / 'videos' / 'broken')
+    for name in ('a.mp4', 'b.webm'):
+        write_video(tmp_path / 'videos' / name, moving_square(12, 48, 64),
+                    codec='libvpx-vp9' if name.endswith('webm') else 'libx264')
+    # One loader worker: the failures cross a process boundary with their batch, and decord's own lines
+    # come from one process, so they cannot interleave with each other mid-line.
+    result = infer('-pretrain', model_folder, '-video_path', tmp_path / 'videos', '-json', '-out', tmp_path / 'r.csv',
+                   '-num_workers', '1')
+    assert result.returncode == 1, result.stderr[-3000:]
+    records = json_lines(result.stdout)
+    classified = [record['path'] for record in records if 'labels' in record]
+    assert sorted(classified) == [str(tmp_path / 'videos' / name) for name in ('a.mp4', 'b.webm')]
+    errors = {record['path']: record['error'] for record in records if 'error' in record}
+    assert sorted(errors) == sorted(map(str, broken.values()))
+    assert errors[str(broken['empty.mp4'])] == 'empty file'
+    assert all(set(record) == {'path', 'error'} for record in records if 'error' in record)
+    assert 'Traceback' not in result.stderr
+    lines = own_lines(result.stderr)
+    assert lines[0].startswith('2 of 8 videos classified in ')
+    assert lines[1:] == [f'model_inference.py: error: {path}: {error}' for path, error in errors.items()]
+    assert len(read_csv(tmp_path / 'r.csv')) == 2
+
+
+# ---------------------------------------------------------------- Hub ids
+
+def fill_hub_cache(cache, repo_id, folder):
+    """huggingface_hub's cache layout for repo_id: refs/main naming a commit, whose snapshot holds
+    folder's files."""
+    commit = '0123456789abcdef0123456789abcdef01234567'
+    repository = cache / f'models--{repo_id.replace("/", "--")}'
+    (repository / 'refs').mkdir(parents=True)
+    (repository / 'refs' / 'main').write_text(commit)
+    snapshot = repository / 'snapshots' / commit
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    return snapshot
+
+
+def test_a_hub_id_is_read_from_huggingface_hubs_cache_offline(tmp_path, labelled):
+    hf = hf_folder(tmp_path / 'hf', mean=(0.6, 0.5, 0.4), std=(0.25, 0.2, 0.15))
+    snapshot = fill_hub_cache(tmp_path / 'cache', 'tiny-org/tiny-timesformer', hf)
+    offline = {'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': str(tmp_path / 'cache')}
+    video = labelled / 'test' / 'moving_up' / 'test_0000.mp4'
+    result = infer('-pretrain', 'tiny-org/tiny-timesformer', '-video_path', video, '-json', env=offline)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = json_lines(result.stdout)
+    model = load_classifier(snapshot)
+    settings = inference_preprocessing(model)
+    (expected,) = classify(model, prediction_loader(video, settings), settings)
+    probabilities, indices = expected.probabilities.topk(4)
+    assert record['indices'] == indices.tolist() and record['labels'] == [CLASSES[i] for i in indices.tolist()]
+    assert record['probabilities'] == pytest.approx(probabilities.tolist(), abs=1e-5)
+    assert record['views'] == 1 and len(record['frames'][0]) == 4
+
+
+# ---------------------------------------------------------------- errors
+
+def test_mistakes_stop_with_one_line_and_their_exit_code(model_folder, labelled, tmp_path):
+    video = labelled / 'test' / 'moving_up' / 'test_0000.mp4'
+    (tmp_path / 'empty_folder').mkdir()
+    (tmp_path / 'three.txt').write_text('a\nb\nc\n')
+    (tmp_path / 'corrupt.mp4').write_bytes(os.urandom(2048))
+    model = ['-pretrain', model_folder]
+    offline = {'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': str(tmp_path / 'cache')}
+    cases = {
+        'missing weights': (['-pretrain', tmp_path / 'best.ckpt', '-video_path', video], {}, 2,
+                            f'{tmp_path / "best.ckpt"}: no such file or folder'),
+        'missing video': ([*model, '-video_path', tmp_path / 'clip.mp4'], {}, 2,
+                          f'-video_path {tmp_path / "clip.mp4"}: no such file or folder'),
+        'folder without videos': ([*model, '-video_path', tmp_path / 'empty_folder'], {}, 2, 'no videos'),
+        'class map of another size': ([*model, '-video_path', video, '-class_map', tmp_path / 'three.txt'], {}, 2,
+                                      'three.txt: 3 classes, but the model has 4 outputs'),
+        'not a number': ([*model, '-video_path', video, '-num_clips', 'two'], {}, 2,
+                         "argument -num_clips/--num_clips: invalid int value: 'two'"),
+        'Hub id not in the cache': (['-pretrain', 'tiny-org/absent', '-video_path', video], offline, 2,
+                                    'tiny-org/absent: no such file or folder, and not found on the Hugging Face Hub'),
+        'corrupt video': ([*model, '-video_path', tmp_path / 'corrupt.mp4'], {}, 1,
+                          f'{tmp_path / "corrupt.mp4"}: decord: '),
+    }
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(zip(cases, pool.map(lambda case: infer(*case[0], env=case[1]), cases.values())))
+    for name, (_, _, code, expected) in cases.items():
+        result = results[name]
+        assert result.returncode == code, (name, result.stderr[-2000:])
+        assert 'Traceback' not in result.stderr, name
+        lines = own_lines(result.stderr)
+        assert len(lines) == 1 and lines[0].startswith('model_inference.py: error: ') and expected in lines[0], \
+            (name, lines)
+        assert result.stdout == '', name
+
+
+# ---------------------------------------------------------------- memory
+
+# Runs the command line as `python model_inference.py ARGS` does and, as the process ends, prints the
+# peak resident memory of the program itself: VmHWM starts afresh at exec, where getrusage's
+# ru_maxrss would also count the memory of the forking test process.
+PEAK_MEMORY = """
+import atexit, re, runpy, sys
+atexit.register(lambda: print(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1], file=sys.stderr))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+@pytest.mark.skipif(not Path('/proc/self/status').is_file(), reason='needs /proc/self/status (Linux)')
+def test_a_long_high_resolution_clip_needs_the_memory_of_a_short_one(model_folder, tmp_path):
+    """Half a minute of 640x360 at 25 fps decodes to about 500 MiB of frames; classifying it must hold
+    what a two-second clip holds, give or take the sampled frames: never the whole video."""
+    short = write_long_video(tmp_path / 'short.mp4', 2, 360, 640)
+    long = write_long_video(tmp_path / 'long.mp4', 30, 360, 640)
+    decoded_mib = 30 * 25 * 360 * 640 * 3 / 2**20
+
+    def peak_mib(video):
+        result = subprocess.run([sys.executable, '-c', PEAK_MEMORY, str(REPOSITORY / 'model_inference.py'),
+                                 '-pretrain', str(model_folder), '-video_path', str(video), '-json'],
+                                cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads(result.stdout)['path'] == str(video)
+        return int(own_lines(result.stderr)[-1]) / 1024
+
+    with ThreadPoolExecutor(2) as pool:
+        short_mib, long_mib = pool.map(peak_mib, (short, long))
+    assert abs(long_mib - short_mib) < decoded_mib / 16, (short_mib, long_mib)

@@ -1,0 +1,170 @@
+"""Pictures of predictions: a video's frames with its top classes, where the class token looked
+(attention rollout), and the confusion matrix of an evaluation.
+
+Figures are `matplotlib.figure.Figure` objects drawn without pyplot, so no global backend or
+window is involved; `save_png` writes one.
+
+Attention rollout (Abnar & Zuidema, 2020, "Quantifying Attention Flow in Transformers"): each
+block's attention weights (G, heads, N, N) are averaged over heads, the identity is added for the
+residual connection, and rows are renormalised to sum to 1; the product of these matrices from the
+first block to the last says how much each token's input reaches each output token. The class
+token's row over the patch tokens is the map drawn. The rollout goes through the attention that
+mixes patches of a frame: TimeSformer's divided `spatial_attn` (one map per frame, so the temporal
+attention between them is left out), space_only's and ViViT fact_encoder's spatial blocks (one map
+per token frame), and joint space-time attention (one map over all patches of all frames).
+"""
+import matplotlib.colors
+import numpy as np
+import torch
+from einops import rearrange
+from matplotlib.figure import Figure
+
+from preprocessing import normalize
+from utils import record_attention
+
+# Frames in a strip at most; longer clips show this many, evenly spaced.
+MAX_STRIP_FRAMES = 16
+# Inches per frame in a strip, at least this many frames wide so the bar chart's labels fit, and
+# the bar chart's height; at DPI a strip of n frames is a PNG of 160 * max(n, 4) x 360 pixels.
+FRAME_INCHES, MIN_STRIP_FRAMES, CHART_INCHES, DPI = 1.6, 4, 2.0, 100
+# Confusion matrix figure: heat map and the list of the worst-confused pairs beside it.
+CONFUSION_INCHES, WORST_PAIRS, MAX_TICK_LABELS = (16, 10), 30, 40
+ATTENTION_ALPHA = 0.5
+# Characters of a class name that fit beside the bar chart (one frame's width at 8 points).
+LABEL_CHARACTERS = 26
+
+
+def save_png(figure, path):
+    """Write `figure` to `path` as PNG at DPI."""
+    figure.savefig(path, format='png', dpi=DPI)
+
+
+# ---------------------------------------------------------------- attention rollout
+
+def attention_rollout(maps):
+    """Rollout of attention through blocks in order: maps [(G, heads, N, N)] -> (G, N - 1), the
+    class token's (token 0's) share of each other token, per group G (see the module doc)."""
+    tokens = maps[0].shape[-1]
+    identity = torch.eye(tokens, dtype=maps[0].dtype, device=maps[0].device)
+    rollout = identity
+    for weights in maps:
+        mixed = weights.mean(dim=1) + identity
+        rollout = (mixed / mixed.sum(dim=-1, keepdim=True)) @ rollout
+    return rollout[:, 0, 1:]
+
+
+def rollout_modules(config):
+    """Names of the Attention modules the rollout goes through, in block order; a ValueError for
+    variants without attention among a frame's patches alone (fact_dot_product, the seed's
+    37e1801 fact_encoder, whose spatial groups interleave patches)."""
+    blocks = range(config.num_transformer_layers)
+    if config.attention_type == 'divided_space_time':
+        return [f'backbone.blocks.{index}.spatial_attn.attn' for index in blocks]
+    if config.attention_type in ('space_only', 'joint_space_time') or (
+            config.attention_type == 'fact_encoder' and config.fact_encoder_attention == 'self_attn'):
+        return [f'backbone.blocks.{index}.attn.attn' for index in blocks]
+    raise ValueError(f'attention maps are drawn for divided_space_time, space_only, joint_space_time and '
+                     f'fact_encoder (self_attn) models, not {config.arch} {config.attention_type}'
+                     f'{" (" + config.fact_encoder_attention + ")" if config.attention_type == "fact_encoder" else ""}')
+
+
+def frame_attention(model, frames, preprocessing, device='cpu'):
+    """Where the class token looked in one view, uint8 frames (T, 3, S, S): the rollout per token
+    frame, float (T', grid, grid), stretched to [0, 1] over the whole view so frames compare."""
+    config = model.config
+    names = rollout_modules(config)
+    video = normalize(frames.to(device).float().div(255), preprocessing.mean, preprocessing.std)
+    with torch.inference_mode(), record_attention(model) as attentions:
+        model(video[None])
+        relevance = attention_rollout([attentions[name].weights for name in names])
+    grid = config.img_size // config.patch_size
+    if config.attention_type == 'joint_space_time':
+        relevance = rearrange(relevance, '1 (p t) -> t p', p=grid * grid)
+    maps = rearrange(relevance, 't (h w) -> t h w', h=grid).float().cpu()
+    return (maps - maps.min()) / (maps.max() - maps.min()).clamp_min(torch.finfo(maps.dtype).tiny)
+
+
+# ---------------------------------------------------------------- one video
+
+def shorten(label, length=LABEL_CHARACTERS):
+    """label, cut to `length` characters with an ellipsis."""
+    return label if len(label) <= length else label[:length - 1] + '\u2026'
+
+
+def prediction_figure(frames, labels, probabilities, attention=None, title=None):
+    """A strip of the frames (uint8 (T, 3, S, S), at most MAX_STRIP_FRAMES of them, evenly spaced)
+    above a bar chart of the top classes (labels, probabilities in [0, 1], best first). attention
+    (T', grid, grid) in [0, 1] is drawn over each frame, frame t taking token frame t * T' // T."""
+    shown = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), MAX_STRIP_FRAMES)).round().astype(int))
+    columns = max(len(shown), MIN_STRIP_FRAMES)
+    figure = Figure(figsize=(FRAME_INCHES * columns, FRAME_INCHES + CHART_INCHES), dpi=DPI)
+    grid = figure.add_gridspec(2, columns, height_ratios=(FRAME_INCHES, CHART_INCHES), left=0.02, right=0.98,
+                               top=0.9, bottom=0.13, hspace=0.35, wspace=0.04)
+    size = frames.shape[-1]
+    for column, index in enumerate(shown):
+        axes = figure.add_subplot(grid[0, column])
+        axes.imshow(rearrange(frames[index], 'c h w -> h w c').numpy())
+        if attention is not None:
+            heat = attention[index * len(attention) // len(frames)].numpy()
+            axes.imshow(heat, cmap='jet', alpha=ATTENTION_ALPHA, vmin=0, vmax=1, interpolation='bilinear',
+                        extent=(-0.5, size - 0.5, size - 0.5, -0.5))
+        axes.set_title(f'frame {index}', fontsize=7)
+        axes.set_axis_off()
+    # The first column's width is left to the class names.
+    chart = figure.add_subplot(grid[1, 1:])
+    positions = np.arange(len(labels))
+    chart.barh(positions, probabilities, color='tab:blue')
+    chart.set_yticks(positions, [shorten(label) for label in labels], fontsize=8)
+    chart.invert_yaxis()
+    chart.set_xlim(0, 1)
+    chart.tick_params(axis='x', labelsize=7)
+    chart.set_xlabel('probability (softmax averaged over views)', fontsize=7)
+    for position, probability in zip(positions, probabilities):
+        chart.text(min(probability, 0.85) + 0.01, position, f'{probability:.1%}', va='center', fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=8)
+    return figure
+
+
+# ---------------------------------------------------------------- evaluation
+
+def worst_confusions(confusion, count=WORST_PAIRS):
+    """The `count` largest off-diagonal cells of confusion[true, predicted] (counts), largest first:
+    [(true, predicted, videos)]."""
+    others = confusion.clone()
+    others.fill_diagonal_(0)
+    values, flat = others.flatten().topk(min(count, others.numel()))
+    return [(index // confusion.shape[1], index % confusion.shape[1], value)
+            for value, index in zip(values.tolist(), flat.tolist()) if value > 0]
+
+
+def confusion_figure(confusion, class_names, title='confusion matrix'):
+    """The confusion matrix (K, K) of counts, rows the true class, as a heat map of each row's
+    shares with the classes sorted by name (class names on the axes up to MAX_TICK_LABELS
+    classes), and the worst-confused pairs listed beside it, readable at 400 classes."""
+    order = sorted(range(len(class_names)), key=lambda index: class_names[index])
+    counts = confusion[order][:, order].double()
+    shares = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+    figure = Figure(figsize=CONFUSION_INCHES, dpi=DPI)
+    grid = figure.add_gridspec(1, 2, width_ratios=(3, 2), left=0.08, right=0.98, top=0.93, bottom=0.1, wspace=0.05)
+    heat = figure.add_subplot(grid[0, 0])
+    # A square root scale lifts the small off-diagonal shares that matter at hundreds of classes.
+    image = heat.imshow(shares.numpy(), cmap='viridis', norm=matplotlib.colors.PowerNorm(0.5, vmin=0, vmax=1),
+                        interpolation='nearest')
+    figure.colorbar(image, ax=heat, fraction=0.04, pad=0.02, label="share of the true class's videos")
+    heat.set_xlabel('predicted class')
+    heat.set_ylabel('true class')
+    heat.set_title(f'{title} ({int(counts.sum())} videos, {len(class_names)} classes sorted by name)', fontsize=9)
+    if len(class_names) <= MAX_TICK_LABELS:
+        ticks = range(len(order))
+        heat.set_xticks(ticks, [class_names[index] for index in order], rotation=90, fontsize=7)
+        heat.set_yticks(ticks, [class_names[index] for index in order], fontsize=7)
+    listing = figure.add_subplot(grid[0, 1])
+    listing.set_axis_off()
+    totals = confusion.sum(dim=1)
+    pairs = worst_confusions(confusion)
+    lines = [f'{videos:>4}  {videos / max(1, int(totals[true])):5.0%}  {class_names[true]} -> {class_names[predicted]}'
+             for true, predicted, videos in pairs] or ['no confusions']
+    listing.text(0, 1, 'worst-confused pairs: videos, share of the true class, true -> predicted\n\n' +
+                 '\n'.join(lines), va='top', ha='left', family='monospace', fontsize=8, transform=listing.transAxes)
+    return figure
