@@ -112,12 +112,6 @@ def inference_preprocessing(model, data_statics_name=None, **changes):
     return settings.replace(**changes)
 
 
-def centre_view(preprocessing):
-    """Index of the one-view figure's view among a video's clip-major views: the centre crop of
-    the middle clip (of two middle clips, the later), the training command's `test/top1_1view`."""
-    return (preprocessing.num_clips // 2) * preprocessing.num_crops + preprocessing.num_crops // 2
-
-
 # ---------------------------------------------------------------- data
 
 class PredictionDataset(VideoDataset):
@@ -165,7 +159,7 @@ def prediction_loader(source, preprocessing, *, labelled=False, class_names=None
     if class_names is None and dataset.class_names != [str(i) for i in range(len(dataset.class_names))]:
         raise AnnotationError(f'{source}: labels classes by name, but the model carries no class names to map '
                               f'them to its outputs; give a class map')
-    views = preprocessing.num_clips * preprocessing.num_crops
+    views = preprocessing.num_views
     return DataLoader(dataset, batch_size=max(1, batch_size // views), num_workers=num_workers,
                       collate_fn=partial(collate_predictions, preprocessing=preprocessing),
                       pin_memory=torch.cuda.is_available())
@@ -216,7 +210,7 @@ def view_logits(model, views, preprocessing, batch_size, device):
 def classify(model, loader, preprocessing, batch_size=8, device='cpu'):
     """VideoFailure and VideoResult per video of the loader's batches, as they come. A batch's
     forward time is shared by its videos in proportion to their views (all have the same)."""
-    centre = centre_view(preprocessing)
+    centre = preprocessing.centre_view
     for batch in loader:
         for path, error in batch['failed']:
             yield VideoFailure(path, error)
@@ -276,7 +270,7 @@ def format_result(record):
 
 class Evaluation:
     """Top-1 and top-5 accuracy over labelled results, at all views (softmax averaged) and at one
-    view (centre_view's), and the confusion matrix of the all-views prediction:
+    view (Preprocessing.centre_view), and the confusion matrix of the all-views prediction:
     confusion[true, predicted] counts videos."""
 
     def __init__(self, num_classes, one_view):

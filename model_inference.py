@@ -31,7 +31,7 @@ from tqdm import tqdm
 import dataset
 from command_line import Parser, UsageError
 from dataset import DECODERS, VIDEO_EXTENSIONS, AnnotationError, UnreadableDatasetError
-from inference import (Evaluation, ResultWriter, VideoFailure, centre_view, classify, inference_preprocessing,
+from inference import (Evaluation, ResultWriter, VideoFailure, classify, inference_preprocessing,
                        load_classifier, model_class_names, prediction_loader, resolve_weights, write_report)
 from preprocessing import DATA_STATICS
 from visualize import frame_attention, rollout_modules
@@ -157,7 +157,7 @@ def main(argv=None):
     loader = prediction_loader(source, settings, labelled=args.eval is not None, class_names=model.class_names,
                                num_class=model.config.num_classes, batch_size=args.batch_size, num_workers=workers,
                                **({'decoder': args.decoder} if args.decoder else {}))
-    evaluation = Evaluation(model.config.num_classes, centre_view(settings)) if args.eval else None
+    evaluation = Evaluation(model.config.num_classes, settings.centre_view) if args.eval else None
     report = Path(args.out or f'eval_{Path(args.eval).stem}') if args.eval else None
     failures = []
     started = time.perf_counter()

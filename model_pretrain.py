@@ -30,6 +30,7 @@ from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from command_line import Parser, UsageError
 from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
@@ -71,10 +72,6 @@ DEMO_RECIPE = dict(
 ATTENTION_TYPES = ('divided_space_time', 'space_only', 'joint_space_time', 'fact_encoder', 'fact_dot_product')
 
 
-class UsageError(Exception):
-    """A flag or path the user gave that cannot work; exits 2 with one line."""
-
-
 def str_to_bool(text):
     """The original's `-mixup True` spelling, and a bare `-mixup`."""
     if text.lower() in ('true', '1', 'yes'):
@@ -82,16 +79,6 @@ def str_to_bool(text):
     if text.lower() in ('false', '0', 'no'):
         return False
     raise argparse.ArgumentTypeError(f'expected True or False, got {text!r}')
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors, single-dash long flags and their double-dash aliases."""
-
-    def flag(self, name, **kwargs):
-        self.add_argument(f'-{name}', f'--{name}', **kwargs)
-
-    def error(self, message):
-        raise UsageError(message)
 
 
 def parse_args(argv=None):
@@ -388,7 +375,7 @@ def report(args, module, trainer, data, best, test, log_dir, run_dir, seconds):
         from_rows = [row for row in read_metrics(rows) if row.get('val/top1') == best_score]
         if from_rows:
             val_top5, best_epoch = from_rows[0].get('val/top5'), int(from_rows[0]['epoch'])
-    views = data.preprocessing.num_clips * data.preprocessing.num_crops
+    views = data.preprocessing.num_views
     summary = {
         'experiment': run_dir.name, 'best_val_top1': best_score, 'best_val_top5': val_top5, 'best_epoch': best_epoch,
         'test_top1_1view': test.get('test/top1_1view'), 'test_top5_1view': test.get('test/top5_1view'),

@@ -233,8 +233,8 @@ class LitVideoClassifier(pl.LightningModule):
             self.log(f'{stage}/top{k}', self.metrics[f'{stage}_top{k}'], batch_size=batch_size)
         if stage == 'test':
             # One view, the centre crop of the middle clip, for the 1-view figure beside the multi-view one.
-            crops = (self.hparams.preprocessing or {}).get('num_crops', 1)
-            centre = (views // crops // 2) * crops + crops // 2 if views % crops == 0 else views // 2
+            settings = self.model.preprocessing
+            centre = settings.centre_view if settings is not None and settings.num_views == views else views // 2
             for k in (1, 5):
                 self.metrics[f'test_1view_top{k}'](logits[:, centre], label)
                 self.log(f'test/top{k}_1view', self.metrics[f'test_1view_top{k}'], batch_size=batch_size)

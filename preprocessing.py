@@ -82,6 +82,17 @@ class Preprocessing:
         values = dataclasses.asdict(self)
         return {**values, 'mean': list(self.mean), 'std': list(self.std)}
 
+    @property
+    def num_views(self):
+        """Evaluation views per video: num_clips x num_crops, clip-major."""
+        return self.num_clips * self.num_crops
+
+    @property
+    def centre_view(self):
+        """Index of the one-view figure's view among a video's views: the centre crop of the middle
+        clip (of two middle clips, the later)."""
+        return (self.num_clips // 2) * self.num_crops + self.num_crops // 2
+
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
