@@ -29,3 +29,4 @@ def shared_videos(shared_dir):
 def demo_data(tmp_path_factory):
     """A small demo dataset (4 train, 1 val, 1 test clips per class) generated once per session."""
     return make_demo_dataset(tmp_path_factory.mktemp('demo'), seed=0, clips_per_class=(4, 1, 1), progress=False)
+

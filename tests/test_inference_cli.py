@@ -13,6 +13,7 @@ import pytest
 
 from demo.make_demo_dataset import make_demo_dataset
 from inference import classify, inference_preprocessing, load_classifier, prediction_loader
+from command_lines import run_in_one_process
 from classifiers import CLASSES, export, hf_folder, png_size
 from videos import moving_square, write_long_video, write_odd_videos, write_video
 
@@ -226,30 +227,31 @@ def test_mistakes_stop_with_one_line_and_their_exit_code(model_folder, labelled,
     model = ['-pretrain', model_folder]
     offline = {'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': str(tmp_path / 'cache')}
     cases = {
-        'missing weights': (['-pretrain', tmp_path / 'best.ckpt', '-video_path', video], {}, 2,
+        'missing weights': (['-pretrain', tmp_path / 'best.ckpt', '-video_path', video], 2,
                             f'{tmp_path / "best.ckpt"}: no such file or folder'),
-        'missing video': ([*model, '-video_path', tmp_path / 'clip.mp4'], {}, 2,
+        'missing video': ([*model, '-video_path', tmp_path / 'clip.mp4'], 2,
                           f'-video_path {tmp_path / "clip.mp4"}: no such file or folder'),
-        'folder without videos': ([*model, '-video_path', tmp_path / 'empty_folder'], {}, 2, 'no videos'),
-        'class map of another size': ([*model, '-video_path', video, '-class_map', tmp_path / 'three.txt'], {}, 2,
+        'folder without videos': ([*model, '-video_path', tmp_path / 'empty_folder'], 2, 'no videos'),
+        'class map of another size': ([*model, '-video_path', video, '-class_map', tmp_path / 'three.txt'], 2,
                                       'three.txt: 3 classes, but the model has 4 outputs'),
-        'not a number': ([*model, '-video_path', video, '-num_clips', 'two'], {}, 2,
+        'not a number': ([*model, '-video_path', video, '-num_clips', 'two'], 2,
                          "argument -num_clips/--num_clips: invalid int value: 'two'"),
-        'Hub id not in the cache': (['-pretrain', 'tiny-org/absent', '-video_path', video], offline, 2,
+        'Hub id not in the cache': (['-pretrain', 'tiny-org/absent', '-video_path', video], 2,
                                     'tiny-org/absent: no such file or folder, and not found on the Hugging Face Hub'),
-        'corrupt video': ([*model, '-video_path', tmp_path / 'corrupt.mp4'], {}, 1,
+        'corrupt video': ([*model, '-video_path', tmp_path / 'corrupt.mp4'], 1,
                           f'{tmp_path / "corrupt.mp4"}: decord: '),
     }
-    with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(cases, pool.map(lambda case: infer(*case[0], env=case[1]), cases.values())))
-    for name, (_, _, code, expected) in cases.items():
+    # One process for every case; the Hub case needs the offline cache, which the others never reach.
+    results = run_in_one_process('model_inference.py', {name: flags for name, (flags, _, _) in cases.items()},
+                                 env=offline)
+    for name, (_, code, expected) in cases.items():
         result = results[name]
-        assert result.returncode == code, (name, result.stderr[-2000:])
-        assert 'Traceback' not in result.stderr, name
-        lines = own_lines(result.stderr)
+        assert result['code'] == code, (name, result['stderr'][-2000:])
+        assert 'Traceback' not in result['stderr'], name
+        lines = own_lines(result['stderr'])
         assert len(lines) == 1 and lines[0].startswith('model_inference.py: error: ') and expected in lines[0], \
             (name, lines)
-        assert result.stdout == '', name
+        assert result['stdout'] == '', name
 
 
 # ---------------------------------------------------------------- memory

@@ -5,12 +5,12 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
+from command_lines import run_in_one_process
 from model_loading import load_model
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -58,14 +58,15 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(demo_data, tmp_path):
         'missing starting point': ([*listed, '-pretrain', tmp_path / 'vit.pth'], 'vit.pth'),
         'not a number': (['-lr', 'fast'], "argument -lr/--lr: invalid float value: 'fast'"),
     }
-    with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(cases, pool.map(lambda case: train(*TINY, *case[0]), cases.values())))
+    results = run_in_one_process('model_pretrain.py', {name: [*TINY, *flags] for name, (flags, _) in cases.items()})
     for name, (_, expected) in cases.items():
         result = results[name]
-        assert result.returncode == 2, (name, result.stderr[-2000:])
-        assert 'Traceback' not in result.stderr, name
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and expected in lines[0], (name, lines)
+        assert result['code'] == 2, (name, result['stderr'][-2000:])
+        assert 'Traceback' not in result['stderr'], name
+        lines = [line for line in result['stderr'].splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith('model_pretrain.py: error: ') and expected in lines[0], \
+            (name, lines)
+        assert not any((tmp_path / 'fresh' / 'results').glob('*/ckpt/*')), name  # stopped before training
 
 
 def wait_for(path_glob, root, process, timeout=300):
