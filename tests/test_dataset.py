@@ -383,7 +383,7 @@ def test_pyav_takes_over_files_decord_fails_on(tmp_path, caplog):
     listing = write(tmp_path / 'l.txt', 'stream.ts 0\n')
     with caplog.at_level(logging.DEBUG, logger='dataset'):
         item = VideoDataset(listing, mode='val', num_frames=4, frame_interval=8, short_side=64)[0]
-    assert item['skipped'] == 0 and item['video'].shape == (4, 3, 64, 96)
+    assert item['skipped'] == 0 and item['video'].shape == (4, 3, 64, 64)
     assert 'pyav read' in caplog.text and 'decord:' in caplog.text
 
 
@@ -431,7 +431,7 @@ def test_unreadable_videos_are_replaced_logged_and_counted(broken_list, caplog, 
         with caplog.at_level(logging.WARNING, logger='dataset'):
             item = clips[index]
         assert item['skipped'] >= 1 and item['index'] < 4
-        assert item['video'].shape == (4, 3, 32, 48)
+        assert item['video'].shape == (4, 3, 32, 32)
         first = caplog.records[0]
         assert first.levelno == logging.WARNING
         assert str(path) in first.getMessage() and all(part in first.getMessage() for part in reasons[path.name])
