@@ -32,7 +32,7 @@ from demo.make_demo_dataset import make_demo_dataset  # noqa: E402
 from utils import write_csv  # noqa: E402
 
 SHARED_DEMO = REPO.parent / 'shared' / 'demo'
-# Sampling per source: the seed's 8x32 on the real clips; 8x4 spans a demo clip (24-48 frames).
+# Sampling per source: the seed's 8x32 on the real clips; 8x4 spans most of a demo clip (32-48 frames).
 SOURCES = {
     'demo': dict(num_frames=8, frame_interval=4, short_side=64, clips=64),
     'kinetics': dict(num_frames=8, frame_interval=32, short_side=256, clips=12),

@@ -1,11 +1,11 @@
 """Generate a small labelled dataset of real H.264 mp4 clips whose class only motion reveals.
 
-Each clip shows a textured background, distractor shapes that jitter in place and one target
-shape. The class is what the target does over time: moves up, moves down, grows or shrinks.
-Every frame on its own is drawn from the same distribution for all four classes (positions wrap
-around the frame and sizes wrap around their range, both from a random phase), so a model has
-to compare frames to tell the classes apart. The classes are also unchanged by a horizontal
-flip, which the training augmentation applies.
+Each clip shows a dark textured background, distractor shapes that jitter in place and one
+bright target shape. The class is what the target does over time: moves up, moves down, grows or
+shrinks. Every frame on its own is drawn from the same distribution for all four classes
+(positions wrap around the frame and sizes wrap around their range, both from a random phase),
+so a model has to compare frames to tell the classes apart. The classes are also unchanged by a
+horizontal flip, which the training augmentation applies.
 
 Writes `{split}/{class}/{split}_{i:04d}.mp4`, `train.txt`, `val.txt` and `test.txt` in the seed's
 list format (`path<TAB>class name` per line) and `classmap.json` (name -> index).
@@ -24,17 +24,26 @@ CLASSES = ('moving_up', 'moving_down', 'growing', 'shrinking')
 SPLITS = ('train', 'val', 'test')
 SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 SHAPES = ('disc', 'square', 'triangle')
-# Target radius range in pixels; sizes wrap around it in log space for growing/shrinking.
-RADIUS_RANGE = (6.0, 14.0)
-# Frames the target takes to cross the frame height, or its whole size range, once. At the default
-# 8x4 sampling that is 3 to 6 pixels between sampled frames: slow enough to follow without
-# aliasing, and a sampled window seldom wraps, where faster motion did both and hid the direction.
-PERIOD_RANGE = (40.0, 80.0)
-# Distractors wander this many pixels at most from where they start.
+# Target radius range as a fraction of the frame height; sizes wrap around it in log space for
+# growing/shrinking, so a wide range makes the change in size over a clip plain to see.
+RADIUS_RANGE = (0.1, 0.36)
+# Frames the target takes to cross the frame height, or its whole size range, once. At the demo's
+# 8x4 sampling that is 3.6 to 5.3 pixels (of 64) between sampled frames, and a 32-frame window
+# spans under 70% of a cycle, so a size wraps (largest back to smallest) in at most one place.
+PERIOD_RANGE = (48.0, 72.0)
+# Target centres stay in this band of the width, inside the centre crop evaluation takes.
+TARGET_X_RANGE = (0.3, 0.7)
+# Distractors: smaller than the target, wandering this many pixels at most from where they start.
+DISTRACTOR_RADIUS_RANGE = (0.06, 0.12)
 JITTER_RADIUS = 1.0
 NUM_DISTRACTORS = 2
 # Standard deviation of the static background texture, in 8-bit levels.
 TEXTURE_NOISE = 8.0
+# Each channel of a colour is drawn from these 8-bit ranges: a dark background, mid-level
+# distractors and a bright target, so the target stands out in every frame.
+BACKGROUND_LEVELS = (0.0, 64.0)
+DISTRACTOR_LEVELS = (64.0, 160.0)
+TARGET_LEVELS = (192.0, 255.0)
 
 
 def _shape_masks(kind, dy, dx, radius):
@@ -49,45 +58,41 @@ def _shape_masks(kind, dy, dx, radius):
     return (dy >= -radius) & (dy <= 0.6 * radius) & (np.abs(dx) <= (dy + radius) / 1.6)
 
 
-def _distinct_colour(rng, avoid, min_distance=120.0):
-    """A random RGB colour at least min_distance away from every colour in avoid."""
-    while True:
-        colour = rng.uniform(0, 255, size=3)
-        if all(np.linalg.norm(colour - other) >= min_distance for other in avoid):
-            return colour
+def _torus_offsets(coordinates, centres, period):
+    """Offsets (T, n) from centres (T,) to pixel coordinates (n,) on a circle of length period."""
+    return (coordinates[None, :] - centres[:, None] + period / 2) % period - period / 2
 
 
-def render_clip(label, rng, num_frames=32, height=64, width=96):
+def render_clip(label, rng, num_frames=32, height=64, width=64):
     """Frames of one clip of class CLASSES[label]: uint8 (T, H, W, 3)."""
-    rows = np.arange(height, dtype=np.float32)[:, None]
-    columns = np.arange(width, dtype=np.float32)[None, :]
-    background = rng.uniform(0, 255, size=3)
-    frames = np.broadcast_to((background + rng.normal(0, TEXTURE_NOISE, size=(height, width, 1))).astype(np.float32),
-                             (num_frames, height, width, 3))
-    column = (num_frames, 1, 1)
+    rows, columns = np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32)
+    texture = rng.uniform(*BACKGROUND_LEVELS, size=3) + rng.normal(0, TEXTURE_NOISE, size=(height, width, 1))
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    frames[:] = np.clip(texture, 0, 255).astype(np.uint8)
 
-    colours = [background]
     for _ in range(NUM_DISTRACTORS):
-        colours.append(_distinct_colour(rng, colours))
+        colour = rng.uniform(*DISTRACTOR_LEVELS, size=3)
         start = rng.uniform((0, 0), (height, width))
         steps = rng.normal(0, 1.0, size=(num_frames, 2))
         # A random walk pulled back to its start: it moves every frame but never travels.
         offsets = np.zeros((num_frames, 2))
         for t in range(1, num_frames):
             offsets[t] = np.clip(0.7 * offsets[t - 1] + steps[t], -JITTER_RADIUS, JITTER_RADIUS)
-        track = (start + offsets).astype(np.float32).reshape(num_frames, 2, 1, 1)
-        kind, radius = rng.choice(SHAPES), np.float32(rng.uniform(*RADIUS_RANGE))
-        mask = _shape_masks(kind, rows - track[:, 0], columns - track[:, 1], radius)
-        frames = np.where(mask[..., None], colours[-1].astype(np.float32), frames)
+        track = start + offsets
+        kind, radius = rng.choice(SHAPES), rng.uniform(*DISTRACTOR_RADIUS_RANGE) * height
+        mask = _shape_masks(kind, _torus_offsets(rows, track[:, 0], height)[:, :, None],
+                            _torus_offsets(columns, track[:, 1], width)[:, None, :], radius)
+        frames[mask] = np.round(colour).astype(np.uint8)
 
-    target_colour = _distinct_colour(rng, colours)
+    target_colour = rng.uniform(*TARGET_LEVELS, size=3)
     kind = rng.choice(SHAPES)
-    log_low, log_high = np.log(RADIUS_RANGE[0]), np.log(RADIUS_RANGE[1])
+    log_low, log_high = np.log(np.array(RADIUS_RANGE) * height)
     # Phase runs over [0, 1) from a random start and wraps, so every frame on its own looks alike
     # in all classes.
-    phase = (rng.uniform() + np.arange(num_frames) / rng.uniform(*PERIOD_RANGE)) % 1.0
+    period = rng.uniform(*PERIOD_RANGE)
+    phase = (rng.uniform() + np.arange(num_frames) / period) % 1.0
     centre_y = np.full(num_frames, rng.uniform(0, height))
-    centre_x = np.full(num_frames, rng.uniform(0, width))
+    centre_x = np.full(num_frames, rng.uniform(*TARGET_X_RANGE) * width)
     radius = np.full(num_frames, np.exp(rng.uniform(log_low, log_high)))
     name = CLASSES[label]
     if name == 'moving_up':
@@ -99,11 +104,10 @@ def render_clip(label, rng, num_frames=32, height=64, width=96):
     else:
         radius = np.exp(log_high - phase * (log_high - log_low))
     # Offsets on a torus: the target leaves the frame on one side and re-enters on the other.
-    dy = (rows - centre_y.astype(np.float32).reshape(column) + height / 2) % height - height / 2
-    dx = (columns - centre_x.astype(np.float32).reshape(column) + width / 2) % width - width / 2
-    mask = _shape_masks(kind, dy, dx, radius.astype(np.float32).reshape(column))
-    frames = np.where(mask[..., None], target_colour.astype(np.float32), frames)
-    return np.clip(frames, 0, 255).astype(np.uint8)
+    mask = _shape_masks(kind, _torus_offsets(rows, centre_y, height)[:, :, None],
+                        _torus_offsets(columns, centre_x, width)[:, None, :], radius[:, None, None])
+    frames[mask] = np.round(target_colour).astype(np.uint8)
+    return frames
 
 
 def write_video(path, frames, fps=25, container_format=None):
@@ -124,8 +128,8 @@ def write_video(path, frames, fps=25, container_format=None):
         container.mux(stream.encode())
 
 
-def make_demo_dataset(out_dir='demo/data', seed=0, clips_per_class=(64, 8, 8), frame_range=(24, 48),
-                      height=64, width=96, fps=25, progress=True):
+def make_demo_dataset(out_dir='demo/data', seed=0, clips_per_class=(64, 16, 16), frame_range=(32, 48),
+                      height=64, width=64, fps=25, progress=True):
     """Write the demo dataset into out_dir and return out_dir as a Path.
 
     clips_per_class gives the train, val and test counts; clip lengths are drawn from
@@ -153,7 +157,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default=str(Path(__file__).parent / 'data'), help='output folder')
     parser.add_argument('--seed', type=int, default=0, help='random seed; the same seed gives the same files')
-    parser.add_argument('--clips-per-class', type=int, nargs=3, default=(64, 8, 8), metavar=('TRAIN', 'VAL', 'TEST'))
+    parser.add_argument('--clips-per-class', type=int, nargs=3, default=(64, 16, 16), metavar=('TRAIN', 'VAL', 'TEST'))
     args = parser.parse_args()
     make_demo_dataset(args.out, seed=args.seed, clips_per_class=tuple(args.clips_per_class))
 

@@ -495,7 +495,7 @@ def test_pyav_takes_over_files_decord_fails_on(tmp_path, caplog):
     listing = write(tmp_path / 'l.txt', 'stream.ts 0\n')
     with caplog.at_level(logging.DEBUG, logger='dataset'):
         item = VideoDataset(listing, mode='val', num_frames=4, frame_interval=8, short_side=64)[0]
-    assert item['failed'] == [] and item['video'].shape == (1, 4, 3, 64, 96)
+    assert item['failed'] == [] and item['video'].shape == (1, 4, 3, 64, 64)
     assert 'pyav read' in caplog.text and 'decord:' in caplog.text
 
 
@@ -552,7 +552,7 @@ def test_unreadable_videos_are_replaced_in_training(broken_list, caplog, decoder
         assert item['failed'][0][0] == str(path) and all(part in item['failed'][0][1] for part in reasons[path.name])
         # The item returned is another, readable one, with its own path and label.
         assert item['index'] < 4 and item['path'] == clips.path(item['index'])
-        assert item['label'] == clips.labels[item['index']] and item['video'].shape == (4, 3, 32, 48)
+        assert item['label'] == clips.labels[item['index']] and item['video'].shape == (4, 3, 32, 32)
         first = caplog.records[0]
         assert first.levelno == logging.WARNING
         assert str(path) in first.getMessage() and 'replaced by another' in first.getMessage()
