@@ -71,7 +71,8 @@ class LitVideoClassifier(pl.LightningModule):
                                      Preprocessing.from_dict(preprocessing) if preprocessing is not None else None)
         num_blocks = len(self.blocks)
         if not 0 <= freeze_blocks <= num_blocks:
-            raise ValueError(f'freeze_blocks must be between 0 and the model\'s {num_blocks} blocks, got {freeze_blocks}')
+            raise ValueError(f"freeze_blocks must be between 0 and the model's {num_blocks} blocks, "
+                             f'got {freeze_blocks}')
         self._freeze()
         num_classes = self.model.config.num_classes
         self.metrics = torch.nn.ModuleDict({
@@ -151,7 +152,8 @@ class LitVideoClassifier(pl.LightningModule):
         hp = self.hparams
         groups = self.parameter_groups()
         if hp.optim_type == 'sgd':
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0)
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum,
+                                        nesterov=hp.nesterov and hp.momentum > 0)
         else:
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         total_steps = max(1, self.trainer.estimated_stepping_batches)

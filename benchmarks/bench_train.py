@@ -4,8 +4,9 @@ For each implementation (ours, transformers' TimesformerForVideoClassification),
 torch.compile, and each batch size: AdamW training steps on a random batch under autocast, in a
 process of its own (compile caches and memory peaks stay apart). Reports clips per second, peak
 memory over the timed steps (model, optimizer state and activations: the CUDA allocator's peak, or
-on a CPU the resident set's high-water mark), and model FLOPs utilisation: 3 x the forward pass's FLOPs (forward, and backward at twice
-the forward) per clip, times clips per second, over the device's peak for the dtype.
+on a CPU the resident set's high-water mark), and model FLOPs utilisation: 3 x the forward pass's
+FLOPs (forward, and backward at twice the forward) per clip, times clips per second, over the
+device's peak for the dtype.
 
     python benchmarks/bench_train.py                      # on a GPU: B/16 8x224, bf16, batch 8 and 16
     python benchmarks/bench_train.py --config small --batch_sizes 2 4 --dtype float32   # a CPU
