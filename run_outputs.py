@@ -1,5 +1,5 @@
-"""What a training run leaves behind: checkpoints written atomically, one more on SIGTERM, the curves
-of its CSV log as a PNG and a summary as JSON."""
+"""What a training run shows and leaves behind: a progress bar with short metric names, checkpoints
+written atomically, one more on SIGTERM, the curves of its CSV log as a PNG and a summary as JSON."""
 import csv
 import json
 import math
@@ -9,8 +9,23 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+
+class CompactProgressBar(TQDMProgressBar):
+    """Lightning's bar on one line: loss, top-1, the learning rate in scientific notation and the step
+    time, where the default shows every logged name in full and rounds a small lr to 0.000."""
+
+    SHOWN = {'train/loss': ('loss', '{:.3f}'), 'train/top1_step': ('top1', '{:.3f}'),
+             'train/lr': ('lr', '{:.2e}'), 'train/step_time': ('step', '{:.2f}s')}
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        return {short: form.format(float(metrics[name])) for name, (short, form) in self.SHOWN.items()
+                if name in metrics}
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -61,9 +76,9 @@ def _series(rows, key, axis):
     return [x for x, _ in points], [y for _, y in points]
 
 
-def plot_curves(metrics_csv, png):
-    """Loss (train per step, val per epoch), top-1 accuracy (train and val per epoch) and the
-    learning rate from a CSVLogger metrics.csv -> a PNG of three panels."""
+def plot_curves(metrics_csv, png, top5=True):
+    """Loss (train per step, val per epoch), accuracy (train and val top-1, val top-5 unless top5 is
+    False, per epoch) and the learning rate from a CSVLogger metrics.csv -> a PNG of three panels."""
     rows = read_metrics(metrics_csv)
     figure = Figure(figsize=(15, 4))  # no pyplot: no GUI backend, nothing global
     loss_axis, accuracy_axis, lr_axis = figure.subplots(1, 3)
@@ -73,10 +88,13 @@ def plot_curves(metrics_csv, png):
             loss_axis.plot(steps, values, label=label, marker='o' if key == 'val/loss' else None)
     loss_axis.set(title='loss', xlabel='step')
     for key, label in (('train/top1_epoch', 'train top-1'), ('val/top1', 'val top-1'), ('val/top5', 'val top-5')):
+        if key == 'val/top5' and not top5:
+            continue
         epochs, values = _series(rows, key, 'epoch')
         if values:
             accuracy_axis.plot([epoch + 1 for epoch in epochs], values, label=label, marker='o')
     accuracy_axis.set(title='accuracy', xlabel='epoch', ylim=(0, 1.02))
+    accuracy_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     steps, values = _series(rows, 'train/lr', 'step')
     lr_axis.plot(steps, values)
     lr_axis.set(title='learning rate', xlabel='step')
