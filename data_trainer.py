@@ -24,7 +24,9 @@ rank then holds the same seed, and Lightning's DDP and FSDP strategies reset eve
 the start of each run (fit, validate, test, predict), so ranks would draw the same windows, crops
 and mixes. `setup` therefore seeds each run with seed + global rank (`seed_rank`), the seed being
 the one this DataModule met at its first setup: however often setup runs, the rank is added once.
-Lightning's samplers shard the items.
+Lightning's samplers shard the training items; validation and test items are split among the ranks
+without Lightning's padding (which repeats items to even out the ranks), so metrics count each
+video once.
 
 Hyper-parameters are saved as plain types (paths as strings), so a checkpoint's
 `datamodule_hyper_parameters` load with `torch.load(weights_only=True)`; `preprocessing` gives the
@@ -41,6 +43,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
@@ -248,12 +251,26 @@ class VideoDataModule(pl.LightningDataModule):
         training = split == 'train'
         return DataLoader(
             self.dataset(split), batch_size=hp.batch_size, shuffle=training, drop_last=training,
+            sampler=self._evaluation_sampler(split),
             num_workers=hp.num_workers,
             collate_fn=collate_clips if training else partial(collate_views, preprocessing=self.views[split]),
             # Pinned memory only helps copies to a GPU; without one torch warns and ignores it.
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
             prefetch_factor=hp.prefetch_factor if hp.num_workers > 0 else None)
+
+    def _evaluation_sampler(self, split):
+        """Under DDP, each validation or test item on one rank only (ranks may differ by one batch:
+        evaluation has no gradient to synchronise); None otherwise, for Lightning to decide."""
+        trainer, dataset = self.trainer, self.dataset(split)
+        if split not in ('val', 'test') or trainer is None or trainer.world_size == 1:
+            return None
+        if len(dataset) < trainer.world_size:
+            rank_zero_warn(f'{split}: {len(dataset)} videos for {trainer.world_size} ranks; Lightning repeats some '
+                           'so that every rank has one, and the metrics count the repeats')
+            return None
+        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                            shuffle=False)
 
     def train_dataloader(self):
         return self._loader('train')

@@ -401,6 +401,7 @@ def report(args, module, trainer, data, best, test, log_dir, run_dir, seconds):
         'experiment': run_dir.name, 'best_val_top1': best_score, 'best_val_top5': val_top5, 'best_epoch': best_epoch,
         'test_top1_1view': test.get('test/top1_1view'), 'test_top5_1view': test.get('test/top5_1view'),
         'test_top1': test.get('test/top1'), 'test_top5': test.get('test/top5'), 'test_views': views,
+        'test_videos': int(test['test/videos']) if 'test/videos' in test else None,
         'epochs': trainer.current_epoch, 'steps': trainer.global_step, 'skipped_steps': module.skipped_steps,
         'seconds': round(seconds, 1), 'checkpoint': best.best_model_path or best.last_model_path,
         'last_checkpoint': best.last_model_path,
@@ -412,7 +413,8 @@ def report(args, module, trainer, data, best, test, log_dir, run_dir, seconds):
     say(f'Done in {seconds / 60:.1f} min: best val top-1 {percent(best_score)} / top-5 {percent(val_top5)} '
         f'(epoch {best_epoch}); test top-1 {percent(summary["test_top1_1view"])} / top-5 '
         f'{percent(summary["test_top5_1view"])} at 1 view, {percent(summary["test_top1"])} / '
-        f'{percent(summary["test_top5"])} at {data.preprocessing.num_clips}x{data.preprocessing.num_crops} views; '
+        f'{percent(summary["test_top5"])} at {data.preprocessing.num_clips}x{data.preprocessing.num_crops} views '
+        f'of {summary["test_videos"]} videos; '
         f'{log_dir / "summary.json"}, {log_dir / "curves.png"}')
     say(f'Next: python model_inference.py -pretrain {shlex.quote(str(summary["checkpoint"]))} '
         f'-video_path {shlex.quote(str(first_video(data)))}')

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
+from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from preprocessing import Preprocessing
@@ -78,6 +79,8 @@ class LitVideoClassifier(pl.LightningModule):
         self.metrics = torch.nn.ModuleDict({
             f'{stage}_top{k}': MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average='micro')
             for stage in ('train', 'val', 'test', 'test_1view') for k in (1, 5)})
+        # Videos each evaluation counted, over all ranks: unreadable ones are left out, none counted twice.
+        self.metrics.update({f'{stage}_videos': SumMetric() for stage in ('val', 'test')})
         self.skipped_steps = 0
         self._batch_started = self._batch_ended = None
 
@@ -233,6 +236,8 @@ class LitVideoClassifier(pl.LightningModule):
         for k in (1, 5):
             self.metrics[f'{stage}_top{k}'](probabilities, label)
             self.log(f'{stage}/top{k}', self.metrics[f'{stage}_top{k}'], batch_size=batch_size)
+        self.metrics[f'{stage}_videos'](batch_size)
+        self.log(f'{stage}/videos', self.metrics[f'{stage}_videos'], on_step=False, on_epoch=True)
         if stage == 'test':
             # One view, the centre crop of the middle clip, for the 1-view figure beside the multi-view one.
             settings = self.model.preprocessing

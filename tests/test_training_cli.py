@@ -185,10 +185,20 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint(demo_data, tmp_p
 
 
 def test_two_process_ddp_fit_on_cpu(demo_data, tmp_path):
-    result = train(*demo_flags(demo_data), *TINY, '-epoch', '1', '-devices', '2', '-strategy', 'ddp',
-                   '-root_dir', tmp_path)
+    # Odd numbers of val and test videos: Lightning's own sampler would repeat one to even out the ranks.
+    lines = {split: [f'{demo_data}/{line}' for line in (demo_data / f'{split}.txt').read_text().splitlines()]
+             for split in ('train', 'val', 'test')}
+    (tmp_path / 'val.txt').write_text('\n'.join(lines['val'][:3]) + '\n')
+    (tmp_path / 'test.txt').write_text('\n'.join(lines['test'] + lines['val'][:1]) + '\n')
+    result = train(*demo_flags(demo_data), '-val_data_path', tmp_path / 'val.txt', '-test_data_path',
+                   tmp_path / 'test.txt', *TINY, '-epoch', '1', '-devices', '2', '-strategy', 'ddp',
+                   '-root_dir', tmp_path / 'runs')
     assert result.returncode == 0, result.stderr[-3000:]
-    assert 'gpus_2' in run_dir(tmp_path).name
-    summary = json.loads((run_dir(tmp_path) / 'log' / 'summary.json').read_text())
+    assert 'gpus_2' in run_dir(tmp_path / 'runs').name
+    log = run_dir(tmp_path / 'runs') / 'log'
+    summary = json.loads((log / 'summary.json').read_text())
     assert summary['steps'] == 2  # 16 clips over 2 ranks in batches of 4
+    # Each val and test video counted once over both ranks.
+    assert [row['val/videos'] for row in read_metrics(log / 'metrics.csv') if 'val/videos' in row] == [3]
+    assert summary['test_videos'] == 5 and 'views of 5 videos' in result.stdout
     assert load_model(summary['checkpoint']).class_names == ['moving_up', 'moving_down', 'growing', 'shrinking']
