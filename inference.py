@@ -244,6 +244,13 @@ def result_record(result, class_names, topk=5):
     return record
 
 
+def csv_columns(topk):
+    """The CSV's columns: csv_row's, then `error`, set (and only it and path) for a video that
+    could not be read."""
+    ranked = [f'top{rank}_{name}' for rank in range(1, topk + 1) for name in ('label', 'index', 'probability')]
+    return ['path', 'label', 'views', 'video_frames', 'decode_ms', 'forward_ms', *ranked, 'frames', 'error']
+
+
 def csv_row(record):
     """A result_record flattened to CSV columns: the label empty for unlabelled videos,
     top{i}_label, top{i}_index, top{i}_probability, and the frames as space-separated numbers,
@@ -339,8 +346,9 @@ class ResultWriter:
     `clip.mp4.png`). attention(frames) -> (T', grid, grid) draws the rollout over the frames."""
 
     def __init__(self, class_names, *, topk=5, json_lines=False, csv_path=None, pictures=None, picture_root=None,
-                 attention=None, stream=sys.stdout):
-        self.class_names, self.topk, self.json_lines, self.stream = class_names, topk, json_lines, stream
+                 attention=None, stream=None):
+        self.class_names, self.topk, self.json_lines = class_names, topk, json_lines
+        self.stream = stream or sys.stdout  # looked up now: a caller may have replaced sys.stdout
         self.csv_path = Path(csv_path) if csv_path else None
         self.pictures = Path(pictures) if pictures else None
         self.picture_root = Path(picture_root) if picture_root else None
@@ -361,6 +369,8 @@ class ResultWriter:
         if isinstance(outcome, VideoFailure):
             if self.json_lines:
                 self._say(json.dumps({'path': outcome.path, 'error': outcome.error}))
+            if self.csv_path is not None:
+                self._write_row({'path': outcome.path, 'error': outcome.error})
             return
         record = result_record(outcome, self.class_names, self.topk)
         self._say(json.dumps(record) if self.json_lines else format_result(record))
@@ -378,7 +388,8 @@ class ResultWriter:
         if self._rows is None:
             self.csv_path.parent.mkdir(parents=True, exist_ok=True)
             self._csv = self.csv_path.open('w', newline='')
-            self._rows = csv.DictWriter(self._csv, fieldnames=list(row))
+            self._rows = csv.DictWriter(self._csv, fieldnames=csv_columns(min(self.topk, len(self.class_names))),
+                                        restval='')
             self._rows.writeheader()
         self._rows.writerow(row)
         self._csv.flush()
