@@ -73,7 +73,8 @@ def _usable_decord(module):
 
 decord = _usable_decord(decord)
 
-VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg')
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.ts', '.mts', '.m2ts',
+                    '.flv', '.3gp', '.wmv', '.ogv')
 KINETICS_COLUMNS = ('label', 'youtube_id', 'time_start', 'time_end')
 MODES = ('train', 'val', 'test', 'predict')
 # Modes that read num_clips windows of each video for multi-view testing.

@@ -303,11 +303,14 @@ def test_a_video_is_never_read_as_an_annotation_file(demo_data):
 
 
 def test_prediction_takes_every_video_below_a_folder(tmp_path):
-    for relative in ('b.mp4', 'a/nested/c.MKV', 'a/d.webm', 'a/notes.txt', 'a/folder.mp4/e.avi'):
+    for relative in ('b.mp4', 'a/nested/c.MKV', 'a/d.webm', 'a/notes.txt', 'a/folder.mp4/e.avi', 'f.flv', 'g.ts'):
         touch_video(tmp_path / 'videos' / relative)
     samples, names = load_annotations(tmp_path / 'videos', require_labels=False)
     assert [os.path.relpath(path, tmp_path / 'videos') for path, _ in samples] == [
-        'a/d.webm', 'a/folder.mp4/e.avi', 'a/nested/c.MKV', 'b.mp4']
+        'a/d.webm', 'a/folder.mp4/e.avi', 'a/nested/c.MKV', 'b.mp4', 'f.flv', 'g.ts']
+    # A video alone, in a container less common than mp4, is a video, never an annotation file.
+    assert load_annotations(tmp_path / 'videos' / 'f.flv', require_labels=False)[0] == [
+        (str(tmp_path / 'videos' / 'f.flv'), UNLABELLED)]
     assert {label for _, label in samples} == {UNLABELLED} and names == []
     # A folder per class is a folder of videos too: prediction ignores what the folders say.
     samples, _ = load_annotations(tmp_path / 'videos' / 'a', require_labels=False)
