@@ -14,3 +14,13 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(message)
+
+
+def error_line(error):
+    """An error's message on one line. A DataLoader worker re-raises an error with its traceback in
+    the message, ending in `module.Class: message`: the original message is taken from there."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    wrapped = f'{type(error).__module__}.{type(error).__name__}: '
+    return lines[-1].removeprefix(wrapped).removeprefix(f'{type(error).__name__}: ')

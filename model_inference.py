@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 import dataset
-from command_line import Parser, UsageError
+from command_line import Parser, UsageError, error_line
 from dataset import DECODERS, VIDEO_EXTENSIONS, AnnotationError, UnreadableDatasetError
 from inference import (Evaluation, ResultWriter, VideoFailure, classify, inference_preprocessing,
                        load_classifier, model_class_names, prediction_loader, resolve_weights, write_report)
@@ -204,6 +204,6 @@ if __name__ == '__main__':
         print(f'{PROGRAM}: error: {error.filename or ""}: {error.strerror or error}', file=sys.stderr)
         code = 2
     except UnreadableDatasetError as error:
-        print(f'{PROGRAM}: error: {str(error).strip().splitlines()[-1]}', file=sys.stderr)
+        print(f'{PROGRAM}: error: {error_line(error)}', file=sys.stderr)
         code = 1
     sys.exit(code)

@@ -32,7 +32,7 @@ from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from command_line import Parser, UsageError
+from command_line import Parser, UsageError, error_line
 from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
@@ -303,7 +303,7 @@ def build_trainer(args, accelerator, devices, callbacks, loggers):
             log_every_n_steps=args.log_interval, plugins=[AtomicCheckpointIO()], logger=loggers,
             callbacks=[SkippedVideos(), CompactProgressBar(), *callbacks], enable_model_summary=False)
     except (ValueError, MisconfigurationException) as error:  # Lightning refuses the devices asked for
-        raise UsageError(f'{settings}: {last_line(error)}') from None
+        raise UsageError(f'{settings}: {error_line(error)}') from None
 
 
 def checkpoint_callbacks(args, ckpt_dir, validating):
@@ -425,12 +425,6 @@ def say(message):
     rank_zero_only(print)(message, flush=True)
 
 
-def last_line(error):
-    """The message of an error, or its last line when a loader worker wrapped it with a traceback."""
-    lines = str(error).strip().splitlines()
-    return lines[-1] if lines else type(error).__name__
-
-
 if __name__ == '__main__':
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
@@ -439,6 +433,6 @@ if __name__ == '__main__':
         print(f'model_pretrain.py: error: {error}', file=sys.stderr)
         code = 2
     except (NonFiniteLossError, UnreadableDatasetError) as error:  # the run itself went wrong
-        print(f'model_pretrain.py: {last_line(error)}', file=sys.stderr)
+        print(f'model_pretrain.py: {error_line(error)}', file=sys.stderr)
         code = 1
     sys.exit(code)
