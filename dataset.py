@@ -675,13 +675,14 @@ def check_skip_fraction(max_skip_fraction):
 
 def spatial_crops(video, size, num_crops=1):
     """(..., H, W) -> num_crops (..., size, size) views: centred on the short side, spread evenly
-    along the long side (num_crops 1: the centre; 3: the seed's three crops)."""
+    along the long side (num_crops 1: the centre; 3: the seed's three crops, the middle one the centre
+    crop to the pixel, as the one view of evaluation reads it)."""
     height, width = video.shape[-2:]
     if min(height, width) < size:
         raise ValueError(f'cannot crop {size} pixels from frames of {height}x{width}')
     across = (min(height, width) - size) // 2
     extra = max(height, width) - size
-    along = [extra // 2] if num_crops == 1 else np.linspace(0, extra, num_crops).round().astype(int)
+    along = [extra // 2] if num_crops == 1 else [step * extra // (num_crops - 1) for step in range(num_crops)]
     crops = []
     for offset in along:
         top, left = (across, offset) if width >= height else (offset, across)

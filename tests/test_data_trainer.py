@@ -296,6 +296,11 @@ def test_spatial_crops_follow_the_long_side():
     assert [int(crop[0, 0]) for crop in spatial_crops(ramp, 32)] == [14]
     portrait = torch.arange(60.0)[:, None].expand(60, 40)
     assert [int(crop[0, 0]) for crop in spatial_crops(portrait, 32, 3)] == [0, 14, 28]
+    # An odd number of spare pixels (231 for 16:9 frames of short side 256 and crops of 224): the
+    # middle of three crops is still the single centre crop, the one view evaluation reports.
+    wide = torch.arange(455.0).expand(256, 455)
+    assert [int(crop[0, 0]) for crop in spatial_crops(wide, 224, 3)] == [0, 115, 231]
+    assert [int(crop[0, 0]) for crop in spatial_crops(wide, 224)] == [115]
     with pytest.raises(ValueError, match='cannot crop 64 pixels'):
         spatial_crops(landscape, 64)
 
