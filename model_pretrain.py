@@ -38,7 +38,7 @@ from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
 from model_trainer import LitVideoClassifier, NonFiniteLossError
 from run_outputs import (AtomicCheckpointIO, CheckpointOnSigterm, CompactProgressBar, percent, plot_curves,
-                         read_metrics, write_json)
+                         read_run_metrics, write_json)
 from transformer import Block
 from video_transformer import VideoTransformerConfig
 from weight_formats import WeightLoadError
@@ -269,7 +269,13 @@ def resolve_devices(args):
     if args.gpus is not None:
         return 'gpu', (-1 if args.gpus == [-1] else args.gpus)
     devices = args.devices
-    return args.accelerator, int(devices) if devices.lstrip('-').isdigit() else devices
+    if devices == 'auto':
+        return args.accelerator, devices
+    try:  # a count (-1: all), or device ids as Lightning takes them: 0,1
+        return args.accelerator, [int(index) for index in devices.split(',') if index] if ',' in devices \
+            else int(devices)
+    except ValueError:
+        raise UsageError(f'-devices {devices}: expected a number of devices, ids such as 0,1, or auto') from None
 
 
 def count_devices(accelerator, devices):
@@ -290,6 +296,8 @@ def build_trainer(args, accelerator, devices, callbacks, loggers):
     if strategy == 'ddp':
         strategy = DDPStrategy(find_unused_parameters=False)  # backward reaches every parameter
     elif strategy == 'fsdp':
+        if args.clip_grad:  # Lightning's FSDP precision plugins refuse it at the first step
+            raise UsageError('-clip_grad with -strategy fsdp: Lightning cannot clip FSDP gradients; leave one out')
         strategy = FSDPStrategy(auto_wrap_policy={Block}, state_dict_type='full',
                                 activation_checkpointing_policy={Block} if args.activation_checkpointing else None)
     val_check = args.val_check_interval
@@ -307,10 +315,13 @@ def build_trainer(args, accelerator, devices, callbacks, loggers):
 
 
 def checkpoint_callbacks(args, ckpt_dir, validating):
-    """best.ckpt by val top-1 (the latest without validation), last.ckpt at every epoch end, and step
-    checkpoints every -save_ckpt_freq steps."""
-    callbacks = [ModelCheckpoint(ckpt_dir, filename='best', monitor='val/top1' if validating else None, mode='max',
-                                 save_top_k=1, save_last=True)]
+    """best.ckpt by val top-1 (with validation data), last.ckpt at every epoch end, and step
+    checkpoints every -save_ckpt_freq steps. last.ckpt has a callback of its own: Lightning's
+    save_last writes it only when its callback saves, for best.ckpt only when val top-1 improves."""
+    callbacks = [ModelCheckpoint(ckpt_dir, filename='last', enable_version_counter=False)]
+    if validating:
+        callbacks.insert(0, ModelCheckpoint(ckpt_dir, filename='best', monitor='val/top1', mode='max',
+                                            enable_version_counter=False))
     if args.save_ckpt_freq:
         callbacks.append(ModelCheckpoint(ckpt_dir, filename='step{step:07d}', auto_insert_metric_name=False,
                                          every_n_train_steps=args.save_ckpt_freq, save_top_k=-1))
@@ -319,7 +330,7 @@ def checkpoint_callbacks(args, ckpt_dir, validating):
 
 def latest_checkpoint(ckpt_dir):
     """The experiment's newest checkpoint to resume from: last.ckpt (epoch ends, SIGTERM) or a step one."""
-    candidates = [path for path in Path(ckpt_dir).glob('*.ckpt') if path.name != 'best.ckpt']
+    candidates = [path for path in Path(ckpt_dir).glob('*.ckpt') if not path.name.startswith('best')]
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 
@@ -347,11 +358,14 @@ def main(argv=None):
         resume = latest_checkpoint(ckpt_dir) if args.resume == 'last' else Path(args.resume)
         if resume is None or not resume.is_file():
             raise UsageError(f'-resume: no checkpoint at {resume or ckpt_dir}')
+    elif rank_zero_only.rank == 0 and run_dir.is_dir() and any(run_dir.iterdir()):
+        keep_earlier_run(run_dir)
 
     validating = data.sources['val'] is not None
     checkpoints = checkpoint_callbacks(args, ckpt_dir, validating)
     sigterm = CheckpointOnSigterm(ckpt_dir / 'last.ckpt')
-    loggers = [CSVLogger(run_dir, name='log', version=''), TensorBoardLogger(log_dir, name='tensorboard', version='')]
+    # A CSV version per run (a resumed run adds one): Lightning's CSVLogger empties a folder it reuses.
+    loggers = [CSVLogger(log_dir, name='csv'), TensorBoardLogger(log_dir, name='tensorboard', version='')]
     trainer = build_trainer(args, accelerator, devices, checkpoints + [sigterm], loggers)
     module = LitVideoClassifier(
         config, data.class_names, data.preprocessing.to_dict(), optim_type=args.optim_type, lr=args.lr,
@@ -364,21 +378,34 @@ def main(argv=None):
     if args.compile:
         module.model.compile()
 
-    best = checkpoints[0]
+    best, last = checkpoints[0], checkpoints[0 if not validating else 1]
     say(f'Training {config.arch} {config.attention_type} ({config.num_transformer_layers} blocks of width '
         f'{config.embed_dims}, {config.num_frames}x{config.img_size}, {config.num_classes} classes) on '
         f'{len(data.dataset("train"))} clips; precision {trainer.precision}, {trainer.num_devices} device(s) x '
         f'{trainer.num_nodes} node(s); results in {run_dir}')
     try:
         trainer.fit(module, data, ckpt_path=resume, weights_only=True)
-        tested = trainer.test(module, data, ckpt_path='best' if validating and best.best_model_path else None,
+        # Testing the best checkpoint restores its callbacks' state too: note the paths first.
+        best_path, last_path = best.best_model_path, last.best_model_path
+        tested = trainer.test(module, data, ckpt_path='best' if validating and best_path else None,
                               verbose=False, weights_only=True) if data.sources['test'] is not None else [{}]
     except SIGTERMException:
-        say(f'Stopped by SIGTERM; saved {sigterm.path}; continue with the same flags and -resume')
+        say(f'Stopped by SIGTERM; saved {sigterm.path}; continue with the same flags and -resume' if sigterm.saved
+            else 'Stopped by SIGTERM while testing; the checkpoints are complete')
         return 128 + signal.SIGTERM
     test = tested[0] if tested else {}
-    report(args, module, trainer, data, best, test, log_dir, run_dir, time.perf_counter() - started)
+    report(args, module, trainer, data, best if validating else None, best_path or last_path, last_path, test,
+           log_dir, run_dir, time.perf_counter() - started)
     return 0
+
+
+def keep_earlier_run(run_dir):
+    """Move an earlier run's results out of the way of a new run of the same tag, said in one line."""
+    number = 1
+    while run_dir.with_name(f'{run_dir.name}.{number}').exists():
+        number += 1
+    kept = run_dir.rename(run_dir.with_name(f'{run_dir.name}.{number}'))
+    logging.warning('%s holds an earlier run (not resumed: no -resume); moved it to %s', run_dir, kept)
 
 
 def first_video(data):
@@ -387,15 +414,14 @@ def first_video(data):
 
 
 @rank_zero_only
-def report(args, module, trainer, data, best, test, log_dir, run_dir, seconds):
+def report(args, module, trainer, data, best, checkpoint, last_checkpoint, test, log_dir, run_dir, seconds):
     """The one-line summary, summary.json and curves.png beside the logs, and the next command."""
-    rows = (log_dir / 'metrics.csv')
-    best_score = float(best.best_model_score) if best.best_model_score is not None else None
+    rows = read_run_metrics(log_dir / 'csv')
+    best_score = float(best.best_model_score) if best is not None and best.best_model_score is not None else None
     val_top5, best_epoch = None, None
-    if best_score is not None and rows.is_file():
-        from_rows = [row for row in read_metrics(rows) if row.get('val/top1') == best_score]
-        if from_rows:
-            val_top5, best_epoch = from_rows[0].get('val/top5'), int(from_rows[0]['epoch'])
+    from_rows = [row for row in rows if best_score is not None and row.get('val/top1') == best_score]
+    if from_rows:
+        val_top5, best_epoch = from_rows[0].get('val/top5'), int(from_rows[0]['epoch'])
     views = data.preprocessing.num_views
     summary = {
         'experiment': run_dir.name, 'best_val_top1': best_score, 'best_val_top5': val_top5, 'best_epoch': best_epoch,
@@ -403,11 +429,10 @@ def report(args, module, trainer, data, best, test, log_dir, run_dir, seconds):
         'test_top1': test.get('test/top1'), 'test_top5': test.get('test/top5'), 'test_views': views,
         'test_videos': int(test['test/videos']) if 'test/videos' in test else None,
         'epochs': trainer.current_epoch, 'steps': trainer.global_step, 'skipped_steps': module.skipped_steps,
-        'seconds': round(seconds, 1), 'checkpoint': best.best_model_path or best.last_model_path,
-        'last_checkpoint': best.last_model_path,
+        'seconds': round(seconds, 1), 'checkpoint': checkpoint, 'last_checkpoint': last_checkpoint,
     }
     write_json(summary, log_dir / 'summary.json')
-    if rows.is_file():
+    if rows:
         # With five classes or fewer, top-5 is 100% by construction: not worth a line.
         plot_curves(rows, log_dir / 'curves.png', top5=len(data.class_names) > 5)
     say(f'Done in {seconds / 60:.1f} min: best val top-1 {percent(best_score)} / top-5 {percent(val_top5)} '

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
-from torchmetrics import SumMetric
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from preprocessing import Preprocessing
@@ -79,8 +79,9 @@ class LitVideoClassifier(pl.LightningModule):
         self.metrics = torch.nn.ModuleDict({
             f'{stage}_top{k}': MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average='micro')
             for stage in ('train', 'val', 'test', 'test_1view') for k in (1, 5)})
-        # Videos each evaluation counted, over all ranks: unreadable ones are left out, none counted twice.
+        # Loss and videos each evaluation counted, over all ranks: unreadable ones left out, none twice.
         self.metrics.update({f'{stage}_videos': SumMetric() for stage in ('val', 'test')})
+        self.metrics.update({f'{stage}_loss': MeanMetric() for stage in ('val', 'test')})
         self.skipped_steps = 0
         self._batch_started = self._batch_ended = None
 
@@ -146,7 +147,7 @@ class LitVideoClassifier(pl.LightningModule):
             return (step + 1) / warmup
         if hp.lr_schedule == 'cosine':
             progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-            floor = hp.min_lr / hp.lr
+            floor = hp.min_lr / hp.lr if hp.lr else 0.0
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         passed = sum(step >= milestone * steps_per_epoch for milestone in hp.milestones)
         return hp.lr_gamma ** passed
@@ -224,28 +225,30 @@ class LitVideoClassifier(pl.LightningModule):
         self._batch_ended = None  # validation runs in between; its time is no data time
 
     def evaluate(self, batch, stage):
-        """Shared val / test step: views (B, V, T, 3, S, S) -> probabilities (B, K), softmax averaged."""
+        """Shared val / test step: views (B, V, T, 3, S, S), softmax averaged over the views, into the
+        stage's metrics. B may be 0 (every video of the batch unreadable, named and counted by the data)."""
         video, label = batch['video'], batch['label']
-        if video.shape[0] == 0:  # every video of the batch was unreadable (named and counted by the data)
-            return None
         batch_size, views = video.shape[:2]
-        logits = self.model(video.flatten(0, 1)).view(batch_size, views, -1)
-        probabilities = logits.softmax(dim=-1).mean(dim=1)
-        self.log(f'{stage}/loss', F.nll_loss(probabilities.clamp_min(1e-12).log(), label),
-                 batch_size=batch_size, sync_dist=True)
-        for k in (1, 5):
-            self.metrics[f'{stage}_top{k}'](probabilities, label)
-            self.log(f'{stage}/top{k}', self.metrics[f'{stage}_top{k}'], batch_size=batch_size)
-        self.metrics[f'{stage}_videos'](batch_size)
-        self.log(f'{stage}/videos', self.metrics[f'{stage}_videos'], on_step=False, on_epoch=True)
+        names = {'loss': 'loss', 'top1': 'top1', 'top5': 'top5', 'videos': 'videos'}
         if stage == 'test':
-            # One view, the centre crop of the middle clip, for the 1-view figure beside the multi-view one.
-            settings = self.model.preprocessing
-            centre = settings.centre_view if settings is not None and settings.num_views == views else views // 2
+            names.update({'1view_top1': 'top1_1view', '1view_top5': 'top5_1view'})
+        if batch_size:
+            logits = self.model(video.flatten(0, 1)).view(batch_size, views, -1)
+            probabilities = logits.softmax(dim=-1).mean(dim=1)
+            self.metrics[f'{stage}_loss'](F.nll_loss(probabilities.clamp_min(1e-12).log(), label), batch_size)
+            self.metrics[f'{stage}_videos'](batch_size)
             for k in (1, 5):
-                self.metrics[f'test_1view_top{k}'](logits[:, centre], label)
-                self.log(f'test/top{k}_1view', self.metrics[f'test_1view_top{k}'], batch_size=batch_size)
-        return probabilities
+                self.metrics[f'{stage}_top{k}'](probabilities, label)
+            if stage == 'test':
+                # One view, the centre crop of the middle clip, for the 1-view figure beside the multi-view one.
+                settings = self.model.preprocessing
+                centre = settings.centre_view if settings is not None and settings.num_views == views else views // 2
+                for k in (1, 5):
+                    self.metrics[f'test_1view_top{k}'](logits[:, centre], label)
+        # Logged after every batch, read or not, so each rank joins the epoch-end sync of every metric
+        # even when its whole share of the videos was unreadable (under DDP the others would wait).
+        for metric, name in names.items():
+            self.log(f'{stage}/{name}', self.metrics[f'{stage}_{metric}'], on_step=False, on_epoch=True)
 
     def validation_step(self, batch, batch_idx):
         self.evaluate(batch, 'val')

@@ -51,15 +51,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class CheckpointOnSigterm(pl.Callback):
-    """Saves a checkpoint to `path` when Lightning stops the run on SIGTERM (a scheduler's
-    preemption or `kill`), so `-resume` continues from the last finished step."""
+    """Saves a checkpoint to `path` when Lightning stops training on SIGTERM (a scheduler's
+    preemption or `kill`), so `-resume` continues from the last finished step; `saved` says whether
+    it did. Not while testing: the weights then are the best checkpoint's, not the run's last."""
 
     def __init__(self, path):
         self.path = str(path)
         self.saved = False
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, SIGTERMException):
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == 'fit':
             trainer.save_checkpoint(self.path)
             self.saved = True
 
@@ -71,15 +72,29 @@ def read_metrics(path):
                 for row in csv.DictReader(handle)]
 
 
+def read_run_metrics(csv_root):
+    """The rows of every run of an experiment, from CSVLogger's csv_root/version_N/metrics.csv in
+    order. A resumed run repeats the steps since its checkpoint: its rows replace the earlier run's
+    from its first step on."""
+    rows = []
+    versions = sorted(Path(csv_root).glob('version_*/metrics.csv'), key=lambda path: int(path.parent.name[8:]))
+    for path in versions:
+        later = read_metrics(path)
+        if later:
+            first = min(row['step'] for row in later)
+            rows = [row for row in rows if row['step'] < first] + later
+    return rows
+
+
 def _series(rows, key, axis):
     points = [(row[axis], row[key]) for row in rows if key in row and axis in row]
     return [x for x, _ in points], [y for _, y in points]
 
 
-def plot_curves(metrics_csv, png, top5=True):
+def plot_curves(rows, png, top5=True):
     """Loss (train per step, val per epoch), accuracy (train and val top-1, val top-5 unless top5 is
-    False, per epoch) and the learning rate from a CSVLogger metrics.csv -> a PNG of three panels."""
-    rows = read_metrics(metrics_csv)
+    False, per epoch) and the learning rate from CSVLogger rows (read_run_metrics) -> a PNG of three
+    panels."""
     figure = Figure(figsize=(15, 4))  # no pyplot: no GUI backend, nothing global
     loss_axis, accuracy_axis, lr_axis = figure.subplots(1, 3)
     for key, label in (('train/loss', 'train (step)'), ('val/loss', 'val')):

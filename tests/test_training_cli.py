@@ -14,7 +14,7 @@ import torch
 from command_lines import run_in_one_process
 from demo.make_demo_dataset import CLASSES, make_demo_dataset
 from model_loading import load_model
-from run_outputs import read_metrics
+from run_outputs import read_metrics, read_run_metrics
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 # A small, fast recipe on the session's demo clips (4 train clips per class).
@@ -57,7 +57,7 @@ def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(tmp_path)
                    '-root_dir', tmp_path / 'runs')
     assert result.returncode == 0, result.stderr[-3000:]
     log = run_dir(tmp_path / 'runs') / 'log'
-    rows = read_metrics(log / 'metrics.csv')
+    rows = read_run_metrics(log / 'csv')
     losses, val_top1 = epoch_means(rows, 'train/loss'), epoch_means(rows, 'val/top1')
     assert len(losses) == len(val_top1) == 5
     assert losses[-1] < losses[0] - 0.1, losses  # from ln 4 = 1.39 at the start
@@ -97,8 +97,12 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(demo_data, tmp_path):
         'fsdp on cpus': ([*listed, '-strategy', 'fsdp', '-devices', '2'],
                          '-accelerator cpu -devices 2 -strategy fsdp -precision 32-true: The strategy `fsdp` '
                          'requires a GPU accelerator'),
+        'fsdp and clipping': ([*listed, '-strategy', 'fsdp', '-clip_grad', '1'], '-clip_grad with -strategy fsdp'),
+        'devices in words': ([*listed, '-devices', 'two'], '-devices two: expected a number of devices'),
     }
-    results = run_in_one_process('model_pretrain.py', {name: [*TINY, *flags] for name, (flags, _) in cases.items()})
+    # Every case writes below tmp_path unless it names a -root_dir of its own (argparse keeps the last).
+    results = run_in_one_process('model_pretrain.py', {name: [*TINY, '-root_dir', tmp_path / 'fresh', *flags]
+                                                       for name, (flags, _) in cases.items()})
     for name, (_, expected) in cases.items():
         result = results[name]
         assert result['code'] == 2, (name, result['stderr'][-2000:])
@@ -122,6 +126,11 @@ def wait_for(path_glob, root, process, timeout=300):
     pytest.fail(f'no {path_glob} after {timeout} s')
 
 
+def logged_steps(run):
+    """The training steps a run's CSV logs hold, each once, over all its versions (resumed runs)."""
+    return sorted(int(row['step']) for row in read_run_metrics(run / 'log' / 'csv') if 'train/loss' in row)
+
+
 def test_killed_and_terminated_runs_resume_and_finish(demo_data, tmp_path):
     flags = [*demo_flags(demo_data), *TINY, '-epoch', '3', '-save_ckpt_freq', '2', '-root_dir', tmp_path]
     # SIGKILL once the first step checkpoint is on disk: at most the steps since it are lost.
@@ -142,8 +151,22 @@ def test_killed_and_terminated_runs_resume_and_finish(demo_data, tmp_path):
     assert stopped_at >= 6
     third = train(*flags, '-resume')
     assert third.returncode == 0, third.stderr[-3000:]
-    summary = json.loads((run_dir(tmp_path) / 'log' / 'summary.json').read_text())
+    run = run_dir(tmp_path)
+    summary = json.loads((run / 'log' / 'summary.json').read_text())
     assert summary['steps'] == 3 * 4 and summary['epochs'] == 3  # 16 clips in batches of 4, 3 epochs
+    # Each run went on from the last: three CSV versions, and every step logged once over them.
+    versions = sorted(int(row['step']) for row in read_metrics(run / 'log' / 'csv' / 'version_1' / 'metrics.csv')
+                      if 'train/loss' in row)
+    assert versions[0] == 2 and logged_steps(run) == list(range(12))
+    # last.ckpt is the run's end, whether or not the last epochs improved val top-1.
+    assert torch.load(ckpt / 'last.ckpt', weights_only=True)['global_step'] == 12
+    assert summary['last_checkpoint'] == str(ckpt / 'last.ckpt')
+    # A new run of the same tag without -resume keeps the earlier run's results beside its own.
+    fourth = train(*flags[:-4], '-epoch', '1', '-root_dir', tmp_path)
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert f'moved it to {run}.1' in fourth.stderr
+    assert json.loads((tmp_path / 'results' / f'{run.name}.1' / 'log' / 'summary.json').read_text())['steps'] == 12
+    assert json.loads((run / 'log' / 'summary.json').read_text())['steps'] == 4
 
 
 INTERRUPTED_SAVE = '''
@@ -186,9 +209,12 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint(demo_data, tmp_p
 
 def test_two_process_ddp_fit_on_cpu(demo_data, tmp_path):
     # Odd numbers of val and test videos: Lightning's own sampler would repeat one to even out the ranks.
+    # The second val video, rank 1's only one, cannot be read: rank 1 must still join the metrics' sync.
     lines = {split: [f'{demo_data}/{line}' for line in (demo_data / f'{split}.txt').read_text().splitlines()]
              for split in ('train', 'val', 'test')}
-    (tmp_path / 'val.txt').write_text('\n'.join(lines['val'][:3]) + '\n')
+    (tmp_path / 'broken.mp4').write_bytes(b'not a video')
+    (tmp_path / 'val.txt').write_text('\n'.join([lines['val'][0], f'{tmp_path / "broken.mp4"}\tgrowing',
+                                                 lines['val'][2]]) + '\n')
     (tmp_path / 'test.txt').write_text('\n'.join(lines['test'] + lines['val'][:1]) + '\n')
     result = train(*demo_flags(demo_data), '-val_data_path', tmp_path / 'val.txt', '-test_data_path',
                    tmp_path / 'test.txt', *TINY, '-epoch', '1', '-devices', '2', '-strategy', 'ddp',
@@ -198,7 +224,7 @@ def test_two_process_ddp_fit_on_cpu(demo_data, tmp_path):
     log = run_dir(tmp_path / 'runs') / 'log'
     summary = json.loads((log / 'summary.json').read_text())
     assert summary['steps'] == 2  # 16 clips over 2 ranks in batches of 4
-    # Each val and test video counted once over both ranks.
-    assert [row['val/videos'] for row in read_metrics(log / 'metrics.csv') if 'val/videos' in row] == [3]
+    # Each val and test video read counted once over both ranks.
+    assert [row['val/videos'] for row in read_run_metrics(log / 'csv') if 'val/videos' in row] == [2]
     assert summary['test_videos'] == 5 and 'views of 5 videos' in result.stdout
     assert load_model(summary['checkpoint']).class_names == ['moving_up', 'moving_down', 'growing', 'shrinking']
