@@ -7,13 +7,16 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (UsageError), single-dash long flags and their double-dash aliases."""
-
-    def flag(self, name, **kwargs):
-        self.add_argument(f'-{name}', f'--{name}', **kwargs)
+    """argparse whose mistakes raise UsageError, for the command to print as one line and exit 2."""
 
     def error(self, message):
         raise UsageError(message)
+
+
+def add_flag(container, name, **kwargs):
+    """A flag in the original's single-dash spelling (-lr) and the usual double-dash one (--lr), on a
+    parser or an argument group."""
+    container.add_argument(f'-{name}', f'--{name}', **kwargs)
 
 
 def error_line(error):

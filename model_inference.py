@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 import dataset
-from command_line import Parser, UsageError, error_line
+from command_line import Parser, UsageError, add_flag, error_line
 from dataset import DECODERS, VIDEO_EXTENSIONS, AnnotationError, UnreadableDatasetError
 from inference import (Evaluation, ResultWriter, VideoFailure, classify, inference_preprocessing,
                        load_classifier, model_class_names, prediction_loader, resolve_weights, write_report)
@@ -45,39 +45,40 @@ DEFAULT_WORKERS = 2
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split('\n\n')[0], allow_abbrev=False,
                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
-    parser.flag('pretrain', required=True, help='weights: a checkpoint, an export or transformers folder, a Hub id')
-    parser.flag('video_path', help='a video, a folder of videos (searched recursively) or a list of videos')
-    parser.flag('eval', help='a labelled list (a video and its label per line): accuracy, per class, confusion')
-    parser.flag('class_map', help='class names: JSON name -> index, or one name per line (default: the weights\')')
+    add_flag(parser, 'pretrain', required=True,
+             help='weights: a checkpoint, an export or transformers folder, a Hub id')
+    add_flag(parser, 'video_path', help='a video, a folder of videos (searched recursively) or a list of videos')
+    add_flag(parser, 'eval', help='a labelled list (a video and its label per line): accuracy, per class, confusion')
+    add_flag(parser, 'class_map', help='class names: JSON name -> index, or one name per line (default: the weights\')')
     settings = parser.add_argument_group('preprocessing (default: what the weights were trained with)')
-    settings.add_argument('-num_frames', '--num_frames', type=int, help='frames per clip (position tables resized)')
-    settings.add_argument('-frame_interval', '--frame_interval', type=int, help='frames between sampled frames')
-    settings.add_argument('-window_seconds', '--window_seconds', type=float,
-                          help='sample each clip from a window of this many seconds instead')
-    settings.add_argument('-img_size', '--img_size', type=int, help='crop size (position tables resized)')
-    settings.add_argument('-short_side', '--short_side', type=int, help='frames are resized to this short side')
-    settings.add_argument('-data_statics', '--data_statics', choices=sorted(DATA_STATICS),
-                          help='normalisation statistics')
-    settings.add_argument('-num_clips', '--num_clips', type=int, help='clips spread over each video')
-    settings.add_argument('-num_crops', '--num_crops', type=int, help='crops per clip: 1 the centre, 3 along the long side')
+    add_flag(settings, 'num_frames', type=int, help='frames per clip (position tables resized)')
+    add_flag(settings, 'frame_interval', type=int, help='frames between sampled frames')
+    add_flag(settings, 'window_seconds', type=float,
+             help='sample each clip from a window of this many seconds instead')
+    add_flag(settings, 'img_size', type=int, help='crop size (position tables resized)')
+    add_flag(settings, 'short_side', type=int, help='frames are resized to this short side')
+    add_flag(settings, 'data_statics', choices=sorted(DATA_STATICS),
+             help='normalisation statistics')
+    add_flag(settings, 'num_clips', type=int, help='clips spread over each video')
+    add_flag(settings, 'num_crops', type=int, help='crops per clip: 1 the centre, 3 along the long side')
     running = parser.add_argument_group('running')
-    running.add_argument('-batch_size', '--batch_size', type=int, default=8, help='views per forward pass')
-    running.add_argument('-num_workers', '--num_workers', type=int,
-                         help=f'decoding processes (default: 0 for a video, {DEFAULT_WORKERS} otherwise)')
-    running.add_argument('-decoder', '--decoder', choices=DECODERS, help='video decoder (default: the dataset\'s)')
-    running.add_argument('-device', '--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    add_flag(running, 'batch_size', type=int, default=8, help='views per forward pass')
+    add_flag(running, 'num_workers', type=int,
+             help=f'decoding processes (default: 0 for a video, {DEFAULT_WORKERS} otherwise)')
+    add_flag(running, 'decoder', choices=DECODERS, help='video decoder (default: the dataset\'s)')
+    add_flag(running, 'device', default='auto', help='auto, cpu, cuda or cuda:N')
     output = parser.add_argument_group('output')
-    output.add_argument('-topk', '--topk', type=int, default=5, help='classes listed per video')
-    output.add_argument('-json', '--json', action='store_true', help='one JSON object per line per video')
-    output.add_argument('-out', '--out', help='results as CSV; with -eval, the report folder '
-                                              '(default eval_LIST)')
-    output.add_argument('-save_vis', '--save_vis', help='a PNG of the frames and top classes (a folder for '
-                                                        'several videos)')
-    output.add_argument('-attention', '--attention', action='store_true',
-                        help='with -save_vis: the class token\'s attention rollout over each frame')
+    add_flag(output, 'topk', type=int, default=5, help='classes listed per video')
+    add_flag(output, 'json', action='store_true', help='one JSON object per line per video')
+    add_flag(output, 'out', help='results as CSV; with -eval, the report folder '
+                                 '(default eval_LIST)')
+    add_flag(output, 'save_vis', help='a PNG of the frames and top classes (a folder for '
+                                      'several videos)')
+    add_flag(output, 'attention', action='store_true',
+             help='with -save_vis: the class token\'s attention rollout over each frame')
     args = parser.parse_args(argv)
-    for name in ('num_frames', 'frame_interval', 'img_size', 'short_side', 'num_clips', 'num_crops', 'batch_size', 'topk',
-                 'window_seconds'):
+    for name in ('num_frames', 'frame_interval', 'img_size', 'short_side', 'num_clips', 'num_crops', 'batch_size',
+                 'topk', 'window_seconds'):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UsageError(f'argument -{name}/--{name}: must be positive, got {value}')

@@ -32,7 +32,7 @@ from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from command_line import Parser, UsageError, error_line
+from command_line import Parser, UsageError, add_flag, error_line
 from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
@@ -102,20 +102,20 @@ def parse_args(argv=None):
             ('frame_interval', int, 'frames between sampled frames'),
             ('seed', int, 'random seed'),
             ('root_dir', str, 'workspace: pretrain_model/ and results/ live here')):
-        seed.add_argument(f'-{name}', f'--{name}', type=kind, help=text)
-    seed.add_argument('-gpus', '--gpus', type=int, nargs='+',
-                      help='GPU ids, or -1 for all (same as -accelerator gpu -devices)')
-    seed.add_argument('-train_data_path', '--train_data_path', help='training list, Kinetics CSV or folder per class; '
-                                                                    'without it, the demo dataset')
+        add_flag(seed, name, type=kind, help=text)
+    add_flag(seed, 'gpus', type=int, nargs='+',
+             help='GPU ids, or -1 for all (same as -accelerator gpu -devices)')
+    add_flag(seed, 'train_data_path', help='training list, Kinetics CSV or folder per class; '
+                                           'without it, the demo dataset')
     for split in ('val', 'test'):
-        seed.add_argument(f'-{split}_data_path', f'--{split}_data_path', help=f'{split} annotations')
+        add_flag(seed, f'{split}_data_path', help=f'{split} annotations')
 
     model = parser.add_argument_group('model and data')
-    model.add_argument('-arch', '--arch', choices=('timesformer', 'vivit'))
-    model.add_argument('-attention_type', '--attention_type', choices=ATTENTION_TYPES)
-    model.add_argument('-conv_type', '--conv_type', choices=('Conv2d', 'Conv3d'),
-                       help='patch embedding: per frame (Conv2d) or per tubelet of tube_size frames (Conv3d); '
-                            "default: the arch's own (TimeSformer Conv2d, ViViT Conv3d)")
+    add_flag(model, 'arch', choices=('timesformer', 'vivit'))
+    add_flag(model, 'attention_type', choices=ATTENTION_TYPES)
+    add_flag(model, 'conv_type', choices=('Conv2d', 'Conv3d'),
+             help='patch embedding: per frame (Conv2d) or per tubelet of tube_size frames (Conv3d); '
+                  "default: the arch's own (TimeSformer Conv2d, ViViT Conv3d)")
     for name, kind, text in (
             ('num_frames', int, 'frames per clip'), ('img_size', int, 'crop size in pixels'),
             ('patch_size', int, 'patch size in pixels'), ('embed_dims', int, 'width'),
@@ -126,21 +126,21 @@ def parse_args(argv=None):
             ('drop_path', float, 'stochastic depth rate of the last block'),
             ('num_clips', int, 'test clips per video'), ('num_crops', int, 'test crops per clip (1 or 3)'),
             ('window_seconds', float, 'sample a window of this many seconds instead of num_frames x frame_interval')):
-        model.add_argument(f'-{name}', f'--{name}', type=kind, help=text)
-    model.add_argument('-data_statics', '--data_statics', choices=('kinetics', 'imagenet', 'clip', 'inception'),
-                       help='normalisation statistics (the original used inception: mean = std = 0.5)')
-    model.add_argument('-class_map', '--class_map', help='JSON name -> index, or one name per line')
-    model.add_argument('-data_root', '--data_root', help="folder the lists' relative video paths start from "
-                                                         "(default: the list's own folder)")
-    model.add_argument('-decoder', '--decoder', choices=('decord', 'pyav'))
+        add_flag(model, name, type=kind, help=text)
+    add_flag(model, 'data_statics', choices=('kinetics', 'imagenet', 'clip', 'inception'),
+             help='normalisation statistics (the original used inception: mean = std = 0.5)')
+    add_flag(model, 'class_map', help='JSON name -> index, or one name per line')
+    add_flag(model, 'data_root', help="folder the lists' relative video paths start from "
+                                      "(default: the list's own folder)")
+    add_flag(model, 'decoder', choices=('decord', 'pyav'))
 
     recipe = parser.add_argument_group('recipe')
-    recipe.add_argument('-recipe', '--recipe', choices=('demo', 'kinetics'),
-                        help="whose defaults the other flags take: the demo's or the original's Kinetics recipe "
-                             '(default: demo without -train_data_path, kinetics with it)')
-    recipe.add_argument('-optim_type', '--optim_type', choices=('sgd', 'adamw'))
-    recipe.add_argument('-lr_schedule', '--lr_schedule', choices=('cosine', 'multistep'))
-    recipe.add_argument('-milestones', '--milestones', type=int, nargs='+', help='multistep: epochs where lr drops 10x')
+    add_flag(recipe, 'recipe', choices=('demo', 'kinetics'),
+             help="whose defaults the other flags take: the demo's or the original's Kinetics recipe "
+                  '(default: demo without -train_data_path, kinetics with it)')
+    add_flag(recipe, 'optim_type', choices=('sgd', 'adamw'))
+    add_flag(recipe, 'lr_schedule', choices=('cosine', 'multistep'))
+    add_flag(recipe, 'milestones', type=int, nargs='+', help='multistep: epochs where lr drops 10x')
     for name, kind, text in (
             ('momentum', float, 'SGD momentum (nesterov)'), ('weight_decay', float, 'not on norms, biases, '
                                                                                       'class token, position tables'),
@@ -151,36 +151,36 @@ def parse_args(argv=None):
             ('mixup_alpha', float, 'mixup Beta(alpha, alpha)'), ('cutmix_alpha', float, 'CutMix Beta(alpha, alpha)'),
             ('color_jitter', float, 'colour jitter strength without auto_augment (0: off)'),
             ('freeze_blocks', int, 'partial fine-tune: freeze the patch embedding and the first N blocks')):
-        recipe.add_argument(f'-{name}', f'--{name}', type=kind, help=text)
-    recipe.add_argument('-crop_scale', '--crop_scale', type=float, nargs=2, metavar=('MIN', 'MAX'),
-                        help='area range of the random resized crop')
-    recipe.add_argument('-mixup', '--mixup', type=str_to_bool, nargs='?', const=True, default=False,
-                        help='mixup / CutMix of training clips')
-    recipe.add_argument('-auto_augment', '--auto_augment', help='RandAugment policy, e.g. rand-m9-n2')
-    recipe.add_argument('-eval_metrics', '--eval_metrics', choices=('finetune', 'linear_prob'), default='finetune',
-                        help='linear_prob: train the head only, the backbone frozen in eval mode')
-    recipe.add_argument('-nonfinite_loss', '--nonfinite_loss', choices=('stop', 'skip'), default='stop',
-                        help='on a NaN or infinite loss: stop naming the last checkpoint, or skip the step')
+        add_flag(recipe, name, type=kind, help=text)
+    add_flag(recipe, 'crop_scale', type=float, nargs=2, metavar=('MIN', 'MAX'),
+             help='area range of the random resized crop')
+    add_flag(recipe, 'mixup', type=str_to_bool, nargs='?', const=True, default=False,
+             help='mixup / CutMix of training clips')
+    add_flag(recipe, 'auto_augment', help='RandAugment policy, e.g. rand-m9-n2')
+    add_flag(recipe, 'eval_metrics', choices=('finetune', 'linear_prob'), default='finetune',
+             help='linear_prob: train the head only, the backbone frozen in eval mode')
+    add_flag(recipe, 'nonfinite_loss', choices=('stop', 'skip'), default='stop',
+             help='on a NaN or infinite loss: stop naming the last checkpoint, or skip the step')
 
     lightning = parser.add_argument_group('Lightning')
-    lightning.add_argument('-accelerator', '--accelerator', default='auto', help='cpu, gpu, auto')
-    lightning.add_argument('-devices', '--devices', help='number of devices, or auto (every GPU); default: '
-                                                         'auto, 1 for the demo')
-    lightning.add_argument('-num_nodes', '--num_nodes', type=int, default=1)
-    lightning.add_argument('-strategy', '--strategy', choices=('auto', 'ddp', 'fsdp'), default='auto')
-    lightning.add_argument('-activation_checkpointing', '--activation_checkpointing', action='store_true',
-                           help='fsdp: recompute each block in backward (less memory, about a third slower)')
-    lightning.add_argument('-precision', '--precision', choices=('32-true', '16-mixed', 'bf16-mixed'),
-                           help='default: bf16-mixed (or 16-mixed) on GPUs, 32-true on CPUs')
-    lightning.add_argument('-accumulate_grad_batches', '--accumulate_grad_batches', type=int, default=1)
-    lightning.add_argument('-max_steps', '--max_steps', type=int, default=-1)
-    lightning.add_argument('-val_check_interval', '--val_check_interval', type=float,
-                           help='validate every this many steps (> 1) or fraction of an epoch (<= 1)')
-    lightning.add_argument('-save_ckpt_freq', '--save_ckpt_freq', type=int, help='also save every this many steps '
-                                                                                '(0: at epoch ends only)')
-    lightning.add_argument('-resume', '--resume', nargs='?', const='last',
-                           help="continue the experiment's last checkpoint, or the one given")
-    lightning.add_argument('-compile', '--compile', action='store_true', help='torch.compile the model')
+    add_flag(lightning, 'accelerator', default='auto', help='cpu, gpu, auto')
+    add_flag(lightning, 'devices', help='number of devices, or auto (every GPU); default: '
+                                        'auto, 1 for the demo')
+    add_flag(lightning, 'num_nodes', type=int, default=1)
+    add_flag(lightning, 'strategy', choices=('auto', 'ddp', 'fsdp'), default='auto')
+    add_flag(lightning, 'activation_checkpointing', action='store_true',
+             help='fsdp: recompute each block in backward (less memory, about a third slower)')
+    add_flag(lightning, 'precision', choices=('32-true', '16-mixed', 'bf16-mixed'),
+             help='default: bf16-mixed (or 16-mixed) on GPUs, 32-true on CPUs')
+    add_flag(lightning, 'accumulate_grad_batches', type=int, default=1)
+    add_flag(lightning, 'max_steps', type=int, default=-1)
+    add_flag(lightning, 'val_check_interval', type=float,
+             help='validate every this many steps (> 1) or fraction of an epoch (<= 1)')
+    add_flag(lightning, 'save_ckpt_freq', type=int, help='also save every this many steps '
+                                                         '(0: at epoch ends only)')
+    add_flag(lightning, 'resume', nargs='?', const='last',
+             help="continue the experiment's last checkpoint, or the one given")
+    add_flag(lightning, 'compile', action='store_true', help='torch.compile the model')
     args = parser.parse_args(argv)
     if args.recipe is None:
         args.recipe = 'demo' if args.train_data_path is None else 'kinetics'
