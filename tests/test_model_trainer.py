@@ -1,4 +1,6 @@
 """The LightningModule, through real Lightning fits of a tiny TimeSformer on the generated demo clips."""
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -103,6 +105,27 @@ def test_schedules_warm_up_then_follow_cosine_or_milestones(demo_data):
     assert all(a >= b for a, b in zip(factors[10:], factors[11:])) and factors[-1] > 0.01
     steps = tiny_module(data, lr=1.0, lr_schedule='multistep', milestones=(5, 11), lr_gamma=0.1)
     assert [steps.lr_factor(step, 10, 150) for step in (49, 50, 109, 110)] == pytest.approx([1, 0.1, 0.1, 0.01])
+
+
+class OptimizerStepLrs(pl.Callback):
+    """The learning rate each optimizer step uses."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(optimizer.param_groups[-1]['lr'])
+
+
+def test_a_real_fit_steps_the_schedule_per_optimizer_step_with_accumulation(demo_data, tmp_path):
+    # 16 clips in batches of 4, two batches a step: 2 steps an epoch, 1 epoch of warmup, 3 epochs.
+    pl.seed_everything(0)
+    data = tiny_data(demo_data, val_data_path=None, test_data_path=None)
+    module = tiny_module(data, optim_type='adamw', lr=1e-3, min_lr=1e-5, lr_schedule='cosine', warmup_epochs=1)
+    lrs = OptimizerStepLrs()
+    fit(module, data, tmp_path, max_epochs=3, accumulate_grad_batches=2, callbacks=[lrs])
+    cosine = [0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)) for progress in (0, 0.25, 0.5, 0.75)]
+    assert [lr / 1e-3 for lr in lrs.lrs] == pytest.approx([0.5, 1.0, *cosine])
 
 
 def test_checkpoint_rebuilds_with_class_names_and_preprocessing(demo_data, tmp_path):
