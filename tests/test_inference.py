@@ -52,7 +52,8 @@ def test_inference_reproduces_the_datamodules_test_views_in_any_batch_size(demo_
                          zip(batch['path'], logits, batch['label'].tolist())})
     settings = inference_preprocessing(model)
     assert settings == data.preprocessing
-    for batch_size in (1, 7):
+    # 6 views a video: one video a batch at 1 and 7 views a forward pass, two at 12, four at 24.
+    for batch_size in (1, 7, 12, 24):
         loader = prediction_loader(demo_data / 'test.txt', settings, labelled=True, class_names=model.class_names,
                                    num_class=4, batch_size=batch_size)
         results = list(classify(model, loader, settings, batch_size=batch_size))
