@@ -229,9 +229,9 @@ class LitVideoClassifier(pl.LightningModule):
         stage's metrics. B may be 0 (every video of the batch unreadable, named and counted by the data)."""
         video, label = batch['video'], batch['label']
         batch_size, views = video.shape[:2]
-        names = {'loss': 'loss', 'top1': 'top1', 'top5': 'top5', 'videos': 'videos'}
+        logged = {f'{stage}/{name}': f'{stage}_{name}' for name in ('loss', 'top1', 'top5', 'videos')}
         if stage == 'test':
-            names.update({'1view_top1': 'top1_1view', '1view_top5': 'top5_1view'})
+            logged.update({f'test/top{k}_1view': f'test_1view_top{k}' for k in (1, 5)})
         if batch_size:
             logits = self.model(video.flatten(0, 1)).view(batch_size, views, -1)
             probabilities = logits.softmax(dim=-1).mean(dim=1)
@@ -247,8 +247,8 @@ class LitVideoClassifier(pl.LightningModule):
                     self.metrics[f'test_1view_top{k}'](logits[:, centre], label)
         # Logged after every batch, read or not, so each rank joins the epoch-end sync of every metric
         # even when its whole share of the videos was unreadable (under DDP the others would wait).
-        for metric, name in names.items():
-            self.log(f'{stage}/{name}', self.metrics[f'{stage}_{metric}'], on_step=False, on_epoch=True)
+        for name, metric in logged.items():
+            self.log(name, self.metrics[metric], on_step=False, on_epoch=True)
 
     def validation_step(self, batch, batch_idx):
         self.evaluate(batch, 'val')

@@ -77,8 +77,8 @@ def read_run_metrics(csv_root):
     order. A resumed run repeats the steps since its checkpoint: its rows replace the earlier run's
     from its first step on."""
     rows = []
-    versions = sorted(Path(csv_root).glob('version_*/metrics.csv'), key=lambda path: int(path.parent.name[8:]))
-    for path in versions:
+    versions = Path(csv_root).glob('version_*/metrics.csv')
+    for path in sorted(versions, key=lambda path: int(path.parent.name.removeprefix('version_'))):
         later = read_metrics(path)
         if later:
             first = min(row['step'] for row in later)
