@@ -202,8 +202,8 @@ def view_logits(model, views, preprocessing, batch_size, device):
     chunks = []
     with torch.inference_mode():
         for chunk in views.flatten(0, 1).split(batch_size):
-            video = chunk.to(device, non_blocking=True).float().div_(255)
-            chunks.append(model(normalize(video, preprocessing.mean, preprocessing.std)).float().cpu())
+            video = normalize(chunk.to(device, non_blocking=True), preprocessing.mean, preprocessing.std)
+            chunks.append(model(video).float().cpu())
     return torch.cat(chunks).view(*views.shape[:2], -1)
 
 

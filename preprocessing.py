@@ -98,7 +98,10 @@ class Preprocessing:
 
 
 def normalize(video, mean, std):
-    """Float RGB video (..., 3, H, W) in [0, 1] -> (video - mean) / std per channel, same shape."""
+    """RGB video (..., 3, H, W), uint8 or float in [0, 1] -> float (video - mean) / std per channel,
+    same shape."""
+    if video.dtype == torch.uint8:
+        video = video.float().div_(255)
     mean = torch.as_tensor(mean, dtype=video.dtype, device=video.device).view(3, 1, 1)
     std = torch.as_tensor(std, dtype=video.dtype, device=video.device).view(3, 1, 1)
     return (video - mean) / std

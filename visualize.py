@@ -73,7 +73,7 @@ def frame_attention(model, frames, preprocessing, device='cpu'):
     frame, float (T', grid, grid), stretched to [0, 1] over the whole view so frames compare."""
     config = model.config
     names = rollout_modules(config)
-    video = normalize(frames.to(device).float().div(255), preprocessing.mean, preprocessing.std)
+    video = normalize(frames.to(device), preprocessing.mean, preprocessing.std)
     with torch.inference_mode(), record_attention(model) as attentions:
         model(video[None])
         relevance = attention_rollout([attentions[name].weights for name in names])

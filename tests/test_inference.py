@@ -29,7 +29,7 @@ def manual_probabilities(model, source, settings, mean, std):
         item = data[index]
         views = collate_views([item], settings)['video'][0]
         with torch.no_grad():
-            logits = model(normalize(views.float() / 255, mean, std))
+            logits = model(normalize(views, mean, std))
         expected[item['path']] = logits.softmax(dim=-1).mean(dim=0)
     return expected
 
@@ -211,17 +211,22 @@ def result(label, view_logits):
 
 
 def test_evaluation_counts_all_views_and_the_centre_view():
-    evaluation = Evaluation(num_classes=3, one_view=1)
-    # Views 0 and 2 say class 2 strongly, the centre view says class 0: all views 2, one view 0.
-    evaluation.add(result(2, [[0, 0, 9], [3, 0, 0], [0, 0, 9]]))
-    evaluation.add(result(0, [[0, 0, 9], [3, 0, 0], [0, 0, 9]]))
-    evaluation.add(result(1, [[0, 5, 0], [0, 5, 0], [0, 5, 0]]))
-    assert evaluation.metrics() == {'videos': 3, 'top1': 2 / 3, 'top5': 1.0, 'top1_1view': 2 / 3, 'top5_1view': 1.0}
-    assert evaluation.confusion.tolist() == [[0, 0, 1], [0, 1, 0], [0, 0, 1]]
-    rows = evaluation.per_class(['a', 'b', 'c'])
+    # Seven classes, so that top-5 can miss: the last video's class ranks last in every view.
+    evaluation = Evaluation(num_classes=7, one_view=1)
+    # Views 0 and 2 say class 2 strongly, the centre view class 0, then 2: all views 2, one view 0.
+    mixed = [[0, 0, 9, 0, 0, 0, 0], [3, 0, 1, 0, 0, 0, 0], [0, 0, 9, 0, 0, 0, 0]]
+    evaluation.add(result(2, mixed))
+    evaluation.add(result(0, mixed))
+    evaluation.add(result(1, [[0, 5, 0, 0, 0, 0, 0]] * 3))
+    evaluation.add(result(6, [[6, 5, 4, 3, 2, 1, 0]] * 3))
+    assert evaluation.metrics() == {'videos': 4, 'top1': 2 / 4, 'top5': 3 / 4, 'top1_1view': 2 / 4,
+                                    'top5_1view': 3 / 4}
+    assert evaluation.confusion[[0, 1, 2, 6]].argmax(dim=1).tolist() == [2, 1, 2, 0]
+    rows = evaluation.per_class(list('abcdefg'))
     assert rows[0] == {'index': 0, 'class': 'a', 'videos': 1, 'top1': 0.0, 'top5': 1.0, 'most_confused_with': 'c',
                        'confused_videos': 1}
     assert rows[2]['top1'] == 1.0 and rows[2]['most_confused_with'] == ''
+    assert rows[6]['top5'] == 0.0 and rows[6]['most_confused_with'] == 'a'
 
 
 # ---------------------------------------------------------------- pictures

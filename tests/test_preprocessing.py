@@ -33,3 +33,6 @@ def test_normalize_uses_each_channel_statistic():
     for channel in range(3):
         expected = (video[:, :, channel] - mean[channel]) / std[channel]
         torch.testing.assert_close(out[:, :, channel], expected)
+    # uint8 frames, as decoded, are scaled to [0, 1] first.
+    frames = torch.randint(0, 256, (2, 3, 3, 4, 5), dtype=torch.uint8)
+    torch.testing.assert_close(normalize(frames, mean, std), normalize(frames.double().div(255).float(), mean, std))
