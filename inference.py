@@ -32,7 +32,7 @@ from tqdm import tqdm
 from dataset import UNLABELLED, AnnotationError, VideoDataset, collate_views, load_class_map
 from model_loading import load_model
 from preprocessing import Preprocessing, data_statics, normalize
-from utils import write_csv
+from utils import write_csv, write_json
 from visualize import confusion_figure, prediction_figure, save_png
 from weight_files import WEIGHT_FILES
 from weight_formats import WeightLoadError
@@ -101,15 +101,15 @@ def inference_preprocessing(model, data_statics_name=None, **changes):
         changes['window_seconds'] = None
     if data_statics_name is not None:
         changes['mean'], changes['std'] = data_statics(data_statics_name)
-    settings = model.preprocessing
-    if settings is None:
-        settings = Preprocessing(num_frames=model.config.num_frames, img_size=model.config.img_size)
-        defaults = settings.replace(**changes)
+    recorded = model.preprocessing
+    settings = (recorded or Preprocessing(num_frames=model.config.num_frames, img_size=model.config.img_size)
+                ).replace(**changes)
+    if recorded is None:
         log.warning('the weights record no preprocessing; taking frame interval %d, short side %d, mean %s, '
                     'std %s, %d clip(s) x %d crop(s); flags -frame_interval, -short_side, -data_statics, '
-                    '-num_clips, -num_crops change them', defaults.frame_interval, defaults.short_side,
-                    list(defaults.mean), list(defaults.std), defaults.num_clips, defaults.num_crops)
-    return settings.replace(**changes)
+                    '-num_clips, -num_crops change them', settings.frame_interval, settings.short_side,
+                    list(settings.mean), list(settings.std), settings.num_clips, settings.num_crops)
+    return settings
 
 
 # ---------------------------------------------------------------- data
@@ -310,18 +310,17 @@ class Evaluation:
     def per_class(self, class_names):
         """One row per class: index, name, videos, top-1 and top-5 accuracy (empty without videos),
         and the class its videos were most often taken for, with the count."""
+        others = self.confusion.clone()
+        others.fill_diagonal_(0)
+        confused_videos, confused = others.max(dim=1)
         rows = []
         for index, name in enumerate(class_names):
-            counts = self.confusion[index]
-            videos = int(counts.sum())
-            others = counts.clone()
-            others[index] = 0
-            confused = int(others.argmax())
+            videos = int(self.confusion[index].sum())
             rows.append({'index': index, 'class': name, 'videos': videos,
-                         'top1': round(int(counts[index]) / videos, 6) if videos else '',
+                         'top1': round(int(self.confusion[index, index]) / videos, 6) if videos else '',
                          'top5': round(int(self.top5_hits[index]) / videos, 6) if videos else '',
-                         'most_confused_with': class_names[confused] if others[confused] else '',
-                         'confused_videos': int(others[confused])})
+                         'most_confused_with': class_names[confused[index]] if confused_videos[index] else '',
+                         'confused_videos': int(confused_videos[index])})
         return rows
 
 
@@ -332,7 +331,7 @@ def write_report(evaluation, class_names, folder, views):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     metrics = {**evaluation.metrics(), 'views': views}
-    (folder / 'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')
+    write_json(metrics, folder / 'metrics.json')
     write_csv(evaluation.per_class(class_names), folder / 'per_class_accuracy.csv')
     save_png(confusion_figure(evaluation.confusion, class_names), folder / 'confusion_matrix.png')
     return metrics

@@ -38,8 +38,9 @@ from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
 from model_trainer import LitVideoClassifier, NonFiniteLossError
 from run_outputs import (AtomicCheckpointIO, CheckpointOnSigterm, CompactProgressBar, percent, plot_curves,
-                         read_run_metrics, write_json)
+                         read_run_metrics)
 from transformer import Block
+from utils import write_json
 from video_transformer import VideoTransformerConfig
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_

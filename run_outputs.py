@@ -1,7 +1,6 @@
 """What a training run shows and leaves behind: a progress bar with short metric names, checkpoints
-written atomically, one more on SIGTERM, the curves of its CSV log as a PNG and a summary as JSON."""
+written atomically, one more on SIGTERM, and its CSV logs read back and drawn as curves in a PNG."""
 import csv
-import json
 import math
 import os
 from pathlib import Path
@@ -118,14 +117,6 @@ def plot_curves(rows, png, top5=True):
             axis.legend()
     figure.tight_layout()
     figure.savefig(png, dpi=100)
-
-
-def write_json(values, path):
-    """`values` as indented JSON at `path`, replacing it atomically."""
-    path = Path(path)
-    partial = path.with_name(f'.{path.name}.partial')
-    partial.write_text(json.dumps(values, indent=2) + '\n')
-    os.replace(partial, path)
 
 
 def percent(value):

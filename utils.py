@@ -1,5 +1,6 @@
 """Small helpers shared by the models, benchmarks and command lines."""
 import csv
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,6 +65,15 @@ def count_flops(model, video):
         for attention, was_fused in zip(attentions, fused):
             attention.fused = was_fused
     return counter.get_total_flops() / 2 / video.shape[0]
+
+
+def write_json(values, path):
+    """`values` as indented JSON at `path`, creating its folder and replacing the file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + '.partial')
+    partial.write_text(json.dumps(values, indent=2) + '\n')
+    partial.replace(path)
 
 
 def write_csv(rows, path):

@@ -12,10 +12,10 @@ CLASSES = ['moving_up', 'moving_down', 'growing', 'shrinking']
 SETTINGS = Preprocessing(num_frames=4, frame_interval=2, img_size=32, num_clips=2, num_crops=3)
 
 
-def export(path, config=None, class_names=CLASSES, preprocessing=SETTINGS, seed=0):
+def export(path, class_names=CLASSES, preprocessing=SETTINGS):
     """A randomised tiny classifier saved as our export folder; returns the folder."""
-    config = config or timesformer_tiny(num_classes=len(class_names or CLASSES))
-    save_weights(randomise_(VideoClassifier(config, class_names, preprocessing), seed=seed), path)
+    config = timesformer_tiny(num_classes=len(class_names or CLASSES))
+    save_weights(randomise_(VideoClassifier(config, class_names, preprocessing)), path)
     return path
 
 

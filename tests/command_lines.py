@@ -31,6 +31,14 @@ def run_in_one_process(script, cases, env=None, timeout=600):
     return dict(zip(cases, json.loads(result.stdout.splitlines()[-1])))
 
 
+def run_python(*args, python=sys.executable, cwd=REPOSITORY, pythonpath=(REPOSITORY,)):
+    """Run `python *args` with only `pythonpath` added to its path; the finished process."""
+    env = {key: value for key, value in os.environ.items() if key != 'PYTHONPATH'}
+    if pythonpath:
+        env['PYTHONPATH'] = os.pathsep.join(map(str, pythonpath))
+    return subprocess.run([str(python), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
 def run(script, argv):
     """{'code', 'stdout', 'stderr'} of one run of `script` with arguments `argv`."""
     out, err = io.StringIO(), io.StringIO()

@@ -2,26 +2,17 @@
 environment where decord 0.6.0 and decord2 overwrite each other."""
 import inspect
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import dataset
+from command_lines import run_python
 from data_trainer import VideoDataModule
 from dataset import DECORD_FIX, DecordReader, PyAVReader, VideoDataset, installed_decords
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_python(*args, pythonpath=(REPO,)):
-    """Run `python *args` with only `pythonpath` added to its path; the finished process."""
-    env = {key: value for key, value in os.environ.items() if key != 'PYTHONPATH'}
-    env['PYTHONPATH'] = os.pathsep.join(map(str, pythonpath))
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 def write_dist_info(folder, name, version):

@@ -2,29 +2,20 @@
 modules import from any folder."""
 import importlib.metadata
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from command_lines import run_python
 from python_check import MIN_PYTHON, check_python
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = sorted(path.stem for path in REPO.glob('*.py') if path.stem != 'setup')
 COMMAND_LINES = ('model_pretrain.py', 'model_inference.py')
-
-
-def run_python(*args, python=sys.executable, cwd=REPO, pythonpath=(REPO,)):
-    """Run `python *args` with only `pythonpath` added to its path; the finished process."""
-    env = {key: value for key, value in os.environ.items() if key != 'PYTHONPATH'}
-    if pythonpath:
-        env['PYTHONPATH'] = os.pathsep.join(map(str, pythonpath))
-    return subprocess.run([str(python), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def old_pythons():

@@ -33,13 +33,13 @@ def moving_square(num_frames, height, width, gray=False):
     return frames
 
 
-def write_video(path, frames, fps=25, codec='libx264', pix_fmt='yuv420p', options=None, container_format=None):
+def write_video(path, frames, fps=25, codec='libx264', pix_fmt='yuv420p'):
     """Encode uint8 (N, H, W, 3) RGB frames to path; returns path."""
     height, width = frames.shape[1:3]
-    with av.open(str(path), mode='w', format=container_format) as container:
+    with av.open(str(path), mode='w') as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        stream.options = {**({'preset': 'ultrafast'} if codec == 'libx264' else {}), **(options or {})}
+        stream.options = {'preset': 'ultrafast'} if codec == 'libx264' else {}
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format='rgb24')))
         container.mux(stream.encode())
