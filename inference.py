@@ -339,15 +339,15 @@ def write_report(evaluation, class_names, folder, views):
 
 class ResultWriter:
     """Writes each video's outcome as it comes: result_record as text (format_result) or JSON lines
-    on `stream` (a failure as {"path", "error"} under JSON), CSV rows flushed per video
+    on standard output (a failure as {"path", "error"} under JSON), CSV rows flushed per video
     (csv_path), and prediction_figure pictures (pictures: a PNG path for one video, or with
     picture_root a folder mirroring the videos' paths below picture_root, `clip.mp4` ->
     `clip.mp4.png`). attention(frames) -> (T', grid, grid) draws the rollout over the frames."""
 
     def __init__(self, class_names, *, topk=5, json_lines=False, csv_path=None, pictures=None, picture_root=None,
-                 attention=None, stream=None):
+                 attention=None):
         self.class_names, self.topk, self.json_lines = class_names, topk, json_lines
-        self.stream = stream or sys.stdout  # looked up now: a caller may have replaced sys.stdout
+        self.stream = sys.stdout  # looked up now, not at import: a caller may have replaced it
         self.csv_path = Path(csv_path) if csv_path else None
         self.pictures = Path(pictures) if pictures else None
         self.picture_root = Path(picture_root) if picture_root else None
