@@ -1,7 +1,7 @@
 """TimeSformer and ViViT on the shared blocks of transformer.py, the classifier and standard sizes.
 
 Building a model allocates and initialises it and reads no file; weight_init.init_from_pretrained_
-starts it from other weights and model_loading.load_model loads a trained one.
+starts a built model from other weights and model_loading.load_model loads a trained one.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -12,7 +12,6 @@ from torch import nn
 
 from preprocessing import Preprocessing
 from transformer import ACTIVATIONS, Block, ClassificationHead, PatchEmbed, num_token_frames, sine_cosine_table
-from weight_init import init_from_pretrained_, init_video_transformer_
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,6 @@ class VideoTransformerConfig:
         TimeSformer, timm and transformers (the seed's checkpoints load with its 1e-5 in the blocks).
     dropout_p: dropout after the position embeddings, on attention weights and projections and
         in the FFN. drop_path_rate: stochastic depth of the last block, rising linearly from 0.
-    copy_strategy / extend_strategy: how init_from_pretrained_ inflates an image model
-        (spatial -> temporal attention, Conv2d -> Conv3d).
     """
 
     arch: str = 'timesformer'
@@ -52,8 +49,6 @@ class VideoTransformerConfig:
     dropout_p: float = 0.0
     drop_path_rate: float = 0.1
     attention_type: str = 'divided_space_time'
-    copy_strategy: str = 'repeat'
-    extend_strategy: str = 'temporal_avg'
     use_learnable_pos_emb: bool = True
     pos_emb_type: str = 'separate'
     return_cls_token: bool = True
@@ -86,10 +81,6 @@ class VideoTransformerConfig:
             if self.num_patches % self.num_time_steps:
                 raise ValueError(f"fact_encoder_attention 'divided' splits each frame's {self.num_patches} "
                                  f"patches into {self.num_time_steps} groups (one per token frame): not a multiple")
-        if self.copy_strategy not in ('repeat', 'set_zero'):
-            raise ValueError(f"copy_strategy must be 'repeat' or 'set_zero', got {self.copy_strategy!r}")
-        if self.extend_strategy not in ('temporal_avg', 'center_frame'):
-            raise ValueError(f"extend_strategy must be 'temporal_avg' or 'center_frame', got {self.extend_strategy!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}')
         if self.pos_emb_type not in ('separate', 'joint'):
@@ -129,6 +120,9 @@ class VideoTransformerConfig:
 
 
 CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(VideoTransformerConfig))
+# The original repository's constructor keywords for starting from weights: arguments of
+# weight_init.init_from_pretrained_ here, since building reads no file.
+STARTING_POINT_KEYWORDS = ('pretrained', 'copy_strategy', 'extend_strategy')
 # fact_encoder_attention -> the OPERATORS of the spatial and the temporal encoder's blocks.
 FACT_ENCODER_OPERATORS = {'self_attn': ('self_attn', 'self_attn'), 'divided': ('space_attn', 'time_attn')}
 
@@ -140,10 +134,10 @@ class VideoTransformer(nn.Module):
     Tokens inside are (B, 1 + P*T', D), class token first, patch-major and time-minor; space_only
     and the spatial encoder of fact_encoder run each frame as its own sequence (B*T', 1 + P, D).
 
-    Built from a config, `TimeSformer(config)`, or from the seed's keyword arguments,
-    `TimeSformer(num_frames=8, img_size=224, patch_size=16, ...)`, with the seed's defaults for the
-    rest. `pretrained` initialises the built model from that file once (init_from_pretrained_);
-    the config does not keep it, so rebuilding from the config never reads it.
+    Built from a config, `TimeSformer(config)`, or from the original repository's keyword
+    arguments, `TimeSformer(num_frames=8, img_size=224, patch_size=16, ...)`, with its defaults for
+    the rest. Building reads no file: weight_init.init_from_pretrained_ starts a built model from
+    weights, so a saved config rebuilds a trained model anywhere.
     """
 
     arch = None
@@ -151,7 +145,7 @@ class VideoTransformer(nn.Module):
     # The seed's constructor defaults where they differ from VideoTransformerConfig's.
     keyword_defaults = {}
 
-    def __init__(self, config=None, *, pretrained=None, norm_layer=nn.LayerNorm, **fields):
+    def __init__(self, config=None, *, norm_layer=nn.LayerNorm, **fields):
         super().__init__()
         self.config = config = self._config(config, norm_layer, fields)
         dim = config.embed_dims
@@ -174,9 +168,33 @@ class VideoTransformer(nn.Module):
             self.temporal_blocks = nn.ModuleList(
                 self._block(temporal, rate) for rate in rates[config.num_transformer_layers:])
         self.norm = nn.LayerNorm(dim, eps=config.final_norm_eps)
-        init_video_transformer_(self)
-        if pretrained is not None:
-            init_from_pretrained_(self, pretrained)
+        self.init_weights()
+
+    def init_weights(self):
+        """Initialise in place: Linear layers truncated normal (std 0.02) with zero bias, as timm and
+        official TimeSformer do (the original repository kept PyTorch's default Linear init); as in the
+        original repository, the patch embedding Kaiming fan-in, learnable position tables and the class
+        token truncated normal (std 0.02), temporal_fc zero, so divided attention starts as an image
+        model applied to every frame."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.kaiming_normal_(self.patch_embed.proj.weight, mode='fan_in', nonlinearity='relu')
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for name in ('pos_embed', 'time_embed'):
+            table = getattr(self, name)
+            if isinstance(table, nn.Parameter):
+                nn.init.trunc_normal_(table, std=0.02)
+        for name, module in self.named_modules():
+            if name.endswith('temporal_fc'):
+                nn.init.zeros_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def _config(self, config, norm_layer, fields):
         """The config to build: `config` itself, or one from keyword arguments."""
@@ -184,6 +202,11 @@ class VideoTransformer(nn.Module):
         if norm_layer is not nn.LayerNorm:
             raise TypeError(f'{name}() builds nn.LayerNorm norms (eps norm_eps and final_norm_eps), '
                             f'got norm_layer={norm_layer!r}')
+        starting_point = sorted(set(fields) & set(STARTING_POINT_KEYWORDS))
+        if starting_point:
+            raise TypeError(f'{name}() builds without reading weights and takes no {starting_point}: start a built '
+                            f"model with weight_init.init_from_pretrained_(model, path, copy_strategy='repeat', "
+                            f"extend_strategy='temporal_avg')")
         if config is None:
             unknown = sorted(set(fields) - set(CONFIG_FIELDS))
             if unknown:
@@ -294,8 +317,7 @@ class ViViT(VideoTransformer):
 
     arch = 'vivit'
     attention_types = ('fact_encoder', 'joint_space_time', 'divided_space_time', 'fact_dot_product')
-    keyword_defaults = {'conv_type': 'Conv3d', 'tube_size': 2, 'attention_type': 'fact_encoder',
-                        'copy_strategy': 'set_zero', 'extend_strategy': 'temporal_avg'}
+    keyword_defaults = {'conv_type': 'Conv3d', 'tube_size': 2, 'attention_type': 'fact_encoder'}
 
 
 ARCHITECTURES = {'timesformer': TimeSformer, 'vivit': ViViT}

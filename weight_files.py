@@ -184,6 +184,10 @@ STRUCTURAL_FIELDS = (
 )
 
 
+# Config fields of earlier versions that describe how a model was started, not the model: saved
+# configs that carry them still load.
+RETIRED_FIELDS = ('pretrained', 'copy_strategy', 'extend_strategy')
+
 # Attention types whose weights have the same keys and shapes: either agrees with such weights.
 SAME_KEYS = {'joint_space_time': 'fact_dot_product', 'fact_dot_product': 'joint_space_time'}
 
@@ -413,9 +417,8 @@ def _read_ours(state_dict, extras, sidecar, path):
         return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict, path),
                              _defaults(state_dict), meta.get('class_names'), preprocessing=preprocessing)
     fixed = {name: config[name] for name in STRUCTURAL_FIELDS if name in config}
-    # `pretrained` was a config field before building and starting points were separated.
     defaults = {name: value for name, value in config.items()
-                if name not in STRUCTURAL_FIELDS and name != 'pretrained'}
+                if name not in STRUCTURAL_FIELDS and name not in RETIRED_FIELDS}
     return SourceWeights(path, OUR_FORMAT, state_dict, fixed, defaults, meta.get('class_names'),
                          preprocessing=preprocessing)
 

@@ -35,7 +35,7 @@ def inflate_patch_kernel(weight, tube_size, extend_strategy):
     raise ValueError(f"extend_strategy must be 'temporal_avg' or 'center_frame', got {extend_strategy!r}")
 
 
-def inflate_image_model(state_dict, config):
+def inflate_image_model(state_dict, config, copy_strategy='repeat', extend_strategy='temporal_avg'):
     """Image-model weights in our keys (per-frame blocks `blocks.N.attn`, Conv2d patches) -> the
     video model `config` describes, and the keys it leaves to the model's own initialisation.
     Position tables keep their size (see resize_position_tables).
@@ -58,7 +58,7 @@ def inflate_image_model(state_dict, config):
     branch_outputs = r'ffn\.fc2\.' if config.fact_encoder_attention == 'divided' else r'(attn\.attn\.proj|ffn\.fc2)\.'
 
     def add_temporal(key, value, branch_output=False):
-        if config.copy_strategy == 'repeat':
+        if copy_strategy == 'repeat':
             inflated[key] = value.clone()
         elif branch_output:
             inflated[key] = torch.zeros_like(value)
@@ -94,7 +94,7 @@ def inflate_image_model(state_dict, config):
         inflated[prefix + 'bias'] = reference.new_zeros(dim)
     if config.conv_type == 'Conv3d':
         inflated['backbone.patch_embed.proj.weight'] = inflate_patch_kernel(
-            reference, config.tube_size, config.extend_strategy)
+            reference, config.tube_size, extend_strategy)
     time_rows = config.position_table_rows.get('time_embed')
     if time_rows is not None:
         inflated['backbone.time_embed'] = reference.new_zeros(1, time_rows, dim)

@@ -1,11 +1,10 @@
-"""Initialisation of a new model: fresh (init_video_transformer_) or from a starting point
-(init_from_pretrained_), a separate call after building, so a saved config rebuilds a trained
-model without its starting point and a model can be built on the meta device.
+"""Starting a built model from other weights (init_from_pretrained_): a separate call after
+building, so a saved config rebuilds a trained model without its starting point and a model can be
+built on the meta device.
 """
 import logging
 
 import torch
-from torch import nn
 
 from transformer import sine_cosine_table
 from weight_files import load_state_dict_strictly, read_weights
@@ -15,46 +14,31 @@ from weight_formats import HEAD_KEYS, WeightLoadError, strip_prefix
 logger = logging.getLogger(__name__)
 
 
-def init_video_transformer_(model):
-    """Initialise a VideoTransformer in place.
+# How an image model's attention becomes the temporal attention when copy_strategy is not given:
+# the original repository's constructor defaults.
+DEFAULT_COPY_STRATEGY = {'timesformer': 'repeat', 'vivit': 'set_zero'}
 
-    Linear layers: truncated normal (std 0.02), zero bias, as timm and official TimeSformer do
-    (the seed kept PyTorch's default Linear init). As in the seed: patch embedding Kaiming fan-in;
-    learnable position tables and the class token truncated normal (std 0.02); temporal_fc zero,
-    so divided attention starts as an image model applied to every frame.
+
+def init_from_pretrained_(model, path, copy_strategy=None, extend_strategy='temporal_avg'):
+    """Initialise a built backbone in place from any supported weights at `path`, or the backbone of
+    a VideoClassifier (its head keeps its init: a starting point's head is not used); returns `model`.
+
+    Image models (timm, .npz, MAE, the original repository's ViT) are inflated: copy_strategy
+    'repeat' copies the image attention into the temporal one, 'set_zero' leaves it at its init
+    (default: the architecture's original default, DEFAULT_COPY_STRATEGY); extend_strategy
+    'temporal_avg' or 'center_frame' turns Conv2d patches into Conv3d tubelets. Video models load as
+    they are. Position tables are resized to the config, and with fixed sine-cosine positions the
+    checkpoint's learnt tables are left out. MAE's patch positions are its fixed sine-cosine table.
     """
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-    nn.init.kaiming_normal_(model.patch_embed.proj.weight, mode='fan_in', nonlinearity='relu')
-    nn.init.zeros_(model.patch_embed.proj.bias)
-    nn.init.trunc_normal_(model.cls_token, std=0.02)
-    for name in ('pos_embed', 'time_embed'):
-        table = getattr(model, name)
-        if isinstance(table, nn.Parameter):
-            nn.init.trunc_normal_(table, std=0.02)
-    for name, module in model.named_modules():
-        if name.endswith('temporal_fc'):
-            nn.init.zeros_(module.weight)
-            nn.init.zeros_(module.bias)
-
-
-def init_from_pretrained_(model, path):
-    """Initialise a TimeSformer or ViViT in place from any supported weights at `path`, or the
-    backbone of a VideoClassifier (its head keeps its init: a starting point's head is not used).
-
-    Image models (timm, .npz, MAE, the seed's ViT) are inflated by the config's extend_strategy
-    and copy_strategy; video models load as they are. Position tables are resized to the config,
-    and with fixed sine-cosine positions the checkpoint's learnt tables are left out. MAE's patch
-    positions are its fixed sine-cosine table.
-    """
+    built = model
     model = getattr(model, 'backbone', model)
     config = model.config
+    if copy_strategy is None:
+        copy_strategy = DEFAULT_COPY_STRATEGY.get(config.arch, 'repeat')
+    if copy_strategy not in ('repeat', 'set_zero'):
+        raise ValueError(f"copy_strategy must be 'repeat' or 'set_zero', got {copy_strategy!r}")
+    if extend_strategy not in ('temporal_avg', 'center_frame'):
+        raise ValueError(f"extend_strategy must be 'temporal_avg' or 'center_frame', got {extend_strategy!r}")
     source = read_weights(path)
     heads = source.fixed.get('num_heads', config.num_heads)
     if heads != config.num_heads:
@@ -75,7 +59,7 @@ def init_from_pretrained_(model, path):
     kind = source.fixed.get('pos_emb_type', config.pos_emb_type)
     left_at_init = ()
     if is_image_model(state_dict, source.fixed.get('pos_emb_type', 'separate')):
-        state_dict, left_at_init = inflate_image_model(state_dict, config)
+        state_dict, left_at_init = inflate_image_model(state_dict, config, copy_strategy, extend_strategy)
         time_steps = config.num_time_steps  # a joint table now spans the model's frames
     elif 'backbone.pos_embed' in state_dict and kind != config.pos_emb_type:
         # Rows alone cannot always tell: 1 + P*T' may be 1 + a square.
@@ -88,3 +72,4 @@ def init_from_pretrained_(model, path):
     logger.info('Initialised %s %s from %s: format %s; missing keys %s; unexpected keys []%s',
                 config.arch, config.attention_type, source.path, source.format, missing,
                 ''.join(f'; {note}' for note in notes + resized))
+    return built

@@ -17,6 +17,7 @@ from video_transformer import TimeSformer, VideoClassifier, timesformer_base_pat
     timesformer_large_patch16_224, timesformer_tiny
 from weight_export import hf_timesformer_config, save_hf_timesformer, save_weights
 from weight_formats import WeightLoadError, convert_hf_timesformer, convert_hf_vivit, convert_to_hf_timesformer
+from weight_init import init_from_pretrained_
 
 transformers = pytest.importorskip('transformers')
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def test_hf_vivit_position_rows_become_patch_major():
 def test_heads_in_the_file_must_match_the_model(tmp_path):
     hf_timesformer().save_pretrained(tmp_path)
     with pytest.raises(WeightLoadError, match='heads'):
-        TimeSformer(timesformer_tiny(num_heads=4), pretrained=tmp_path)
+        init_from_pretrained_(TimeSformer(timesformer_tiny(num_heads=4)), tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -196,8 +196,6 @@ def test_without_a_time_table_any_frame_count_is_taken():
     ({'arch': 'vivit', 'conv_type': 'Conv3d', 'num_frames': 5}, 'not a multiple of tube_size'),
     ({'num_heads': 3}, 'not divisible by num_heads'),
     ({'pos_emb_type': 'joint', 'attention_type': 'space_only'}, "pos_emb_type 'joint'"),
-    ({'copy_strategy': 'zero'}, "copy_strategy must be 'repeat' or 'set_zero'"),
-    ({'extend_strategy': 'middle'}, "extend_strategy must be 'temporal_avg' or 'center_frame'"),
 ])
 def test_inconsistent_configs_are_refused(changes, match):
     with pytest.raises(ValueError, match=match):
@@ -258,7 +256,7 @@ def test_write_csv_never_leaves_a_truncated_file(tmp_path):
 
 SEED_TIMESFORMER = dict(num_frames=4, img_size=32, patch_size=8, embed_dims=32, num_heads=2, num_transformer_layers=2,
                         in_channels=3, conv_type='Conv2d', dropout_p=0.0, attention_type='divided_space_time',
-                        norm_layer=nn.LayerNorm, copy_strategy='repeat', use_learnable_pos_emb=True,
+                        norm_layer=nn.LayerNorm, use_learnable_pos_emb=True,
                         return_cls_token=True)
 
 
@@ -279,8 +277,8 @@ def test_the_seed_keyword_arguments_build_the_same_backbone_as_a_config():
 def test_vivit_keywords_take_the_seed_vivit_defaults():
     config = ViViT(num_frames=4, img_size=32, patch_size=8, embed_dims=32, num_heads=2,
                    num_transformer_layers=2).config
-    assert (config.arch, config.conv_type, config.tube_size, config.attention_type, config.copy_strategy) == \
-        ('vivit', 'Conv3d', 2, 'fact_encoder', 'set_zero')
+    assert (config.arch, config.conv_type, config.tube_size, config.attention_type) == \
+        ('vivit', 'Conv3d', 2, 'fact_encoder')
 
 
 @pytest.mark.parametrize('build, message', [

@@ -11,6 +11,7 @@ from video_transformer import TimeSformer, VideoClassifier, ViViT, timesformer_t
 from weight_export import save_weights
 from weight_fitting import resize_position_tables
 from weight_formats import WeightLoadError
+from weight_init import init_from_pretrained_
 
 TABLE_KINDS = {
     'divided (pos + time)': timesformer_tiny(),
@@ -100,7 +101,7 @@ def test_joint_table_for_a_separate_model_is_one_clear_error(tmp_path, frames):
     torch.save(model.state_dict(), tmp_path / 'bare.pt')
     separate = joint.replace(pos_emb_type='separate')
     with pytest.raises(WeightLoadError, match="export.*pos_emb_type='joint'") as error:
-        ViViT(separate, pretrained=tmp_path / 'export')
+        init_from_pretrained_(ViViT(separate), tmp_path / 'export')
     assert '\n' not in str(error.value)
     # Without its config.json the rows cannot tell image size from frame count.
     with pytest.raises(WeightLoadError, match='bare.pt.*config.json') as error:
@@ -118,7 +119,7 @@ def test_per_frame_and_joint_timesformer_weights_are_told_apart(tmp_path, attent
     config = timesformer_tiny(attention_type=attention_type, pos_emb_type=pos_emb_type)
     model = randomise_(VideoClassifier(config)).eval()
     save_weights(model, tmp_path / 'export')
-    started = TimeSformer(config, pretrained=tmp_path / 'export').eval()
+    started = init_from_pretrained_(TimeSformer(config), tmp_path / 'export').eval()
     clip = video()
     with torch.no_grad():
         torch.testing.assert_close(started(clip), model.backbone(clip), atol=0, rtol=0)

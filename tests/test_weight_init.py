@@ -23,8 +23,8 @@ from weight_init import init_from_pretrained_
 @pytest.mark.parametrize('copy_strategy', ['repeat', 'set_zero'])
 def test_timesformer_from_an_image_vit_reproduces_it_on_a_static_video(tmp_path, container, copy_strategy):
     vit = random_state(timm_layout())
-    config = timesformer_tiny(copy_strategy=copy_strategy)
-    model = TimeSformer(config, pretrained=write_vit(vit, tmp_path, container)).eval()
+    model = init_from_pretrained_(TimeSformer(timesformer_tiny()), write_vit(vit, tmp_path, container),
+                                  copy_strategy=copy_strategy).eval()
     frame = video(batch=2, frames=1)[:, 0]
     with torch.no_grad():
         features = model(repeat(frame, 'b c h w -> b t c h w', t=FRAMES))
@@ -40,10 +40,9 @@ def test_timesformer_from_an_image_vit_reproduces_it_on_a_static_video(tmp_path,
 @pytest.mark.parametrize('config', [timesformer_tiny(), vivit_tiny(), vivit_tiny(fact_encoder_attention='divided')],
                          ids=['timesformer', 'vivit', 'vivit-37e1801'])
 def test_temporal_layers_inflated_from_a_vit_learn(tmp_path, config, copy_strategy):
-    # The seed's set_zero zeroed every copied weight: no gradient ever reached those layers.
+    # The original repository's set_zero zeroed every copied weight: no gradient ever reached those layers.
     path = write_vit(random_state(timm_layout()), tmp_path, 'pth')
-    model = VideoClassifier(config.replace(copy_strategy=copy_strategy))
-    init_from_pretrained_(model, path)
+    model = init_from_pretrained_(VideoClassifier(config), path, copy_strategy=copy_strategy)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     clip = video(frames=model.config.num_frames)
     for _ in range(3):  # the zero projection opens the branch to gradients after one step
@@ -66,7 +65,7 @@ def test_in21k_representation_layer_is_ignored(tmp_path, container):
     else:
         np.savez(tmp_path / 'vit.npz', **jax_layout(vit), **{'pre_logits/kernel': pre_logits['weight'].T.numpy(),
                                                              'pre_logits/bias': pre_logits['bias'].numpy()})
-    model = TimeSformer(timesformer_tiny(), pretrained=tmp_path / f'vit.{container}').eval()
+    model = init_from_pretrained_(TimeSformer(timesformer_tiny()), tmp_path / f'vit.{container}').eval()
     frame = video(batch=2, frames=1)[:, 0]
     with torch.no_grad():
         features = model(repeat(frame, 'b c h w -> b t c h w', t=FRAMES))
@@ -75,7 +74,8 @@ def test_in21k_representation_layer_is_ignored(tmp_path, container):
 
 def test_space_only_timesformer_from_a_vit_reproduces_it(tmp_path):
     vit = random_state(timm_layout())
-    model = TimeSformer(timesformer_tiny(attention_type='space_only'), pretrained=write_vit(vit, tmp_path, 'pth')).eval()
+    model = init_from_pretrained_(TimeSformer(timesformer_tiny(attention_type='space_only')),
+                                  write_vit(vit, tmp_path, 'pth')).eval()
     frame = video(batch=1, frames=1)[:, 0]
     with torch.no_grad():
         features = model(repeat(frame, 'b c h w -> b t c h w', t=FRAMES))
@@ -85,8 +85,9 @@ def test_space_only_timesformer_from_a_vit_reproduces_it(tmp_path):
 @pytest.mark.parametrize('extend_strategy', ['temporal_avg', 'center_frame'])
 def test_vivit_from_a_vit_inflates_patches_and_copies_temporal_layers(tmp_path, extend_strategy):
     vit = random_state(timm_layout())
-    model = ViViT(vivit_tiny(extend_strategy=extend_strategy, num_time_transformer_layers=2, img_size=48),
-                  pretrained=write_vit(vit, tmp_path, 'pth')).eval()
+    model = init_from_pretrained_(ViViT(vivit_tiny(num_time_transformer_layers=2, img_size=48)),
+                                  write_vit(vit, tmp_path, 'pth'), copy_strategy='repeat',
+                                  extend_strategy=extend_strategy).eval()
     kernel = model.patch_embed.proj.weight
     assert kernel.shape == (DIM, 3, 2, PATCH, PATCH)
     torch.testing.assert_close(kernel.sum(dim=2), vit['patch_embed.proj.weight'])
@@ -96,8 +97,8 @@ def test_vivit_from_a_vit_inflates_patches_and_copies_temporal_layers(tmp_path, 
         for name, value in model.temporal_blocks[index].state_dict().items():
             assert torch.equal(value, model.blocks[index].state_dict()[name])
     # set_zero: the temporal layers keep their init and start as the identity.
-    fresh = ViViT(vivit_tiny(copy_strategy='set_zero', num_time_transformer_layers=2, img_size=48),
-                  pretrained=tmp_path / 'vit.pth').eval()
+    fresh = init_from_pretrained_(ViViT(vivit_tiny(num_time_transformer_layers=2, img_size=48)),
+                                  tmp_path / 'vit.pth', copy_strategy='set_zero').eval()
     block = fresh.temporal_blocks[0]
     assert not block.attn.attn.proj.weight.any() and not block.ffn.fc2.weight.any()
     assert not torch.equal(block.attn.attn.qkv.weight, fresh.blocks[0].attn.attn.qkv.weight)
@@ -110,8 +111,8 @@ def test_vivit_from_a_vit_inflates_patches_and_copies_temporal_layers(tmp_path, 
 
 def test_joint_vivit_from_a_vit_spreads_positions_over_time(tmp_path):
     vit = random_state(timm_layout())
-    model = ViViT(vivit_tiny(attention_type='joint_space_time', pos_emb_type='joint', img_size=48),
-                  pretrained=write_vit(vit, tmp_path, 'safetensors'))
+    model = init_from_pretrained_(ViViT(vivit_tiny(attention_type='joint_space_time', pos_emb_type='joint', img_size=48)),
+                                  write_vit(vit, tmp_path, 'safetensors'))
     table = model.pos_embed
     assert table.shape == (1, 1 + 36 * 2, DIM) and model.time_embed is None
     torch.testing.assert_close(table[:, 0], vit['pos_embed'][:, 0])
@@ -137,7 +138,8 @@ def test_mae_encoder_initialises_the_backbone(tmp_path, caplog):
     untrained = TimeSformer(timesformer_tiny())
     torch.manual_seed(0)
     with caplog.at_level(logging.INFO):
-        model = TimeSformer(timesformer_tiny(), pretrained=tmp_path / 'pretrain_mae_vit_base_mask_0.75_400e.pth')
+        model = init_from_pretrained_(TimeSformer(timesformer_tiny()),
+                                      tmp_path / 'pretrain_mae_vit_base_mask_0.75_400e.pth')
     assert 'format mae' in caplog.text and "missing keys ['cls_token']" in caplog.text
     assert 'sine-cosine' in caplog.text
     # MAE-pytorch's get_sinusoid_encoding_table, computed as it does in float64 NumPy.
@@ -157,19 +159,23 @@ def test_mae_encoder_initialises_the_backbone(tmp_path, caplog):
 def test_video_checkpoint_as_a_starting_point_drops_its_head(tmp_path):
     state = random_state(seed_layout('divided_space_time'))
     path = save_lightning(tmp_path / 'k600.ckpt', state)
-    model = TimeSformer(timesformer_tiny(num_frames=8), pretrained=path)
+    model = init_from_pretrained_(TimeSformer(timesformer_tiny(num_frames=8)), path)
     assert torch.equal(model.blocks[1].temporal_attn.temporal_fc.weight,
                        state['model.transformer_layers.layers.1.attentions.0.temporal_fc.weight'])
     assert model.time_embed.shape == (1, 8, DIM)
 
 
 @pytest.mark.parametrize('container', ['pth', 'seed-vit'])
-def test_the_seed_keyword_constructor_starts_from_a_vit(tmp_path, container):
-    # As the seed's users build it.
+def test_the_original_keyword_constructor_starts_from_a_vit(tmp_path, container):
+    """As the original repository's users build it, the starting point a separate call: fails if the
+    keyword-built backbone and the loader disagree on any layout."""
     vit = random_state(timm_layout())
-    model = TimeSformer(num_frames=FRAMES, img_size=32, patch_size=PATCH, embed_dims=DIM, num_heads=HEADS,
-                        num_transformer_layers=LAYERS, attention_type='divided_space_time',
-                        pretrained=str(write_vit(vit, tmp_path, container))).eval()
+    keywords = dict(num_frames=FRAMES, img_size=32, patch_size=PATCH, embed_dims=DIM, num_heads=HEADS,
+                    num_transformer_layers=LAYERS, attention_type='divided_space_time')
+    path = str(write_vit(vit, tmp_path, container))
+    with pytest.raises(TypeError, match=r"takes no \['copy_strategy', 'pretrained'\].*init_from_pretrained_"):
+        TimeSformer(**keywords, pretrained=path, copy_strategy='repeat')
+    model = init_from_pretrained_(TimeSformer(**keywords), path, copy_strategy='repeat').eval()
     frame = video(batch=2, frames=1)[:, 0]
     with torch.no_grad():
         features = model(repeat(frame, 'b c h w -> b t c h w', t=FRAMES))
@@ -181,8 +187,8 @@ def test_a_saved_config_rebuilds_without_its_starting_point(tmp_path):
     vit_path = write_vit(random_state(timm_layout()), tmp_path, 'pth')
     model = VideoClassifier(timesformer_tiny(num_classes=CLASSES))
     init_from_pretrained_(model, vit_path)
-    kept = TimeSformer(num_frames=FRAMES, img_size=32, patch_size=PATCH, embed_dims=DIM, num_heads=HEADS,
-                       num_transformer_layers=LAYERS, pretrained=vit_path)
+    kept = init_from_pretrained_(TimeSformer(num_frames=FRAMES, img_size=32, patch_size=PATCH, embed_dims=DIM,
+                                             num_heads=HEADS, num_transformer_layers=LAYERS), vit_path)
     save_weights(model.eval(), tmp_path / 'export')
     vit_path.unlink()
     rebuilt = VideoClassifier(VideoTransformerConfig(**model.config.to_dict()))
