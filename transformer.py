@@ -1,8 +1,8 @@
-"""Building blocks shared by TimeSformer and ViViT, bottom-up.
+"""Building blocks shared by TimeSformer, ViViT, VideoMAE and V-JEPA 2, bottom-up.
 
 Token layout inside the blocks: a video of T frames and P patches per frame is a sequence
-(B, 1 + P*T, D): the class token first, then patch-major, time-minor (token 1 + p*T + t),
-which is the order of the original TimeSformer checkpoints.
+(B, 1 + P*T, D): the class token first (for the models that have one), then patch-major,
+time-minor (token 1 + p*T + t), which is the order of the original TimeSformer checkpoints.
 """
 import math
 
@@ -34,6 +34,35 @@ def sine_cosine_table(num_positions, dim):
     angle = position * frequency
     table = torch.where(torch.arange(dim) % 2 == 0, angle.sin(), angle.cos())
     return table.float()[None]
+
+
+def rotary_tables(time_steps, height, width, head_dim, device=None):
+    """3-D rotary embedding of every token (patch-major, time-minor): cos and sin, each (N, head_dim).
+
+    As V-JEPA 2: the head dimension's first three sections of 2 * (head_dim // 6) channels rotate by
+    the token's time step, row and column; the remaining channels are not rotated (cos 1, sin 0).
+    Within a section of s channels, channel i turns at frequency 10000^-(i mod s/2) / (s/2), while
+    apply_rotary pairs neighbouring channels: V-JEPA 2's layout, kept so its weights give its numbers.
+    """
+    section = 2 * (head_dim // 3 // 2)
+    token = torch.arange(time_steps * height * width, device=device)
+    patch = token // time_steps
+    positions = (token % time_steps, patch // width, patch % width)
+    omega = 1.0 / 10000 ** (torch.arange(section // 2, dtype=torch.float32, device=device) / (section / 2))
+    angles = torch.cat([torch.outer(position.float(), omega).repeat(1, 2) for position in positions], dim=1)
+    rest = head_dim - 3 * section
+    cos = torch.cat((angles.cos(), angles.new_ones(len(token), rest)), dim=1)
+    sin = torch.cat((angles.sin(), angles.new_zeros(len(token), rest)), dim=1)
+    return cos, sin
+
+
+def apply_rotary(x, rotary):
+    """Rotate queries or keys (B, heads, N, d) by rotary_tables' (cos, sin): each neighbouring channel
+    pair (a, b) -> (a cos - b sin, b cos + a sin)."""
+    cos, sin = (table.to(x.dtype) for table in rotary)
+    pairs = rearrange(x, '... (d two) -> ... d two', two=2)
+    turned = rearrange(torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), '... d two -> ... (d two)')
+    return x * cos + turned * sin
 
 
 def num_token_frames(num_frames, conv_type, tube_size):
@@ -87,12 +116,16 @@ class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection: (B, N, D) -> (B, N, D).
 
     Every operator below calls this one module; they choose space, time or both by regrouping
-    tokens into the batch axis. `fused=False` computes softmax(QK^T / sqrt(d)) V explicitly,
-    the same numbers as SDPA; `keep_weights=True` takes that path too and keeps the last softmax
-    weights (B, heads, N, N), detached, in `weights` (utils.record_attention sets it).
+    tokens into the batch axis. qkv_bias: 'qkv' (a bias on all three), 'qv' (learnt q and v biases,
+    k's zero, as VideoMAE) or 'none'. `rotary` (rotary_tables' cos and sin) turns queries and keys
+    (V-JEPA 2); `cross` lets other queries attend to the tokens (an attentive pooler's).
+    out_proj=False leaves out the output projection (V-JEPA 2's pooling cross-attention has none).
+    `fused=False` computes softmax(QK^T / sqrt(d)) V explicitly, the same numbers as SDPA;
+    `keep_weights=True` takes that path too and keeps the last softmax weights (B, heads, N, N),
+    detached, in `weights` (utils.record_attention sets it).
     """
 
-    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
+    def __init__(self, dim, num_heads, qkv_bias='qkv', attn_drop=0.0, proj_drop=0.0, out_proj=True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'embed_dims {dim} is not divisible by num_heads {num_heads}')
@@ -101,14 +134,26 @@ class Attention(nn.Module):
         self.fused = True
         self.keep_weights = False
         self.weights = None
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias == 'qkv')
+        if qkv_bias == 'qv':
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim) if out_proj else nn.Identity()
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def split_heads(self, x):
-        """(B, N, D) -> q, k, v, each (B, heads, N, D / heads)."""
-        qkv = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d', three=3, h=self.num_heads)
-        return qkv.unbind(0)
+    def qkv_bias(self):
+        """The bias of the fused projection (3D,), or None."""
+        if hasattr(self, 'q_bias'):
+            return torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        return self.qkv.bias
+
+    def split_heads(self, x, rotary=None):
+        """(B, N, D) -> q, k, v, each (B, heads, N, D / heads); q and k rotated by `rotary`."""
+        qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
+        q, k, v = rearrange(qkv, 'b n (three h d) -> three b h n d', three=3, h=self.num_heads).unbind(0)
+        if rotary is not None:
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        return q, k, v
 
     def attend(self, q, k, v):
         """Scaled dot-product attention on (B, heads, N, d) -> (B, heads, N, d)."""
@@ -124,8 +169,17 @@ class Attention(nn.Module):
         """(B, heads, N, d) -> (B, N, D) through the output projection."""
         return self.proj_drop(self.proj(rearrange(x, 'b h n d -> b n (h d)')))
 
-    def forward(self, x):
-        return self.merge_heads(self.attend(*self.split_heads(x)))
+    def cross(self, queries, tokens):
+        """Queries (B, M, D) attend to tokens (B, N, D) -> (B, M, D): q projected from the queries,
+        k and v from the tokens, with the same fused weights."""
+        weight, bias = self.qkv.weight.chunk(3), self.qkv_bias()
+        bias = (None,) * 3 if bias is None else bias.chunk(3)
+        q, k, v = (rearrange(F.linear(source, part, part_bias), 'b n (h d) -> b h n d', h=self.num_heads)
+                   for source, part, part_bias in zip((queries, tokens, tokens), weight, bias))
+        return self.merge_heads(self.attend(q, k, v))
+
+    def forward(self, x, rotary=None):
+        return self.merge_heads(self.attend(*self.split_heads(x, rotary)))
 
 
 class PreNormAttention(nn.Module):
@@ -141,8 +195,8 @@ class PreNormAttention(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias, dropout_p, dropout_p)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x, num_frames=None):
-        return x + self.drop_path(self.attn(self.norm(x)))
+    def forward(self, x, num_frames=None, rotary=None):
+        return x + self.drop_path(self.attn(self.norm(x), rotary))
 
 
 class TemporalAttention(PreNormAttention):
@@ -154,7 +208,7 @@ class TemporalAttention(PreNormAttention):
         super().__init__(dim, num_heads, norm_eps, qkv_bias, dropout_p, drop_path)
         self.temporal_fc = nn.Linear(dim, dim)
 
-    def forward(self, x, num_frames):
+    def forward(self, x, num_frames, rotary=None):
         cls_token, patches = x[:, :1], x[:, 1:]
         tubes = rearrange(patches, 'b (p t) d -> (b p) t d', t=num_frames)
         update = self.temporal_fc(self.drop_path(self.attn(self.norm(tubes))))
@@ -170,7 +224,7 @@ class SpatialAttention(PreNormAttention):
     patch i joined group i mod T'.
     """
 
-    def forward(self, x, num_frames):
+    def forward(self, x, num_frames, rotary=None):
         cls_token, patches = x[:, :1], x[:, 1:]
         frames = rearrange(patches, 'b (p t) d -> (b t) p d', t=num_frames)
         frames = torch.cat((repeat(cls_token, 'b 1 d -> (b t) 1 d', t=num_frames), frames), dim=1)
@@ -190,7 +244,7 @@ class ClassTokenTemporalAttention(PreNormAttention):
         super().__init__(dim, num_heads, norm_eps, qkv_bias, dropout_p, drop_path)
         self.temporal_fc = nn.Linear(dim, dim)
 
-    def forward(self, x, num_frames=None):
+    def forward(self, x, num_frames=None, rotary=None):
         return x + self.temporal_fc(self.drop_path(self.attn(self.norm(x))))
 
 
@@ -225,7 +279,7 @@ class FactorisedDotProductAttention(PreNormAttention):
         patch_out = rearrange(out[:, :, 1:], ungroup, b=batch, t=num_frames)
         return torch.cat((cls_out, patch_out), dim=2)
 
-    def forward(self, x, num_frames):
+    def forward(self, x, num_frames, rotary=None):
         q, k, v = self.attn.split_heads(self.norm(x))
         half = self.attn.num_heads // 2
         spatial = self._attend_grouped(q[:, :half], k[:, :half], v[:, :half],
@@ -278,19 +332,64 @@ class Block(nn.Module):
         self.attention_names = tuple(OPERATORS[operators])
         self.ffn = FFN(dim, int(dim * mlp_ratio), norm_eps, activation, dropout_p, drop_path)
 
-    def forward(self, x, num_frames=None):
+    def forward(self, x, num_frames=None, rotary=None):
         for name in self.attention_names:
-            x = getattr(self, name)(x, num_frames)
+            x = getattr(self, name)(x, num_frames, rotary)
         return self.ffn(x)
 
 
-class ClassificationHead(nn.Module):
-    """Dropout and a linear layer: (B, D) -> (B, num_classes)."""
+class AttentivePooler(nn.Module):
+    """V-JEPA 2's attentive pooling: self-attention blocks over the tokens, then one learnt query
+    attends to them (pre-norm, no output projection) and goes through an FFN: (B, N, D) -> (B, D)."""
 
-    def __init__(self, dim, num_classes, dropout_p=0.0):
+    def __init__(self, dim, num_heads, depth, norm_eps, activation, mlp_ratio):
         super().__init__()
+        self.blocks = nn.ModuleList(Block('self_attn', dim, num_heads, norm_eps, 'qkv', activation, mlp_ratio,
+                                          0.0, 0.0) for _ in range(depth))
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.cross_attn = Attention(dim, num_heads, out_proj=False)
+        self.ffn = FFN(dim, int(dim * mlp_ratio), norm_eps, activation, 0.0, 0.0)
+
+    def init_weights(self):
+        """Truncated normal (std 0.02) as V-JEPA 2, each residual branch's last layer scaled down by
+        the square root of its depth."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.query, std=0.02)
+        for depth, block in enumerate(self.blocks, 1):
+            nn.init.trunc_normal_(block.attn.attn.proj.weight, std=0.02 / math.sqrt(depth))
+            nn.init.trunc_normal_(block.ffn.fc2.weight, std=0.02 / math.sqrt(depth))
+        nn.init.trunc_normal_(self.ffn.fc2.weight, std=0.02 / math.sqrt(len(self.blocks) + 1))
+
+    def forward(self, tokens):
+        for block in self.blocks:
+            tokens = block(tokens)
+        query = self.query.expand(tokens.shape[0], -1, -1)
+        return self.ffn(query + self.cross_attn.cross(query, self.norm(tokens)))[:, 0]
+
+
+class ClassificationHead(nn.Module):
+    """Dropout and a linear layer: features (B, D) -> (B, num_classes), or with a `pooler`
+    (AttentivePooler) tokens (B, N, D) -> (B, num_classes)."""
+
+    def __init__(self, dim, num_classes, dropout_p=0.0, pooler=None):
+        super().__init__()
+        self.pooler = pooler
         self.dropout = nn.Dropout(dropout_p)
         self.fc = nn.Linear(dim, num_classes)
 
+    def init_weights(self):
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
+        if self.pooler is not None:
+            self.pooler.init_weights()
+
+    def pool(self, x):
+        """What the linear layer reads: (B, D), through the pooler when there is one."""
+        return x if self.pooler is None else self.pooler(x)
+
     def forward(self, x):
-        return self.fc(self.dropout(x))
+        return self.fc(self.dropout(self.pool(x)))

@@ -1,4 +1,5 @@
-"""TimeSformer and ViViT on the shared blocks of transformer.py, the classifier and standard sizes.
+"""TimeSformer, ViViT, VideoMAE and V-JEPA 2 on the shared blocks of transformer.py, the classifier
+and standard sizes.
 
 Building a model allocates and initialises it and reads no file; weight_init.init_from_pretrained_
 starts a built model from other weights and model_loading.load_model loads a trained one.
@@ -11,25 +12,37 @@ from einops import rearrange, reduce, repeat
 from torch import nn
 
 from preprocessing import Preprocessing
-from transformer import ACTIVATIONS, Block, ClassificationHead, PatchEmbed, num_token_frames, sine_cosine_table
+from transformer import (ACTIVATIONS, AttentivePooler, Block, ClassificationHead, PatchEmbed, num_token_frames,
+                         rotary_tables, sine_cosine_table)
 
 
 @dataclass(frozen=True)
 class VideoTransformerConfig:
-    """Everything that describes a model; argument names follow the seed repository.
+    """Everything that describes a model; argument names follow the original repository.
 
-    arch: 'timesformer' or 'vivit'.
+    arch: 'timesformer', 'vivit', 'videomae' or 'vjepa2'.
     attention_type: TimeSformer: 'divided_space_time', 'space_only', 'joint_space_time';
         ViViT: 'fact_encoder' (model 2), 'joint_space_time' (model 1),
-        'divided_space_time' (model 3), 'fact_dot_product' (model 4).
+        'divided_space_time' (model 3), 'fact_dot_product' (model 4); VideoMAE and V-JEPA 2:
+        'joint_space_time'.
     fact_encoder_attention: the operators of fact_encoder's two encoders: 'self_attn' (the seed
         after commit 37e1801, the released ViViT weights) or 'divided' (the seed at 37e1801: the
         spatial encoder attends within T' interleaved groups of each frame's patches, the temporal
         encoder adds a temporal_fc).
     pos_emb_type: 'separate' (a spatial table over the class token and patches plus a temporal
-        table over frames) or 'joint' (one table over every token, as Hugging Face's ViViT).
-    norm_eps / final_norm_eps: LayerNorm eps inside the blocks / before pooling: 1e-6 as official
-        TimeSformer, timm and transformers (the seed's checkpoints load with its 1e-5 in the blocks).
+        table over frames), 'joint' (one table over every token, as Hugging Face's ViViT),
+        'tubelet_sincos' (VideoMAE: a fixed sine-cosine table over the tubelet index, time-major,
+        computed for the token count, no class token) or 'rope' (V-JEPA 2: no table, 3-D rotary
+        embeddings of queries and keys).
+    pooling: what the head reads: 'cls_token' (the final-normed class token), 'mean' (the mean of
+        the final-normed patch tokens: the original repository's return_cls_token=False), 'fc_norm'
+        (the mean of every token, then the final norm: VideoMAE) or 'attentive' (the final-normed
+        tokens through the head's attentive pooler: V-JEPA 2, num_pooler_layers self-attention
+        blocks before it).
+    qkv_bias: 'qkv' (biases on queries, keys and values), 'qv' (keys without: VideoMAE) or 'none'.
+    norm_eps / final_norm_eps: LayerNorm eps inside the blocks / the final norm: 1e-6 as official
+        TimeSformer, timm and transformers (the original repository's checkpoints load with its 1e-5
+        in the blocks; transformers' VideoMAE has 1e-12 in the blocks and 1e-5 in fc_norm).
     dropout_p: dropout after the position embeddings, on attention weights and projections and
         in the FFN. drop_path_rate: stochastic depth of the last block, rising linearly from 0.
     """
@@ -51,9 +64,10 @@ class VideoTransformerConfig:
     attention_type: str = 'divided_space_time'
     use_learnable_pos_emb: bool = True
     pos_emb_type: str = 'separate'
-    return_cls_token: bool = True
+    pooling: str = 'cls_token'
+    num_pooler_layers: int = 3
     mlp_ratio: float = 4.0
-    qkv_bias: bool = True
+    qkv_bias: str = 'qkv'
     activation: str = 'gelu'
     norm_eps: float = 1e-6
     final_norm_eps: float = 1e-6
@@ -61,6 +75,8 @@ class VideoTransformerConfig:
     head_dropout_p: float = 0.0
 
     def __post_init__(self):
+        if isinstance(self.qkv_bias, bool):  # configs saved before the VideoMAE form
+            object.__setattr__(self, 'qkv_bias', 'qkv' if self.qkv_bias else 'none')
         allowed = ARCHITECTURES.get(self.arch)
         if allowed is None:
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
@@ -83,8 +99,14 @@ class VideoTransformerConfig:
                                  f"patches into {self.num_time_steps} groups (one per token frame): not a multiple")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}')
-        if self.pos_emb_type not in ('separate', 'joint'):
-            raise ValueError(f"pos_emb_type must be 'separate' or 'joint', got {self.pos_emb_type!r}")
+        for name, value, choices in (('pos_emb_type', self.pos_emb_type, allowed.pos_emb_types),
+                                     ('pooling', self.pooling, allowed.poolings),
+                                     ('qkv_bias', self.qkv_bias, ('qkv', 'qv', 'none'))):
+            if value not in choices:
+                raise ValueError(f'{allowed.__name__} {name} must be one of {choices}, got {value!r}')
+        if self.pos_emb_type in COMPUTED_POSITIONS and (self.use_learnable_pos_emb or self.conv_type != 'Conv3d'):
+            raise ValueError(f"pos_emb_type {self.pos_emb_type!r} is computed over Conv3d tubelets: it needs "
+                             f"use_learnable_pos_emb=False and conv_type 'Conv3d'")
         if self.pos_emb_type == 'joint' and self.attention_type in ('space_only', 'fact_encoder'):
             raise ValueError(f"pos_emb_type 'joint' needs one token sequence per video, "
                              f"not attention_type {self.attention_type!r}")
@@ -100,9 +122,17 @@ class VideoTransformerConfig:
         return num_token_frames(self.num_frames, self.conv_type, self.tube_size)
 
     @property
+    def has_cls_token(self):
+        """Whether the tokens start with a class token (TimeSformer and ViViT)."""
+        return self.pooling in ('cls_token', 'mean')
+
+    @property
     def position_table_rows(self):
-        """Rows of each position table: pos_embed (1 + P, or 1 + P*T' when joint) and, when there is
-        one, time_embed (T', or 1 + T' for fact_encoder, whose temporal encoder has a class token)."""
+        """Rows of each position table in the weights: pos_embed (1 + P, or 1 + P*T' when joint) and,
+        when there is one, time_embed (T', or 1 + T' for fact_encoder, whose temporal encoder has a
+        class token); none for computed positions (COMPUTED_POSITIONS)."""
+        if self.pos_emb_type in COMPUTED_POSITIONS:
+            return {}
         if self.pos_emb_type == 'joint':
             return {'pos_embed': 1 + self.num_patches * self.num_time_steps}
         rows = {'pos_embed': 1 + self.num_patches}
@@ -112,6 +142,13 @@ class VideoTransformerConfig:
             rows['time_embed'] = self.num_time_steps
         return rows
 
+    @classmethod
+    def for_arch(cls, arch, **fields):
+        """A config of `arch` with what the architecture fixes (its arch_defaults) and `fields`."""
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
+        return cls(**{'arch': arch, **ARCHITECTURES[arch].arch_defaults, **fields})
+
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
@@ -120,6 +157,8 @@ class VideoTransformerConfig:
 
 
 CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(VideoTransformerConfig))
+# Positions computed from the token grid, never stored in weights.
+COMPUTED_POSITIONS = ('tubelet_sincos', 'rope')
 # The original repository's constructor keywords for starting from weights: arguments of
 # weight_init.init_from_pretrained_ here, since building reads no file.
 STARTING_POINT_KEYWORDS = ('pretrained', 'copy_strategy', 'extend_strategy')
@@ -128,11 +167,13 @@ FACT_ENCODER_OPERATORS = {'self_attn': ('self_attn', 'self_attn'), 'divided': ('
 
 
 class VideoTransformer(nn.Module):
-    """Patch embedding, position embeddings, blocks, final norm and pooling.
+    """Patch embedding, positions, blocks, final norm and pooling.
 
-    float (B, T, C, H, W) -> features (B, embed_dims), the final-normed class token by default.
-    Tokens inside are (B, 1 + P*T', D), class token first, patch-major and time-minor; space_only
-    and the spatial encoder of fact_encoder run each frame as its own sequence (B*T', 1 + P, D).
+    float (B, T, C, H, W) -> features (B, embed_dims): the final-normed class token by default (see
+    VideoTransformerConfig.pooling), or the final-normed tokens (B, N, D) for attentive pooling.
+    Tokens inside are (B, 1 + P*T', D), class token first when there is one, patch-major and
+    time-minor; space_only and the spatial encoder of fact_encoder run each frame as its own
+    sequence (B*T', 1 + P, D).
 
     Built from a config, `TimeSformer(config)`, or from the original repository's keyword
     arguments, `TimeSformer(num_frames=8, img_size=224, patch_size=16, ...)`, with its defaults for
@@ -142,8 +183,11 @@ class VideoTransformer(nn.Module):
 
     arch = None
     attention_types = ()
-    # The seed's constructor defaults where they differ from VideoTransformerConfig's.
-    keyword_defaults = {}
+    pos_emb_types = ('separate', 'joint')
+    poolings = ('cls_token', 'mean')
+    # What the architecture fixes where VideoTransformerConfig's defaults (TimeSformer's) differ:
+    # the defaults of the keyword constructor and of VideoTransformerConfig.for_arch.
+    arch_defaults = {}
 
     def __init__(self, config=None, *, norm_layer=nn.LayerNorm, **fields):
         super().__init__()
@@ -151,7 +195,7 @@ class VideoTransformer(nn.Module):
         dim = config.embed_dims
         self.patch_embed = PatchEmbed(config.patch_size, config.in_channels, dim,
                                       config.conv_type, config.tube_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.has_cls_token else None
         self._add_position_tables()
         self.pos_drop = nn.Dropout(config.dropout_p)
 
@@ -175,7 +219,7 @@ class VideoTransformer(nn.Module):
         official TimeSformer do (the original repository kept PyTorch's default Linear init); as in the
         original repository, the patch embedding Kaiming fan-in, learnable position tables and the class
         token truncated normal (std 0.02), temporal_fc zero, so divided attention starts as an image
-        model applied to every frame."""
+        model applied to every frame. VideoMAE's q and v biases start at zero."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -184,9 +228,13 @@ class VideoTransformer(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        for name, parameter in self.named_parameters():
+            if name.endswith(('.q_bias', '.v_bias')):
+                nn.init.zeros_(parameter)
         nn.init.kaiming_normal_(self.patch_embed.proj.weight, mode='fan_in', nonlinearity='relu')
         nn.init.zeros_(self.patch_embed.proj.bias)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
         for name in ('pos_embed', 'time_embed'):
             table = getattr(self, name)
             if isinstance(table, nn.Parameter):
@@ -208,10 +256,12 @@ class VideoTransformer(nn.Module):
                             f"model with weight_init.init_from_pretrained_(model, path, copy_strategy='repeat', "
                             f"extend_strategy='temporal_avg')")
         if config is None:
+            if 'return_cls_token' in fields:  # the original repository's keyword for the pooling
+                fields['pooling'] = 'cls_token' if fields.pop('return_cls_token') else 'mean'
             unknown = sorted(set(fields) - set(CONFIG_FIELDS))
             if unknown:
                 raise TypeError(f'{name}() got unexpected keyword arguments {unknown}')
-            config = VideoTransformerConfig(**{'arch': self.arch, **self.keyword_defaults, **fields})
+            config = VideoTransformerConfig.for_arch(self.arch, **fields)
         elif fields:
             raise TypeError(f'{name}() takes a config or keyword arguments, not both (got {sorted(fields)})')
         if ARCHITECTURES[config.arch] is not type(self):
@@ -225,7 +275,8 @@ class VideoTransformer(nn.Module):
                      c.activation, c.mlp_ratio, c.dropout_p, drop_path)
 
     def _add_position_tables(self):
-        """pos_embed and, where the config has one, time_embed (1, rows, D); see position_table_rows."""
+        """pos_embed and, where the config has one, time_embed (1, rows, D) (see position_table_rows);
+        a computed tubelet table (1, P*T', D) as a buffer outside the weights; none for rotary."""
         c = self.config
         shapes = c.position_table_rows
         for name, length in shapes.items():
@@ -234,21 +285,36 @@ class VideoTransformer(nn.Module):
                 self.register_parameter(name, nn.Parameter(table))
             else:
                 self.register_buffer(name, table, persistent=False)
+        if c.pos_emb_type == 'tubelet_sincos':
+            self.register_buffer('pos_embed', self.tubelet_table(c.num_time_steps, c.num_patches), persistent=False)
+        elif 'pos_embed' not in shapes:
+            self.pos_embed = None
         if 'time_embed' not in shapes:
             self.time_embed = None
 
+    def tubelet_table(self, time_steps, num_patches):
+        """VideoMAE's fixed table over the tubelet index t*P + p, in our token order: (1, P*T', D)."""
+        table = sine_cosine_table(time_steps * num_patches, self.config.embed_dims)
+        return rearrange(table, '1 (t p) d -> 1 (p t) d', t=time_steps)
+
     def check_input(self, x):
         """A ValueError naming what was expected unless x is a float video this model takes: its
-        frame count (any count without a time table: space_only), channels, size and dtype."""
+        frame count (any count without a time table: space_only, VideoMAE, V-JEPA 2), channels, size
+        (any multiple of the patch size with rotary positions) and dtype."""
         c, name = self.config, type(self).__name__
-        any_frames = self.time_embed is None and c.pos_emb_type == 'separate'
+        any_frames = self.time_embed is None and c.pos_emb_type != 'joint'
+        any_size = c.pos_emb_type == 'rope'
         frames = 'T' if any_frames else c.num_frames
+        size = ('H', 'W') if any_size else (c.img_size, c.img_size)
         multiple = c.tube_size if c.conv_type == 'Conv3d' else 1
-        shape_ok = x.ndim == 5 and tuple(x.shape[2:]) == (c.in_channels, c.img_size, c.img_size) and (
-            x.shape[1] > 0 and x.shape[1] % multiple == 0 if any_frames else x.shape[1] == c.num_frames)
+        shape_ok = x.ndim == 5 and x.shape[2] == c.in_channels and (
+            x.shape[1] > 0 and x.shape[1] % multiple == 0 if any_frames else x.shape[1] == c.num_frames) and (
+            x.shape[3] % c.patch_size == 0 and x.shape[4] % c.patch_size == 0 and x.shape[3] > 0 and x.shape[4] > 0
+            if any_size else tuple(x.shape[3:]) == size)
         if not shape_ok:
+            sizes = f' (H and W multiples of {c.patch_size})' if any_size else ''
             raise ValueError(f'{name} expects a video (B, T, C, H, W) = (B, {frames}, {c.in_channels}, '
-                             f'{c.img_size}, {c.img_size}), got {tuple(x.shape)}')
+                             f'{size[0]}, {size[1]}){sizes}, got {tuple(x.shape)}')
         weight = self.patch_embed.proj.weight
         if not x.is_floating_point():
             raise ValueError(f'{name} expects a float video, got {x.dtype}')
@@ -257,19 +323,28 @@ class VideoTransformer(nn.Module):
                              f'{x.dtype}: convert it with video.to({weight.dtype}), or run under autocast')
 
     def tokens(self, patches):
-        """Patch tokens (B, T', P, D) with positions -> (B, 1 + P*T', D), or per frame
-        (B*T', 1 + P, D) for space_only and fact_encoder.
+        """Patch tokens (B, T', P, D) with positions -> (B, 1 + P*T', D), (B, P*T', D) without a class
+        token, or per frame (B*T', 1 + P, D) for space_only and fact_encoder.
 
-        As in the seed, dropout follows the spatial positions and again the temporal ones.
+        As in the original repository, dropout follows the spatial positions and again the temporal ones.
         """
         batch, time_steps, num_patches = patches.shape[:3]
+        c = self.config
+        if not c.has_cls_token:
+            tokens = rearrange(patches, 'b t p d -> b (p t) d')
+            if c.pos_emb_type == 'tubelet_sincos':
+                table = self.pos_embed
+                if table.shape[1] != tokens.shape[1]:  # another frame count: the table for its tokens
+                    table = self.tubelet_table(time_steps, num_patches).to(tokens.device)
+                tokens = tokens + table.to(tokens.dtype)
+            return self.pos_drop(tokens)
         cls_token = self.cls_token.expand(batch, -1, -1)
-        if self.config.pos_emb_type == 'joint':
+        if c.pos_emb_type == 'joint':
             tokens = torch.cat((cls_token, rearrange(patches, 'b t p d -> b (p t) d')), dim=1)
             return self.pos_drop(tokens + self.pos_embed)
         cls_token = cls_token + self.pos_embed[:, :1]
         patches = patches + self.pos_embed[:, None, 1:]
-        if self.config.attention_type in ('space_only', 'fact_encoder'):
+        if c.attention_type in ('space_only', 'fact_encoder'):
             frames = rearrange(patches, 'b t p d -> (b t) p d')
             cls_token = cls_token.repeat_interleave(time_steps, dim=0)
             return self.pos_drop(torch.cat((cls_token, frames), dim=1))
@@ -277,16 +352,17 @@ class VideoTransformer(nn.Module):
         time_embed = repeat(self.time_embed, '1 t d -> 1 (p t) d', p=num_patches)
         return self.pos_drop(torch.cat((tokens[:, :1], tokens[:, 1:] + time_embed), dim=1))
 
-    def encode(self, tokens, batch, time_steps):
-        """Blocks: tokens from `tokens` -> (B, N, D) per video, for `time_steps` token frames."""
+    def encode(self, tokens, batch, time_steps, rotary=None):
+        """Blocks: tokens from `tokens` -> (B, N, D) per video, for `time_steps` token frames;
+        `rotary` (rotary_tables) turns every attention's queries and keys."""
         for block in self.blocks:
-            tokens = block(tokens, time_steps)
+            tokens = block(tokens, time_steps, rotary)
         if self.config.attention_type == 'space_only':
             return reduce(tokens, '(b t) n d -> b n d', 'mean', b=batch)
         if self.config.attention_type == 'fact_encoder':
             frames = rearrange(tokens, '(b t) n d -> b t n d', b=batch)
-            # The seed took x[:b, 0] of the (b t)-flattened output: video 0's first b frames, which
-            # mixes videos. Each video's own first frame gives the seed's numbers at batch size 1.
+            # The original repository took x[:b, 0] of the (b t)-flattened output: video 0's first b
+            # frames, which mixes videos. Each video's own first frame gives its numbers at batch size 1.
             cls_token = frames[:, :1, 0]
             tokens = torch.cat((cls_token, frames[:, :, 1:].mean(dim=2)), dim=1)
             tokens = self.pos_drop(tokens + self.time_embed)
@@ -295,14 +371,26 @@ class VideoTransformer(nn.Module):
         return tokens
 
     def pool(self, tokens):
-        """(B, N, D) -> (B, D): the class token or the mean of the other tokens."""
-        return tokens[:, 0] if self.config.return_cls_token else tokens[:, 1:].mean(dim=1)
+        """Tokens (B, N, D) after the blocks -> what the head reads (see VideoTransformerConfig.pooling):
+        (B, D), or the final-normed tokens (B, N, D) for attentive pooling."""
+        pooling = self.config.pooling
+        if pooling == 'fc_norm':
+            return self.norm(tokens.mean(dim=1))
+        tokens = self.norm(tokens)
+        if pooling == 'cls_token':
+            return tokens[:, 0]
+        return tokens[:, 1:].mean(dim=1) if pooling == 'mean' else tokens
 
     def forward(self, x):
         self.check_input(x)
         patches = self.patch_embed(x)
-        tokens = self.encode(self.tokens(patches), *patches.shape[:2])
-        return self.pool(self.norm(tokens))
+        batch, time_steps = patches.shape[:2]
+        rotary = None
+        if self.config.pos_emb_type == 'rope':
+            rows, columns = x.shape[3] // self.config.patch_size, x.shape[4] // self.config.patch_size
+            rotary = rotary_tables(time_steps, rows, columns, self.config.embed_dims // self.config.num_heads,
+                                   x.device)
+        return self.pool(self.encode(self.tokens(patches), batch, time_steps, rotary))
 
 
 class TimeSformer(VideoTransformer):
@@ -317,14 +405,40 @@ class ViViT(VideoTransformer):
 
     arch = 'vivit'
     attention_types = ('fact_encoder', 'joint_space_time', 'divided_space_time', 'fact_dot_product')
-    keyword_defaults = {'conv_type': 'Conv3d', 'tube_size': 2, 'attention_type': 'fact_encoder'}
+    arch_defaults = {'conv_type': 'Conv3d', 'tube_size': 2, 'attention_type': 'fact_encoder'}
 
 
-ARCHITECTURES = {'timesformer': TimeSformer, 'vivit': ViViT}
+class VideoMAE(VideoTransformer):
+    """VideoMAE (Tong et al., 2022): joint space-time attention over 2x16x16 tubelets, q and v biases,
+    a fixed sine-cosine table over the tubelet index, no class token: the mean of the tokens, then
+    the final norm (its fc_norm)."""
+
+    arch = 'videomae'
+    attention_types = ('joint_space_time',)
+    pos_emb_types = ('tubelet_sincos',)
+    poolings = ('fc_norm',)
+    arch_defaults = {'conv_type': 'Conv3d', 'tube_size': 2, 'attention_type': 'joint_space_time',
+                     'pos_emb_type': 'tubelet_sincos', 'use_learnable_pos_emb': False, 'pooling': 'fc_norm',
+                     'qkv_bias': 'qv'}
+
+
+class VJEPA2(VideoTransformer):
+    """V-JEPA 2 (Assran et al., 2025): joint space-time attention over 2x16x16 tubelets with 3-D
+    rotary positions on queries and keys, the final norm, and an attentive pooler in the head."""
+
+    arch = 'vjepa2'
+    attention_types = ('joint_space_time',)
+    pos_emb_types = ('rope',)
+    poolings = ('attentive',)
+    arch_defaults = {'conv_type': 'Conv3d', 'tube_size': 2, 'attention_type': 'joint_space_time',
+                     'pos_emb_type': 'rope', 'use_learnable_pos_emb': False, 'pooling': 'attentive'}
+
+
+ARCHITECTURES = {'timesformer': TimeSformer, 'vivit': ViViT, 'videomae': VideoMAE, 'vjepa2': VJEPA2}
 
 
 class VideoClassifier(nn.Module):
-    """Backbone and linear head: float video (B, T, C, H, W) -> logits (B, num_classes).
+    """Backbone and head: float video (B, T, C, H, W) -> logits (B, num_classes).
 
     class_names, when known, name the logits in order; preprocessing (a Preprocessing), when
     known, says how a video becomes the model's input. Checkpoints carry both.
@@ -340,9 +454,16 @@ class VideoClassifier(nn.Module):
         self.class_names = list(class_names) if class_names is not None else None
         self.preprocessing = preprocessing
         self.backbone = ARCHITECTURES[config.arch](config)
-        self.head = ClassificationHead(config.embed_dims, config.num_classes, config.head_dropout_p)
-        nn.init.trunc_normal_(self.head.fc.weight, std=0.02)
-        nn.init.zeros_(self.head.fc.bias)
+        pooler = None
+        if config.pooling == 'attentive':
+            pooler = AttentivePooler(config.embed_dims, config.num_heads, config.num_pooler_layers, config.norm_eps,
+                                     config.activation, config.mlp_ratio)
+        self.head = ClassificationHead(config.embed_dims, config.num_classes, config.head_dropout_p, pooler)
+        self.head.init_weights()
+
+    def features(self, x):
+        """The pooled representation the head's linear layer reads: (B, T, C, H, W) -> (B, embed_dims)."""
+        return self.head.pool(self.backbone(x))
 
     def forward(self, x):
         return self.head(self.backbone(x))
@@ -390,3 +511,44 @@ def vivit_tiny(**overrides):
                                   num_time_transformer_layers=1, conv_type='Conv3d', tube_size=2,
                                   attention_type='fact_encoder', num_classes=4,
                                   drop_path_rate=0.0).replace(**overrides)
+
+
+def videomae_base_patch16_224(**overrides):
+    """VideoMAE-B/16: 16 frames at 224x224 over 2x16x16 tubelets (MCG-NJU/videomae-base*)."""
+    return VideoTransformerConfig.for_arch('videomae', num_frames=16, img_size=224, patch_size=16, embed_dims=768,
+                                           num_heads=12, num_transformer_layers=12, norm_eps=1e-6,
+                                           final_norm_eps=1e-6).replace(**overrides)
+
+
+def videomae_large_patch16_224(**overrides):
+    """VideoMAE-L/16: 24 blocks of width 1024, 16 heads (MCG-NJU/videomae-large*)."""
+    return videomae_base_patch16_224(embed_dims=1024, num_heads=16, num_transformer_layers=24).replace(**overrides)
+
+
+def vjepa2_vitl_fpc16_256(**overrides):
+    """V-JEPA 2 ViT-L/16: 16 frames at 256x256, 24 blocks of width 1024, an attentive pooler of 3
+    self-attention blocks and the query's cross-attention (facebook/vjepa2-vitl-fpc16-256-ssv2, 174 classes)."""
+    return VideoTransformerConfig.for_arch('vjepa2', num_frames=16, img_size=256, patch_size=16, embed_dims=1024,
+                                           num_heads=16, num_transformer_layers=24, num_classes=174,
+                                           drop_path_rate=0.0).replace(**overrides)
+
+
+def vjepa2_vitg_fpc64_384(**overrides):
+    """V-JEPA 2 ViT-g/16: 64 frames at 384x384, 40 blocks of width 1408 (facebook/vjepa2-vitg-fpc64-384-ssv2)."""
+    return vjepa2_vitl_fpc16_256(num_frames=64, img_size=384, embed_dims=1408, num_heads=22,
+                                 num_transformer_layers=40, mlp_ratio=48 / 11).replace(**overrides)
+
+
+def videomae_tiny(**overrides):
+    """A 2-layer, 32-wide VideoMAE on 4 frames of 32x32 for tests."""
+    return VideoTransformerConfig.for_arch('videomae', num_frames=4, img_size=32, patch_size=8, embed_dims=32,
+                                           num_heads=2, num_transformer_layers=2, num_classes=4,
+                                           drop_path_rate=0.0).replace(**overrides)
+
+
+def vjepa2_tiny(**overrides):
+    """A 2-layer, 48-wide V-JEPA 2 (heads of 24 channels: three rotary sections of 8) on 4 frames of
+    32x32 with a 1-block attentive pooler, for tests."""
+    return VideoTransformerConfig.for_arch('vjepa2', num_frames=4, img_size=32, patch_size=8, embed_dims=48,
+                                           num_heads=2, num_transformer_layers=2, num_pooler_layers=1,
+                                           num_classes=4, drop_path_rate=0.0).replace(**overrides)

@@ -66,7 +66,7 @@ def hf_timesformer_config(config, class_names=None):
         (config.norm_eps == config.final_norm_eps,
          f'one LayerNorm eps (norm_eps {config.norm_eps} vs final_norm_eps {config.final_norm_eps}; loading '
          f'with norm_eps={config.final_norm_eps} picks one and changes the logits slightly)'),
-        (config.return_cls_token, 'the class token as output'),
+        (config.pooling == 'cls_token', 'the class token as output'),
     ]
     needed = [what for holds, what in unsupported if not holds]
     if needed:
@@ -79,7 +79,7 @@ def hf_timesformer_config(config, class_names=None):
         'num_hidden_layers': config.num_transformer_layers, 'num_attention_heads': config.num_heads,
         'intermediate_size': int(config.embed_dims * config.mlp_ratio), 'hidden_act': activation,
         'hidden_dropout_prob': config.dropout_p, 'attention_probs_dropout_prob': config.dropout_p,
-        'initializer_range': 0.02, 'layer_norm_eps': config.norm_eps, 'qkv_bias': config.qkv_bias,
+        'initializer_range': 0.02, 'layer_norm_eps': config.norm_eps, 'qkv_bias': config.qkv_bias == 'qkv',
         # drop_path_rate stays out: transformers 5.23 types it as int and rejects a float.
         'attention_type': config.attention_type,
         'id2label': {str(index): name for index, name in enumerate(names)},

@@ -24,9 +24,11 @@ from safetensors.torch import load_file
 
 from preprocessing import DATA_STATICS, data_statics
 from transformer import num_token_frames
+from video_transformer import ARCHITECTURES
 from weight_fitting import is_image_model
-from weight_formats import (OUR_FORMAT, WeightLoadError, convert_hf_timesformer, convert_hf_vivit,
-                            convert_jax_vit, convert_mae, convert_seed, convert_timm, count_layers)
+from weight_formats import (OUR_FORMAT, WeightLoadError, convert_hf_timesformer, convert_hf_videomae,
+                            convert_hf_vivit, convert_hf_vjepa2, convert_jax_vit, convert_mae, convert_seed,
+                            convert_timm, convert_videomae, count_layers)
 
 logger = logging.getLogger(__name__)
 
@@ -149,9 +151,9 @@ def locate(path):
     return path, (_read_json(sidecar) if sidecar.is_file() else None)
 
 
-# Entries under which checkpoints nest their state dict: Lightning / the seed, official
-# TimeSformer, MAE and DeiT.
-WRAPPERS = ('state_dict', 'model_state', 'model')
+# Entries under which checkpoints nest their state dict: Lightning / the original repository,
+# official TimeSformer, MAE, DeiT and VideoMAE (`model`, or `module` from its DeepSpeed runs).
+WRAPPERS = ('state_dict', 'model_state', 'model', 'module')
 
 
 def unwrap(payload, path):
@@ -180,13 +182,23 @@ def unwrap(payload, path):
 STRUCTURAL_FIELDS = (
     'arch', 'attention_type', 'num_frames', 'img_size', 'patch_size', 'embed_dims', 'num_heads',
     'num_transformer_layers', 'num_time_transformer_layers', 'fact_encoder_attention', 'in_channels',
-    'conv_type', 'tube_size', 'use_learnable_pos_emb', 'pos_emb_type', 'mlp_ratio', 'qkv_bias', 'num_classes',
+    'conv_type', 'tube_size', 'use_learnable_pos_emb', 'pos_emb_type', 'pooling', 'num_pooler_layers', 'mlp_ratio',
+    'qkv_bias', 'num_classes',
 )
 
 
 # Config fields of earlier versions that describe how a model was started, not the model: saved
 # configs that carry them still load.
 RETIRED_FIELDS = ('pretrained', 'copy_strategy', 'extend_strategy')
+
+
+def current_fields(config):
+    """A saved config dict in today's fields: retired fields left out, the original repository's
+    return_cls_token as the pooling it names."""
+    config = {name: value for name, value in config.items() if name not in RETIRED_FIELDS}
+    if 'return_cls_token' in config:
+        config['pooling'] = 'cls_token' if config.pop('return_cls_token') else 'mean'
+    return config
 
 # Attention types whose weights have the same keys and shapes: either agrees with such weights.
 SAME_KEYS = {'joint_space_time': 'fact_dot_product', 'fact_dot_product': 'joint_space_time'}
@@ -197,7 +209,7 @@ def default_num_heads(embed_dims):
     return max(1, embed_dims // 64)
 
 
-def infer_config(state_dict, path, pos_emb_type='separate'):
+def infer_config(state_dict, path, pos_emb_type='separate', arch=None):
     """Config fields that our classifier keys determine: sizes from shapes, variant from the keys.
 
     Joint space-time and fact_dot_product share their keys (SAME_KEYS); a model without stored
@@ -205,7 +217,8 @@ def infer_config(state_dict, path, pos_emb_type='separate'):
     temporal_fc is the seed's 37e1801 layout (fact_encoder_attention 'divided'). A joint position
     table leaves the image size and frame count open (its length is their product); one passed as
     'separate' is refused where the keys show it (temporal layers but no time table, or no square
-    grid). `path` names the file.
+    grid). `arch` names the architecture of tubelet weights without position tables (VideoMAE,
+    V-JEPA 2); else tubelets mean ViViT. `path` names the file.
     """
     proj = state_dict['backbone.patch_embed.proj.weight']
     dim = proj.shape[0]
@@ -214,12 +227,17 @@ def infer_config(state_dict, path, pos_emb_type='separate'):
         'conv_type': 'Conv3d' if proj.ndim == 5 else 'Conv2d',
         'num_transformer_layers': count_layers(state_dict, 'backbone.blocks.'),
         'mlp_ratio': state_dict['backbone.blocks.0.ffn.fc1.weight'].shape[0] / dim,
-        'qkv_bias': any(key.endswith('.qkv.bias') for key in state_dict),
+        'qkv_bias': 'qv' if any(key.endswith('.q_bias') for key in state_dict)
+        else 'qkv' if any(key.endswith('.qkv.bias') for key in state_dict) else 'none',
     }
     tube_size = 1
     if proj.ndim == 5:
         tube_size = proj.shape[2]
-        fields.update(arch='vivit', tube_size=tube_size)
+        fields.update(arch=arch or 'vivit', tube_size=tube_size)
+    if arch in ('videomae', 'vjepa2'):
+        fields.update(ARCHITECTURES[arch].arch_defaults)
+        if 'head.pooler.query' in state_dict:
+            fields['num_pooler_layers'] = count_layers(state_dict, 'head.pooler.blocks.')
     time_layers = count_layers(state_dict, 'backbone.temporal_blocks.')
     if time_layers:
         divided = any(key.startswith('backbone.temporal_blocks.') and '.temporal_fc.' in key for key in state_dict)
@@ -318,14 +336,14 @@ def _hf_size(value, key, path):
     return min(value['height'], value['width'])
 
 
-def _hf_preprocessing(folder, img_size):
+def _hf_preprocessing(folder, img_size, conventions=HF_PREPROCESSING):
     """transformers' settings, with a processor file's normalisation and sizes when present.
 
     Processors rescale pixels (p * rescale_factor, minus 1 with ViViT's offset) and normalise with
     image_mean and image_std; in our convention (RGB in [0, 1]) that is mean (m + o) / (255 r) and
     std s / (255 r). Its resize sets the short side and its centre crop the crop size.
     """
-    settings = {**HF_PREPROCESSING, 'img_size': img_size, 'short_side': img_size}
+    settings = {**conventions, 'img_size': img_size, 'short_side': img_size}
     found = [folder / name for name in HF_PROCESSOR_FILES if (folder / name).is_file()]
     if not found:
         return settings
@@ -335,8 +353,8 @@ def _hf_preprocessing(folder, img_size):
     offset = float(processor.get('offset', processor.get('video_processor_type') == 'VivitVideoProcessor'))
     mean, std = (0.0,) * 3, (1.0,) * 3
     if processor.get('do_normalize', True):
-        mean, std = (processor.get(name, default) for name, default in
-                     (('image_mean', KINETICS_MEAN), ('image_std', KINETICS_STD)))
+        mean, std = (processor.get(name, conventions[ours]) for name, ours in
+                     (('image_mean', 'mean'), ('image_std', 'std')))
     mean, std = ([value] * 3 if isinstance(value, (int, float)) else value for value in (mean, std))
     try:
         settings.update(mean=[(value + offset) / scale for value in mean], std=[value / scale for value in std])
@@ -410,15 +428,24 @@ def _read_ours(state_dict, extras, sidecar, path):
         preprocessing = _datamodule_preprocessing(extras['datamodule_hyper_parameters'], path)
     config = meta.get('config')
     if config is None:
+        if 'backbone.cls_token' not in state_dict:
+            # VideoMAE and V-JEPA 2 have neither a class token nor stored positions.
+            arch = 'videomae' if any(key.endswith('.q_bias') for key in state_dict) else \
+                'vjepa2' if 'head.pooler.query' in state_dict else None
+            if arch is None:
+                raise WeightLoadError(f'{path}: weights without a class token, q and v biases or an attentive '
+                                      f'pooler; put the config.json saved with them beside them')
+            return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict, path, arch=arch),
+                                 _defaults(state_dict), meta.get('class_names'), preprocessing=preprocessing)
         if 'backbone.pos_embed' in state_dict and is_image_model(state_dict):
             raise WeightLoadError(f"{path}: without their config these weights could be per-frame (a per-frame "
                                   f"pos_embed) or joint space-time (a pos_embed over every frame); put the "
                                   f"config.json saved with them beside them")
         return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict, path),
                              _defaults(state_dict), meta.get('class_names'), preprocessing=preprocessing)
+    config = current_fields(config)
     fixed = {name: config[name] for name in STRUCTURAL_FIELDS if name in config}
-    defaults = {name: value for name, value in config.items()
-                if name not in STRUCTURAL_FIELDS and name not in RETIRED_FIELDS}
+    defaults = {name: value for name, value in config.items() if name not in STRUCTURAL_FIELDS}
     return SourceWeights(path, OUR_FORMAT, state_dict, fixed, defaults, meta.get('class_names'),
                          preprocessing=preprocessing)
 
@@ -513,10 +540,100 @@ def _read_hf_vivit(state_dict, extras, sidecar, path):
                          defaults, class_names, preprocessing=_hf_preprocessing(path.parent, fixed['img_size']))
 
 
-# Formats by a key pattern only they have (matched at the start of a key), checked in order.
+# VideoMAE's evaluation protocols (MCG-NJU's run_class_finetuning.py): ImageNet statistics, the short
+# side resized to the crop size, 16 frames 4 apart in 5 clips x 3 crops on Kinetics; SSv2 (174
+# classes) samples frames spread over the whole video, 2 x 3.
+VIDEOMAE_PREPROCESSING = {'mean': DATA_STATICS['imagenet'][0], 'std': DATA_STATICS['imagenet'][1],
+                          'frame_interval': 4, 'num_clips': 5, 'num_crops': 3}
+SSV2_CLASSES = 174
+
+
+def _videomae_preprocessing(settings, num_classes, path):
+    """VideoMAE's views for its weights: Kinetics' 5 x 3, or SSv2's 2 x 3 (its frames spread over the
+    video are not a sampling of ours: said in one line)."""
+    if num_classes != SSV2_CLASSES:
+        return {**settings, 'num_clips': 5, 'num_crops': 3}
+    logger.warning('%s: SSv2 weights were evaluated on frames spread over the whole video; taking %d frames '
+                   '%d apart, 2 clips x 3 crops (-frame_interval changes it)', path, 16, settings['frame_interval'])
+    return {**settings, 'num_clips': 2, 'num_crops': 3}
+
+
+def _read_hf_videomae(state_dict, extras, sidecar, path):
+    if sidecar is not None and not sidecar.get('use_mean_pooling', True):
+        raise WeightLoadError(f"{path}: use_mean_pooling false (transformers then classifies the first patch "
+                              f"token) is not supported; VideoMAE's classifiers mean-pool")
+    converted = convert_hf_videomae(state_dict)
+    from_weights = infer_config(converted, path, arch='videomae')
+    sidecar = sidecar or {}
+    fixed, defaults, class_names = _hf_common(sidecar, path, 'gelu')
+    # transformers builds fc_norm without its config's layer_norm_eps: LayerNorm's default.
+    defaults['norm_eps'] = sidecar.get('layer_norm_eps', 1e-12)
+    defaults['final_norm_eps'] = 1e-5
+    fixed.update(num_frames=sidecar.get('num_frames', 16))
+    settings = _hf_preprocessing(path.parent, fixed['img_size'], VIDEOMAE_PREPROCESSING)
+    settings = _videomae_preprocessing(settings, from_weights.get('num_classes'), path)
+    return SourceWeights(path, 'hf-videomae', converted, _merge_fixed(from_weights, fixed, path), defaults,
+                         class_names, missing_ok=('backbone.norm.weight', 'backbone.norm.bias'),
+                         preprocessing=settings)
+
+
+def _read_videomae(state_dict, extras, sidecar, path):
+    converted = convert_videomae(state_dict)
+    if 'backbone.norm.weight' not in converted and 'head.fc.weight' in converted:
+        raise WeightLoadError(f"{path}: a VideoMAE classifier without fc_norm (use_mean_pooling False) is not "
+                              f"supported; VideoMAE's classifiers mean-pool")
+    fixed = infer_config(converted, path, arch='videomae')
+    # MCG-NJU's files record neither frames nor image size: its standard 16 x 224 unless overridden.
+    defaults = _defaults(converted, num_frames=16, img_size=224)
+    settings = {**VIDEOMAE_PREPROCESSING, 'img_size': 224, 'short_side': 224}
+    return SourceWeights(path, 'videomae', converted, fixed, defaults,
+                         missing_ok=('backbone.norm.weight', 'backbone.norm.bias'),
+                         preprocessing=_videomae_preprocessing(settings, fixed.get('num_classes'), path))
+
+
+# V-JEPA 2's evaluation: ImageNet statistics, the short side 256/224 of the crop, 2 clips x 3 crops.
+VJEPA2_PREPROCESSING = {'mean': DATA_STATICS['imagenet'][0], 'std': DATA_STATICS['imagenet'][1],
+                        'frame_interval': 4, 'num_clips': 2, 'num_crops': 3}
+
+
+def _read_hf_vjepa2(state_dict, extras, sidecar, path):
+    converted = convert_hf_vjepa2(state_dict)
+    from_weights = infer_config(converted, path, arch='vjepa2')
+    sidecar = sidecar or {}
+    fixed, defaults, class_names = _hf_common(sidecar, path, 'gelu')
+    fixed.update(num_heads=sidecar.get('num_attention_heads', 16), img_size=sidecar.get('crop_size', 256),
+                 num_frames=sidecar.get('frames_per_clip', 64))
+    if 'head.pooler.query' not in converted:  # an encoder: the pooler of the config builds fresh
+        fixed['num_pooler_layers'] = sidecar.get('num_pooler_layers', 3)
+    settings = _hf_preprocessing(path.parent, fixed['img_size'], VJEPA2_PREPROCESSING)
+    pooler = tuple(key for key in ('head.pooler.query',) if key not in converted)
+    return SourceWeights(path, 'hf-vjepa2', converted, _merge_fixed(from_weights, fixed, path), defaults,
+                         class_names, preprocessing=settings,
+                         missing_ok=() if not pooler else ('head.pooler.',))
+
+
+def _is_videomae(state_dict):
+    """MCG-NJU VideoMAE: timm-style block keys (`encoder.` when pretrained) over Conv3d tubelets."""
+    proj = state_dict.get('patch_embed.proj.weight', state_dict.get('encoder.patch_embed.proj.weight'))
+    return proj is not None and proj.ndim == 5 and any(re.match(r'(encoder\.)?blocks\.\d+\.attn\.', key)
+                                                      for key in state_dict)
+
+
+def _is_hf_videomae(state_dict):
+    """transformers VideoMAE: its prefix, or a bare model's query / q_bias keys without ViViT's table."""
+    return any(key.startswith('videomae.') for key in state_dict) or (
+        'embeddings.position_embeddings' not in state_dict and
+        any(re.match(r'encoder\.layer\.\d+\.attention\.attention\.(q_bias|query\.)', key) for key in state_dict))
+
+
+# Formats by a key pattern only they have (matched at the start of a key), or a test of the state
+# dict where the keys alone cannot tell, checked in order.
 FORMATS = (
     (OUR_FORMAT, r'(model\.)?backbone\.', _read_ours),
     ('seed', r'(model\.)?transformer_layers\.|cls_head\.cls_head\.', _read_seed),
+    ('hf-videomae', _is_hf_videomae, _read_hf_videomae),
+    ('hf-vjepa2', r'(vjepa2\.)?encoder\.layer\.\d+\.norm1\.', _read_hf_vjepa2),
+    ('videomae', _is_videomae, _read_videomae),
     ('hf-timesformer', r'(timesformer\.)?encoder\.layer\.\d+\.attention\.attention\.qkv\.', _read_hf_timesformer),
     ('hf-vivit', r'(vivit\.)?(layers\.\d+\.attention\.q_proj|encoder\.layer\.\d+\.attention\.attention\.query)\.',
      _read_hf_vivit),
@@ -531,7 +648,8 @@ FORMATS = (
 def detect_format(state_dict):
     """The FORMATS entry (name, pattern, reader) whose key pattern `state_dict` has, or None."""
     for entry in FORMATS:
-        if any(re.match(entry[1], key) for key in state_dict):
+        test = entry[1]
+        if test(state_dict) if callable(test) else any(re.match(test, key) for key in state_dict):
             return entry
     return None
 

@@ -155,8 +155,8 @@ def resize_position_tables(state_dict, config, source_time_steps=None, path='the
     resized, notes = dict(state_dict), []
     rows = config.position_table_rows
     table = state_dict.get('backbone.pos_embed')
-    target = rows['pos_embed']
-    if table is not None and table.shape[1] != target:
+    target = rows.get('pos_embed')
+    if table is not None and target is not None and table.shape[1] != target:
         _check_rows(table, config, source_time_steps, path)
         grid = math.isqrt(config.num_patches)
         if config.pos_emb_type == 'joint':

@@ -271,3 +271,83 @@ def convert_hf_vivit(state_dict, num_time_steps):
         state_dict['backbone.pos_embed'] = torch.cat((table[:, :1], patches), dim=1)
     return state_dict
 
+
+# The pretraining decoders of VideoMAE checkpoints (MCG-NJU's and transformers'), unused by an encoder.
+VIDEOMAE_DECODER = re.compile(r'^(decoder\.|encoder_to_decoder\.|mask_token$|position_embeddings$)')
+# Keys of VideoMAE and V-JEPA 2 blocks, transformers' names -> ours, after the layer prefix.
+HF_BLOCK_RULES = [
+    (r'\.(?:layernorm_before|norm1)\.', '.attn.norm.'),
+    (r'\.(?:layernorm_after|norm2)\.', '.ffn.norm.'),
+    (r'\.attention\.attention\.(?:q_bias|query\.bias)$', '.attn.attn.q_bias'),
+    (r'\.attention\.attention\.(?:v_bias|value\.bias)$', '.attn.attn.v_bias'),
+    (r'\.attention(?:\.attention)?\.query\.', '.attn.attn.q.'),
+    (r'\.attention(?:\.attention)?\.key\.', '.attn.attn.k.'),
+    (r'\.attention(?:\.attention)?\.value\.', '.attn.attn.v.'),
+    (r'\.attention\.(?:output\.dense|proj)\.', '.attn.attn.proj.'),
+    (r'\.(?:intermediate\.dense|mlp\.fc1)\.', '.ffn.fc1.'),
+    (r'\.(?:output\.dense|mlp\.fc2)\.', '.ffn.fc2.'),
+]
+
+
+def convert_hf_videomae(state_dict):
+    """transformers VideoMAEForVideoClassification, VideoMAEModel or VideoMAEForPreTraining -> our keys,
+    the pretraining decoder dropped.
+
+    q and v biases stay separate (`q_bias`, `v_bias`: transformers 4.x names them so, 5.x `query.bias`
+    and `value.bias`); the separate q, k, v weights are fused. fc_norm is our final norm.
+    """
+    encoder = {key: value for key, value in strip_prefix(state_dict, 'videomae.').items()
+               if not VIDEOMAE_DECODER.match(key)}
+    return fuse_qkv(rename_keys(encoder, [
+        (r'^embeddings\.patch_embeddings\.projection\.', 'backbone.patch_embed.proj.'),
+        (r'^encoder\.layer\.(\d+)\.', r'backbone.blocks.\1.'),
+        *HF_BLOCK_RULES,
+        (r'^fc_norm\.', 'backbone.norm.'),
+        (r'^classifier\.', 'head.fc.'),
+    ]))
+
+
+def convert_videomae(state_dict):
+    """MCG-NJU VideoMAE checkpoints -> our keys: fine-tuned (`run_class_finetuning.py`: `blocks.N.attn.qkv`,
+    `attn.q_bias`, `attn.v_bias`, `fc_norm`, `head`) or pretrained (`encoder.` prefix; the decoder and
+    the encoder's own final norm, which fine-tuning replaces by a new fc_norm, are dropped)."""
+    pretraining = any(key.startswith('encoder.') for key in state_dict)
+    encoder = {key.removeprefix('encoder.'): value for key, value in state_dict.items()
+               if not VIDEOMAE_DECODER.match(key) and not (pretraining and key.startswith('encoder.norm.'))}
+    return rename_keys(encoder, [
+        (r'^patch_embed\.proj\.', 'backbone.patch_embed.proj.'),
+        (r'^blocks\.(\d+)\.norm1\.', r'backbone.blocks.\1.attn.norm.'),
+        (r'^blocks\.(\d+)\.attn\.', r'backbone.blocks.\1.attn.attn.'),
+        (r'^blocks\.(\d+)\.norm2\.', r'backbone.blocks.\1.ffn.norm.'),
+        (r'^blocks\.(\d+)\.mlp\.', r'backbone.blocks.\1.ffn.'),
+        (r'^fc_norm\.', 'backbone.norm.'),
+        (r'^head\.', 'head.fc.'),
+    ])
+
+
+def convert_hf_vjepa2(state_dict):
+    """transformers VJEPA2ForVideoClassification or VJEPA2Model -> our keys, the predictor dropped.
+
+    The encoder's separate q, k, v are fused; the attentive pooler becomes our head's pooler: its
+    self-attention layers `head.pooler.blocks.N`, its query's cross-attention `head.pooler.norm`,
+    `cross_attn` and `ffn`.
+    """
+    state_dict = {key: value for key, value in strip_prefix(state_dict, 'vjepa2.').items()
+                  if not key.startswith('predictor.')}
+    return fuse_qkv(rename_keys(state_dict, [
+        (r'^encoder\.embeddings\.patch_embeddings\.proj\.', 'backbone.patch_embed.proj.'),
+        (r'^encoder\.layer\.(\d+)\.', r'backbone.blocks.\1.'),
+        (r'^encoder\.layernorm\.', 'backbone.norm.'),
+        (r'^pooler\.query_tokens$', 'head.pooler.query'),
+        (r'^pooler\.self_attention_layers\.(\d+)\.layer_norm1\.', r'head.pooler.blocks.\1.attn.norm.'),
+        (r'^pooler\.self_attention_layers\.(\d+)\.self_attn\.(q|k|v)_proj\.', r'head.pooler.blocks.\1.attn.attn.\2.'),
+        (r'^pooler\.self_attention_layers\.(\d+)\.self_attn\.out_proj\.', r'head.pooler.blocks.\1.attn.attn.proj.'),
+        (r'^pooler\.self_attention_layers\.(\d+)\.layer_norm2\.', r'head.pooler.blocks.\1.ffn.norm.'),
+        (r'^pooler\.self_attention_layers\.(\d+)\.mlp\.', r'head.pooler.blocks.\1.ffn.'),
+        (r'^pooler\.cross_attention_layer\.layer_norm1\.', 'head.pooler.norm.'),
+        (r'^pooler\.cross_attention_layer\.cross_attn\.(q|k|v)_proj\.', r'head.pooler.cross_attn.\1.'),
+        (r'^pooler\.cross_attention_layer\.layer_norm2\.', 'head.pooler.ffn.norm.'),
+        (r'^pooler\.cross_attention_layer\.mlp\.', 'head.pooler.ffn.'),
+        (r'^classifier\.', 'head.fc.'),
+        *HF_BLOCK_RULES,  # after the pooler's, whose layers have some of the same names
+    ]))
