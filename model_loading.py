@@ -50,7 +50,7 @@ def load_model(path, *, drop_head=False, class_names=None, guess_num_heads=True,
                 '%d classes; missing keys %s; unexpected keys []%s', source.path, source.format,
                 config.arch, config.attention_type, config.num_transformer_layers, config.embed_dims,
                 config.num_heads, config.num_frames, config.img_size, config.num_classes, missing,
-                ''.join(f'; {note}' for note in notes))
+                ''.join(f'; {note}' for note in source.notes + tuple(notes)))
     return model.eval()
 
 

@@ -26,7 +26,7 @@ from preprocessing import DATA_STATICS, data_statics
 from transformer import num_token_frames
 from video_transformer import ARCHITECTURES
 from weight_fitting import is_image_model
-from weight_formats import (OUR_FORMAT, WeightLoadError, convert_hf_timesformer, convert_hf_videomae,
+from weight_formats import (OUR_FORMAT, VIDEOMAE_DECODER, WeightLoadError, convert_hf_timesformer, convert_hf_videomae,
                             convert_hf_vivit, convert_hf_vjepa2, convert_jax_vit, convert_mae, convert_seed,
                             convert_timm, convert_videomae, count_layers)
 
@@ -235,7 +235,7 @@ def infer_config(state_dict, path, pos_emb_type='separate', arch=None):
         tube_size = proj.shape[2]
         fields.update(arch=arch or 'vivit', tube_size=tube_size)
     if arch in ('videomae', 'vjepa2'):
-        fields.update(ARCHITECTURES[arch].arch_defaults)
+        fields = {**ARCHITECTURES[arch].arch_defaults, **fields}
         if 'head.pooler.query' in state_dict:
             fields['num_pooler_layers'] = count_layers(state_dict, 'head.pooler.blocks.')
     time_layers = count_layers(state_dict, 'backbone.temporal_blocks.')
@@ -376,7 +376,8 @@ class SourceWeights:
     """Weights read from a file in our classifier keys, and what they say about the model.
 
     fixed: config fields the weights or their own config determine; defaults: the source's
-    conventions for fields the weights leave open; missing_ok: our keys the source never has;
+    conventions for fields the weights leave open; missing_ok: our keys the source never has (a key
+    ending in '.' stands for every key under it); notes: what reading left out, for the summary line;
     preprocessing: Preprocessing fields the source was trained with (img_size and short_side its
     own), None for image models and files that do not say.
     """
@@ -389,6 +390,7 @@ class SourceWeights:
     class_names: list | None = None
     missing_ok: tuple = ()
     preprocessing: dict | None = None
+    notes: tuple = ()
 
     @property
     def num_time_steps(self):
@@ -558,6 +560,12 @@ def _videomae_preprocessing(settings, num_classes, path):
     return {**settings, 'num_clips': 2, 'num_crops': 3}
 
 
+def _decoder_note(state_dict, encoder_prefix):
+    """The summary line's word on a pretraining checkpoint's decoder, which an encoder leaves out."""
+    dropped = [key for key in state_dict if VIDEOMAE_DECODER.match(key.removeprefix(encoder_prefix))]
+    return (f'the pretraining decoder left out ({len(dropped)} tensors)',) if dropped else ()
+
+
 def _read_hf_videomae(state_dict, extras, sidecar, path):
     if sidecar is not None and not sidecar.get('use_mean_pooling', True):
         raise WeightLoadError(f"{path}: use_mean_pooling false (transformers then classifies the first patch "
@@ -574,7 +582,7 @@ def _read_hf_videomae(state_dict, extras, sidecar, path):
     settings = _videomae_preprocessing(settings, from_weights.get('num_classes'), path)
     return SourceWeights(path, 'hf-videomae', converted, _merge_fixed(from_weights, fixed, path), defaults,
                          class_names, missing_ok=('backbone.norm.weight', 'backbone.norm.bias'),
-                         preprocessing=settings)
+                         preprocessing=settings, notes=_decoder_note(state_dict, 'videomae.'))
 
 
 def _read_videomae(state_dict, extras, sidecar, path):
@@ -588,7 +596,8 @@ def _read_videomae(state_dict, extras, sidecar, path):
     settings = {**VIDEOMAE_PREPROCESSING, 'img_size': 224, 'short_side': 224}
     return SourceWeights(path, 'videomae', converted, fixed, defaults,
                          missing_ok=('backbone.norm.weight', 'backbone.norm.bias'),
-                         preprocessing=_videomae_preprocessing(settings, fixed.get('num_classes'), path))
+                         preprocessing=_videomae_preprocessing(settings, fixed.get('num_classes'), path),
+                         notes=_decoder_note(state_dict, 'encoder.'))
 
 
 # V-JEPA 2's evaluation: ImageNet statistics, the short side 256/224 of the crop, 2 clips x 3 crops.
@@ -606,10 +615,11 @@ def _read_hf_vjepa2(state_dict, extras, sidecar, path):
     if 'head.pooler.query' not in converted:  # an encoder: the pooler of the config builds fresh
         fixed['num_pooler_layers'] = sidecar.get('num_pooler_layers', 3)
     settings = _hf_preprocessing(path.parent, fixed['img_size'], VJEPA2_PREPROCESSING)
-    pooler = tuple(key for key in ('head.pooler.query',) if key not in converted)
+    predictor = sum(key.removeprefix('vjepa2.').startswith('predictor.') for key in state_dict)
+    notes = (f'the pretraining predictor left out ({predictor} tensors)',) if predictor else ()
     return SourceWeights(path, 'hf-vjepa2', converted, _merge_fixed(from_weights, fixed, path), defaults,
-                         class_names, preprocessing=settings,
-                         missing_ok=() if not pooler else ('head.pooler.',))
+                         class_names, preprocessing=settings, notes=notes,
+                         missing_ok=() if 'head.pooler.query' in converted else ('head.pooler.',))
 
 
 def _is_videomae(state_dict):
@@ -679,7 +689,8 @@ def load_state_dict_strictly(module, state_dict, path, expected_missing=()):
     own = module.state_dict()
     unexpected = sorted(set(state_dict) - set(own))
     missing = sorted(set(own) - set(state_dict))
-    surprising = [key for key in missing if key not in expected_missing]
+    surprising = [key for key in missing if not any(
+        key == expected or (expected.endswith('.') and key.startswith(expected)) for expected in expected_missing)]
     mismatched = [f'{key} {tuple(value.shape)} vs {tuple(own[key].shape)}'
                   for key, value in state_dict.items() if key in own and value.shape != own[key].shape]
     problems = [f'{label}: {", ".join(keys[:6])}{" ..." if len(keys) > 6 else ""}'

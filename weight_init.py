@@ -9,7 +9,7 @@ import torch
 from transformer import sine_cosine_table
 from weight_files import load_state_dict_strictly, read_weights
 from weight_fitting import inflate_image_model, is_image_model, resize_position_tables
-from weight_formats import HEAD_KEYS, WeightLoadError, strip_prefix
+from weight_formats import WeightLoadError, strip_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,9 @@ def init_from_pretrained_(model, path, copy_strategy=None, extend_strategy='temp
     heads = source.fixed.get('num_heads', config.num_heads)
     if heads != config.num_heads:
         raise WeightLoadError(f'{source.path}: has {heads} heads, the model {config.num_heads}')
-    state_dict = {key: value for key, value in source.state_dict.items() if key not in HEAD_KEYS}
-    notes = []
+    # A starting point's head (its linear layer and any pooler) is not used.
+    state_dict = {key: value for key, value in source.state_dict.items() if not key.startswith('head.')}
+    notes = list(source.notes)
     if not config.use_learnable_pos_emb:
         for name in ('pos_embed', 'time_embed'):
             if state_dict.pop(f'backbone.{name}', None) is not None:
@@ -67,7 +68,8 @@ def init_from_pretrained_(model, path, copy_strategy=None, extend_strategy='temp
                               f'pos_emb_type={kind!r}, not {config.pos_emb_type!r}')
     state_dict, resized = resize_position_tables(state_dict, config, time_steps, source.path)
     state_dict = strip_prefix(state_dict, 'backbone.')
-    expected = tuple(key.removeprefix('backbone.') for key in source.missing_ok + left_at_init)
+    expected = tuple(key.removeprefix('backbone.') for key in source.missing_ok + left_at_init
+                     if key.startswith('backbone.'))
     missing = load_state_dict_strictly(model, state_dict, source.path, expected)
     logger.info('Initialised %s %s from %s: format %s; missing keys %s; unexpected keys []%s',
                 config.arch, config.attention_type, source.path, source.format, missing,

@@ -213,3 +213,27 @@ def cubic_resampling(source, target, scale, a=-0.75):
         for offset in (-1, 0, 1, 2):
             matrix[row, min(max(floor + offset, 0), source - 1)] += kernel(position - floor - offset)
     return matrix
+
+
+def videomae_logits(state, clip, heads, eps=1e-6):
+    """MCG-NJU VideoMAE's classifier (modeling_finetune.py) on clips (B, T, C, H, W), from its keys:
+    Conv3d tubelets flattened time-major, its float64 sine-cosine table over the tubelet index, blocks
+    whose qkv bias is (q_bias, 0, v_bias), the mean of the tokens through fc_norm, the head."""
+    kernel = state['patch_embed.proj.weight']
+    x = F.conv3d(rearrange(clip, 'b t c h w -> b c t h w'), kernel, state['patch_embed.proj.bias'],
+                 stride=kernel.shape[2:])
+    x = rearrange(x, 'b d t h w -> b (t h w) d')
+    position = torch.arange(x.shape[1], dtype=torch.float64)[:, None]
+    channel = torch.arange(x.shape[2], dtype=torch.float64)
+    angles = position / torch.pow(10000, 2 * (channel // 2) / x.shape[2])
+    angles[:, 0::2], angles[:, 1::2] = angles[:, 0::2].sin(), angles[:, 1::2].cos()
+    x = x + angles.float()
+    for index in range(count_indices(state, 'blocks.')):
+        p = f'blocks.{index}.'
+        bias = torch.cat((state[p + 'attn.q_bias'], torch.zeros_like(state[p + 'attn.v_bias']), state[p + 'attn.v_bias']))
+        q, k, v = (rearrange(part, 'n l (h e) -> n h l e', h=heads) for part in
+                   F.linear(layer_norm(x, state, p + 'norm1', eps), state[p + 'attn.qkv.weight'], bias).chunk(3, dim=-1))
+        weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        x = x + linear(rearrange(weights @ v, 'n h l e -> n l (h e)'), state, p + 'attn.proj')
+        x = x + linear(F.gelu(linear(layer_norm(x, state, p + 'norm2', eps), state, p + 'mlp.fc1')), state, p + 'mlp.fc2')
+    return linear(layer_norm(x.mean(dim=1), state, 'fc_norm', eps), state, 'head')
