@@ -75,7 +75,7 @@ def parse_args(argv=None):
     add_flag(output, 'save_vis', help='a PNG of the frames and top classes (a folder for '
                                       'several videos)')
     add_flag(output, 'attention', action='store_true',
-             help='with -save_vis: the class token\'s attention rollout over each frame')
+             help='with -save_vis: the attention rollout over each frame to what the head reads')
     args = parser.parse_args(argv)
     for name in ('num_frames', 'frame_interval', 'img_size', 'short_side', 'num_clips', 'num_crops', 'batch_size',
                  'topk', 'window_seconds'):

@@ -41,7 +41,9 @@ from run_outputs import (AtomicCheckpointIO, CheckpointOnSigterm, CompactProgres
                          read_run_metrics)
 from transformer import Block
 from utils import write_json
-from video_transformer import VideoTransformerConfig
+from preprocessing import DATA_STATICS
+from video_transformer import ARCHITECTURES, VideoTransformerConfig
+from inference import resolve_weights
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_
 
@@ -63,7 +65,7 @@ KINETICS_RECIPE = dict(
     tube_size=2, data_statics='inception', num_clips=1, num_crops=3, optim_type='sgd', momentum=0.9,
     weight_decay=1e-4, lr_schedule='multistep', warmup_epochs=0.0, min_lr=1e-6, milestones=[5, 11],
     layer_decay=1.0, freeze_blocks=0, clip_grad=0.0, label_smoothing=0.0, mixup_alpha=0.8, cutmix_alpha=1.0,
-    drop_path=0.1, crop_scale=[0.08, 1.0], color_jitter=0.4, save_ckpt_freq=1000, devices='auto',
+    drop_path=0.1, crop_scale=[0.08, 1.0], color_jitter=0.4, save_ckpt_freq=1000, devices='auto', mixup=False,
 )
 # The demo: a small TimeSformer (0.6 M parameters, 2-frame tubelets) learns the motion classes of
 # demo/make_demo_dataset.py from scratch; on two CPU cores validation passes 90% in epoch 5 to 7 of 20.
@@ -74,7 +76,22 @@ DEMO_RECIPE = dict(
     weight_decay=0.05, lr_schedule='cosine', warmup_epochs=2.0, min_lr=1e-5, label_smoothing=0.1, drop_path=0.0,
     crop_scale=[0.5, 1.0], color_jitter=0.0, save_ckpt_freq=0, devices='1',
 )
-ATTENTION_TYPES = ('divided_space_time', 'space_only', 'joint_space_time', 'fact_encoder', 'fact_dot_product')
+# MCG-NJU VideoMAE's fine-tuning (run_class_finetuning.py, Kinetics-400 ViT-B): AdamW, a base lr of 1e-3
+# per 256 clips of effective batch, layer decay 0.75, 5 warmup epochs then cosine, label smoothing 0.1,
+# mixup 0.8 / CutMix 1.0, RandAugment m7-n4, drop path 0.1, 16 frames 4 apart, ImageNet statistics,
+# 5 clips x 3 crops at test time; starts from -pretrain (a VideoMAE pretraining or fine-tuned file).
+VIDEOMAE_RECIPE = dict(
+    KINETICS_RECIPE, lr=None, epoch=75, pretrain='none', frame_interval=4, arch='videomae',
+    attention_type='joint_space_time', num_frames=16, tube_size=2, data_statics='imagenet', num_clips=5, num_crops=3,
+    optim_type='adamw', weight_decay=0.05, lr_schedule='cosine', warmup_epochs=5.0, min_lr=1e-6, layer_decay=0.75,
+    label_smoothing=0.1, mixup=True, mixup_alpha=0.8, cutmix_alpha=1.0, auto_augment='rand-m7-n4', color_jitter=0.0,
+    drop_path=0.1, crop_scale=[0.08, 1.0],
+)
+# The videomae recipe's lr: this much per 256 clips of effective batch (MCG-NJU's linear scaling).
+VIDEOMAE_LR_PER_256 = 1e-3
+RECIPES = {'demo': DEMO_RECIPE, 'kinetics': KINETICS_RECIPE, 'videomae': VIDEOMAE_RECIPE}
+ATTENTION_TYPES = tuple(dict.fromkeys(name for architecture in ARCHITECTURES.values()
+                                      for name in architecture.attention_types))
 
 
 def str_to_bool(text):
@@ -99,7 +116,8 @@ def parse_args(argv=None):
             ('log_interval', int, 'steps between log rows'),
             ('num_class', int, 'classes; inferred from the class map or the labels when not given'),
             ('num_samples_per_cls', int, 'at most this many training clips per class'),
-            ('pretrain', str, "starting point: none, vit, mae, kinetics (files in ROOT_DIR/pretrain_model) or a path"),
+            ('pretrain', str, 'starting point: none, vit, mae, kinetics (files in ROOT_DIR/pretrain_model), a path '
+                              'or a Hugging Face Hub id'),
             ('frame_interval', int, 'frames between sampled frames'),
             ('seed', int, 'random seed'),
             ('root_dir', str, 'workspace: pretrain_model/ and results/ live here')):
@@ -112,11 +130,11 @@ def parse_args(argv=None):
         add_flag(seed, f'{split}_data_path', help=f'{split} annotations')
 
     model = parser.add_argument_group('model and data')
-    add_flag(model, 'arch', choices=('timesformer', 'vivit'))
+    add_flag(model, 'arch', choices=tuple(ARCHITECTURES))
     add_flag(model, 'attention_type', choices=ATTENTION_TYPES)
     add_flag(model, 'conv_type', choices=('Conv2d', 'Conv3d'),
              help='patch embedding: per frame (Conv2d) or per tubelet of tube_size frames (Conv3d); '
-                  "default: the arch's own (TimeSformer Conv2d, ViViT Conv3d)")
+                  "default: the arch's own (TimeSformer Conv2d, the others Conv3d)")
     for name, kind, text in (
             ('num_frames', int, 'frames per clip'), ('img_size', int, 'crop size in pixels'),
             ('patch_size', int, 'patch size in pixels'), ('embed_dims', int, 'width'),
@@ -128,7 +146,7 @@ def parse_args(argv=None):
             ('num_clips', int, 'test clips per video'), ('num_crops', int, 'test crops per clip (1 or 3)'),
             ('window_seconds', float, 'sample a window of this many seconds instead of num_frames x frame_interval')):
         add_flag(model, name, type=kind, help=text)
-    add_flag(model, 'data_statics', choices=('kinetics', 'imagenet', 'clip', 'inception'),
+    add_flag(model, 'data_statics', choices=tuple(DATA_STATICS),
              help='normalisation statistics (the original used inception: mean = std = 0.5)')
     add_flag(model, 'class_map', help='JSON name -> index, or one name per line')
     add_flag(model, 'data_root', help="folder the lists' relative video paths start from "
@@ -136,9 +154,10 @@ def parse_args(argv=None):
     add_flag(model, 'decoder', choices=('decord', 'pyav'))
 
     recipe = parser.add_argument_group('recipe')
-    add_flag(recipe, 'recipe', choices=('demo', 'kinetics'),
-             help="whose defaults the other flags take: the demo's or the original's Kinetics recipe "
-                  '(default: demo without -train_data_path, kinetics with it)')
+    add_flag(recipe, 'recipe', choices=tuple(RECIPES),
+             help="whose defaults the other flags take: the demo's, the original's Kinetics recipe or "
+                  "VideoMAE's fine-tuning (default: demo without -train_data_path, kinetics with it, "
+                  'videomae with it and -arch videomae)')
     add_flag(recipe, 'optim_type', choices=('sgd', 'adamw'))
     add_flag(recipe, 'lr_schedule', choices=('cosine', 'multistep'))
     add_flag(recipe, 'milestones', type=int, nargs='+', help='multistep: epochs where lr drops 10x')
@@ -155,7 +174,7 @@ def parse_args(argv=None):
         add_flag(recipe, name, type=kind, help=text)
     add_flag(recipe, 'crop_scale', type=float, nargs=2, metavar=('MIN', 'MAX'),
              help='area range of the random resized crop')
-    add_flag(recipe, 'mixup', type=str_to_bool, nargs='?', const=True, default=False,
+    add_flag(recipe, 'mixup', type=str_to_bool, nargs='?', const=True,
              help='mixup / CutMix of training clips')
     add_flag(recipe, 'auto_augment', help='RandAugment policy, e.g. rand-m9-n2')
     add_flag(recipe, 'eval_metrics', choices=('finetune', 'linear_prob'), default='finetune',
@@ -184,11 +203,14 @@ def parse_args(argv=None):
     add_flag(lightning, 'compile', action='store_true', help='torch.compile the model')
     args = parser.parse_args(argv)
     if args.recipe is None:
-        args.recipe = 'demo' if args.train_data_path is None else 'kinetics'
-    recipe_defaults = DEMO_RECIPE if args.recipe == 'demo' else KINETICS_RECIPE
-    for name, value in recipe_defaults.items():
+        args.recipe = 'demo' if args.train_data_path is None else 'videomae' if args.arch == 'videomae' else 'kinetics'
+    attention_given = args.attention_type is not None
+    for name, value in RECIPES[args.recipe].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    architecture = ARCHITECTURES[args.arch]
+    if not attention_given and args.attention_type not in architecture.attention_types:
+        args.attention_type = architecture.arch_defaults['attention_type']  # the recipe's is another arch's
     if args.seed is None:
         args.seed = 0
     return args
@@ -206,11 +228,17 @@ def check_writable(root_dir):
 
 
 def resolve_pretrain(args):
-    """The starting-point file of -pretrain, or None for 'none'."""
+    """The starting-point file or folder of -pretrain (a Hugging Face Hub id is fetched into its
+    cache), or None for 'none'."""
     if args.pretrain == 'none':
         return None
-    path = Path(args.root_dir) / 'pretrain_model' / PRETRAIN_FILES[args.pretrain] \
-        if args.pretrain in PRETRAIN_FILES else Path(args.pretrain)
+    if args.pretrain in PRETRAIN_FILES:
+        path = Path(args.root_dir) / 'pretrain_model' / PRETRAIN_FILES[args.pretrain]
+    else:
+        try:
+            path = resolve_weights(args.pretrain)
+        except WeightLoadError as error:
+            raise UsageError(f'-pretrain {error} (use -pretrain none to start from scratch)') from None
     if not path.exists():
         raise UsageError(f'-pretrain {args.pretrain}: no such file {path} (use -pretrain none to start from scratch)')
     return path
@@ -252,10 +280,10 @@ def build_data(args):
 
 
 def build_config(args, num_classes):
-    conv_type = args.conv_type or ('Conv3d' if args.arch == 'vivit' else 'Conv2d')
+    conv_type = args.conv_type or ARCHITECTURES[args.arch].arch_defaults.get('conv_type', 'Conv2d')
     try:
-        return VideoTransformerConfig(
-            arch=args.arch, attention_type=args.attention_type, num_frames=args.num_frames,
+        return VideoTransformerConfig.for_arch(
+            args.arch, attention_type=args.attention_type, num_frames=args.num_frames,
             img_size=args.img_size, patch_size=args.patch_size, embed_dims=args.embed_dims,
             num_heads=args.num_heads, num_transformer_layers=args.depth,
             num_time_transformer_layers=args.num_time_layers,
@@ -351,6 +379,11 @@ def main(argv=None):
     config = build_config(args, data.num_class)
     accelerator, devices = resolve_devices(args)
     num_devices = count_devices(accelerator, devices) * args.num_nodes
+    if args.lr is None:  # the videomae recipe's lr follows the effective batch
+        effective_batch = args.batch_size * num_devices * args.accumulate_grad_batches
+        args.lr = VIDEOMAE_LR_PER_256 * effective_batch / 256
+        logging.info('-lr %.3g: the videomae recipe takes %g per 256 clips of effective batch, here %d',
+                     args.lr, VIDEOMAE_LR_PER_256, effective_batch)
     run_dir = Path(args.root_dir) / 'results' / experiment_tag(args, num_devices)
     ckpt_dir, log_dir = run_dir / 'ckpt', run_dir / 'log'
     resume = None

@@ -7,8 +7,10 @@ window is involved; `save_png` writes one.
 Attention rollout (Abnar & Zuidema, 2020, "Quantifying Attention Flow in Transformers"): each
 block's attention weights (G, heads, N, N) are averaged over heads, the identity is added for the
 residual connection, and rows are renormalised to sum to 1; the product of these matrices from the
-first block to the last says how much each token's input reaches each output token. The class
-token's row over the patch tokens is the map drawn. The rollout goes through the attention that
+first block to the last says how much each token's input reaches each output token. The map drawn is
+what the head reads: the class token's row over the patch tokens; for VideoMAE, which averages its
+tokens, the mean of the rows; for V-JEPA 2, the rollout continues through its attentive pooler's
+self-attention blocks and ends in its query's cross-attention row. The rollout goes through the attention that
 mixes patches of a frame: TimeSformer's divided `spatial_attn` (one map per frame, so the temporal
 attention between them is left out), space_only's and ViViT fact_encoder's spatial blocks (one map
 per token frame), and joint space-time attention (one map over all patches of all frames).
@@ -41,16 +43,23 @@ def save_png(figure, path):
 
 # ---------------------------------------------------------------- attention rollout
 
-def attention_rollout(maps):
-    """Rollout of attention through blocks in order: maps [(G, heads, N, N)] -> (G, N - 1), the
-    class token's (token 0's) share of each other token, per group G (see the module doc)."""
+def attention_rollout(maps, pooling='cls_token', query=None):
+    """Rollout of attention through blocks in order: maps [(G, heads, N, N)] -> the share of each
+    token that the head reads, per group G (see the module doc): (G, N - 1), the class token's share of
+    each patch token ('cls_token') or the patch tokens' mean share ('mean'); (G, N), the mean row
+    ('fc_norm'); or through a pooling query's cross-attention weights `query` (G, heads, 1, N)
+    ('attentive')."""
     tokens = maps[0].shape[-1]
     identity = torch.eye(tokens, dtype=maps[0].dtype, device=maps[0].device)
     rollout = identity
     for weights in maps:
         mixed = weights.mean(dim=1) + identity
         rollout = (mixed / mixed.sum(dim=-1, keepdim=True)) @ rollout
-    return rollout[:, 0, 1:]
+    if pooling == 'attentive':
+        return (query.mean(dim=1) @ rollout)[:, 0]
+    if pooling == 'fc_norm':
+        return rollout.mean(dim=1)
+    return rollout[:, 1:, 1:].mean(dim=1) if pooling == 'mean' else rollout[:, 0, 1:]
 
 
 def rollout_modules(config):
@@ -58,6 +67,9 @@ def rollout_modules(config):
     variants without attention among a frame's patches alone (fact_dot_product, the seed's
     37e1801 fact_encoder, whose spatial groups interleave patches)."""
     blocks = range(config.num_transformer_layers)
+    if config.pooling == 'attentive':
+        return [f'backbone.blocks.{index}.attn.attn' for index in blocks] + \
+            [f'head.pooler.blocks.{index}.attn.attn' for index in range(config.num_pooler_layers)]
     if config.attention_type == 'divided_space_time':
         return [f'backbone.blocks.{index}.spatial_attn.attn' for index in blocks]
     if config.attention_type in ('space_only', 'joint_space_time') or (
@@ -69,14 +81,15 @@ def rollout_modules(config):
 
 
 def frame_attention(model, frames, preprocessing, device='cpu'):
-    """Where the class token looked in one view, uint8 frames (T, 3, S, S): the rollout per token
-    frame, float (T', grid, grid), stretched to [0, 1] over the whole view so frames compare."""
+    """Where the head looked in one view, uint8 frames (T, 3, S, S): the rollout per token frame,
+    float (T', grid, grid), stretched to [0, 1] over the whole view so frames compare."""
     config = model.config
     names = rollout_modules(config)
     video = normalize(frames.to(device), preprocessing.mean, preprocessing.std)
     with torch.inference_mode(), record_attention(model) as attentions:
         model(video[None])
-        relevance = attention_rollout([attentions[name].weights for name in names])
+        query = attentions['head.pooler.cross_attn'].weights if config.pooling == 'attentive' else None
+        relevance = attention_rollout([attentions[name].weights for name in names], config.pooling, query)
     grid = config.img_size // config.patch_size
     if config.attention_type == 'joint_space_time':
         relevance = rearrange(relevance, '1 (p t) -> t p', p=grid * grid)

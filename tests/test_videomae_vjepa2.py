@@ -12,11 +12,13 @@ from transformers import (VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVid
 
 from layouts import random_state
 from model_loading import load_model
+from preprocessing import Preprocessing
 from reference import randomise_, videomae_logits
 from video_transformer import (VideoClassifier, VideoTransformerConfig, videomae_base_patch16_224, videomae_tiny,
                                vjepa2_tiny)
 from weight_export import save_weights
 from weight_formats import WeightLoadError
+from visualize import attention_rollout, frame_attention
 from weight_init import init_from_pretrained_
 
 FRAMES, SIZE, PATCH, CLASSES = 4, 32, 8, 5
@@ -271,3 +273,28 @@ def test_an_unreadable_videomae_variant_is_one_clear_error(tmp_path):
     with pytest.raises(WeightLoadError, match='use_mean_pooling') as error:
         load_model(tmp_path)
     assert '\n' not in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention pictures
+
+
+def test_rollout_reads_what_each_pooling_reads():
+    """Every token attends to token 3 only; the pooling query of V-JEPA 2 to token 5. Fails if mean
+    pooling is drawn as a class token's row, or the pooler's query is left out."""
+    maps = [torch.zeros(1, 2, 6, 6).index_fill_(-1, torch.tensor([3]), 1.0)] * 2
+    assert attention_rollout(maps, 'fc_norm').argmax() == 3
+    assert attention_rollout(maps, 'cls_token').shape == (1, 5)
+    identity = [torch.eye(6).expand(1, 2, 6, 6)]
+    query = torch.zeros(1, 2, 1, 6).index_fill_(-1, torch.tensor([5]), 1.0)
+    assert attention_rollout(identity, 'attentive', query).argmax() == 5
+    assert attention_rollout(identity, 'fc_norm').std() == 0
+
+
+@pytest.mark.parametrize('preset', [videomae_tiny, vjepa2_tiny])
+def test_attention_maps_of_the_new_models_cover_every_token_frame(preset):
+    model = randomise_(VideoClassifier(preset()), std=0.05).eval()
+    frames = torch.randint(0, 256, (FRAMES, 3, SIZE, SIZE), dtype=torch.uint8)
+    maps = frame_attention(model, frames, Preprocessing(num_frames=FRAMES, img_size=SIZE))
+    assert maps.shape == (FRAMES // 2, SIZE // PATCH, SIZE // PATCH)
+    assert maps.min() == 0 and maps.max() == 1
