@@ -10,7 +10,7 @@ import sys
 
 from model_loading import load_model
 from video_transformer import CONFIG_FIELDS
-from weight_export import save_hf_timesformer, save_weights
+from weight_export import save_hf, save_weights
 from weight_formats import WeightLoadError
 
 
@@ -33,7 +33,7 @@ def parse_args(argv=None):
                                            'transformers folder, our export)')
     parser.add_argument('output_dir', help='folder to write')
     parser.add_argument('-hf', '--hf', action='store_true',
-                        help='write a transformers TimesformerForVideoClassification folder')
+                        help='write a transformers folder of the model\'s class (TimeSformer, VideoMAE, V-JEPA 2)')
     parser.add_argument('-num_heads', '--num_heads', type=int,
                         help='attention heads, for formats that do not record them (the seed repo, bare '
                              'state dicts); required for those, so a guess is never written as a fact')
@@ -51,7 +51,7 @@ if __name__ == '__main__':
         overrides['num_heads'] = args.num_heads
     try:
         model = load_model(args.checkpoint, guess_num_heads=False, **overrides)
-        (save_hf_timesformer if args.hf else save_weights)(model, args.output_dir)
+        (save_hf if args.hf else save_weights)(model, args.output_dir)
     except (WeightLoadError, OSError) as error:
         sys.exit(f'export_weights.py: {error}')
     logging.info('Wrote %s', args.output_dir)

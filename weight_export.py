@@ -1,5 +1,5 @@
 """Writing weights: our safetensors + config.json folder, which load_model reads back exactly,
-and a transformers TimesformerForVideoClassification folder."""
+and transformers folders of the matching classes (TimeSformer, VideoMAE, V-JEPA 2)."""
 import json
 import os
 import shutil
@@ -8,7 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from weight_formats import OUR_FORMAT, WeightLoadError, convert_to_hf_timesformer
+from weight_formats import (OUR_FORMAT, WeightLoadError, convert_to_hf_timesformer, convert_to_hf_videomae,
+                            convert_to_hf_vjepa2)
 
 
 def _named_tables(model):
@@ -16,7 +17,7 @@ def _named_tables(model):
     state_dict = model.state_dict()
     for name in ('pos_embed', 'time_embed'):
         table = getattr(model.backbone, name)
-        if table is not None:
+        if table is not None and name in model.config.position_table_rows:
             state_dict[f'backbone.{name}'] = table
     return state_dict
 
@@ -57,7 +58,6 @@ def save_weights(model, directory):
 def hf_timesformer_config(config, class_names=None):
     """transformers' TimesformerConfig fields (a dict) for our TimeSformer `config`; WeightLoadError
     for one transformers cannot express."""
-    activation = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu'}[config.activation]
     unsupported = [
         (config.conv_type == 'Conv2d', 'Conv2d patches'),
         (config.pos_emb_type == 'separate', "pos_emb_type 'separate'"),
@@ -68,29 +68,94 @@ def hf_timesformer_config(config, class_names=None):
          f'with norm_eps={config.final_norm_eps} picks one and changes the logits slightly)'),
         (config.pooling == 'cls_token', 'the class token as output'),
     ]
-    needed = [what for holds, what in unsupported if not holds]
-    if needed:
-        raise WeightLoadError(f'transformers TimeSformer needs {", ".join(needed)}')
-    names = class_names or [f'LABEL_{index}' for index in range(config.num_classes)]
+    _refuse_unless(unsupported, 'TimeSformer')
     return {
         'model_type': 'timesformer', 'architectures': ['TimesformerForVideoClassification'],
         'image_size': config.img_size, 'patch_size': config.patch_size, 'num_channels': config.in_channels,
         'num_frames': config.num_frames, 'hidden_size': config.embed_dims,
         'num_hidden_layers': config.num_transformer_layers, 'num_attention_heads': config.num_heads,
-        'intermediate_size': int(config.embed_dims * config.mlp_ratio), 'hidden_act': activation,
+        'intermediate_size': int(config.embed_dims * config.mlp_ratio), 'hidden_act': HF_ACTIVATION[config.activation],
         'hidden_dropout_prob': config.dropout_p, 'attention_probs_dropout_prob': config.dropout_p,
         'initializer_range': 0.02, 'layer_norm_eps': config.norm_eps, 'qkv_bias': config.qkv_bias == 'qkv',
         # drop_path_rate stays out: transformers 5.23 types it as int and rejects a float.
-        'attention_type': config.attention_type,
-        'id2label': {str(index): name for index, name in enumerate(names)},
-        'label2id': {name: index for index, name in enumerate(names)},
+        'attention_type': config.attention_type, **_hf_labels(config, class_names),
     }
 
 
-def save_hf_timesformer(model, directory):
-    """Write a TimeSformer VideoClassifier as a transformers TimesformerForVideoClassification
-    folder (config.json + model.safetensors) that `from_pretrained` loads."""
-    hf_config = hf_timesformer_config(model.config, model.class_names)
-    tensors = {key: value.detach().contiguous()
-               for key, value in convert_to_hf_timesformer(_named_tables(model)).items()}
-    return _write_folder(directory, tensors, hf_config)
+# Our activation -> transformers' hidden_act.
+HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu'}
+# transformers builds VideoMAE's fc_norm as LayerNorm(hidden_size): PyTorch's default eps.
+HF_VIDEOMAE_FC_NORM_EPS = 1e-5
+
+
+def _refuse_unless(requirements, name):
+    """WeightLoadError naming every (holds, what) requirement that does not hold."""
+    needed = [what for holds, what in requirements if not holds]
+    if needed:
+        raise WeightLoadError(f'transformers {name} needs {", ".join(needed)}')
+
+
+def _hf_labels(config, class_names):
+    names = class_names or [f'LABEL_{index}' for index in range(config.num_classes)]
+    return {'id2label': {str(index): name for index, name in enumerate(names)},
+            'label2id': {name: index for index, name in enumerate(names)}}
+
+
+def hf_videomae_config(config, class_names=None):
+    """transformers' VideoMAEConfig fields for our VideoMAE `config`; WeightLoadError for one it
+    cannot express."""
+    _refuse_unless([
+        (config.qkv_bias in ('qv', 'none'), "q and v biases or none (qkv_bias 'qv' or 'none')"),
+        (config.final_norm_eps == HF_VIDEOMAE_FC_NORM_EPS,
+         f'fc_norm eps {HF_VIDEOMAE_FC_NORM_EPS} (final_norm_eps is {config.final_norm_eps}; loading with '
+         f'final_norm_eps={HF_VIDEOMAE_FC_NORM_EPS} changes the logits slightly)'),
+    ], 'VideoMAE')
+    return {
+        'model_type': 'videomae', 'architectures': ['VideoMAEForVideoClassification'],
+        'image_size': config.img_size, 'patch_size': config.patch_size, 'num_channels': config.in_channels,
+        'num_frames': config.num_frames, 'tubelet_size': config.tube_size, 'hidden_size': config.embed_dims,
+        'num_hidden_layers': config.num_transformer_layers, 'num_attention_heads': config.num_heads,
+        'intermediate_size': int(config.embed_dims * config.mlp_ratio), 'hidden_act': HF_ACTIVATION[config.activation],
+        'hidden_dropout_prob': config.dropout_p, 'attention_probs_dropout_prob': config.dropout_p,
+        'initializer_range': 0.02, 'layer_norm_eps': config.norm_eps, 'qv_bias': config.qkv_bias == 'qv',
+        'use_mean_pooling': True, **_hf_labels(config, class_names),
+    }
+
+
+def hf_vjepa2_config(config, class_names=None):
+    """transformers' VJEPA2Config fields for our V-JEPA 2 `config`; WeightLoadError for one it cannot
+    express."""
+    _refuse_unless([
+        (config.qkv_bias in ('qkv', 'none'), "biases on all of q, k and v or none (qkv_bias 'qkv' or 'none')"),
+        (config.norm_eps == config.final_norm_eps,
+         f'one LayerNorm eps (norm_eps {config.norm_eps} vs final_norm_eps {config.final_norm_eps})'),
+    ], 'V-JEPA 2')
+    return {
+        'model_type': 'vjepa2', 'architectures': ['VJEPA2ForVideoClassification'],
+        'patch_size': config.patch_size, 'crop_size': config.img_size, 'frames_per_clip': config.num_frames,
+        'tubelet_size': config.tube_size, 'hidden_size': config.embed_dims, 'in_chans': config.in_channels,
+        'num_attention_heads': config.num_heads, 'num_hidden_layers': config.num_transformer_layers,
+        'mlp_ratio': config.mlp_ratio, 'layer_norm_eps': config.norm_eps, 'qkv_bias': config.qkv_bias == 'qkv',
+        'hidden_act': HF_ACTIVATION[config.activation], 'attention_probs_dropout_prob': config.dropout_p,
+        'num_pooler_layers': config.num_pooler_layers, **_hf_labels(config, class_names),
+    }
+
+
+# arch -> (transformers config fields, our keys -> transformers keys).
+HF_EXPORTS = {
+    'timesformer': (hf_timesformer_config, convert_to_hf_timesformer),
+    'videomae': (hf_videomae_config, convert_to_hf_videomae),
+    'vjepa2': (hf_vjepa2_config, convert_to_hf_vjepa2),
+}
+
+
+def save_hf(model, directory):
+    """Write a VideoClassifier as a transformers folder of its class (TimesformerForVideoClassification,
+    VideoMAEForVideoClassification, VJEPA2ForVideoClassification: config.json + model.safetensors) that
+    `from_pretrained` loads; WeightLoadError for an architecture or variant transformers lacks."""
+    if model.config.arch not in HF_EXPORTS:
+        raise WeightLoadError(f'transformers folders are written for {", ".join(HF_EXPORTS)}, not {model.config.arch}')
+    hf_config, convert = HF_EXPORTS[model.config.arch]
+    fields = hf_config(model.config, model.class_names)
+    tensors = {key: value.detach().contiguous() for key, value in convert(_named_tables(model)).items()}
+    return _write_folder(directory, tensors, fields)

@@ -351,3 +351,65 @@ def convert_hf_vjepa2(state_dict):
         (r'^classifier\.', 'head.fc.'),
         *HF_BLOCK_RULES,  # after the pooler's, whose layers have some of the same names
     ]))
+
+
+def split_qkv(state_dict):
+    """Our fused `.qkv.` projections -> separate `.q.`, `.k.`, `.v.` (the inverse of fuse_qkv); a
+    VideoMAE attention's `q_bias` and `v_bias` stay as they are."""
+    split = {}
+    for key, value in state_dict.items():
+        match = re.fullmatch(r'(.+)\.qkv\.(weight|bias)', key)
+        if match is None:
+            split[key] = value
+            continue
+        for name, part in zip('qkv', value.chunk(3)):
+            split[f'{match[1]}.{name}.{match[2]}'] = part
+    return split
+
+
+def convert_to_hf_videomae(state_dict):
+    """Our VideoMAE classifier keys -> transformers VideoMAEForVideoClassification keys, the q and v
+    biases under the names transformers 4 wrote (`q_bias`, `v_bias`), which transformers 5 also reads."""
+    return rename_keys(split_qkv(state_dict), [
+        (r'^backbone\.patch_embed\.proj\.', 'videomae.embeddings.patch_embeddings.projection.'),
+        (r'^backbone\.blocks\.(\d+)\.', r'videomae.encoder.layer.\1.'),
+        (r'\.attn\.norm\.', '.layernorm_before.'),
+        (r'\.attn\.attn\.q_bias$', '.attention.attention.q_bias'),
+        (r'\.attn\.attn\.v_bias$', '.attention.attention.v_bias'),
+        (r'\.attn\.attn\.q\.', '.attention.attention.query.'),
+        (r'\.attn\.attn\.k\.', '.attention.attention.key.'),
+        (r'\.attn\.attn\.v\.', '.attention.attention.value.'),
+        (r'\.attn\.attn\.proj\.', '.attention.output.dense.'),
+        (r'\.ffn\.norm\.', '.layernorm_after.'),
+        (r'\.ffn\.fc1\.', '.intermediate.dense.'),
+        (r'\.ffn\.fc2\.', '.output.dense.'),
+        (r'^backbone\.norm\.', 'fc_norm.'),
+        (r'^head\.fc\.', 'classifier.'),
+    ])
+
+
+def convert_to_hf_vjepa2(state_dict):
+    """Our V-JEPA 2 classifier keys -> transformers VJEPA2ForVideoClassification keys (no predictor)."""
+    return rename_keys(split_qkv(state_dict), [
+        (r'^backbone\.patch_embed\.proj\.', 'vjepa2.encoder.embeddings.patch_embeddings.proj.'),
+        (r'^backbone\.blocks\.(\d+)\.attn\.norm\.', r'vjepa2.encoder.layer.\1.norm1.'),
+        (r'^backbone\.blocks\.(\d+)\.attn\.attn\.(q|k|v)\.', r'vjepa2.encoder.layer.\1.attention.\2.'),
+        (r'^backbone\.blocks\.(\d+)\.attn\.attn\.proj\.', r'vjepa2.encoder.layer.\1.attention.proj.'),
+        (r'^backbone\.blocks\.(\d+)\.ffn\.norm\.', r'vjepa2.encoder.layer.\1.norm2.'),
+        (r'^backbone\.blocks\.(\d+)\.ffn\.', r'vjepa2.encoder.layer.\1.mlp.'),
+        (r'\.attention\.q\.', '.attention.query.'),
+        (r'\.attention\.k\.', '.attention.key.'),
+        (r'\.attention\.v\.', '.attention.value.'),
+        (r'^backbone\.norm\.', 'vjepa2.encoder.layernorm.'),
+        (r'^head\.pooler\.query$', 'pooler.query_tokens'),
+        (r'^head\.pooler\.blocks\.(\d+)\.attn\.norm\.', r'pooler.self_attention_layers.\1.layer_norm1.'),
+        (r'^head\.pooler\.blocks\.(\d+)\.attn\.attn\.(q|k|v)\.', r'pooler.self_attention_layers.\1.self_attn.\2_proj.'),
+        (r'^head\.pooler\.blocks\.(\d+)\.attn\.attn\.proj\.', r'pooler.self_attention_layers.\1.self_attn.out_proj.'),
+        (r'^head\.pooler\.blocks\.(\d+)\.ffn\.norm\.', r'pooler.self_attention_layers.\1.layer_norm2.'),
+        (r'^head\.pooler\.blocks\.(\d+)\.ffn\.', r'pooler.self_attention_layers.\1.mlp.'),
+        (r'^head\.pooler\.norm\.', 'pooler.cross_attention_layer.layer_norm1.'),
+        (r'^head\.pooler\.cross_attn\.(q|k|v)\.', r'pooler.cross_attention_layer.cross_attn.\1_proj.'),
+        (r'^head\.pooler\.ffn\.norm\.', 'pooler.cross_attention_layer.layer_norm2.'),
+        (r'^head\.pooler\.ffn\.', 'pooler.cross_attention_layer.mlp.'),
+        (r'^head\.fc\.', 'classifier.'),
+    ])

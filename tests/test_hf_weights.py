@@ -15,7 +15,7 @@ from preprocessing import normalize
 from reference import randomise_
 from video_transformer import TimeSformer, VideoClassifier, timesformer_base_patch16_224, timesformer_hr_patch16_448, \
     timesformer_large_patch16_224, timesformer_tiny
-from weight_export import hf_timesformer_config, save_hf_timesformer, save_weights
+from weight_export import hf_timesformer_config, save_hf, save_weights
 from weight_formats import WeightLoadError, convert_hf_timesformer, convert_hf_vivit, convert_to_hf_timesformer
 from weight_init import init_from_pretrained_
 
@@ -175,7 +175,7 @@ def test_the_video_processor_file_wins_as_in_transformers(tmp_path):
 
 def test_hf_export_loads_in_transformers_and_back(tmp_path):
     model = randomise_(VideoClassifier(timesformer_tiny(num_classes=3), class_names=['a', 'b', 'c'])).eval()
-    save_hf_timesformer(model, tmp_path / 'hf')
+    save_hf(model, tmp_path / 'hf')
     reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'hf').eval()
     assert reference.config.id2label == {0: 'a', 1: 'b', 2: 'c'}
     expected = convert_to_hf_timesformer(model.state_dict())

@@ -56,10 +56,23 @@ def test_the_new_models_classify_evaluate_and_export(trained, demo_data, tmp_pat
         metrics = json.loads((tmp_path / arch / 'metrics.json').read_text())
         assert metrics['videos'] == 4
         assert (tmp_path / f'{arch}.png').stat().st_size > 10_000
-    exports = run_in_one_process('export_weights.py', {arch: [checkpoint, tmp_path / f'{arch}-export']
-                                                        for arch, checkpoint in trained.items()})
-    clip = torch.rand(2, 4, 3, 32, 32)
+    # transformers' VideoMAE has one fc_norm eps, 1e-5: a model trained with MCG-NJU's 1e-6 is written with it.
+    hf_flags = {'videomae': ['-set', 'final_norm_eps=1e-5'], 'vjepa2': []}
+    cases = {}
     for arch, checkpoint in trained.items():
-        assert exports[arch]['code'] == 0, exports[arch]['stderr'][-3000:]
+        cases[arch] = [checkpoint, tmp_path / f'{arch}-export']
+        cases[f'{arch}-hf'] = [checkpoint, tmp_path / f'{arch}-hf', '-hf', *hf_flags[arch]]
+    exports = run_in_one_process('export_weights.py', cases)
+    clip = torch.rand(2, 4, 3, 32, 32)
+    for name, result in exports.items():
+        assert result['code'] == 0, (name, result['stderr'][-3000:])
+    for arch, checkpoint in trained.items():
         with torch.no_grad():
             assert torch.equal(load_model(tmp_path / f'{arch}-export')(clip), load_model(checkpoint)(clip))
+            hf = load_model(tmp_path / f'{arch}-hf')
+            torch.testing.assert_close(hf(clip), load_model(checkpoint, **hf_overrides(arch))(clip), atol=1e-5, rtol=0)
+        assert hf.class_names == load_model(checkpoint).class_names
+
+
+def hf_overrides(arch):
+    return {'final_norm_eps': 1e-5} if arch == 'videomae' else {}

@@ -16,7 +16,7 @@ from preprocessing import Preprocessing
 from reference import randomise_, videomae_logits
 from video_transformer import (VideoClassifier, VideoTransformerConfig, videomae_base_patch16_224, videomae_tiny,
                                vjepa2_tiny)
-from weight_export import save_weights
+from weight_export import save_hf, save_weights
 from weight_formats import WeightLoadError
 from visualize import attention_rollout, frame_attention
 from weight_init import init_from_pretrained_
@@ -298,3 +298,33 @@ def test_attention_maps_of_the_new_models_cover_every_token_frame(preset):
     maps = frame_attention(model, frames, Preprocessing(num_frames=FRAMES, img_size=SIZE))
     assert maps.shape == (FRAMES // 2, SIZE // PATCH, SIZE // PATCH)
     assert maps.min() == 0 and maps.max() == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers folders written
+
+
+@pytest.mark.parametrize('preset,reference_class', [
+    (lambda: videomae_tiny(norm_eps=1e-12, final_norm_eps=1e-5), VideoMAEForVideoClassification),
+    (vjepa2_tiny, VJEPA2ForVideoClassification),
+])
+def test_new_models_export_as_transformers_folders_and_back(tmp_path, preset, reference_class):
+    """save_hf writes the matching transformers class: fails if transformers' from_pretrained misses or
+    misreads a tensor (its logits differ from ours) or our reader does not take the folder back."""
+    model = randomise_(VideoClassifier(preset()), std=0.05).eval()
+    save_hf(model, tmp_path)
+    reference = reference_class.from_pretrained(tmp_path).eval()
+    video = clip()
+    with torch.no_grad():
+        theirs = reference(video).logits if reference_class is VideoMAEForVideoClassification else \
+            reference(pixel_values_videos=video).logits
+        torch.testing.assert_close(theirs, model(video), atol=1e-4, rtol=0)
+        torch.testing.assert_close(load_model(tmp_path)(video), model(video), atol=1e-5, rtol=0)
+
+
+def test_what_transformers_cannot_express_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(WeightLoadError, match=r'fc_norm eps 1e-05 .*final_norm_eps=1e-05'):
+        save_hf(VideoClassifier(videomae_tiny()), tmp_path)
+    with pytest.raises(WeightLoadError, match='not vivit'):
+        from video_transformer import vivit_tiny
+        save_hf(VideoClassifier(vivit_tiny()), tmp_path)

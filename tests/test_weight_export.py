@@ -12,7 +12,7 @@ from model_loading import load_model
 from preprocessing import Preprocessing
 from reference import randomise_
 from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
-from weight_export import hf_timesformer_config, save_hf_timesformer, save_weights
+from weight_export import hf_timesformer_config, save_hf, save_weights
 from weight_formats import WeightLoadError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +48,12 @@ def test_an_export_of_an_earlier_version_still_loads(tmp_path):
 def test_failed_export_leaves_the_previous_one_intact(tmp_path):
     model = randomise_(VideoClassifier(timesformer_tiny())).eval()
     save_weights(model, tmp_path / 'ours')
-    save_hf_timesformer(model, tmp_path / 'hf')
+    save_hf(model, tmp_path / 'hf')
     before = {path: path.read_bytes() for path in tmp_path.rglob('*') if path.is_file()}
     # Tied weights: safetensors refuses tensors that share memory, after the export has begun.
     tied = randomise_(VideoClassifier(timesformer_tiny(), class_names=list('abcd'))).eval()
     tied.backbone.blocks[1].ffn.fc1.weight = tied.backbone.blocks[0].ffn.fc1.weight
-    for save, folder in ((save_weights, 'ours'), (save_hf_timesformer, 'hf')):
+    for save, folder in ((save_weights, 'ours'), (save_hf, 'hf')):
         with pytest.raises(RuntimeError, match='share memory'):
             save(tied, tmp_path / folder)
     assert {path: path.read_bytes() for path in tmp_path.rglob('*') if path.is_file()} == before
