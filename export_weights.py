@@ -8,9 +8,10 @@ import json
 import logging
 import sys
 
+from hf_export import save_hf_timesformer
 from model_loading import load_model
+from our_format import save_weights
 from video_transformer import CONFIG_FIELDS
-from weight_export import save_hf_timesformer, save_weights
 from weight_formats import WeightLoadError
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from preprocessing import Preprocessing
 from transformer import ACTIVATIONS, Block, ClassificationHead, PatchEmbed, num_token_frames, sine_cosine_table
+from utils import reject_unknown
 
 
 @dataclass(frozen=True)
@@ -208,9 +209,7 @@ class VideoTransformer(nn.Module):
                             f"model with weight_init.init_from_pretrained_(model, path, copy_strategy='repeat', "
                             f"extend_strategy='temporal_avg')")
         if config is None:
-            unknown = sorted(set(fields) - set(CONFIG_FIELDS))
-            if unknown:
-                raise TypeError(f'{name}() got unexpected keyword arguments {unknown}')
+            reject_unknown(fields, CONFIG_FIELDS, f'{name}() got unexpected keyword arguments', TypeError)
             config = VideoTransformerConfig(**{'arch': self.arch, **self.keyword_defaults, **fields})
         elif fields:
             raise TypeError(f'{name}() takes a config or keyword arguments, not both (got {sorted(fields)})')
@@ -229,13 +228,23 @@ class VideoTransformer(nn.Module):
         c = self.config
         shapes = c.position_table_rows
         for name, length in shapes.items():
-            table = sine_cosine_table(length, c.embed_dims)
+            table = torch.empty(1, length, c.embed_dims)  # init_weights or compute_fixed_tables fills it
             if c.use_learnable_pos_emb:
                 self.register_parameter(name, nn.Parameter(table))
             else:
                 self.register_buffer(name, table, persistent=False)
         if 'time_embed' not in shapes:
             self.time_embed = None
+        self.compute_fixed_tables()
+
+    def compute_fixed_tables(self):
+        """(Re)compute every buffer the config determines, on the parameters' device: the fixed
+        sine-cosine position tables (non-persistent: no file holds them). Called by the constructor,
+        and by the loader after filling a model built on the meta device."""
+        c = self.config
+        if not c.use_learnable_pos_emb:
+            for name, length in c.position_table_rows.items():
+                setattr(self, name, sine_cosine_table(length, c.embed_dims).to(self.cls_token.device))
 
     def check_input(self, x):
         """A ValueError naming what was expected unless x is a float video this model takes: its
@@ -341,6 +350,16 @@ class VideoClassifier(nn.Module):
         self.preprocessing = preprocessing
         self.backbone = ARCHITECTURES[config.arch](config)
         self.head = ClassificationHead(config.embed_dims, config.num_classes, config.head_dropout_p)
+        self._init_head()
+
+    def init_weights(self):
+        """Initialise every parameter in place as building does: the backbone's init_weights, the head
+        truncated normal (std 0.02) with zero bias. The loader runs it on a model built on the meta
+        device whose only real tensors are the ones a file lacks."""
+        self.backbone.init_weights()
+        self._init_head()
+
+    def _init_head(self):
         nn.init.trunc_normal_(self.head.fc.weight, std=0.02)
         nn.init.zeros_(self.head.fc.bias)
 

@@ -1,37 +1,23 @@
-"""Reading weights: files opened safely, the format told by the keys, and what the weights say
-about the model and its preprocessing (SourceWeights).
+"""Reading weight files safely: torch.save files with weights_only, safetensors, .npz without
+pickles and JSON, each fault one WeightLoadError naming the file; a folder's weights file and
+config.json; a checkpoint's state dict unwrapped from its entries.
 
-`read_weights` reads a file or folder, picks the converter of weight_formats by the keys and
-returns the weights in our keys with the config fields they fix, the source's conventions for
-the rest, its class names and the preprocessing it was trained with.
+Nothing here knows a weight format: weight_sources tells the format by the keys.
 """
 import argparse
 import json
-import logging
-import math
 import pickle
 import re
 import struct
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from preprocessing import DATA_STATICS, data_statics
-from transformer import num_token_frames
-from weight_fitting import is_image_model
-from weight_formats import (OUR_FORMAT, WeightLoadError, convert_hf_timesformer, convert_hf_vivit,
-                            convert_jax_vit, convert_mae, convert_seed, convert_timm, count_layers)
-
-logger = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------------------------
-# Reading files safely
+from weight_formats import WeightLoadError
 
 
 # Classes that checkpoints name outside their weights, read as an inert placeholder instead of
@@ -125,7 +111,8 @@ def read_file(path):
     return _read_torch(path)
 
 
-def _read_json(path):
+def read_json(path):
+    """A JSON file -> its object; WeightLoadError naming the file when it cannot be read."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
@@ -146,10 +133,10 @@ def locate(path):
     elif not path.exists():
         raise WeightLoadError(f'{path}: no such file or folder')
     sidecar = path.parent / 'config.json'
-    return path, (_read_json(sidecar) if sidecar.is_file() else None)
+    return path, (read_json(sidecar) if sidecar.is_file() else None)
 
 
-# Entries under which checkpoints nest their state dict: Lightning / the seed, official
+# Entries under which checkpoints nest their state dict: Lightning / the original repository, official
 # TimeSformer, MAE and DeiT.
 WRAPPERS = ('state_dict', 'model_state', 'model')
 
@@ -170,404 +157,3 @@ def unwrap(payload, path):
     if not state_dict:
         raise WeightLoadError(f'{path}: holds no tensors')
     return state_dict, extras
-
-
-# ---------------------------------------------------------------------------------------------
-# What the weights say about the model
-
-
-# Config fields that describe the network's structure; a source that records them fixes them.
-STRUCTURAL_FIELDS = (
-    'arch', 'attention_type', 'num_frames', 'img_size', 'patch_size', 'embed_dims', 'num_heads',
-    'num_transformer_layers', 'num_time_transformer_layers', 'fact_encoder_attention', 'in_channels',
-    'conv_type', 'tube_size', 'use_learnable_pos_emb', 'pos_emb_type', 'mlp_ratio', 'qkv_bias', 'num_classes',
-)
-
-
-# Config fields of earlier versions that describe how a model was started, not the model: saved
-# configs that carry them still load.
-RETIRED_FIELDS = ('pretrained', 'copy_strategy', 'extend_strategy')
-
-# Attention types whose weights have the same keys and shapes: either agrees with such weights.
-SAME_KEYS = {'joint_space_time': 'fact_dot_product', 'fact_dot_product': 'joint_space_time'}
-
-
-def default_num_heads(embed_dims):
-    """Heads of width 64, the convention of every standard ViT size from tiny to large."""
-    return max(1, embed_dims // 64)
-
-
-def infer_config(state_dict, path, pos_emb_type='separate'):
-    """Config fields that our classifier keys determine: sizes from shapes, variant from the keys.
-
-    Joint space-time and fact_dot_product share their keys (SAME_KEYS); a model without stored
-    position tables leaves the attention type open. A fact_encoder whose temporal layers have a
-    temporal_fc is the seed's 37e1801 layout (fact_encoder_attention 'divided'). A joint position
-    table leaves the image size and frame count open (its length is their product); one passed as
-    'separate' is refused where the keys show it (temporal layers but no time table, or no square
-    grid). `path` names the file.
-    """
-    proj = state_dict['backbone.patch_embed.proj.weight']
-    dim = proj.shape[0]
-    fields = {
-        'embed_dims': dim, 'in_channels': proj.shape[1], 'patch_size': proj.shape[-1],
-        'conv_type': 'Conv3d' if proj.ndim == 5 else 'Conv2d',
-        'num_transformer_layers': count_layers(state_dict, 'backbone.blocks.'),
-        'mlp_ratio': state_dict['backbone.blocks.0.ffn.fc1.weight'].shape[0] / dim,
-        'qkv_bias': any(key.endswith('.qkv.bias') for key in state_dict),
-    }
-    tube_size = 1
-    if proj.ndim == 5:
-        tube_size = proj.shape[2]
-        fields.update(arch='vivit', tube_size=tube_size)
-    time_layers = count_layers(state_dict, 'backbone.temporal_blocks.')
-    if time_layers:
-        divided = any(key.startswith('backbone.temporal_blocks.') and '.temporal_fc.' in key for key in state_dict)
-        fields.update(arch='vivit', attention_type='fact_encoder', num_time_transformer_layers=time_layers,
-                      fact_encoder_attention='divided' if divided else 'self_attn')
-    elif any('.temporal_attn.' in key for key in state_dict):
-        fields['attention_type'] = 'divided_space_time'
-    elif 'backbone.time_embed' in state_dict or pos_emb_type == 'joint':
-        fields['attention_type'] = 'joint_space_time'
-    elif 'backbone.pos_embed' in state_dict:
-        fields.update(arch='timesformer', attention_type='space_only')
-    if 'head.fc.weight' in state_dict:
-        fields['num_classes'] = state_dict['head.fc.weight'].shape[0]
-    table = state_dict.get('backbone.pos_embed')
-    if table is not None:
-        fields['use_learnable_pos_emb'] = True
-    if table is not None and pos_emb_type == 'separate':
-        grid = math.isqrt(table.shape[1] - 1)
-        temporal = proj.ndim == 5 or fields.get('attention_type') == 'divided_space_time'
-        if grid * grid != table.shape[1] - 1 or (temporal and 'backbone.time_embed' not in state_dict):
-            # Image size and frame count only multiply in a joint table: guessing would be wrong.
-            raise WeightLoadError(f"{path}: pos_embed has {table.shape[1]} rows, not a class token and a "
-                                  f"square grid: a pos_emb_type 'joint' table? Put the config.json saved with "
-                                  f"the weights beside them")
-        fields['img_size'] = grid * fields['patch_size']
-    table = state_dict.get('backbone.time_embed')
-    if table is not None:
-        fields['num_frames'] = (table.shape[1] - (1 if time_layers else 0)) * tube_size
-    return fields
-
-
-# ---------------------------------------------------------------------------------------------
-# The preprocessing each source was trained with: Preprocessing fields, where img_size and
-# short_side are the source's own (load_model keeps their ratio at another image size) and
-# num_frames follows the model.
-
-KINETICS_MEAN, KINETICS_STD = DATA_STATICS['kinetics']
-# The seed's model_pretrain.py and model_inference.py (37e1801): mean = std = 0.5, 8 frames 32
-# apart, the short side resized to the crop size, 1 clip x 3 crops at test time.
-SEED_PREPROCESSING = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5), 'frame_interval': 32,
-                      'num_clips': 1, 'num_crops': 3}
-# Official TimeSformer's Kinetics configs (TimeSformer_divST_8x32_224): Kinetics statistics, 8
-# frames 32 apart, test crops as large as the short side, 1 clip x 3 crops; a .pyth's own `cfg`
-# (DATA, TEST) says better when it is there.
-OFFICIAL_PREPROCESSING = {'mean': KINETICS_MEAN, 'std': KINETICS_STD, 'frame_interval': 32,
-                          'num_clips': 1, 'num_crops': 3}
-# transformers: its pipeline's one centre crop of one clip; its configs record no frame
-# interval (the pipeline's default reads consecutive frames, the model card demos every 4th).
-HF_PREPROCESSING = {'mean': KINETICS_MEAN, 'std': KINETICS_STD, 'frame_interval': 4,
-                    'num_clips': 1, 'num_crops': 1}
-# transformers' processor files, in the order it reads them.
-HF_PROCESSOR_FILES = ('video_preprocessor_config.json', 'preprocessor_config.json')
-# A LightningDataModule's saved hyper-parameters that Preprocessing keeps (data_statics aside).
-DATAMODULE_FIELDS = ('num_frames', 'frame_interval', 'window_seconds', 'img_size', 'short_side',
-                     'num_clips', 'num_crops')
-
-
-def _datamodule_preprocessing(hparams, path):
-    """VideoDataModule hyper-parameters -> Preprocessing fields."""
-    settings = {name: hparams[name] for name in DATAMODULE_FIELDS if hparams.get(name) is not None}
-    if 'data_statics' in hparams:
-        try:
-            settings['mean'], settings['std'] = data_statics(hparams['data_statics'])
-        except ValueError as error:
-            raise WeightLoadError(f'{path}: datamodule_hyper_parameters: {error}') from error
-    return settings
-
-
-def _official_preprocessing(extras, img_size, path):
-    """Official TimeSformer's settings, from the DATA and TEST sections of the .pyth's `cfg`
-    (its YAML dump) where present."""
-    settings = {**OFFICIAL_PREPROCESSING, 'img_size': img_size, 'short_side': img_size}
-    if not isinstance(extras.get('cfg'), str):
-        return settings
-    try:
-        cfg = yaml.safe_load(extras['cfg'])
-    except yaml.YAMLError as error:
-        logger.warning('%s: its cfg is not readable YAML (%s); taking the Kinetics 8x32 settings',
-                       path, str(error).splitlines()[0])
-        return settings
-    cfg = cfg if isinstance(cfg, dict) else {}
-    data, test = cfg.get('DATA') or {}, cfg.get('TEST') or {}
-    read = {'mean': data.get('MEAN'), 'std': data.get('STD'), 'frame_interval': data.get('SAMPLING_RATE'),
-            'num_clips': test.get('NUM_ENSEMBLE_VIEWS'), 'num_crops': test.get('NUM_SPATIAL_CROPS')}
-    return {**settings, **{name: value for name, value in read.items() if value is not None}}
-
-
-def _hf_size(value, key, path):
-    """A transformers size entry: an int or a dict with `key`, or with height and width."""
-    if not isinstance(value, dict):
-        return value
-    if key in value:
-        return value[key]
-    logger.warning('%s: resizes to %d x %d without keeping the aspect ratio; taking a short side of %d',
-                   path, value['height'], value['width'], min(value['height'], value['width']))
-    return min(value['height'], value['width'])
-
-
-def _hf_preprocessing(folder, img_size):
-    """transformers' settings, with a processor file's normalisation and sizes when present.
-
-    Processors rescale pixels (p * rescale_factor, minus 1 with ViViT's offset) and normalise with
-    image_mean and image_std; in our convention (RGB in [0, 1]) that is mean (m + o) / (255 r) and
-    std s / (255 r). Its resize sets the short side and its centre crop the crop size.
-    """
-    settings = {**HF_PREPROCESSING, 'img_size': img_size, 'short_side': img_size}
-    found = [folder / name for name in HF_PROCESSOR_FILES if (folder / name).is_file()]
-    if not found:
-        return settings
-    processor = _read_json(found[0])
-    scale = 255 * processor.get('rescale_factor', 1 / 255) if processor.get('do_rescale', True) else 1
-    # ViViT's image processor saves `offset`; its video processor always subtracts 1.
-    offset = float(processor.get('offset', processor.get('video_processor_type') == 'VivitVideoProcessor'))
-    mean, std = (0.0,) * 3, (1.0,) * 3
-    if processor.get('do_normalize', True):
-        mean, std = (processor.get(name, default) for name, default in
-                     (('image_mean', KINETICS_MEAN), ('image_std', KINETICS_STD)))
-    mean, std = ([value] * 3 if isinstance(value, (int, float)) else value for value in (mean, std))
-    try:
-        settings.update(mean=[(value + offset) / scale for value in mean], std=[value / scale for value in std])
-        if 'crop_size' in processor:
-            settings['img_size'] = _hf_size(processor['crop_size'], 'height', found[0])
-        if 'size' in processor:
-            settings['short_side'] = _hf_size(processor['size'], 'shortest_edge', found[0])
-    except (KeyError, TypeError) as error:
-        raise WeightLoadError(f'{found[0]}: not a transformers processor config ({error!r})') from error
-    return settings
-
-
-# ---------------------------------------------------------------------------------------------
-# One loader: the format from the keys, then what it fixes about the model
-
-
-@dataclass
-class SourceWeights:
-    """Weights read from a file in our classifier keys, and what they say about the model.
-
-    fixed: config fields the weights or their own config determine; defaults: the source's
-    conventions for fields the weights leave open; missing_ok: our keys the source never has;
-    preprocessing: Preprocessing fields the source was trained with (img_size and short_side its
-    own), None for image models and files that do not say.
-    """
-
-    path: Path
-    format: str
-    state_dict: dict
-    fixed: dict
-    defaults: dict
-    class_names: list | None = None
-    missing_ok: tuple = ()
-    preprocessing: dict | None = None
-
-    @property
-    def num_time_steps(self):
-        """Token frames of the checkpoint's position tables, when it records its frame count."""
-        frames = self.fixed.get('num_frames')
-        if frames is None:
-            return None
-        return num_token_frames(frames, self.fixed.get('conv_type'), self.fixed.get('tube_size', 1))
-
-
-def _merge_fixed(from_weights, from_config, path):
-    """Fields from the weights and from their config file, which must agree."""
-    for name, value in from_config.items():
-        if name in from_weights and from_weights[name] != value:
-            raise WeightLoadError(f'{path}: its config says {name}={value!r}, '
-                                  f'its weights {name}={from_weights[name]!r}')
-    return {**from_weights, **from_config}
-
-
-def _defaults(state_dict, **conventions):
-    """A source's conventions, and heads of width 64 where it does not record them."""
-    return {'num_heads': default_num_heads(state_dict['backbone.patch_embed.proj.weight'].shape[0]),
-            **conventions}
-
-
-def _read_ours(state_dict, extras, sidecar, path):
-    if any(key.startswith('model.backbone.') for key in state_dict):
-        # A training checkpoint: the classifier lives under `model.` of the LightningModule.
-        state_dict = {key.removeprefix('model.'): value for key, value in state_dict.items()
-                      if key.startswith('model.')}
-    if sidecar is not None and sidecar.get('format') == OUR_FORMAT:
-        meta = sidecar
-    else:
-        meta = extras.get('hyper_parameters') or {}
-    preprocessing = meta.get('preprocessing')
-    if preprocessing is None and extras.get('datamodule_hyper_parameters'):
-        preprocessing = _datamodule_preprocessing(extras['datamodule_hyper_parameters'], path)
-    config = meta.get('config')
-    if config is None:
-        if 'backbone.pos_embed' in state_dict and is_image_model(state_dict):
-            raise WeightLoadError(f"{path}: without their config these weights could be per-frame (a per-frame "
-                                  f"pos_embed) or joint space-time (a pos_embed over every frame); put the "
-                                  f"config.json saved with them beside them")
-        return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict, path),
-                             _defaults(state_dict), meta.get('class_names'), preprocessing=preprocessing)
-    fixed = {name: config[name] for name in STRUCTURAL_FIELDS if name in config}
-    defaults = {name: value for name, value in config.items()
-                if name not in STRUCTURAL_FIELDS and name not in RETIRED_FIELDS}
-    return SourceWeights(path, OUR_FORMAT, state_dict, fixed, defaults, meta.get('class_names'),
-                         preprocessing=preprocessing)
-
-
-def _read_seed(state_dict, extras, sidecar, path):
-    converted = convert_seed(state_dict)
-    defaults = _defaults(converted, norm_eps=1e-5, final_norm_eps=1e-6, activation='gelu')
-    fixed = infer_config(converted, path)
-    size = fixed.get('img_size')
-    preprocessing = {**SEED_PREPROCESSING, 'img_size': size, 'short_side': size} if size else None
-    return SourceWeights(path, 'seed', converted, fixed, defaults, preprocessing=preprocessing)
-
-
-def _read_official(state_dict, extras, sidecar, path):
-    converted = convert_timm(state_dict)
-    defaults = _defaults(converted, norm_eps=1e-6, final_norm_eps=1e-6, activation='gelu')
-    fixed = infer_config(converted, path)
-    return SourceWeights(path, 'official-timesformer', converted, fixed, defaults,
-                         preprocessing=_official_preprocessing(extras, fixed['img_size'], path))
-
-
-def _read_timm(state_dict, extras, sidecar, path):
-    converted = convert_timm(state_dict)
-    defaults = _defaults(converted, norm_eps=1e-6, final_norm_eps=1e-6, activation='gelu')
-    return SourceWeights(path, 'timm', converted, infer_config(converted, path), defaults)
-
-
-def _read_mae(state_dict, extras, sidecar, path):
-    converted = convert_mae(state_dict)
-    defaults = _defaults(converted, norm_eps=1e-6, final_norm_eps=1e-6, activation='gelu')
-    return SourceWeights(path, 'mae', converted, infer_config(converted, path), defaults,
-                         missing_ok=('backbone.cls_token', 'backbone.pos_embed'))
-
-
-def _read_jax_vit(state_dict, extras, sidecar, path):
-    converted = convert_jax_vit(state_dict)
-    heads = state_dict['Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel'].shape[1]
-    defaults = {'norm_eps': 1e-6, 'final_norm_eps': 1e-6, 'activation': 'gelu'}
-    return SourceWeights(path, 'jax-vit', converted, {**infer_config(converted, path), 'num_heads': heads}, defaults)
-
-
-# transformers' hidden_act -> ours. gelu_new, gelu_fast and gelu_pytorch_tanh all compute the tanh
-# approximation (their constants differ in the 8th digit).
-HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_python': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_fast': 'gelu_tanh',
-                  'gelu_pytorch_tanh': 'gelu_tanh', 'quick_gelu': 'quick_gelu'}
-
-
-def _hf_common(config, path, default_activation):
-    """Fields of a transformers config shared by TimeSformer and ViViT."""
-    activation = config.get('hidden_act', default_activation)
-    if activation not in HF_ACTIVATIONS:
-        raise WeightLoadError(f'{path}: hidden_act {activation!r} is not one of {sorted(HF_ACTIVATIONS)}')
-    eps = config.get('layer_norm_eps', 1e-6)
-    fixed = {'num_heads': config.get('num_attention_heads', 12), 'img_size': config.get('image_size', 224)}
-    defaults = {'activation': HF_ACTIVATIONS[activation], 'norm_eps': eps, 'final_norm_eps': eps}
-    labels = config.get('id2label')
-    class_names = [labels[key] for key in sorted(labels, key=int)] if labels else None
-    return fixed, defaults, class_names
-
-
-def _read_hf_timesformer(state_dict, extras, sidecar, path):
-    converted = convert_hf_timesformer(state_dict)
-    from_weights = infer_config(converted, path)
-    attention_type = (sidecar or {}).get('attention_type', from_weights.get('attention_type'))
-    if attention_type == 'space_only':
-        raise WeightLoadError(f"{path}: transformers' space_only TimeSformer classifies every frame on its "
-                              f"own; ours averages the frames before the final norm and cannot reproduce it")
-    if sidecar is None:
-        defaults = _defaults(converted, norm_eps=1e-6, final_norm_eps=1e-6, activation='gelu')
-        return SourceWeights(path, 'hf-timesformer', converted, from_weights, defaults,
-                             preprocessing=_hf_preprocessing(path.parent, from_weights['img_size']))
-    fixed, defaults, class_names = _hf_common(sidecar, path, 'gelu')
-    fixed.update(arch='timesformer', num_frames=sidecar.get('num_frames', 8),
-                 attention_type=sidecar.get('attention_type', 'divided_space_time'))
-    return SourceWeights(path, 'hf-timesformer', converted, _merge_fixed(from_weights, fixed, path),
-                         defaults, class_names, preprocessing=_hf_preprocessing(path.parent, fixed['img_size']))
-
-
-def _read_hf_vivit(state_dict, extras, sidecar, path):
-    if sidecar is None:
-        raise WeightLoadError(f'{path}: a transformers ViViT needs its config.json beside it '
-                              f'(frames and image size order its position table)')
-    tubelet = sidecar.get('tubelet_size', [2, 16, 16])
-    if tubelet[1] != tubelet[2]:
-        raise WeightLoadError(f'{path}: tubelet_size {tubelet} is not square in space')
-    frames = sidecar.get('num_frames', 32)
-    converted = convert_hf_vivit(state_dict, frames // tubelet[0])
-    fixed, defaults, class_names = _hf_common(sidecar, path, 'gelu_fast')
-    fixed.update(arch='vivit', attention_type='joint_space_time', pos_emb_type='joint', num_frames=frames)
-    from_weights = infer_config(converted, path, pos_emb_type='joint')
-    return SourceWeights(path, 'hf-vivit', converted, _merge_fixed(from_weights, fixed, path),
-                         defaults, class_names, preprocessing=_hf_preprocessing(path.parent, fixed['img_size']))
-
-
-# Formats by a key pattern only they have (matched at the start of a key), checked in order.
-FORMATS = (
-    (OUR_FORMAT, r'(model\.)?backbone\.', _read_ours),
-    ('seed', r'(model\.)?transformer_layers\.|cls_head\.cls_head\.', _read_seed),
-    ('hf-timesformer', r'(timesformer\.)?encoder\.layer\.\d+\.attention\.attention\.qkv\.', _read_hf_timesformer),
-    ('hf-vivit', r'(vivit\.)?(layers\.\d+\.attention\.q_proj|encoder\.layer\.\d+\.attention\.attention\.query)\.',
-     _read_hf_vivit),
-    ('mae', r'encoder\.blocks\.\d+\.', _read_mae),
-    # Official TimeSformer's vit.py wraps timm's VisionTransformer as `model`.
-    ('official-timesformer', r'model\.blocks\.\d+\.attn\.qkv\.', _read_official),
-    ('timm', r'blocks\.\d+\.attn\.qkv\.', _read_timm),
-    ('jax-vit', r'Transformer/encoderblock_\d+/', _read_jax_vit),
-)
-
-
-def detect_format(state_dict):
-    """The FORMATS entry (name, pattern, reader) whose key pattern `state_dict` has, or None."""
-    for entry in FORMATS:
-        if any(re.match(entry[1], key) for key in state_dict):
-            return entry
-    return None
-
-
-def read_weights(path):
-    """A weights file or folder -> SourceWeights, the format read from the keys."""
-    weights_file, sidecar = locate(path)
-    state_dict, extras = unwrap(read_file(weights_file), weights_file)
-    entry = detect_format(state_dict)
-    if entry is None:
-        sample = ', '.join(sorted(state_dict)[:4])
-        raise WeightLoadError(f'{weights_file}: unknown weight format (keys like {sample}); expected '
-                              f'{", ".join(name for name, _, _ in FORMATS)}')
-    name, _, reader = entry
-    try:
-        return reader(state_dict, extras, sidecar, weights_file)
-    except KeyError as error:
-        # The converters take the keys a format always has; a file without one is incomplete.
-        raise WeightLoadError(f'{weights_file}: looks like {name} but lacks {error}') from error
-
-
-def load_state_dict_strictly(module, state_dict, path, expected_missing=()):
-    """Load `state_dict` into `module`: every key must fit, only `expected_missing` may be absent.
-
-    Returns the missing keys (a subset of `expected_missing`).
-    """
-    own = module.state_dict()
-    unexpected = sorted(set(state_dict) - set(own))
-    missing = sorted(set(own) - set(state_dict))
-    surprising = [key for key in missing if key not in expected_missing]
-    mismatched = [f'{key} {tuple(value.shape)} vs {tuple(own[key].shape)}'
-                  for key, value in state_dict.items() if key in own and value.shape != own[key].shape]
-    problems = [f'{label}: {", ".join(keys[:6])}{" ..." if len(keys) > 6 else ""}'
-                for label, keys in (('missing', surprising), ('unexpected', unexpected),
-                                    ('wrong shape (file vs model)', mismatched)) if keys]
-    if problems:
-        raise WeightLoadError(f'{path}: weights do not fit the model; {"; ".join(problems)}')
-    module.load_state_dict(state_dict, strict=False)
-    return missing

@@ -35,12 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from demo.make_demo_dataset import make_demo_dataset  # noqa: E402
+from hf_export import hf_timesformer_config  # noqa: E402
 from inference import (PredictionDataset, classify, collate_predictions, inference_preprocessing,  # noqa: E402
                        load_classifier, prediction_loader, view_logits)
 from preprocessing import DATA_STATICS, Preprocessing  # noqa: E402
 from utils import write_csv  # noqa: E402
 from video_transformer import VideoClassifier, timesformer_base_patch16_224, timesformer_tiny  # noqa: E402
-from weight_export import hf_timesformer_config  # noqa: E402
 
 SHARED_DEMO = REPO.parent / 'shared' / 'demo'
 FRAME_INTERVAL = 4

@@ -13,10 +13,10 @@ from data_trainer import VideoDataModule
 from layouts import (CLASSES, DIM, HEADS, random_state, save_lightning, seed_layout, timm_layout, video,
                      write_vit)
 from model_loading import load_model
+from our_format import save_weights
 from preprocessing import DATA_STATICS, Preprocessing
 from reference import randomise_
 from video_transformer import VideoClassifier, VideoTransformerConfig, timesformer_tiny, vivit_tiny
-from weight_export import save_weights
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from hf_export import hf_timesformer_config, save_hf_timesformer
 from layouts import HEADS, random_state, save_lightning, seed_layout, video
 from model_loading import load_model
+from our_format import save_weights
 from preprocessing import Preprocessing
 from reference import randomise_
 from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
-from weight_export import hf_timesformer_config, save_hf_timesformer, save_weights
 from weight_formats import WeightLoadError
 
 ROOT = Path(__file__).resolve().parents[1]
