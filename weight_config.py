@@ -35,7 +35,7 @@ def infer_config(state_dict, path, pos_emb_type='separate'):
 
     Joint space-time and fact_dot_product share their keys (SAME_KEYS); a model without stored
     position tables leaves the attention type open. A fact_encoder whose temporal layers have a
-    temporal_fc is the seed's 37e1801 layout (fact_encoder_attention 'divided'). A joint position
+    temporal_fc is the original repository's 37e1801 layout (fact_encoder_attention 'divided'). A joint position
     table leaves the image size and frame count open (its length is their product); one passed as
     'separate' is refused where the keys show it (temporal layers but no time table, or no square
     grid). `path` names the file.

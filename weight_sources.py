@@ -19,6 +19,7 @@ from weight_formats import (OUR_FORMAT, WeightLoadError, convert_hf_timesformer,
 
 
 def read_seed(state_dict, extras, sidecar, path):
+    """The original repository's Lightning checkpoints and ViT file (mmcv-style keys)."""
     converted = convert_seed(state_dict)
     fixed = infer_config(converted, path)
     return SourceWeights(path, 'seed', converted, fixed, source_defaults(converted, norm_eps=1e-5),
@@ -26,6 +27,7 @@ def read_seed(state_dict, extras, sidecar, path):
 
 
 def read_official(state_dict, extras, sidecar, path):
+    """Official TimeSformer .pyth: timm keys under `model.`, its training cfg beside them."""
     converted = convert_timm(state_dict)
     fixed = infer_config(converted, path)
     return SourceWeights(path, 'official-timesformer', converted, fixed, source_defaults(converted),
@@ -33,17 +35,20 @@ def read_official(state_dict, extras, sidecar, path):
 
 
 def read_timm(state_dict, extras, sidecar, path):
+    """A timm ViT (.pth or .safetensors)."""
     converted = convert_timm(state_dict)
     return SourceWeights(path, 'timm', converted, infer_config(converted, path), source_defaults(converted))
 
 
 def read_mae(state_dict, extras, sidecar, path):
+    """An MAE-pytorch pretraining checkpoint: no class token, its position table computed, not stored."""
     converted = convert_mae(state_dict)
     return SourceWeights(path, 'mae', converted, infer_config(converted, path), source_defaults(converted),
                          missing_ok=('backbone.cls_token', 'backbone.pos_embed'))
 
 
 def read_jax_vit(state_dict, extras, sidecar, path):
+    """The original ViT / AugReg .npz; its attention kernels record the head count."""
     converted = convert_jax_vit(state_dict)
     heads = state_dict['Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel'].shape[1]
     return SourceWeights(path, 'jax-vit', converted, {**infer_config(converted, path), 'num_heads': heads},
@@ -70,6 +75,7 @@ def hf_common(config, path, default_activation):
 
 
 def read_hf_timesformer(state_dict, extras, sidecar, path):
+    """A transformers TimesformerForVideoClassification or TimesformerModel, with its config.json if any."""
     converted = convert_hf_timesformer(state_dict)
     from_weights = infer_config(converted, path)
     attention_type = (sidecar or {}).get('attention_type', from_weights.get('attention_type'))
@@ -87,6 +93,7 @@ def read_hf_timesformer(state_dict, extras, sidecar, path):
 
 
 def read_hf_vivit(state_dict, extras, sidecar, path):
+    """A transformers VivitForVideoClassification or VivitModel and its config.json."""
     if sidecar is None:
         raise WeightLoadError(f'{path}: a transformers ViViT needs its config.json beside it '
                               f'(frames and image size order its position table)')

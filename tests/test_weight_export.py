@@ -92,7 +92,7 @@ def test_the_export_command_never_writes_a_guessed_head_count(tmp_path):
 
 @pytest.mark.parametrize('flags, output, code, message', [
     (['-set', 'img_size'], 'out', 2, "argument -set/--set: takes FIELD=VALUE, got 'img_size'"),
-    (['-set', 'dropout_ratio=0.1'], 'out', 2, "argument -set/--set: 'dropout_ratio' is not a config field"),
+    (['-set', 'dropout_ratio=0.1'], 'out', 2, "num_classes, head_dropout_p): ['dropout_ratio']"),
     (['-set', 'activation=nope'], 'out', 1, 'activation must be one of'),
     ([], 'taken/out', 1, 'taken/out'),  # a file where the output's parent folder should be
 ])
