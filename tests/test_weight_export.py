@@ -46,6 +46,17 @@ def test_an_export_of_an_earlier_version_still_loads(tmp_path):
     assert loaded.config == model.config and loaded.preprocessing is None
 
 
+def test_an_export_with_fields_this_version_does_not_know_is_refused(tmp_path):
+    """Fails if a field of a newer version's config.json is dropped silently instead of named."""
+    save_weights(randomise_(VideoClassifier(timesformer_tiny())), tmp_path / 'export')
+    meta = json.loads((tmp_path / 'export' / 'config.json').read_text())
+    meta['config'].update(rope_theta=10000.0, layer_scale=0.1)
+    (tmp_path / 'export' / 'config.json').write_text(json.dumps(meta))
+    with pytest.raises(WeightLoadError, match=r"model.safetensors: its config has fields this version does not "
+                                              r"know: \['layer_scale', 'rope_theta'\]$"):
+        load_model(tmp_path / 'export')
+
+
 def test_failed_export_leaves_the_previous_one_intact(tmp_path):
     model = randomise_(VideoClassifier(timesformer_tiny())).eval()
     save_weights(model, tmp_path / 'ours')
