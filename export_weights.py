@@ -8,9 +8,11 @@ import json
 import logging
 import sys
 
+from hf_export import save_hf
 from model_loading import load_model
+from our_format import save_weights
+from utils import reject_unknown
 from video_transformer import CONFIG_FIELDS
-from weight_export import save_hf, save_weights
 from weight_formats import WeightLoadError
 
 
@@ -19,8 +21,8 @@ def parse_override(text):
     name, equals, value = text.partition('=')
     if not equals or not name:
         raise argparse.ArgumentTypeError(f'takes FIELD=VALUE, got {text!r}')
-    if name not in CONFIG_FIELDS:
-        raise argparse.ArgumentTypeError(f'{name!r} is not a config field; one of {", ".join(CONFIG_FIELDS)}')
+    reject_unknown([name], CONFIG_FIELDS, f'not a config field (one of {", ".join(CONFIG_FIELDS)}):',
+                   argparse.ArgumentTypeError)
     try:
         return name, json.loads(value)
     except ValueError:

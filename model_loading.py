@@ -1,13 +1,18 @@
 """`load_model`: weights in any supported format -> an eval-mode VideoClassifier with its class
-names and preprocessing, top-down: read the weights, work out the config, build, fit the
-position tables, load strictly."""
+names and preprocessing, top-down: read the weights, work out the config, build on the meta
+device, fit the position tables, load strictly in place."""
 import logging
 
+import torch
+
 from preprocessing import Preprocessing
+from strict_loading import load_into_meta_model
+from utils import reject_unknown
 from video_transformer import CONFIG_FIELDS, VideoClassifier, VideoTransformerConfig
-from weight_files import SAME_KEYS, load_state_dict_strictly, read_weights
+from weight_config import SAME_KEYS
 from weight_fitting import resize_position_tables
 from weight_formats import HEAD_KEYS, WeightLoadError
+from weight_sources import read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +23,7 @@ RESIZABLE_FIELDS = ('img_size', 'num_frames')
 def load_model(path, *, drop_head=False, class_names=None, guess_num_heads=True, **overrides):
     """Weights in any supported format -> eval-mode VideoClassifier, float (B, T, 3, H, W) -> (B, K).
 
-    The format is read from the keys (weight_files.FORMATS). What the weights or their own config
+    The format is read from the keys (weight_sources.FORMATS). What the weights or their own config
     fix is taken from them; `overrides` (config fields) give the rest. An override that
     contradicts the weights is an error, except img_size and num_frames, to which the position
     tables are resized. Another num_classes, or class_names of another length, needs
@@ -26,6 +31,11 @@ def load_model(path, *, drop_head=False, class_names=None, guess_num_heads=True,
     with a warning, or, with guess_num_heads=False, an error unless num_heads is given.
     The model's `preprocessing` is the source's (None for image models and bare state dicts),
     with num_frames and img_size following the model and short_side keeping its ratio to img_size.
+
+    The model is built on the meta device and takes the file's tensors in place (no random
+    initialisation to overwrite): float32 whatever the file holds, as transformers' from_pretrained
+    without torch_dtype='auto'; keys the source lacks by design (a new head, MAE's class token) get
+    the model's own initialisation.
     """
     source = read_weights(path)
     config = _config_for(source, overrides, class_names, drop_head, guess_num_heads)
@@ -43,9 +53,10 @@ def load_model(path, *, drop_head=False, class_names=None, guess_num_heads=True,
                        source.path, len(class_names), config.num_classes)
         class_names = None
     preprocessing = _preprocessing_for(source, config)
-    model = VideoClassifier(config, class_names, preprocessing)
+    with torch.device('meta'):
+        model = VideoClassifier(config, class_names, preprocessing)
     state_dict, notes = resize_position_tables(state_dict, config, source.num_time_steps, source.path)
-    missing = load_state_dict_strictly(model, state_dict, source.path, expected_missing)
+    missing = load_into_meta_model(model, state_dict, source.path, expected_missing)
     logger.info('Loaded %s: format %s; %s %s, %d layers of width %d, %d heads, %d frames at %d px, '
                 '%d classes; missing keys %s; unexpected keys []%s', source.path, source.format,
                 config.arch, config.attention_type, config.num_transformer_layers, config.embed_dims,
@@ -56,12 +67,9 @@ def load_model(path, *, drop_head=False, class_names=None, guess_num_heads=True,
 
 def _config_for(source, overrides, class_names, drop_head, guess_num_heads):
     """The config for `source`: its fixed fields, overrides where they agree, then its defaults."""
-    unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
-    if unknown:
-        raise TypeError(f'load_model() got unexpected config fields {unknown}')
-    unknown = sorted(set(source.defaults) - set(CONFIG_FIELDS))
-    if unknown:
-        raise WeightLoadError(f'{source.path}: its config has fields this version does not know: {unknown}')
+    reject_unknown(overrides, CONFIG_FIELDS, 'load_model() got unexpected config fields', TypeError)
+    reject_unknown(source.defaults, CONFIG_FIELDS, f'{source.path}: its config has fields this version does not know:',
+                   WeightLoadError)
     if class_names is not None:
         overrides = {**overrides, 'num_classes': len(class_names)}
     for name, value in overrides.items():

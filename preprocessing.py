@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from utils import reject_unknown
+
 DATA_STATICS = {
     'kinetics': ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
     'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -72,9 +74,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, values):
         """A Preprocessing from `to_dict`'s output; unknown keys are a ValueError naming them."""
-        unknown = sorted(set(values) - {field.name for field in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f'unknown preprocessing settings {unknown}')
+        reject_unknown(values, [field.name for field in dataclasses.fields(cls)], 'unknown preprocessing settings')
         return cls(**values)
 
     def to_dict(self):

@@ -352,11 +352,15 @@ class AttentivePooler(nn.Module):
         self.ffn = FFN(dim, int(dim * mlp_ratio), norm_eps, activation, 0.0, 0.0)
 
     def init_weights(self):
-        """Truncated normal (std 0.02) as V-JEPA 2, each residual branch's last layer scaled down by
-        the square root of its depth."""
+        """Linear layers truncated normal (std 0.02) as V-JEPA 2, each residual branch's last layer
+        scaled down by the square root of its depth; norms at one and zero (a model loaded on the meta
+        device has nothing else to set them)."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.query, std=0.02)
         for depth, block in enumerate(self.blocks, 1):

@@ -10,6 +10,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformer import Attention
 
 
+def reject_unknown(names, known, message, error=ValueError):
+    """Raise `error`(f'{message} {unknown}') when `names` hold any not in `known`, all of them named
+    (sorted): the one check of config fields, keyword arguments and settings."""
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise error(f'{message} {unknown}')
+
+
 def count_parameters(model):
     """Number of parameters of a module."""
     return sum(parameter.numel() for parameter in model.parameters())

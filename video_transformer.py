@@ -14,6 +14,7 @@ from torch import nn
 from preprocessing import Preprocessing
 from transformer import (ACTIVATIONS, AttentivePooler, Block, ClassificationHead, PatchEmbed, num_token_frames,
                          rotary_tables, sine_cosine_table)
+from utils import reject_unknown
 
 
 @dataclass(frozen=True)
@@ -258,9 +259,7 @@ class VideoTransformer(nn.Module):
         if config is None:
             if 'return_cls_token' in fields:  # the original repository's keyword for the pooling
                 fields['pooling'] = 'cls_token' if fields.pop('return_cls_token') else 'mean'
-            unknown = sorted(set(fields) - set(CONFIG_FIELDS))
-            if unknown:
-                raise TypeError(f'{name}() got unexpected keyword arguments {unknown}')
+            reject_unknown(fields, CONFIG_FIELDS, f'{name}() got unexpected keyword arguments', TypeError)
             config = VideoTransformerConfig.for_arch(self.arch, **fields)
         elif fields:
             raise TypeError(f'{name}() takes a config or keyword arguments, not both (got {sorted(fields)})')
@@ -280,17 +279,32 @@ class VideoTransformer(nn.Module):
         c = self.config
         shapes = c.position_table_rows
         for name, length in shapes.items():
-            table = sine_cosine_table(length, c.embed_dims)
+            table = torch.empty(1, length, c.embed_dims)  # init_weights or compute_fixed_tables fills it
             if c.use_learnable_pos_emb:
                 self.register_parameter(name, nn.Parameter(table))
             else:
                 self.register_buffer(name, table, persistent=False)
         if c.pos_emb_type == 'tubelet_sincos':
-            self.register_buffer('pos_embed', self.tubelet_table(c.num_time_steps, c.num_patches), persistent=False)
+            self.register_buffer('pos_embed', torch.empty(1, c.num_patches * c.num_time_steps, c.embed_dims),
+                                 persistent=False)
         elif 'pos_embed' not in shapes:
             self.pos_embed = None
         if 'time_embed' not in shapes:
             self.time_embed = None
+        self.compute_fixed_tables()
+
+    def compute_fixed_tables(self):
+        """(Re)compute every buffer the config determines, on the parameters' device: the fixed
+        sine-cosine position tables and VideoMAE's tubelet table (non-persistent: no file holds
+        them). Called by the constructor, and by the loader after filling a model built on the meta
+        device."""
+        c = self.config
+        device = self.patch_embed.proj.weight.device
+        if c.pos_emb_type == 'tubelet_sincos':
+            self.pos_embed = self.tubelet_table(c.num_time_steps, c.num_patches).to(device)
+        elif not c.use_learnable_pos_emb:
+            for name, length in c.position_table_rows.items():
+                setattr(self, name, sine_cosine_table(length, c.embed_dims).to(device))
 
     def tubelet_table(self, time_steps, num_patches):
         """VideoMAE's fixed table over the tubelet index t*P + p, in our token order: (1, P*T', D)."""
@@ -459,6 +473,13 @@ class VideoClassifier(nn.Module):
             pooler = AttentivePooler(config.embed_dims, config.num_heads, config.num_pooler_layers, config.norm_eps,
                                      config.activation, config.mlp_ratio)
         self.head = ClassificationHead(config.embed_dims, config.num_classes, config.head_dropout_p, pooler)
+        self.head.init_weights()
+
+    def init_weights(self):
+        """Initialise every parameter in place as building does: the backbone's and the head's
+        init_weights. The loader runs it on a model built on the meta device whose only real tensors
+        are the ones a file lacks."""
+        self.backbone.init_weights()
         self.head.init_weights()
 
     def features(self, x):

@@ -7,9 +7,10 @@ import logging
 import torch
 
 from transformer import sine_cosine_table
-from weight_files import load_state_dict_strictly, read_weights
+from strict_loading import load_state_dict_strictly
 from weight_fitting import inflate_image_model, is_image_model, resize_position_tables
 from weight_formats import WeightLoadError, strip_prefix
+from weight_sources import read_weights
 
 logger = logging.getLogger(__name__)
 

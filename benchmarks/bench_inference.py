@@ -14,6 +14,12 @@ transformers TimesformerForVideoClassification (400 classes) saved with a VideoM
 Each figure is the best of --repeats runs after an untimed warm-up, all in one process, so that a
 burst of other work on a shared machine does not decide a ratio.
 
+One video end to end: the wall time of each whole command in a fresh interpreter (imports, loading
+the folder, decoding, one view, printing the top 5), the two taking turns, best of --repeats after
+one untimed run each: ours `model_inference.py -pretrain FOLDER -video_path CLIP -frame_interval 4
+-num_clips 1 -num_crops 1 -device cpu`; transformers `pipeline('video-classification', model=FOLDER)`
+on the clip with frame_sampling_rate=4 (E2E_HF). Both run with OMP_NUM_THREADS=--threads.
+
 Folder mode: videos per second of the whole loop (loader start-up, decoding in 0, 1 or 2 worker
 processes, forward passes of 8 views, results) on the demo test clips with a tiny model (8 frames
 of 32 px, 2 clips x 3 crops); the three worker counts take turns, --repeats rounds.
@@ -23,6 +29,8 @@ of 32 px, 2 clips x 3 crops); the three worker counts take turns, --repeats roun
     python benchmarks/bench_inference.py --threads 1          # on a machine other work loads
 """
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,12 +43,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from demo.make_demo_dataset import make_demo_dataset  # noqa: E402
+from hf_export import hf_timesformer_config  # noqa: E402
 from inference import (PredictionDataset, classify, collate_predictions, inference_preprocessing,  # noqa: E402
                        load_classifier, prediction_loader, view_logits)
 from preprocessing import DATA_STATICS, Preprocessing  # noqa: E402
 from utils import write_csv  # noqa: E402
 from video_transformer import VideoClassifier, timesformer_base_patch16_224, timesformer_tiny  # noqa: E402
-from weight_export import hf_timesformer_config  # noqa: E402
 
 SHARED_DEMO = REPO.parent / 'shared' / 'demo'
 FRAME_INTERVAL = 4
@@ -104,6 +112,36 @@ def hf_one_clip(folder, video, repeats):
                total_s=load + decode + forward)
 
 
+# transformers' whole command for one video: its pipeline on the folder, top 5 printed.
+E2E_HF = ('import sys\n'
+          'from transformers import pipeline\n'
+          "classifier = pipeline('video-classification', model=sys.argv[1])\n"
+          'print(classifier(sys.argv[2], frame_sampling_rate=int(sys.argv[3]), top_k=5))\n')
+
+
+def end_to_end(folder, video, repeats, threads):
+    """Wall time of one video through each whole command in a fresh interpreter, the two taking turns."""
+    commands = {
+        'ours': [sys.executable, str(REPO / 'model_inference.py'), '-pretrain', str(folder), '-video_path', str(video),
+                 '-frame_interval', str(FRAME_INTERVAL), '-num_clips', '1', '-num_crops', '1', '-device', 'cpu'],
+        'hf': [sys.executable, '-c', E2E_HF, str(folder), str(video), str(FRAME_INTERVAL)],
+    }
+    environment = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
+
+    def run(name):
+        subprocess.run(commands[name], env=environment, check=True, capture_output=True)
+
+    for name in commands:
+        run(name)  # warm-up: the file cache
+    best = {}
+    for _ in range(repeats):
+        for name in commands:
+            seconds = best_seconds(lambda: run(name), 1, warm_up=False)
+            best[name] = min(best.get(name, seconds), seconds)
+    return [row(measure='one video end to end', implementation=name, views='1x1', total_s=seconds)
+            for name, seconds in best.items()]
+
+
 def folder_rates(videos, repeats, worker_counts=(0, 1, 2)):
     """Videos per second of the whole folder loop for each count of loader processes, in turns."""
     model = VideoClassifier(timesformer_tiny(num_frames=8, num_classes=4), preprocessing=FOLDER_SETTINGS).eval()
@@ -135,6 +173,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--skip-folder', action='store_true', help='only the one-clip figures')
+    parser.add_argument('--skip-end-to-end', action='store_true', help='without the whole commands')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads(),
                         help="torch's threads in this process; 1 on a machine that others load, where threads "
                              'waiting on each other slow every step down')
@@ -152,6 +191,9 @@ def main():
             hf = hf_one_clip(folder, videos[0], args.repeats)
             ours = [ours_one_clip(folder, videos[0], crops, args.repeats) for crops in (1, 3)]
             rows += [*ours, hf]
+            if not args.skip_end_to_end:
+                commands = end_to_end(folder, videos[0], args.repeats, args.threads)
+                rows += commands
         if not args.skip_folder:
             demo = make_demo_dataset(Path(scratch) / 'demo', seed=0, clips_per_class=(0, 0, 16), progress=False)
             rows += folder_rates(demo / 'test', args.repeats)
@@ -159,6 +201,8 @@ def main():
     if videos:
         for name in ('load_s', 'decode_s', 'forward_s', 'total_s'):
             print(f'{name[:-2]}: transformers / ours at 1x1 = {hf[name] / ours[0][name]:.2f}x')
+        if not args.skip_end_to_end:
+            print(f'one video end to end: transformers / ours = {commands[1]["total_s"] / commands[0]["total_s"]:.2f}x')
     if rows:
         write_csv(rows, args.csv)
 

@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hf_export import hf_timesformer_config  # noqa: E402
 from utils import set_attention_fused, write_csv  # noqa: E402
 from video_transformer import VideoClassifier, timesformer_base_patch16_224  # noqa: E402
-from weight_export import hf_timesformer_config  # noqa: E402
 from weight_formats import convert_hf_timesformer  # noqa: E402
 
 # Same numerics as transformers' TimesformerConfig defaults (the preset's LayerNorm eps 1e-6 and

@@ -3,10 +3,10 @@ import struct
 
 import pytest
 
+from our_format import save_weights
 from preprocessing import Preprocessing
 from reference import randomise_
 from video_transformer import VideoClassifier, timesformer_tiny
-from weight_export import save_weights
 
 CLASSES = ['moving_up', 'moving_down', 'growing', 'shrinking']
 SETTINGS = Preprocessing(num_frames=4, frame_interval=2, img_size=32, num_clips=2, num_crops=3)

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from hf_export import hf_timesformer_config, save_hf
 from layouts import CLASSES, DIM, FRAMES, HEADS, LAYERS, PATCH, SIZE, random_state, save_lightning, seed_layout, video
 from model_loading import load_model
+from our_format import save_weights
 from preprocessing import normalize
 from reference import randomise_
 from video_transformer import TimeSformer, VideoClassifier, timesformer_base_patch16_224, timesformer_hr_patch16_448, \
     timesformer_large_patch16_224, timesformer_tiny
-from weight_export import hf_timesformer_config, save_hf, save_weights
 from weight_formats import WeightLoadError, convert_hf_timesformer, convert_hf_vivit, convert_to_hf_timesformer
 from weight_init import init_from_pretrained_
 

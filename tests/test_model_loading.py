@@ -13,10 +13,10 @@ from data_trainer import VideoDataModule
 from layouts import (CLASSES, DIM, HEADS, random_state, save_lightning, seed_layout, timm_layout, video,
                      write_vit)
 from model_loading import load_model
+from our_format import save_weights
 from preprocessing import DATA_STATICS, Preprocessing
 from reference import randomise_
 from video_transformer import VideoClassifier, VideoTransformerConfig, timesformer_tiny, vivit_tiny
-from weight_export import save_weights
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_
 
@@ -182,16 +182,20 @@ def test_seed_checkpoints_get_the_seed_settings(tmp_path):
 
 
 def test_official_timesformer_settings_come_from_its_cfg(tmp_path):
+    """Fails if the .pyth's cfg is not read: every value it holds differs from the fallback (Kinetics
+    statistics, 32 apart, 1 x 3 views)."""
     state = random_state(timm_layout('divided_space_time', prefix='model.'))
     # What slowfast's cfg.dump() writes: yacs dumps its nodes with yaml.safe_dump.
-    cfg = yaml.safe_dump({'DATA': {'NUM_FRAMES': 4, 'SAMPLING_RATE': 4, 'MEAN': [0.45] * 3, 'STD': [0.225] * 3,
-                                   'TEST_CROP_SIZE': 32},
-                          'TEST': {'NUM_ENSEMBLE_VIEWS': 1, 'NUM_SPATIAL_CROPS': 3}, 'MODEL': {'ARCH': 'vit'}})
+    cfg = yaml.safe_dump({'DATA': {'NUM_FRAMES': 4, 'SAMPLING_RATE': 4, 'MEAN': [0.4, 0.5, 0.6],
+                                   'STD': [0.2, 0.25, 0.3], 'TEST_CROP_SIZE': 32},
+                          'TEST': {'NUM_ENSEMBLE_VIEWS': 2, 'NUM_SPATIAL_CROPS': 1}, 'MODEL': {'ARCH': 'vit'}})
     torch.save({'epoch': 15, 'model_state': state, 'optimizer_state': {}, 'cfg': cfg}, tmp_path / 'with_cfg.pyth')
     torch.save({'epoch': 15, 'model_state': state}, tmp_path / 'without_cfg.pyth')
-    kinetics = Preprocessing(num_frames=4, img_size=32, short_side=32, num_clips=1, num_crops=3)
-    assert load_model(tmp_path / 'with_cfg.pyth', num_heads=HEADS).preprocessing == kinetics.replace(frame_interval=4)
-    assert load_model(tmp_path / 'without_cfg.pyth', num_heads=HEADS).preprocessing == kinetics.replace(frame_interval=32)
+    fallback = Preprocessing(num_frames=4, frame_interval=32, img_size=32, short_side=32, num_clips=1, num_crops=3)
+    from_cfg = fallback.replace(frame_interval=4, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), num_clips=2,
+                                num_crops=1)
+    assert load_model(tmp_path / 'with_cfg.pyth', num_heads=HEADS).preprocessing == from_cfg
+    assert load_model(tmp_path / 'without_cfg.pyth', num_heads=HEADS).preprocessing == fallback
 
 
 def test_image_models_and_bare_state_dicts_bring_no_preprocessing(tmp_path):

@@ -16,7 +16,8 @@ from preprocessing import Preprocessing
 from reference import randomise_, videomae_logits
 from video_transformer import (VideoClassifier, VideoTransformerConfig, videomae_base_patch16_224, videomae_tiny,
                                vjepa2_tiny)
-from weight_export import save_hf, save_weights
+from hf_export import save_hf
+from our_format import save_weights
 from weight_formats import WeightLoadError
 from visualize import attention_rollout, frame_attention
 from weight_init import init_from_pretrained_

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from hf_export import hf_timesformer_config, save_hf
 from layouts import HEADS, random_state, save_lightning, seed_layout, video
 from model_loading import load_model
+from our_format import save_weights
 from preprocessing import Preprocessing
 from reference import randomise_
 from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
-from weight_export import hf_timesformer_config, save_hf, save_weights
 from weight_formats import WeightLoadError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,17 @@ def test_an_export_of_an_earlier_version_still_loads(tmp_path):
     (tmp_path / 'export' / 'config.json').write_text(json.dumps(meta))
     loaded = load_model(tmp_path / 'export')
     assert loaded.config == model.config and loaded.preprocessing is None
+
+
+def test_an_export_with_fields_this_version_does_not_know_is_refused(tmp_path):
+    """Fails if a field of a newer version's config.json is dropped silently instead of named."""
+    save_weights(randomise_(VideoClassifier(timesformer_tiny())), tmp_path / 'export')
+    meta = json.loads((tmp_path / 'export' / 'config.json').read_text())
+    meta['config'].update(rope_theta=10000.0, layer_scale=0.1)
+    (tmp_path / 'export' / 'config.json').write_text(json.dumps(meta))
+    with pytest.raises(WeightLoadError, match=r"model.safetensors: its config has fields this version does not "
+                                              r"know: \['layer_scale', 'rope_theta'\]$"):
+        load_model(tmp_path / 'export')
 
 
 def test_failed_export_leaves_the_previous_one_intact(tmp_path):
@@ -91,7 +103,7 @@ def test_the_export_command_never_writes_a_guessed_head_count(tmp_path):
 
 @pytest.mark.parametrize('flags, output, code, message', [
     (['-set', 'img_size'], 'out', 2, "argument -set/--set: takes FIELD=VALUE, got 'img_size'"),
-    (['-set', 'dropout_ratio=0.1'], 'out', 2, "argument -set/--set: 'dropout_ratio' is not a config field"),
+    (['-set', 'dropout_ratio=0.1'], 'out', 2, "num_classes, head_dropout_p): ['dropout_ratio']"),
     (['-set', 'activation=nope'], 'out', 1, 'activation must be one of'),
     ([], 'taken/out', 1, 'taken/out'),  # a file where the output's parent folder should be
 ])

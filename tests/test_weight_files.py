@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 from layouts import CLASSES, HEADS, random_state, save_lightning, seed_layout
 from model_loading import load_model
 from video_transformer import VideoClassifier, timesformer_tiny
-import weight_files
 from weight_formats import WeightLoadError
+import weight_sources
 
 
 class Harmless:
@@ -129,6 +129,6 @@ def test_a_bug_in_our_own_reading_is_not_reported_as_a_broken_file(tmp_path, mon
     def broken_unwrap(payload, path):
         raise AttributeError('a bug of ours')
 
-    monkeypatch.setattr(weight_files, 'unwrap', broken_unwrap)
+    monkeypatch.setattr(weight_sources, 'unwrap', broken_unwrap)
     with pytest.raises(AttributeError, match='a bug of ours'):
-        weight_files.read_weights(path)
+        weight_sources.read_weights(path)

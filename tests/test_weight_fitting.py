@@ -6,9 +6,9 @@ from einops import rearrange
 
 from layouts import CLASSES, DIM, GRID, HEADS, SIZE, random_state, save_lightning, seed_layout, video
 from model_loading import load_model
+from our_format import save_weights
 from reference import cubic_resampling, randomise_
 from video_transformer import TimeSformer, VideoClassifier, ViViT, timesformer_tiny, vivit_tiny
-from weight_export import save_weights
 from weight_fitting import resize_position_tables
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_

@@ -12,9 +12,9 @@ from einops import repeat
 from layouts import (CLASSES, DIM, FRAMES, GRID, HEADS, LAYERS, PATCH, jax_layout, randn, random_state,
                      save_lightning, seed_layout, timm_layout, video, write_vit)
 from model_loading import load_model
+from our_format import save_weights
 from reference import vit_features
 from video_transformer import TimeSformer, VideoClassifier, VideoTransformerConfig, ViViT, timesformer_tiny, vivit_tiny
-from weight_export import save_weights
 from weight_formats import convert_mae
 from weight_init import init_from_pretrained_
 

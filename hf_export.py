@@ -1,15 +1,7 @@
-"""Writing weights: our safetensors + config.json folder, which load_model reads back exactly,
-and transformers folders of the matching classes (TimeSformer, VideoMAE, V-JEPA 2)."""
-import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
-from safetensors.torch import save_file
-
-from weight_formats import (OUR_FORMAT, WeightLoadError, convert_to_hf_timesformer, convert_to_hf_videomae,
-                            convert_to_hf_vjepa2)
+"""Writing transformers folders of the matching classes (TimeSformer, VideoMAE, V-JEPA 2: config.json +
+model.safetensors) that transformers' `from_pretrained` loads; our own folder is our_format's."""
+from our_format import write_folder
+from weight_formats import WeightLoadError, convert_to_hf_timesformer, convert_to_hf_videomae, convert_to_hf_vjepa2
 
 
 def _named_tables(model):
@@ -20,39 +12,6 @@ def _named_tables(model):
         if table is not None and name in model.config.position_table_rows:
             state_dict[f'backbone.{name}'] = table
     return state_dict
-
-
-def _write_folder(directory, tensors, config):
-    """Write `tensors` as directory/model.safetensors and `config` as directory/config.json.
-
-    Both are written into a temporary folder beside `directory` first and then moved into place
-    with os.replace, so a failure never leaves a half-written file over a good export, and the
-    window for new weights beside an old config.json is two renames.
-    """
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise WeightLoadError(f'{directory}: exists and is not a folder')
-    text = json.dumps(config, indent=2) + '\n'
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
-    try:
-        save_file(tensors, staging / 'model.safetensors', metadata={'format': 'pt'})
-        (staging / 'config.json').write_text(text)
-        for name in ('model.safetensors', 'config.json'):
-            os.replace(staging / name, directory / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
-
-
-def save_weights(model, directory):
-    """Write a VideoClassifier as directory/model.safetensors (our keys) + directory/config.json
-    ({'format', 'config', 'class_names', 'preprocessing'}), which load_model reads back exactly."""
-    tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
-    preprocessing = model.preprocessing.to_dict() if model.preprocessing is not None else None
-    meta = {'format': OUR_FORMAT, 'config': model.config.to_dict(), 'class_names': model.class_names,
-            'preprocessing': preprocessing}
-    return _write_folder(directory, tensors, meta)
 
 
 def hf_timesformer_config(config, class_names=None):
@@ -158,4 +117,4 @@ def save_hf(model, directory):
     hf_config, convert = HF_EXPORTS[model.config.arch]
     fields = hf_config(model.config, model.class_names)
     tensors = {key: value.detach().contiguous() for key, value in convert(_named_tables(model)).items()}
-    return _write_folder(directory, tensors, fields)
+    return write_folder(directory, tensors, fields)
