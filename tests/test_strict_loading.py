@@ -10,7 +10,7 @@ from model_loading import load_model
 from our_format import save_weights
 from reference import randomise_
 from strict_loading import load_into_meta_model, load_state_dict_strictly
-from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
+from video_transformer import VideoClassifier, timesformer_tiny, videomae_tiny, vivit_tiny, vjepa2_tiny
 from weight_fitting import resize_position_tables
 from weight_formats import HEAD_KEYS, WeightLoadError
 from weight_sources import read_weights
@@ -60,6 +60,14 @@ def hf_folder(tmp_path, kind):
                  num_attention_heads=HEADS, intermediate_size=4 * DIM, num_labels=CLASSES)
     if kind == 'timesformer':
         model = transformers.TimesformerForVideoClassification(transformers.TimesformerConfig(patch_size=PATCH, **sizes))
+    elif kind == 'videomae':
+        model = transformers.VideoMAEForVideoClassification(
+            transformers.VideoMAEConfig(patch_size=PATCH, tubelet_size=2, **sizes))
+    elif kind == 'vjepa2':
+        model = transformers.VJEPA2ForVideoClassification(transformers.VJEPA2Config(
+            patch_size=PATCH, crop_size=SIZE, frames_per_clip=FRAMES, hidden_size=DIM, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, num_pooler_layers=1, pred_hidden_size=16, pred_num_attention_heads=2,
+            pred_num_hidden_layers=1, num_labels=CLASSES))
     else:
         model = transformers.VivitForVideoClassification(
             transformers.VivitConfig(tubelet_size=[2, PATCH, PATCH], **sizes))
@@ -85,6 +93,10 @@ SOURCES = {
     'JAX ViT .npz': lambda tmp_path: (write_vit(random_state(timm_layout()), tmp_path, 'npz'), {}),
     'transformers timesformer': lambda tmp_path: hf_folder(tmp_path, 'timesformer'),
     'transformers vivit': lambda tmp_path: hf_folder(tmp_path, 'vivit'),
+    'ours videomae': lambda tmp_path: ours(tmp_path, videomae_tiny()),
+    'ours vjepa2': lambda tmp_path: ours(tmp_path, vjepa2_tiny()),
+    'transformers videomae': lambda tmp_path: hf_folder(tmp_path, 'videomae'),
+    'transformers vjepa2': lambda tmp_path: hf_folder(tmp_path, 'vjepa2'),
 }
 
 
