@@ -1,6 +1,7 @@
 """Writing weights: our safetensors + config.json folder, which load_model reads back exactly,
 and a transformers TimesformerForVideoClassification folder."""
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -8,7 +9,10 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from weight_files import HF_SAMPLING_FIELDS, HF_SAMPLING_FILE
 from weight_formats import OUR_FORMAT, WeightLoadError, convert_to_hf_timesformer
+
+logger = logging.getLogger(__name__)
 
 
 def _named_tables(model):
@@ -21,23 +25,25 @@ def _named_tables(model):
     return state_dict
 
 
-def _write_folder(directory, tensors, config):
-    """Write `tensors` as directory/model.safetensors and `config` as directory/config.json.
+def _write_folder(directory, tensors, files):
+    """Write `tensors` as directory/model.safetensors and each of `files` (name -> JSON values)
+    beside it.
 
-    Both are written into a temporary folder beside `directory` first and then moved into place
+    All are written into a temporary folder beside `directory` first and then moved into place
     with os.replace, so a failure never leaves a half-written file over a good export, and the
-    window for new weights beside an old config.json is two renames.
+    window for new weights beside an old config.json is a few renames.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise WeightLoadError(f'{directory}: exists and is not a folder')
-    text = json.dumps(config, indent=2) + '\n'
+    texts = {name: json.dumps(values, indent=2) + '\n' for name, values in files.items()}
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
     try:
         save_file(tensors, staging / 'model.safetensors', metadata={'format': 'pt'})
-        (staging / 'config.json').write_text(text)
-        for name in ('model.safetensors', 'config.json'):
+        for name, text in texts.items():
+            (staging / name).write_text(text)
+        for name in ('model.safetensors', *texts):
             os.replace(staging / name, directory / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -51,7 +57,7 @@ def save_weights(model, directory):
     preprocessing = model.preprocessing.to_dict() if model.preprocessing is not None else None
     meta = {'format': OUR_FORMAT, 'config': model.config.to_dict(), 'class_names': model.class_names,
             'preprocessing': preprocessing}
-    return _write_folder(directory, tensors, meta)
+    return _write_folder(directory, tensors, {'config.json': meta})
 
 
 def hf_timesformer_config(config, class_names=None):
@@ -87,10 +93,40 @@ def hf_timesformer_config(config, class_names=None):
     }
 
 
+def hf_processor_config(preprocessing):
+    """transformers' VideoMAEImageProcessor settings (preprocessor_config.json, which its
+    TimeSformer reads) for a Preprocessing: resize the short side, centre crop, RGB / 255,
+    normalise. Frame spacing and test views it cannot hold: see HF_SAMPLING_FILE."""
+    crop = {'height': preprocessing.img_size, 'width': preprocessing.img_size}
+    # resample 2 is PIL's bilinear, as dataset.resize_short_side; rescale_factor 1 / 255 keeps
+    # mean and std in the [0, 1] convention that ours use, so they round-trip exactly.
+    return {'image_processor_type': 'VideoMAEImageProcessor', 'do_resize': True,
+            'size': {'shortest_edge': preprocessing.short_side}, 'resample': 2, 'do_center_crop': True,
+            'crop_size': crop, 'do_rescale': True, 'rescale_factor': 1 / 255, 'do_normalize': True,
+            'image_mean': list(preprocessing.mean), 'image_std': list(preprocessing.std)}
+
+
 def save_hf_timesformer(model, directory):
     """Write a TimeSformer VideoClassifier as a transformers TimesformerForVideoClassification
-    folder (config.json + model.safetensors) that `from_pretrained` loads."""
+    folder (config.json + model.safetensors) that `from_pretrained` loads, with its preprocessing:
+    preprocessor_config.json for transformers, and HF_SAMPLING_FILE with the frame spacing and
+    test views that load_model reads back; what transformers will not apply is said in one
+    warning line."""
     hf_config = hf_timesformer_config(model.config, model.class_names)
     tensors = {key: value.detach().contiguous()
                for key, value in convert_to_hf_timesformer(_named_tables(model)).items()}
-    return _write_folder(directory, tensors, hf_config)
+    files = {'config.json': hf_config}
+    preprocessing = model.preprocessing
+    if preprocessing is not None:
+        sampling = {name: getattr(preprocessing, name) for name in HF_SAMPLING_FIELDS}
+        files.update({'preprocessor_config.json': hf_processor_config(preprocessing), HF_SAMPLING_FILE: sampling})
+        window = (f'a window of {preprocessing.window_seconds} s' if preprocessing.window_seconds is not None
+                  else f'frame interval {preprocessing.frame_interval}')
+        logger.warning('%s: transformers has no setting for the sampling (%s) or the %dx%d test views; '
+                       'they are in %s for load_model, a transformers pipeline takes its own frames and '
+                       'one centre crop', directory, window, preprocessing.num_clips, preprocessing.num_crops,
+                       HF_SAMPLING_FILE)
+    else:
+        logger.warning('%s: the weights record no preprocessing; no %s written, transformers takes its '
+                       'defaults', directory, 'preprocessor_config.json')
+    return _write_folder(directory, tensors, files)
