@@ -17,6 +17,7 @@ check_python()  # before anything else, so an old Python stops with one line (ke
 import argparse  # noqa: E402  (after the Python check, as every later import)
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -41,6 +42,7 @@ from run_outputs import (AtomicCheckpointIO, CheckpointOnSigterm, CompactProgres
                          read_run_metrics)
 from transformer import Block
 from utils import write_json
+from weight_files import read_file
 from video_transformer import VideoTransformerConfig
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_
@@ -74,6 +76,20 @@ DEMO_RECIPE = dict(
     weight_decay=0.05, lr_schedule='cosine', warmup_epochs=2.0, min_lr=1e-5, label_smoothing=0.1, drop_path=0.0,
     crop_scale=[0.5, 1.0], color_jitter=0.0, save_ckpt_freq=0, devices='1',
 )
+# The flags a checkpoint records, by where: the module's hyper-parameters, its model config
+# (flag -> config field) and the DataModule's hyper-parameters.
+MODULE_FLAGS = ('optim_type', 'lr', 'momentum', 'weight_decay', 'lr_schedule', 'warmup_epochs', 'min_lr',
+                'milestones', 'layer_decay', 'label_smoothing', 'freeze_blocks', 'eval_metrics', 'nonfinite_loss')
+CONFIG_FLAGS = {'arch': 'arch', 'attention_type': 'attention_type', 'conv_type': 'conv_type',
+                'num_frames': 'num_frames', 'img_size': 'img_size', 'patch_size': 'patch_size',
+                'embed_dims': 'embed_dims', 'num_heads': 'num_heads', 'depth': 'num_transformer_layers',
+                'num_time_layers': 'num_time_transformer_layers', 'drop_path': 'drop_path_rate',
+                'tube_size': 'tube_size'}
+DATA_FLAGS = ('batch_size', 'num_samples_per_cls', 'frame_interval', 'window_seconds', 'num_clips', 'num_crops',
+              'data_statics', 'crop_scale', 'color_jitter', 'auto_augment', 'mixup', 'mixup_alpha', 'cutmix_alpha')
+# The experiment tag's fields (experiment_tag) and the flags that set them.
+TAG = re.compile(r'arch_(?P<arch>.+)_lr_(?P<lr>.+)_pretrain_(?P<pretrain>.+)_seed_(?P<seed>.+)_gpus_(?P<devices>.+)'
+                 r'_bs_(?P<batch_size>.+)_nw_(?P<num_workers>.+)_frame_interval_(?P<frame_interval>.+)')
 ATTENTION_TYPES = ('divided_space_time', 'space_only', 'joint_space_time', 'fact_encoder', 'fact_dot_product')
 
 
@@ -183,6 +199,9 @@ def parse_args(argv=None):
              help="continue the experiment's last checkpoint, or the one given")
     add_flag(lightning, 'compile', action='store_true', help='torch.compile the model')
     args = parser.parse_args(argv)
+    # Flags the user gave (a value other than the parser's default): a resume refuses those that
+    # differ from its checkpoint and takes the checkpoint's for the others.
+    args.given = frozenset(name for name, value in vars(args).items() if value != parser.get_default(name))
     if args.recipe is None:
         args.recipe = 'demo' if args.train_data_path is None else 'kinetics'
     recipe_defaults = DEMO_RECIPE if args.recipe == 'demo' else KINETICS_RECIPE
@@ -334,6 +353,62 @@ def latest_checkpoint(ckpt_dir):
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 
+def checkpoint_flags(checkpoint):
+    """{flag: value} of the flags a Lightning checkpoint of this command records (MODULE_FLAGS,
+    CONFIG_FLAGS, DATA_FLAGS); those it lacks are left out."""
+    module = checkpoint.get('hyper_parameters') or {}
+    data = checkpoint.get('datamodule_hyper_parameters') or {}
+    config = module.get('config') or {}
+    flags = {name: module[name] for name in MODULE_FLAGS if name in module}
+    flags.update({flag: config[field] for flag, field in CONFIG_FLAGS.items() if field in config})
+    flags.update({name: data[name] for name in DATA_FLAGS if name in data})
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in flags.items()}
+
+
+def epochs_trained(checkpoint):
+    """Epochs whose training batches a Lightning checkpoint has all seen."""
+    loops = checkpoint.get('loops') or {}
+    progress = (loops.get('fit_loop') or {}).get('epoch_progress', {}).get('current', {})
+    return progress.get('processed', checkpoint.get('epoch', 0))
+
+
+def continue_checkpoint(args, path):
+    """Set the flags of `args` the user left out to the checkpoint's values; UsageError for one the
+    user gave that differs, naming both values, and for an -epoch it has already passed. Returns
+    (epochs trained, steps trained)."""
+    checkpoint = read_file(path)
+    if not isinstance(checkpoint, dict) or 'hyper_parameters' not in checkpoint:
+        raise UsageError(f'-resume {path}: not a checkpoint of model_pretrain.py (no hyper-parameters)')
+    for name, recorded in checkpoint_flags(checkpoint).items():
+        value = list(getattr(args, name)) if isinstance(getattr(args, name), tuple) else getattr(args, name)
+        if value == recorded:
+            continue
+        if name in args.given:
+            raise UsageError(f'-{name} {value}: the checkpoint {path} was trained with {recorded}; a resume '
+                             f'continues it as it was (leave -{name} out, or start a new run without -resume)')
+        setattr(args, name, recorded)
+    epochs, steps = epochs_trained(checkpoint), checkpoint.get('global_step', 0)
+    if args.epoch < epochs:
+        raise UsageError(f'-epoch {args.epoch}: the checkpoint {path} has trained {epochs} epochs already; '
+                         f'a resume can only add epochs (give -epoch {epochs} or more)')
+    return epochs, steps
+
+
+def other_checkpoints(results, ckpt_dir, args, num_devices):
+    """A line naming the newest checkpoint of the other experiment tags in `results` and the flags
+    that differ from `args`, or '' when there is none."""
+    found = [(path, folder) for folder in results.iterdir() if folder / 'ckpt' != ckpt_dir and folder.is_dir()
+             for path in [latest_checkpoint(folder / 'ckpt')] if path is not None]
+    if not found:
+        return ''
+    path, folder = max(found, key=lambda item: item[0].stat().st_mtime)
+    match, mine = TAG.fullmatch(folder.name), TAG.fullmatch(experiment_tag(args, num_devices))
+    differ = [f'-{name} {value} (here {mine[name]})' for name, value in match.groupdict().items()
+              if value != mine[name]] if match and mine else []
+    flags = f' with {", ".join(differ)}' if differ else ''
+    return f'; the same experiment has one{flags}: -resume {path}'
+
+
 def experiment_tag(args, num_devices):
     """The original's tag: what most often differs between runs of one workspace."""
     pretrain = Path(args.pretrain).stem if args.pretrain not in PRETRAIN_FILES else args.pretrain
@@ -346,20 +421,30 @@ def main(argv=None):
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     check_writable(args.root_dir)
+    accelerator, devices = resolve_devices(args)
+    num_devices = count_devices(accelerator, devices) * args.num_nodes
+    results = Path(args.root_dir) / 'results'
+    resume = None
+    if args.resume not in (None, 'last'):  # the checkpoint's flags first: they name the experiment
+        resume = Path(args.resume)
+        if not resume.is_file():
+            raise UsageError(f'-resume {resume}: no such checkpoint')
+        trained = continue_checkpoint(args, resume)
+    run_dir = results / experiment_tag(args, num_devices)
+    ckpt_dir, log_dir = run_dir / 'ckpt', run_dir / 'log'
+    if args.resume == 'last':
+        resume = latest_checkpoint(ckpt_dir)
+        if resume is None:
+            raise UsageError(f'-resume: no checkpoint in {ckpt_dir}{other_checkpoints(results, ckpt_dir, args, num_devices)}')
+        trained = continue_checkpoint(args, resume)
+    elif resume is None and rank_zero_only.rank == 0 and run_dir.is_dir() and any(run_dir.iterdir()):
+        keep_earlier_run(run_dir)
+    if resume is not None:
+        say(f'Resuming {resume} after {trained[0]} epoch(s), {trained[1]} steps; training to epoch {args.epoch} '
+            f'with its settings')
     data = build_data(args)
     pretrain = resolve_pretrain(args)
     config = build_config(args, data.num_class)
-    accelerator, devices = resolve_devices(args)
-    num_devices = count_devices(accelerator, devices) * args.num_nodes
-    run_dir = Path(args.root_dir) / 'results' / experiment_tag(args, num_devices)
-    ckpt_dir, log_dir = run_dir / 'ckpt', run_dir / 'log'
-    resume = None
-    if args.resume is not None:
-        resume = latest_checkpoint(ckpt_dir) if args.resume == 'last' else Path(args.resume)
-        if resume is None or not resume.is_file():
-            raise UsageError(f'-resume: no checkpoint at {resume or ckpt_dir}')
-    elif rank_zero_only.rank == 0 and run_dir.is_dir() and any(run_dir.iterdir()):
-        keep_earlier_run(run_dir)
 
     best, last, steps = checkpoint_callbacks(args, ckpt_dir, validating=data.sources['val'] is not None)
     sigterm = CheckpointOnSigterm(ckpt_dir / 'last.ckpt')

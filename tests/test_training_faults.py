@@ -1,0 +1,47 @@
+"""model_pretrain.py under a careful user's mistakes and outside faults: resumes with other flags,
+two runs of one experiment, a full disk, Ctrl-C; real processes and files throughout."""
+import json
+
+from command_lines import run_in_one_process
+from test_training_cli import TINY, demo_flags, run_dir, train
+
+
+def one_error_line(result):
+    lines = [line for line in result['stderr'].splitlines() if line.strip()]
+    assert result['code'] == 2 and 'Traceback' not in result['stderr'], result['stderr'][-2000:]
+    assert len(lines) == 1 and lines[0].startswith('model_pretrain.py: error: '), lines
+    return lines[0]
+
+
+def test_a_resume_continues_its_checkpoint_and_refuses_flags_that_differ(demo_data, tmp_path):
+    """Fails on the code that trained on with the checkpoint's lr 0.005 under a tag, hparams.yaml and
+    checkpoint saying -lr 0.01, and stopped -epoch and -num_frames below the checkpoint's with
+    MisconfigurationException and size-mismatch tracebacks."""
+    flags = [*demo_flags(demo_data), *TINY, '-root_dir', tmp_path, '-epoch', '2']
+    first = train(*flags)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = run_dir(tmp_path)
+    last = run / 'ckpt' / 'last.ckpt'
+    other_tag = run.name.replace('_lr_0.005_', '_lr_0.01_')
+    cases = {
+        'lr': ([*flags, '-resume', last, '-lr', '0.01'], f'-lr 0.01: the checkpoint {last} was trained with 0.005'),
+        'epoch': ([*flags, '-resume', '-epoch', '1'], f'-epoch 1: the checkpoint {last} has trained 2 epochs'),
+        'frames': ([*flags, '-resume', '-num_frames', '8'], f'-num_frames 8: the checkpoint {last} was trained '
+                                                            f'with 4'),
+        'other tag': ([*flags, '-resume', '-lr', '0.01'],
+                      f'-resume: no checkpoint in {tmp_path / "results" / other_tag / "ckpt"}; the same experiment '
+                      f'has one with -lr 0.005 (here 0.01): -resume {last}'),
+    }
+    before = sorted(path.name for path in (run / 'ckpt').iterdir())
+    results = run_in_one_process('model_pretrain.py', {name: case for name, (case, _) in cases.items()})
+    for name, (_, expected) in cases.items():
+        assert expected in one_error_line(results[name]), name
+    assert [path.name for path in (tmp_path / 'results').iterdir()] == [run.name]  # nothing started
+    assert sorted(path.name for path in (run / 'ckpt').iterdir()) == before
+    # Without the flags a resume takes the checkpoint's (frames, lr, batch size...), and says so.
+    resumed = train(*demo_flags(demo_data), '-root_dir', tmp_path, '-pretrain', 'none', '-num_workers', '0',
+                    '-accelerator', 'cpu', '-resume', last, '-epoch', '3')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f'Resuming {last} after 2 epoch(s), 8 steps; training to epoch 3' in resumed.stdout
+    assert json.loads((run / 'log' / 'summary.json').read_text())['steps'] == 12
+    assert 'lr: 0.005' in (run / 'log' / 'csv' / 'version_1' / 'hparams.yaml').read_text()
