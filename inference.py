@@ -16,6 +16,7 @@ of `batch_size` views.
 import csv
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -337,12 +338,22 @@ def write_report(evaluation, class_names, folder, views):
     return metrics
 
 
+def picture_root(source, videos):
+    """The folder whose tree the pictures of `videos` (paths) mirror: the list's folder (or the
+    folder) `source`, or, when some videos lie outside it (`../clip.mp4`), the deepest folder
+    holding them all, so that every picture lands inside the pictures' folder and no two videos
+    share one. Paths are made absolute without following links."""
+    folder = Path(source).parent if Path(source).is_file() else Path(source)
+    return Path(os.path.commonpath([os.path.abspath(path) for path in (folder, *videos)]))
+
+
 class ResultWriter:
     """Writes each video's outcome as it comes: result_record as text (format_result) or JSON lines
     on standard output (a failure as {"path", "error"} under JSON), CSV rows flushed per video
     (csv_path), and prediction_figure pictures (pictures: a PNG path for one video, or with
-    picture_root a folder mirroring the videos' paths below picture_root, `clip.mp4` ->
-    `clip.mp4.png`). attention(frames) -> (T', grid, grid) draws the rollout over the frames."""
+    picture_root, a folder holding every video (picture_root()), a folder mirroring the videos'
+    paths below picture_root, `clip.mp4` -> `clip.mp4.png`). attention(frames) -> (T', grid, grid)
+    draws the rollout over the frames."""
 
     def __init__(self, class_names, *, topk=5, json_lines=False, csv_path=None, pictures=None, picture_root=None,
                  attention=None):
@@ -350,9 +361,7 @@ class ResultWriter:
         self.stream = sys.stdout  # looked up now, not at import: a caller may have replaced it
         self.csv_path = Path(csv_path) if csv_path else None
         self.pictures = Path(pictures) if pictures else None
-        self.picture_root = Path(picture_root) if picture_root else None
-        if self.picture_root is not None and self.picture_root.is_file():
-            self.picture_root = self.picture_root.parent  # a list: paths below its folder
+        self.picture_root = Path(os.path.abspath(picture_root)) if picture_root else None
         self.attention = attention
         self._csv = self._rows = None
 
@@ -397,8 +406,9 @@ class ResultWriter:
         """Where the picture of `video` goes."""
         if self.picture_root is None:
             return self.pictures / f'{Path(video).name}.png' if self.pictures.is_dir() else self.pictures
-        video = Path(video)
-        relative = video.relative_to(self.picture_root) if video.is_relative_to(self.picture_root) else Path(video.name)
+        relative = Path(os.path.relpath(os.path.abspath(video), self.picture_root))
+        if relative.parts[0] == os.pardir:  # a picture never lands outside its folder
+            raise ValueError(f'{video} is not below {self.picture_root}')
         return self.pictures / relative.with_name(relative.name + '.png')
 
     def _picture(self, result, record):

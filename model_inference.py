@@ -32,7 +32,8 @@ import dataset
 from command_line import Parser, UsageError, add_flag, error_line
 from dataset import DECODERS, VIDEO_EXTENSIONS, AnnotationError, UnreadableDatasetError
 from inference import (Evaluation, ResultWriter, VideoFailure, classify, inference_preprocessing,
-                       load_classifier, model_class_names, prediction_loader, resolve_weights, write_report)
+                       load_classifier, model_class_names, picture_root, prediction_loader, resolve_weights,
+                       write_report)
 from preprocessing import DATA_STATICS
 from visualize import frame_attention, rollout_modules
 from weight_formats import WeightLoadError
@@ -165,7 +166,8 @@ def main(argv=None):
     attention = partial(frame_attention, model, preprocessing=settings, device=device) if args.attention else None
     writer = ResultWriter(model_class_names(model), topk=args.topk, json_lines=args.json,
                           csv_path=report / 'predictions.csv' if args.eval else args.out,
-                          pictures=args.save_vis, picture_root=None if single else source, attention=attention)
+                          pictures=args.save_vis, attention=attention, picture_root=None if single else picture_root(
+                              source, [loader.dataset.path(index) for index in range(len(loader.dataset))]))
     with writer, tqdm(total=len(loader.dataset), unit='video', disable=True if single else None,
                       file=sys.stderr) as bar:
         for outcome in classify(model, loader, settings, args.batch_size, device):
