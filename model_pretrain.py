@@ -38,8 +38,8 @@ from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
 from model_trainer import LitVideoClassifier, NonFiniteLossError
-from run_outputs import (AtomicCheckpointIO, CheckpointOnSigterm, CompactProgressBar, percent, plot_curves,
-                         read_run_metrics)
+from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, CompactProgressBar, RunFolderBusy,
+                         holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
 from transformer import Block
 from utils import write_json
 from weight_files import read_file
@@ -435,16 +435,21 @@ def main(argv=None):
     if args.resume == 'last':
         resume = latest_checkpoint(ckpt_dir)
         if resume is None:
-            raise UsageError(f'-resume: no checkpoint in {ckpt_dir}{other_checkpoints(results, ckpt_dir, args, num_devices)}')
+            elsewhere = other_checkpoints(results, ckpt_dir, args, num_devices)
+            raise UsageError(f'-resume: no checkpoint in {ckpt_dir}{elsewhere}')
         trained = continue_checkpoint(args, resume)
-    elif resume is None and rank_zero_only.rank == 0 and run_dir.is_dir() and any(run_dir.iterdir()):
-        keep_earlier_run(run_dir)
-    if resume is not None:
-        say(f'Resuming {resume} after {trained[0]} epoch(s), {trained[1]} steps; training to epoch {args.epoch} '
-            f'with its settings')
     data = build_data(args)
     pretrain = resolve_pretrain(args)
     config = build_config(args, data.num_class)
+    # Rank zero holds the folder for the run: a second run of the tag stops here, and a folder a live
+    # run holds is never moved.
+    lock = lock_run_folder(run_dir) if rank_zero_only.rank == 0 else None
+    if resume is None and lock is not None and holds_results(run_dir):
+        keep_earlier_run(run_dir)
+        lock = lock_run_folder(run_dir)
+    if resume is not None:
+        say(f'Resuming {resume} after {trained[0]} epoch(s), {trained[1]} steps; training to epoch {args.epoch} '
+            f'with its settings')
 
     best, last, steps = checkpoint_callbacks(args, ckpt_dir, validating=data.sources['val'] is not None)
     sigterm = CheckpointOnSigterm(ckpt_dir / 'last.ckpt')
@@ -492,6 +497,7 @@ def keep_earlier_run(run_dir):
     while run_dir.with_name(f'{run_dir.name}.{number}').exists():
         number += 1
     kept = run_dir.rename(run_dir.with_name(f'{run_dir.name}.{number}'))
+    (kept / RUN_LOCK).unlink(missing_ok=True)  # this process's lock on it, which it gives up
     logging.warning('%s holds an earlier run (not resumed: no -resume); moved it to %s', run_dir, kept)
 
 
@@ -540,7 +546,7 @@ if __name__ == '__main__':
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
         code = main()
-    except (UsageError, WeightLoadError) as error:  # a flag, a path or a file the user gave
+    except (UsageError, WeightLoadError, RunFolderBusy) as error:  # a flag, a path or a file the user gave
         print(f'model_pretrain.py: error: {error}', file=sys.stderr)
         code = 2
     except (NonFiniteLossError, UnreadableDatasetError) as error:  # the run itself went wrong

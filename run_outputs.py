@@ -1,6 +1,8 @@
-"""What a training run shows and leaves behind: a progress bar with short metric names, checkpoints
-written atomically, one more on SIGTERM, and its CSV logs read back and drawn as curves in a PNG."""
+"""What a training run shows and leaves behind: a lock on its folder, a progress bar with short
+metric names, checkpoints written atomically, one more on SIGTERM, and its CSV logs read back and
+drawn as curves in a PNG."""
 import csv
+import fcntl
 import math
 import os
 from pathlib import Path
@@ -12,6 +14,40 @@ from matplotlib.ticker import MaxNLocator
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+
+# The file in a run folder whose flock says a live process writes there, and which holds its PID.
+RUN_LOCK = '.lock'
+
+
+class RunFolderBusy(Exception):
+    """Another live process holds the run folder's lock."""
+
+
+def lock_run_folder(run_dir):
+    """Hold run_dir's lock for the rest of this process: an flock on run_dir/RUN_LOCK, which the kernel
+    releases when the process ends, however it ends. Returns the open lock file (keep a reference);
+    RunFolderBusy naming the folder and the holder's PID when a live process has it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / RUN_LOCK, 'a+')
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or 'unknown'
+        handle.close()
+        raise RunFolderBusy(f'{run_dir} is in use by a running training (PID {holder}); wait for it to end, '
+                            f'or give other flags or another -root_dir') from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'{os.getpid()}\n')
+    handle.flush()
+    return handle
+
+
+def holds_results(run_dir):
+    """Whether run_dir holds anything but its lock file: an earlier run's results."""
+    return run_dir.is_dir() and any(path.name != RUN_LOCK for path in run_dir.iterdir())
 
 
 class CompactProgressBar(TQDMProgressBar):

@@ -3,7 +3,7 @@ two runs of one experiment, a full disk, Ctrl-C; real processes and files throug
 import json
 
 from command_lines import run_in_one_process
-from test_training_cli import TINY, demo_flags, run_dir, train
+from test_training_cli import TINY, demo_flags, run_dir, train, wait_for
 
 
 def one_error_line(result):
@@ -45,3 +45,28 @@ def test_a_resume_continues_its_checkpoint_and_refuses_flags_that_differ(demo_da
     assert f'Resuming {last} after 2 epoch(s), 8 steps; training to epoch 3' in resumed.stdout
     assert json.loads((run / 'log' / 'summary.json').read_text())['steps'] == 12
     assert 'lr: 0.005' in (run / 'log' / 'csv' / 'version_1' / 'hparams.yaml').read_text()
+
+
+def test_a_second_run_of_a_live_experiment_stops_and_a_dead_ones_lock_is_free(demo_data, tmp_path):
+    """Fails on the code where the second run moved the live first run's folder to <tag>.1 (the first
+    then named a checkpoint that was not there) and died on the CSV logger."""
+    flags = [*demo_flags(demo_data), *TINY, '-root_dir', tmp_path]
+    first = train(*flags, '-epoch', '100', wait=False)
+    try:
+        wait_for('results/*/ckpt/last.ckpt', tmp_path, first)
+        run = run_dir(tmp_path)
+        second = train(*flags, '-epoch', '1')
+        assert second.returncode == 2 and 'Traceback' not in second.stderr, second.stderr[-3000:]
+        assert second.stderr.splitlines()[-1] == (
+            f'model_pretrain.py: error: {run} is in use by a running training (PID {first.pid}); wait for it to '
+            f'end, or give other flags or another -root_dir')
+        assert [path.name for path in (tmp_path / 'results').iterdir()] == [run.name]
+        assert first.poll() is None  # still training, in its own folder
+    finally:
+        first.kill()
+        first.wait()
+    # The kernel released the killed run's lock: a new run keeps its results beside its own.
+    third = train(*flags, '-epoch', '1')
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (tmp_path / 'results' / f'{run.name}.1' / 'ckpt' / 'last.ckpt').is_file()
+    assert json.loads((run / 'log' / 'summary.json').read_text())['steps'] == 4
