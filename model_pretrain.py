@@ -38,8 +38,8 @@ from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
 from model_trainer import LitVideoClassifier, NonFiniteLossError
-from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, CompactProgressBar, RunFolderBusy,
-                         holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
+from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, CheckpointSaveError, CompactProgressBar,
+                         RunFolderBusy, holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
 from transformer import Block
 from utils import write_json
 from weight_files import read_file
@@ -549,7 +549,7 @@ if __name__ == '__main__':
     except (UsageError, WeightLoadError, RunFolderBusy) as error:  # a flag, a path or a file the user gave
         print(f'model_pretrain.py: error: {error}', file=sys.stderr)
         code = 2
-    except (NonFiniteLossError, UnreadableDatasetError) as error:  # the run itself went wrong
+    except (NonFiniteLossError, UnreadableDatasetError, CheckpointSaveError) as error:  # the run itself went wrong
         print(f'model_pretrain.py: {error_line(error)}', file=sys.stderr)
         code = 1
     sys.exit(code)

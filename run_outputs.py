@@ -5,6 +5,7 @@ import csv
 import fcntl
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -63,10 +64,22 @@ class CompactProgressBar(TQDMProgressBar):
                 if name in metrics}
 
 
+class CheckpointSaveError(Exception):
+    """A checkpoint could not be written (a full disk, a lost mount); the message is one line."""
+
+
+def _os_error(error):
+    """The OSError behind `error` (torch's writer wraps a failed write in a RuntimeError), or None."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint beside its destination, syncs it to disk, then renames it into place, so a
-    crash, a kill or a full disk while saving never leaves a truncated file where a good one was.
-    Reads with weights_only=True: a checkpoint holds tensors and plain types only."""
+    crash, a kill or a full disk while saving never leaves a truncated file where a good one was; a
+    write that fails is CheckpointSaveError naming the file and the free space. Reads with
+    weights_only=True: a checkpoint holds tensors and plain types only."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = Path(path)
@@ -78,6 +91,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(partial, path)
+        except (OSError, RuntimeError) as error:
+            cause = _os_error(error)
+            if cause is None:
+                raise
+            partial.unlink(missing_ok=True)
+            free = shutil.disk_usage(path.parent).free
+            kept = f'the previous {path.name} is kept' if path.exists() else 'the checkpoints written before are kept'
+            raise CheckpointSaveError(f'cannot save {path}: {cause.strerror or cause} ({free / 2 ** 20:.1f} MiB '
+                                      f'free there); {kept}') from None
         finally:
             partial.unlink(missing_ok=True)
 

@@ -1,9 +1,15 @@
 """model_pretrain.py under a careful user's mistakes and outside faults: resumes with other flags,
 two runs of one experiment, a full disk, Ctrl-C; real processes and files throughout."""
 import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
 
 from command_lines import run_in_one_process
-from test_training_cli import TINY, demo_flags, run_dir, train, wait_for
+from test_training_cli import REPOSITORY, TINY, demo_flags, run_dir, train, wait_for
 
 
 def one_error_line(result):
@@ -70,3 +76,71 @@ def test_a_second_run_of_a_live_experiment_stops_and_a_dead_ones_lock_is_free(de
     assert third.returncode == 0, third.stderr[-3000:]
     assert (tmp_path / 'results' / f'{run.name}.1' / 'ckpt' / 'last.ckpt').is_file()
     assert json.loads((run / 'log' / 'summary.json').read_text())['steps'] == 4
+
+
+# Where tmpfs cannot be mounted (no root), the full disk is this wrapper: model_pretrain.py run with
+# open() giving, for checkpoint files below FOLDER, a file whose writes past BUDGET bytes raise
+# ENOSPC as a full disk's write() does.
+ENOSPC_AFTER_BUDGET = '''
+import builtins, errno, os, runpy, sys
+folder, budget = sys.argv.pop(1), int(sys.argv.pop(1))
+written = [0]
+real_open = builtins.open
+class FillingFile:
+    def __init__(self, handle):
+        self._handle = handle
+    def write(self, data):
+        written[0] += len(data)
+        if written[0] > budget:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._handle.write(data)
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self._handle.close()
+def filling_open(file, mode='r', *args, **kwargs):
+    handle = real_open(file, mode, *args, **kwargs)
+    below = isinstance(file, (str, os.PathLike)) and os.path.abspath(file).startswith(folder)
+    return FillingFile(handle) if below and 'w' in mode and str(file).endswith('.partial') else handle
+builtins.open = filling_open
+sys.argv[0] = 'model_pretrain.py'
+runpy.run_path('model_pretrain.py', run_name='__main__')
+'''
+# One tiny checkpoint is about 400 kB: the disk holds the first last.ckpt and the logs, not a second.
+SMALL_DISK = 700 * 1024
+
+
+@pytest.fixture
+def full_disk_run(tmp_path):
+    """(root_dir, a function running model_pretrain.py with flags): a real 700 KiB tmpfs where mounting
+    is allowed, else ENOSPC_AFTER_BUDGET."""
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={SMALL_DISK}', 'tmpfs', str(disk)],
+                             capture_output=True).returncode == 0
+    if mounted:
+        yield disk, train
+        subprocess.run(['umount', str(disk)], check=True)
+        return
+
+    def wrapped(*flags):
+        return subprocess.run([sys.executable, '-c', ENOSPC_AFTER_BUDGET, str(disk), str(SMALL_DISK),
+                               *map(str, flags)], cwd=REPOSITORY, capture_output=True, text=True, timeout=600)
+    yield disk, wrapped
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(demo_data, full_disk_run):
+    """Fails on the code that stopped with a 50-line chained traceback (RuntimeError from torch's
+    writer over OSError ENOSPC)."""
+    disk, run = full_disk_run
+    listed = ['-train_data_path', demo_data / 'train.txt', '-class_map', demo_data / 'classmap.json']
+    result = run(*listed, *TINY, '-root_dir', disk, '-epoch', '3')
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    last = run_dir(disk) / 'ckpt' / 'last.ckpt'
+    line = result.stderr.splitlines()[-1]
+    assert re.fullmatch(rf'model_pretrain\.py: cannot save {re.escape(str(last))}: No space left on device '
+                        rf'\([\d.]+ MiB free there\); the previous last\.ckpt is kept', line), line
+    assert torch.load(last, weights_only=True)['global_step'] == 4  # epoch 0's, whole
+    assert not list(last.parent.glob('.*.partial'))
