@@ -485,10 +485,31 @@ def main(argv=None):
         say(f'Stopped by SIGTERM; saved {sigterm.path}; continue with the same flags and -resume' if sigterm.saved
             else 'Stopped by SIGTERM while testing; the checkpoints are complete')
         return 128 + signal.SIGTERM
+    except SystemExit:  # Lightning's answer to Ctrl-C, after its own line
+        if not sigterm.interrupted:
+            raise
+        say(interrupted_line(latest_checkpoint(ckpt_dir), argv))
+        return 128 + signal.SIGINT
     test = tested[0] if tested else {}
     report(args, module, trainer, data, best_score, best_path or last_path, last_path, test, log_dir, run_dir,
            time.perf_counter() - started)
     return 0
+
+
+def interrupted_line(checkpoint, argv=None):
+    """What a Ctrl-C leaves: the newest checkpoint and the command that continues it."""
+    if checkpoint is None:
+        return 'Stopped by Ctrl-C before the first checkpoint; nothing to resume'
+    given, flags = list(sys.argv[1:] if argv is None else argv), []
+    while given:  # an earlier -resume [PATH] gives way to the newest checkpoint
+        flag = given.pop(0)
+        if flag in ('-resume', '--resume'):
+            if given and not given[0].startswith('-'):
+                given.pop(0)
+        elif not flag.startswith(('-resume=', '--resume=')):
+            flags.append(flag)
+    command = shlex.join(['python', 'model_pretrain.py', *flags, '-resume', str(checkpoint)])
+    return f'Stopped by Ctrl-C; the checkpoints are kept, the newest {checkpoint}; continue with: {command}'
 
 
 def keep_earlier_run(run_dir):
@@ -552,4 +573,7 @@ if __name__ == '__main__':
     except (NonFiniteLossError, UnreadableDatasetError, CheckpointSaveError) as error:  # the run itself went wrong
         print(f'model_pretrain.py: {error_line(error)}', file=sys.stderr)
         code = 1
+    except KeyboardInterrupt:  # before training started: nothing written yet
+        print('model_pretrain.py: interrupted', file=sys.stderr)
+        code = 128 + signal.SIGINT
     sys.exit(code)

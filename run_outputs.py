@@ -63,6 +63,13 @@ class CompactProgressBar(TQDMProgressBar):
         return {short: form.format(float(metrics[name])) for name, (short, form) in self.SHOWN.items()
                 if name in metrics}
 
+    def on_exception(self, trainer, pl_module, exception):
+        # Lightning leaves its bars open when a run stops on an error or a signal: closing them ends
+        # their line, so the line that says why the run stopped starts on its own.
+        for bar in (self._train_progress_bar, self._val_progress_bar, self._test_progress_bar):
+            if bar is not None:
+                bar.close()
+
 
 class CheckpointSaveError(Exception):
     """A checkpoint could not be written (a full disk, a lost mount); the message is one line."""
@@ -110,13 +117,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class CheckpointOnSigterm(pl.Callback):
     """Saves a checkpoint to `path` when Lightning stops training on SIGTERM (a scheduler's
     preemption or `kill`), so `-resume` continues from the last finished step; `saved` says whether
-    it did. Not while testing: the weights then are the best checkpoint's, not the run's last."""
+    it did. Not while testing: the weights then are the best checkpoint's, not the run's last.
+    `interrupted` notes a Ctrl-C, which Lightning turns into exit status 1; nothing is saved then,
+    as it may land in the middle of a step."""
 
     def __init__(self, path):
         self.path = str(path)
         self.saved = False
+        self.interrupted = False
 
     def on_exception(self, trainer, pl_module, exception):
+        self.interrupted = isinstance(exception, KeyboardInterrupt)
         if isinstance(exception, SIGTERMException) and trainer.state.fn == 'fit':
             trainer.save_checkpoint(self.path)
             self.saved = True

@@ -3,8 +3,10 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -173,6 +175,29 @@ def test_list_pictures_stay_in_their_folder_one_per_video(model_folder, tmp_path
     pictures = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob('*.png'))
     assert pictures == [Path('pictures/a/clip.mp4.png'), Path('pictures/b/clip.mp4.png'),
                         Path('pictures/lists/c/clip.mp4.png')]
+
+
+def test_ctrl_c_in_a_folder_says_what_was_written_and_exits_130(model_folder, tmp_path):
+    """Fails on the code that stopped with a 52-line KeyboardInterrupt traceback and exit 1."""
+    folder = tmp_path / 'videos'
+    folder.mkdir()
+    write_video(folder / 'clip_000.mp4', moving_square(16, 48, 64))
+    for index in range(1, 300):  # enough work to be inside the loop when the signal comes
+        os.link(folder / 'clip_000.mp4', folder / f'clip_{index:03d}.mp4')
+    out = tmp_path / 'results.csv'
+    command = [sys.executable, str(REPOSITORY / 'model_inference.py'), '-pretrain', str(model_folder),
+               '-video_path', str(folder), '-out', str(out), '-num_clips', '4']
+    running = subprocess.Popen(command, cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_file() and len(out.read_text().splitlines()) > 2) and time.monotonic() < deadline:
+        assert running.poll() is None, running.communicate()[1][-3000:]
+        time.sleep(0.05)
+    running.send_signal(signal.SIGINT)
+    _, err = running.communicate(timeout=120)
+    assert running.returncode == 130 and 'Traceback' not in err, err[-3000:]
+    rows = read_csv(out)  # whole rows only, one per video written
+    assert 2 <= len(rows) < 300 and all(row['top1_label'] in CLASSES for row in rows)
+    assert own_lines(err)[-1] == f'model_inference.py: interrupted; {len(rows)} of 300 videos written to {out}'
 
 
 def test_a_folder_with_unreadable_videos_classifies_the_rest_and_exits_1(model_folder, tmp_path):

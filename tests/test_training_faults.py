@@ -2,6 +2,8 @@
 two runs of one experiment, a full disk, Ctrl-C; real processes and files throughout."""
 import json
 import re
+import shlex
+import signal
 import subprocess
 import sys
 
@@ -144,3 +146,20 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(demo
                         rf'\([\d.]+ MiB free there\); the previous last\.ckpt is kept', line), line
     assert torch.load(last, weights_only=True)['global_step'] == 4  # epoch 0's, whole
     assert not list(last.parent.glob('.*.partial'))
+
+
+def test_ctrl_c_in_training_exits_130_naming_the_checkpoint_and_the_resume_command(demo_data, tmp_path):
+    """Fails on the code where Ctrl-C exited 1 (Lightning's graceful shutdown) with no word of what
+    to resume."""
+    flags = [*demo_flags(demo_data), *TINY, '-root_dir', tmp_path, '-epoch', '100']
+    running = train(*flags, wait=False)
+    (last,) = wait_for('results/*/ckpt/last.ckpt', tmp_path, running)
+    running.send_signal(signal.SIGINT)
+    out, err = running.communicate(timeout=120)
+    assert running.returncode == 130 and 'Traceback' not in err, err[-3000:]
+    line = out.splitlines()[-1]
+    prefix = f'Stopped by Ctrl-C; the checkpoints are kept, the newest {last}; continue with: '
+    assert line.startswith(prefix), line
+    command = shlex.split(line[len(prefix):])
+    assert command[:2] == ['python', 'model_pretrain.py'] and command[-2:] == ['-resume', str(last)]
+    assert command[2:-2] == list(map(str, flags))
