@@ -438,6 +438,12 @@ def main(argv=None):
             elsewhere = other_checkpoints(results, ckpt_dir, args, num_devices)
             raise UsageError(f'-resume: no checkpoint in {ckpt_dir}{elsewhere}')
         trained = continue_checkpoint(args, resume)
+    if resume is not None and (trained[0] >= args.epoch or 0 < args.max_steps <= trained[1]):
+        # Lightning would restore, train nothing and test: the run's summary would lose its scores.
+        say(f'Nothing left to train: {resume} has trained {trained[0]} epoch(s), {trained[1]} steps, of -epoch '
+            f'{args.epoch}{f" -max_steps {args.max_steps}" if args.max_steps > 0 else ""}; the run\'s results stay '
+            f'in {run_dir} (a larger -epoch trains on)')
+        return 0
     data = build_data(args)
     pretrain = resolve_pretrain(args)
     config = build_config(args, data.num_class)

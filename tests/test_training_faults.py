@@ -163,3 +163,21 @@ def test_ctrl_c_in_training_exits_130_naming_the_checkpoint_and_the_resume_comma
     command = shlex.split(line[len(prefix):])
     assert command[:2] == ['python', 'model_pretrain.py'] and command[-2:] == ['-resume', str(last)]
     assert command[2:-2] == list(map(str, flags))
+
+
+def test_a_resume_with_nothing_left_to_train_keeps_the_runs_summary(demo_data, tmp_path):
+    """Fails on the code that restored the finished run, trained nothing, and rewrote summary.json
+    with best_val_top1 null."""
+    flags = [*demo_flags(demo_data), *TINY, '-root_dir', tmp_path, '-epoch', '1']
+    first = train(*flags)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = run_dir(tmp_path) / 'log' / 'summary.json'
+    before = summary.read_bytes()
+    assert json.loads(before)['best_val_top1'] is not None
+    again = train(*flags, '-resume')
+    assert again.returncode == 0 and 'Traceback' not in again.stderr, again.stderr[-3000:]
+    last = run_dir(tmp_path) / 'ckpt' / 'last.ckpt'
+    assert again.stdout.splitlines()[-1] == (
+        f"Nothing left to train: {last} has trained 1 epoch(s), 4 steps, of -epoch 1; the run's results stay in "
+        f"{run_dir(tmp_path)} (a larger -epoch trains on)")
+    assert summary.read_bytes() == before
