@@ -136,13 +136,13 @@ def load_class_map(path):
     """Class names in index order from JSON (name -> index, or a list) or one name per line."""
     path = Path(path)
     text = _read_text(path)
-    if path.suffix == '.json':
+    if path.suffix.lower() == '.json':
         try:
             content = json.loads(text)
         except json.JSONDecodeError as error:
             raise AnnotationError(f'{path}:{error.lineno}: not valid JSON ({error.msg})') from None
         if isinstance(content, list):
-            return [str(name) for name in content]
+            return _unique_names([(str(name), f'{path}: entry {index}') for index, name in enumerate(content)])
         if not isinstance(content, dict):
             raise AnnotationError(f'{path}: expected a JSON object of class name -> index or a list of names')
         by_index = {}
@@ -156,8 +156,20 @@ def load_class_map(path):
             by_index[index] = name
         if sorted(by_index) != list(range(len(by_index))):
             raise AnnotationError(f'{path}: class indices must be 0..{len(by_index) - 1} without gaps')
-        return [by_index[i] for i in range(len(by_index))]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+        return _unique_names([(by_index[index], f'{path}: index {index}') for index in range(len(by_index))])
+    return _unique_names([(line.strip(), f'{path}:{number}') for number, line in enumerate(text.splitlines(), 1)
+                          if line.strip()])
+
+
+def _unique_names(named):
+    """Names of (name, where) pairs in order; a name given twice (spaces and underscores alike) is an
+    AnnotationError naming both places in the class map."""
+    first = {}
+    for name, where in named:
+        earlier = first.setdefault(_canonical(name), where)
+        if earlier != where:
+            raise AnnotationError(f'{where}: class {name!r} is named again (first at {earlier})')
+    return [name for name, _ in named]
 
 
 def _assign_labels(entries, source, class_names=None, num_class=None):
@@ -294,24 +306,40 @@ def _parse_kinetics_csv(path, root):
 
 
 def _videos_under(folder):
-    """Video files anywhere below folder, sorted."""
-    return sorted(file for file in folder.rglob('*') if file.suffix.lower() in VIDEO_EXTENSIONS and file.is_file())
+    """(video files anywhere below folder, sorted; how many hidden ones were skipped). Hidden: a
+    name on the way that starts with a dot (`.cache/`, macOS `._clip.mp4` AppleDouble files), left
+    out as every file browser does."""
+    found = [file for file in folder.rglob('*') if file.suffix.lower() in VIDEO_EXTENSIONS and file.is_file()]
+    videos = sorted(file for file in found if not any(part.startswith('.')
+                                                      for part in file.relative_to(folder).parts))
+    return videos, len(found) - len(videos)
+
+
+def _say_hidden(folder, count):
+    if count:
+        log.warning('%s: %d hidden video files skipped (names starting with a dot, such as macOS ._ files)',
+                    folder, count)
 
 
 def _parse_folders(path):
     """(path, folder name, where) per video of a folder-per-class tree; an empty class folder is
-    refused, as it would shift the index of every later class."""
-    folders = sorted(child for child in path.iterdir() if child.is_dir())
+    refused, as it would shift the index of every later class. Hidden folders and files are
+    skipped (_videos_under)."""
+    folders = sorted(child for child in path.iterdir() if child.is_dir() and not child.name.startswith('.'))
     if not folders:
         raise AnnotationError(f'{path}: expected a folder per class, found no folders '
                               f'(videos without labels can only be predicted)')
+    videos, hidden = _videos_under(path)
+    _say_hidden(path, hidden)
+    by_folder = {}
+    for file in videos:
+        by_folder.setdefault(file.relative_to(path).parts[0], []).append(file)
     entries = []
     for folder in folders:
-        videos = _videos_under(folder)
-        if not videos:
+        if folder.name not in by_folder:
             raise AnnotationError(f'{folder}: a class folder with no videos ({" ".join(VIDEO_EXTENSIONS)}); '
                                   f'remove it or add its videos')
-        entries += [(str(file), folder.name, str(folder)) for file in videos]
+        entries += [(str(file), folder.name, str(folder)) for file in by_folder[folder.name]]
     return entries
 
 
@@ -323,7 +351,8 @@ def _parse_source(data_path, root_dir, require_labels):
     if data_path.is_dir():
         if require_labels:
             return _parse_folders(data_path)
-        videos = _videos_under(data_path)
+        videos, hidden = _videos_under(data_path)
+        _say_hidden(data_path, hidden)
         if not videos:
             raise AnnotationError(f'{data_path}: no videos ({" ".join(VIDEO_EXTENSIONS)}) in this folder')
         return [(str(file), None, str(file)) for file in videos]

@@ -61,6 +61,25 @@ def test_bad_class_maps(tmp_path, content, message):
     assert str(path) in str(error.value)
 
 
+def test_a_class_map_is_json_by_its_extension_in_any_case(tmp_path):
+    """Fails if classmap.JSON is read as one name per line (its braces as class names)."""
+    assert load_class_map(write(tmp_path / 'classmap.JSON', json.dumps({'b': 1, 'a': 0}))) == ['a', 'b']
+
+
+@pytest.mark.parametrize('name, text, where, first', [
+    ('map.txt', 'walking\nrunning\n\nwalking\n', 'map.txt:4', 'map.txt:1'),
+    ('map.json', json.dumps(['walking', 'running', 'walking']), 'map.json: entry 2', 'map.json: entry 0'),
+    ('map.json', json.dumps({'air drumming': 0, 'air_drumming': 1}), 'map.json: index 1', 'map.json: index 0'),
+])
+def test_a_name_given_twice_is_reported_against_the_class_map(tmp_path, name, text, where, first):
+    """Fails on the code that read the class map and then blamed the training list for its repeat."""
+    path = write(tmp_path / name, text)
+    with pytest.raises(AnnotationError) as error:
+        load_class_map(path)
+    assert str(error.value).startswith(f'{tmp_path / where}: class ') and f'(first at {tmp_path / first})' in \
+        str(error.value)
+
+
 def test_class_map_with_invalid_json_names_the_line(tmp_path):
     path = write(tmp_path / 'map.json', '{"a": 0,\n "b" 1}')
     with pytest.raises(AnnotationError, match=f'{path}:2'):
@@ -317,6 +336,23 @@ def test_prediction_takes_every_video_below_a_folder(tmp_path):
     assert len(samples) == 3
     with pytest.raises(AnnotationError, match='no videos'):
         load_annotations(write(tmp_path / 'text' / 'notes.txt', '').parent, require_labels=False)
+
+
+def test_hidden_files_and_folders_are_skipped_and_counted(tmp_path, caplog):
+    """Fails on the code that read macOS `._clip.mp4` AppleDouble files and hidden folders as videos
+    (a 1-byte `._clip.mp4` made folder inference exit 1)."""
+    root = tmp_path / 'videos'
+    for relative in ('walking/a.mp4', 'walking/._a.mp4', 'running/b.mp4', 'running/.cache/c.mp4',
+                     '.Trashes/walking/d.mp4', '._e.mp4'):
+        touch_video(root / relative)
+    for require_labels, expected in ((True, [('running/b.mp4', 0), ('walking/a.mp4', 1)]),
+                                     (False, [('running/b.mp4', UNLABELLED), ('walking/a.mp4', UNLABELLED)])):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger='dataset'):
+            samples, _ = load_annotations(root, require_labels=require_labels)
+        assert [(os.path.relpath(path, root), label) for path, label in samples] == expected
+        assert caplog.messages == [f'{root}: 4 hidden video files skipped (names starting with a dot, such as '
+                                   f'macOS ._ files)']
 
 
 def test_prediction_lists_may_omit_labels(tmp_path):
