@@ -13,6 +13,9 @@ from weight_files import HF_SAMPLING_FIELDS, HF_SAMPLING_FILE
 from weight_formats import OUR_FORMAT, WeightLoadError, convert_to_hf_timesformer
 
 logger = logging.getLogger(__name__)
+# What an export folder may hold: both kinds' files. A folder of these only is an earlier export,
+# which a new export replaces whole.
+EXPORT_FILES = ('model.safetensors', 'config.json', 'preprocessor_config.json', HF_SAMPLING_FILE)
 
 
 def _named_tables(model):
@@ -25,28 +28,54 @@ def _named_tables(model):
     return state_dict
 
 
+def _umask():
+    """The process's file creation mask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_folder(directory, tensors, files):
     """Write `tensors` as directory/model.safetensors and each of `files` (name -> JSON values)
-    beside it.
+    beside it, as a new folder or in place of an earlier export (EXPORT_FILES only), whole.
 
-    All are written into a temporary folder beside `directory` first and then moved into place
-    with os.replace, so a failure never leaves a half-written file over a good export, and the
-    window for new weights beside an old config.json is a few renames.
+    All are written into a temporary folder beside `directory` first, which then takes its place
+    by renames, so a failure never leaves a half-written file over a good export, nor files of
+    an earlier export beside new ones. Files and folder get the usual permissions (the umask's),
+    where safetensors alone would write model.safetensors readable by its owner only. A folder
+    holding anything else is refused: an export never merges with other files.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise WeightLoadError(f'{directory}: exists and is not a folder')
+    if directory.is_dir():
+        others = sorted(path.name for path in directory.iterdir() if path.name not in EXPORT_FILES)
+        if others:
+            raise WeightLoadError(f'{directory}: not empty and not an earlier export (it holds {", ".join(others[:3])}'
+                                  f'{" ..." if len(others) > 3 else ""}); give a new or empty folder')
     texts = {name: json.dumps(values, indent=2) + '\n' for name, values in files.items()}
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
+    earlier = staging.with_name(staging.name + '.earlier')
+    mask = _umask()
     try:
         save_file(tensors, staging / 'model.safetensors', metadata={'format': 'pt'})
         for name, text in texts.items():
             (staging / name).write_text(text)
         for name in ('model.safetensors', *texts):
-            os.replace(staging / name, directory / name)
+            os.chmod(staging / name, 0o666 & ~mask)
+        os.chmod(staging, 0o777 & ~mask)
+        if directory.exists():
+            directory.rename(earlier)
+        try:
+            staging.rename(directory)
+        except OSError:
+            if earlier.exists():
+                earlier.rename(directory)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(earlier, ignore_errors=True)
     return directory
 
 
@@ -65,7 +94,8 @@ def hf_timesformer_config(config, class_names=None):
     for one transformers cannot express."""
     activation = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu'}[config.activation]
     unsupported = [
-        (config.conv_type == 'Conv2d', 'Conv2d patches'),
+        (config.conv_type == 'Conv2d', f'Conv2d patches (this model has {config.conv_type} tubelets of '
+                                       f'{config.tube_size} frames)'),
         (config.pos_emb_type == 'separate', "pos_emb_type 'separate'"),
         # transformers' space_only classifies every frame instead of averaging them.
         (config.attention_type in ('divided_space_time', 'joint_space_time'), 'divided or joint attention'),

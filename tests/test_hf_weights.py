@@ -238,7 +238,8 @@ def test_a_seed_checkpoint_goes_to_transformers_with_one_eps_chosen(tmp_path):
                                '-num_heads', str(HEADS), *flags], cwd=ROOT, capture_output=True, text=True)
         assert 'format seed' in done.stderr
         if folder == 'refused':
-            assert done.returncode == 1 and 'one LayerNorm eps' in done.stderr.splitlines()[-1]
+            assert done.returncode == 2 and 'error: -hf: ' in done.stderr.splitlines()[-1]
+            assert 'one LayerNorm eps' in done.stderr.splitlines()[-1]
             assert 'norm_eps=1e-06' in done.stderr.splitlines()[-1]
         else:
             assert done.returncode == 0, done.stderr
