@@ -33,7 +33,7 @@ from tqdm import tqdm
 from dataset import UNLABELLED, AnnotationError, VideoDataset, collate_views, load_class_map
 from model_loading import load_model
 from preprocessing import Preprocessing, data_statics, normalize
-from utils import write_csv, write_json
+from utils import counted, write_csv, write_json
 from visualize import confusion_figure, prediction_figure, save_png
 from weight_files import WEIGHT_FILES
 from weight_formats import WeightLoadError
@@ -130,8 +130,8 @@ class PredictionDataset(VideoDataset):
         video = super().load(path)
         video_frames, frame_indices = self._sampled
         if video_frames < self.num_frames:
-            log.warning('%s: %d frames, fewer than the %d of a clip; frames are repeated', path, video_frames,
-                        self.num_frames)
+            log.warning('%s: %s, fewer than the %d of a clip; frames are repeated', path,
+                        counted(video_frames, 'frame'), self.num_frames)
         self._read_info = {'frame_indices': frame_indices, 'video_frames': video_frames,
                            'decode_ms': (time.perf_counter() - started) * 1000}
         return video
@@ -269,7 +269,8 @@ def format_result(record):
     """A result_record as a few lines of text: the video, then its top-k classes."""
     width = max(len(label) for label in record['labels'])
     label = f'; label {record["label"]}' if 'label' in record else ''
-    lines = [f'{record["path"]}: {record["views"]} views of {len(record["frames"][0])} frames{label} '
+    frames = counted(len(record['frames'][0]), 'frame')
+    lines = [f'{record["path"]}: {counted(record["views"], "view")} of {frames}{label} '
              f'(decode {record["decode_ms"]:.0f} ms, forward {record["forward_ms"]:.0f} ms)']
     lines += [f'  {rank}. {name:<{width}}  {probability:7.2%}' for rank, (name, probability) in
               enumerate(zip(record['labels'], record['probabilities']), 1)]

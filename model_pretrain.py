@@ -41,7 +41,7 @@ from model_trainer import LitVideoClassifier, NonFiniteLossError
 from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, CheckpointSaveError, CompactProgressBar,
                          RunFolderBusy, holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
 from transformer import Block
-from utils import write_json
+from utils import counted, write_json
 from weight_files import read_file
 from video_transformer import VideoTransformerConfig
 from weight_formats import WeightLoadError
@@ -440,7 +440,8 @@ def main(argv=None):
         trained = continue_checkpoint(args, resume)
     if resume is not None and (trained[0] >= args.epoch or 0 < args.max_steps <= trained[1]):
         # Lightning would restore, train nothing and test: the run's summary would lose its scores.
-        say(f'Nothing left to train: {resume} has trained {trained[0]} epoch(s), {trained[1]} steps, of -epoch '
+        say(f'Nothing left to train: {resume} has trained {counted(trained[0], "epoch")}, '
+            f'{counted(trained[1], "step")}, of -epoch '
             f'{args.epoch}{f" -max_steps {args.max_steps}" if args.max_steps > 0 else ""}; the run\'s results stay '
             f'in {run_dir} (a larger -epoch trains on)')
         return 0
@@ -454,8 +455,8 @@ def main(argv=None):
         keep_earlier_run(run_dir)
         lock = lock_run_folder(run_dir)
     if resume is not None:
-        say(f'Resuming {resume} after {trained[0]} epoch(s), {trained[1]} steps; training to epoch {args.epoch} '
-            f'with its settings')
+        say(f'Resuming {resume} after {counted(trained[0], "epoch")}, {counted(trained[1], "step")}; training to '
+            f'epoch {args.epoch} with its settings')
 
     best, last, steps = checkpoint_callbacks(args, ckpt_dir, validating=data.sources['val'] is not None)
     sigterm = CheckpointOnSigterm(ckpt_dir / 'last.ckpt')
@@ -554,12 +555,14 @@ def report(args, module, trainer, data, best_score, checkpoint, last_checkpoint,
     if rows:
         # With five classes or fewer, top-5 is 100% by construction: not worth a line.
         plot_curves(rows, log_dir / 'curves.png', top5=len(data.class_names) > 5)
-    say(f'Done in {seconds / 60:.1f} min: best val top-1 {percent(best_score)} / top-5 {percent(val_top5)} '
-        f'(epoch {best_epoch}); test top-1 {percent(summary["test_top1_1view"])} / top-5 '
-        f'{percent(summary["test_top5_1view"])} at 1 view, {percent(summary["test_top1"])} / '
-        f'{percent(summary["test_top5"])} at {data.preprocessing.num_clips}x{data.preprocessing.num_crops} views '
-        f'of {summary["test_videos"]} videos; '
-        f'{log_dir / "summary.json"}, {log_dir / "curves.png"}')
+    validated = 'no validation data' if best_score is None else (
+        f'best val top-1 {percent(best_score)} / top-5 {percent(val_top5)}'
+        f'{f" (epoch {best_epoch})" if best_epoch is not None else ""}')
+    tested = (f'test top-1 {percent(summary["test_top1_1view"])} / top-5 {percent(summary["test_top5_1view"])} at '
+              f'1 view, {percent(summary["test_top1"])} / {percent(summary["test_top5"])} at '
+              f'{data.preprocessing.num_clips}x{data.preprocessing.num_crops} views of '
+              f'{counted(summary["test_videos"], "video")}' if summary['test_videos'] is not None else 'no test data')
+    say(f'Done in {seconds / 60:.1f} min: {validated}; {tested}; {log_dir / "summary.json"}, {log_dir / "curves.png"}')
     say(f'Next: python model_inference.py -pretrain {shlex.quote(str(summary["checkpoint"]))} '
         f'-video_path {shlex.quote(str(first_video(data)))}')
 

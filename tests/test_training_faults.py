@@ -23,8 +23,8 @@ def one_error_line(result):
 
 def test_a_resume_continues_its_checkpoint_and_refuses_flags_that_differ(demo_data, tmp_path):
     """Fails on the code that trained on with the checkpoint's lr 0.005 under a tag, hparams.yaml and
-    checkpoint saying -lr 0.01, and stopped -epoch and -num_frames below the checkpoint's with
-    MisconfigurationException and size-mismatch tracebacks."""
+    checkpoint saying -lr 0.01, stopped -epoch and -num_frames below the checkpoint's with
+    MisconfigurationException and size-mismatch tracebacks, and rewrote a finished run's summary."""
     flags = [*demo_flags(demo_data), *TINY, '-root_dir', tmp_path, '-epoch', '2']
     first = train(*flags)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -50,9 +50,19 @@ def test_a_resume_continues_its_checkpoint_and_refuses_flags_that_differ(demo_da
     resumed = train(*demo_flags(demo_data), '-root_dir', tmp_path, '-pretrain', 'none', '-num_workers', '0',
                     '-accelerator', 'cpu', '-resume', last, '-epoch', '3')
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f'Resuming {last} after 2 epoch(s), 8 steps; training to epoch 3' in resumed.stdout
+    assert f'Resuming {last} after 2 epochs, 8 steps; training to epoch 3' in resumed.stdout
     assert json.loads((run / 'log' / 'summary.json').read_text())['steps'] == 12
     assert 'lr: 0.005' in (run / 'log' / 'csv' / 'version_1' / 'hparams.yaml').read_text()
+    # Nothing left to train: the run stays as it is. The code before restored it, trained nothing and
+    # rewrote summary.json with best_val_top1 null.
+    summary = (run / 'log' / 'summary.json').read_bytes()
+    assert json.loads(summary)['best_val_top1'] is not None
+    again = train(*flags, '-resume', '-epoch', '3')
+    assert again.returncode == 0 and 'Traceback' not in again.stderr, again.stderr[-3000:]
+    assert again.stdout.splitlines()[-1] == (
+        f"Nothing left to train: {last} has trained 3 epochs, 12 steps, of -epoch 3; the run's results stay in "
+        f"{run} (a larger -epoch trains on)")
+    assert (run / 'log' / 'summary.json').read_bytes() == summary
 
 
 def test_a_second_run_of_a_live_experiment_stops_and_a_dead_ones_lock_is_free(demo_data, tmp_path):
@@ -165,19 +175,11 @@ def test_ctrl_c_in_training_exits_130_naming_the_checkpoint_and_the_resume_comma
     assert command[2:-2] == list(map(str, flags))
 
 
-def test_a_resume_with_nothing_left_to_train_keeps_the_runs_summary(demo_data, tmp_path):
-    """Fails on the code that restored the finished run, trained nothing, and rewrote summary.json
-    with best_val_top1 null."""
-    flags = [*demo_flags(demo_data), *TINY, '-root_dir', tmp_path, '-epoch', '1']
-    first = train(*flags)
-    assert first.returncode == 0, first.stderr[-3000:]
-    summary = run_dir(tmp_path) / 'log' / 'summary.json'
-    before = summary.read_bytes()
-    assert json.loads(before)['best_val_top1'] is not None
-    again = train(*flags, '-resume')
-    assert again.returncode == 0 and 'Traceback' not in again.stderr, again.stderr[-3000:]
-    last = run_dir(tmp_path) / 'ckpt' / 'last.ckpt'
-    assert again.stdout.splitlines()[-1] == (
-        f"Nothing left to train: {last} has trained 1 epoch(s), 4 steps, of -epoch 1; the run's results stay in "
-        f"{run_dir(tmp_path)} (a larger -epoch trains on)")
-    assert summary.read_bytes() == before
+def test_a_run_without_validation_or_test_data_says_so(demo_data, tmp_path):
+    """Fails on the summary line 'best val top-1 n/a / top-5 n/a (epoch None); ... of None videos'."""
+    result = train('-train_data_path', demo_data / 'train.txt', '-class_map', demo_data / 'classmap.json', *TINY,
+                   '-root_dir', tmp_path, '-epoch', '1')
+    assert result.returncode == 0, result.stderr[-3000:]
+    (done,) = [line for line in result.stdout.splitlines() if line.startswith('Done in ')]
+    log = run_dir(tmp_path) / 'log'
+    assert done.split(': ', 1)[1] == f'no validation data; no test data; {log / "summary.json"}, {log / "curves.png"}'
