@@ -90,6 +90,8 @@ MIN_FAILURES_TO_ABORT = 32
 LAYOUT_PROBE_ROWS = 32
 # Values named in one log line before the rest are only counted.
 MAX_NAMED = 8
+# Seconds within which two timestamps are one moment: containers round them (to 1/90000 s, 1 ms).
+TIME_TOLERANCE = 1e-6
 
 
 class AnnotationError(ValueError):
@@ -431,6 +433,39 @@ def sample_frame_indices(total_frames, num_frames, window, mode, num_clips=1, rn
     return starts[:, None] + offsets[None, :]
 
 
+def sample_frame_times(times, num_frames, window_seconds, mode, num_clips=1, rng=None):
+    """Frame indices (clips, num_frames), int64, for windows of window_seconds on a video whose frame
+    i is shown from times[i] seconds (increasing): sample_frame_indices by timestamps, so that a
+    variable frame rate does not stretch or shrink a window. Starts are placed as there, in
+    seconds; a window runs from the frame on screen at its start over the frames that begin within
+    window_seconds of it, and its num_frames are the frames on screen at evenly spaced times from
+    its first frame to its last. A video shorter than the window is the window."""
+    times = np.asarray(times, dtype=np.float64)
+    if len(times) < 1:
+        raise ValueError('cannot sample from a video of 0 frames')
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    # The last frame is shown for a typical frame's duration.
+    end = times[-1] + (float(np.median(np.diff(times))) if len(times) > 1 else 0.0)
+    span = min(window_seconds, end - times[0])
+    latest = end - span - times[0]
+    if mode == 'train':
+        starts = times[0] + rng.uniform(0, latest, size=1)
+    else:
+        clips = num_clips if mode in MULTI_VIEW_MODES else 1
+        starts = times[0] + (np.arange(clips) + 0.5) * latest / clips
+
+    def on_screen(moments):  # the frame shown at each moment; TIME_TOLERANCE absorbs rounded timestamps
+        return np.clip(np.searchsorted(times, np.asarray(moments) + TIME_TOLERANCE, side='right') - 1,
+                       0, len(times) - 1)
+
+    windows = []
+    for first in on_screen(starts):
+        last = max(first, np.searchsorted(times, times[first] + span - TIME_TOLERANCE) - 1)
+        windows.append(on_screen(np.linspace(times[first], times[last], num_frames)))
+    return np.stack(windows).astype(np.int64)
+
+
 # ---------------------------------------------------------------- decoding
 
 def _describe(error):
@@ -453,6 +488,10 @@ class DecordReader:
         """uint8 (N, H, W, 3) frames at indices (N,), in the given order."""
         unique, inverse = np.unique(indices, return_inverse=True)
         return self._reader.get_batch(unique.tolist()).asnumpy()[inverse]
+
+    def frame_times(self):
+        """(num_frames,) seconds at which each frame is shown."""
+        return self._reader.get_frame_timestamp(range(self.num_frames))[:, 0]
 
     def close(self):
         # decord frees its demuxer and decoder with the object.
@@ -485,6 +524,10 @@ class PyAVReader:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = 'AUTO'
         self._stream.thread_count = self._threads
+
+    def frame_times(self):
+        """(num_frames,) seconds at which each frame is shown."""
+        return self._pts * float(self._stream.time_base)
 
     def read(self, indices):
         """uint8 (N, H, W, 3) frames at indices (N,), in the given order."""
@@ -621,14 +664,6 @@ class VideoDataset(Dataset):
             self._rng, self._rng_seed = np.random.default_rng(info.seed), info.seed
         return self._rng
 
-    def window(self, fps):
-        """Window length in frames of a video at fps."""
-        if self.window_seconds is None:
-            return self.num_frames * self.frame_interval
-        if not fps > 0:
-            raise DecodeError('unknown frame rate, cannot sample by seconds')
-        return max(1, round(self.window_seconds * fps))
-
     def read_frames(self, reader, indices):
         """uint8 (N, H, W, 3) frames at the flattened indices; the one place frames are decoded."""
         return reader.read(indices.reshape(-1))
@@ -658,8 +693,13 @@ class VideoDataset(Dataset):
         try:
             if reader.num_frames < 1:
                 raise DecodeError('no frames')
-            indices = sample_frame_indices(reader.num_frames, self.num_frames, self.window(reader.fps),
-                                           self.mode, self.num_clips, self._generator())
+            if self.window_seconds is None:
+                window = self.num_frames * self.frame_interval
+                indices = sample_frame_indices(reader.num_frames, self.num_frames, window, self.mode, self.num_clips,
+                                               self._generator())
+            else:  # by timestamps: a variable frame rate's average would size the window wrongly
+                indices = sample_frame_times(reader.frame_times(), self.num_frames, self.window_seconds, self.mode,
+                                             self.num_clips, self._generator())
             return self.read_frames(reader, indices)
         finally:
             reader.close()
