@@ -39,11 +39,11 @@ from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
 from model_trainer import LitVideoClassifier, NonFiniteLossError
 from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, CheckpointSaveError, CompactProgressBar,
-                         RunFolderBusy, holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
+                         CtrlC, RunFolderBusy, holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
 from transformer import Block
 from utils import counted, write_json
-from weight_files import read_file
 from video_transformer import VideoTransformerConfig
+from weight_files import read_file
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_
 
@@ -389,7 +389,7 @@ def continue_checkpoint(args, path):
         setattr(args, name, recorded)
     epochs, steps = epochs_trained(checkpoint), checkpoint.get('global_step', 0)
     if args.epoch < epochs:
-        raise UsageError(f'-epoch {args.epoch}: the checkpoint {path} has trained {epochs} epochs already; '
+        raise UsageError(f'-epoch {args.epoch}: the checkpoint {path} has trained {counted(epochs, "epoch")} already; '
                          f'a resume can only add epochs (give -epoch {epochs} or more)')
     return epochs, steps
 
@@ -459,11 +459,11 @@ def main(argv=None):
             f'epoch {args.epoch} with its settings')
 
     best, last, steps = checkpoint_callbacks(args, ckpt_dir, validating=data.sources['val'] is not None)
-    sigterm = CheckpointOnSigterm(ckpt_dir / 'last.ckpt')
+    sigterm, ctrl_c = CheckpointOnSigterm(ckpt_dir / 'last.ckpt'), CtrlC()
     # A CSV version per run (a resumed run adds one): Lightning's CSVLogger empties a folder it reuses.
     loggers = [CSVLogger(log_dir, name='csv'), TensorBoardLogger(log_dir, name='tensorboard', version='')]
     # best first: the Trainer's checkpoint_callback, which ckpt_path='best' reads.
-    callbacks = [callback for callback in (best, last, steps, sigterm) if callback is not None]
+    callbacks = [callback for callback in (best, last, steps, sigterm, ctrl_c) if callback is not None]
     trainer = build_trainer(args, accelerator, devices, callbacks, loggers)
     module = LitVideoClassifier(
         config, data.class_names, data.preprocessing.to_dict(), optim_type=args.optim_type, lr=args.lr,
@@ -493,7 +493,7 @@ def main(argv=None):
             else 'Stopped by SIGTERM while testing; the checkpoints are complete')
         return 128 + signal.SIGTERM
     except SystemExit:  # Lightning's answer to Ctrl-C, after its own line
-        if not sigterm.interrupted:
+        if not ctrl_c.pressed:
             raise
         say(interrupted_line(latest_checkpoint(ckpt_dir), argv))
         return 128 + signal.SIGINT

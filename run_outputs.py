@@ -6,6 +6,7 @@ import fcntl
 import math
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -117,20 +118,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class CheckpointOnSigterm(pl.Callback):
     """Saves a checkpoint to `path` when Lightning stops training on SIGTERM (a scheduler's
     preemption or `kill`), so `-resume` continues from the last finished step; `saved` says whether
-    it did. Not while testing: the weights then are the best checkpoint's, not the run's last.
-    `interrupted` notes a Ctrl-C, which Lightning turns into exit status 1; nothing is saved then,
-    as it may land in the middle of a step."""
+    it did. Not while testing: the weights then are the best checkpoint's, not the run's last."""
 
     def __init__(self, path):
         self.path = str(path)
         self.saved = False
-        self.interrupted = False
 
     def on_exception(self, trainer, pl_module, exception):
-        self.interrupted = isinstance(exception, KeyboardInterrupt)
         if isinstance(exception, SIGTERMException) and trainer.state.fn == 'fit':
             trainer.save_checkpoint(self.path)
             self.saved = True
+
+
+class CtrlC(pl.Callback):
+    """Notes a Ctrl-C (`pressed`; Lightning turns it into exit status 1 and nothing is saved, as it
+    may come in the middle of a step) and makes one Ctrl-C always stop the run: Python drops a
+    KeyboardInterrupt raised inside a __del__ (decord frees its readers there, several times a
+    step) with an 'Exception ignored' line, and training would go on; it is raised again at the
+    end of the step."""
+
+    def __init__(self):
+        self.pressed = False
+        self._previous = None
+
+    def setup(self, trainer, pl_module, stage):
+        self._previous = signal.signal(signal.SIGINT, self._press)
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _press(self, signum, frame):
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def _stop_if_pressed(self, *args):
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_validation_batch_end = on_test_batch_end = _stop_if_pressed
 
 
 def read_metrics(path):

@@ -183,3 +183,50 @@ def test_a_run_without_validation_or_test_data_says_so(demo_data, tmp_path):
     (done,) = [line for line in result.stdout.splitlines() if line.startswith('Done in ')]
     log = run_dir(tmp_path) / 'log'
     assert done.split(': ', 1)[1] == f'no validation data; no test data; {log / "summary.json"}, {log / "curves.png"}'
+
+
+# A Ctrl-C that lands while an object is freed: Python prints the KeyboardInterrupt raised in its
+# __del__ as ignored and goes on. decord frees its video readers there, several times a step.
+CTRL_C_IN_A_DESTRUCTOR = '''
+import os, signal, sys, time
+import pytorch_lightning as pl
+import torch
+from run_outputs import CtrlC
+
+class Reader:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+    def training_step(self, batch, index):
+        if self.global_step == 2:
+            Reader()
+        return self.layer(batch[0]).sum()
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(64, 1)), batch_size=1)
+trainer = pl.Trainer(max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=[CtrlC()] if sys.argv[1] == 'with' else [])
+try:
+    trainer.fit(Tiny(), data)
+except SystemExit:
+    pass
+print('steps', trainer.global_step)
+'''
+
+
+def test_one_ctrl_c_stops_training_even_inside_a_destructor(tmp_path):
+    """Fails without run_outputs.CtrlC (the code before it): the KeyboardInterrupt raised while a
+    reader was freed was dropped and the run trained on."""
+    steps = {}
+    for callbacks in ('without', 'with'):
+        done = subprocess.run([sys.executable, '-c', CTRL_C_IN_A_DESTRUCTOR, callbacks], cwd=REPOSITORY,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        steps[callbacks] = int(done.stdout.split('steps ')[-1])
+    assert steps == {'without': 40, 'with': 3}
