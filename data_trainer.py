@@ -228,7 +228,9 @@ class VideoDataModule(pl.LightningDataModule):
             self.datasets[split] = VideoDataset.from_preprocessing(
                 self.sources[split], self.preprocessing, mode=split, root_dir=hp.root_dir,
                 class_map=self._class_names if self._class_names is not None else hp.class_map,
-                num_class=hp.num_class, num_samples_per_cls=hp.num_samples_per_cls, decoder=hp.decoder,
+                num_class=hp.num_class, decoder=hp.decoder,
+                # Training clips only, as in the original: evaluation reads every video listed.
+                num_samples_per_cls=hp.num_samples_per_cls if split == 'train' else None,
                 max_skip_fraction=hp.max_skip_fraction)
             self._class_names = self.datasets[split].class_names
         return self.datasets[split]

@@ -90,6 +90,8 @@ MIN_FAILURES_TO_ABORT = 32
 LAYOUT_PROBE_ROWS = 32
 # Values named in one log line before the rest are only counted.
 MAX_NAMED = 8
+# Seconds within which two timestamps are one moment: containers round them (to 1/90000 s, 1 ms).
+TIME_TOLERANCE = 1e-6
 
 
 class AnnotationError(ValueError):
@@ -136,13 +138,13 @@ def load_class_map(path):
     """Class names in index order from JSON (name -> index, or a list) or one name per line."""
     path = Path(path)
     text = _read_text(path)
-    if path.suffix == '.json':
+    if path.suffix.lower() == '.json':
         try:
             content = json.loads(text)
         except json.JSONDecodeError as error:
             raise AnnotationError(f'{path}:{error.lineno}: not valid JSON ({error.msg})') from None
         if isinstance(content, list):
-            return [str(name) for name in content]
+            return _unique_names([(str(name), f'{path}: entry {index}') for index, name in enumerate(content)])
         if not isinstance(content, dict):
             raise AnnotationError(f'{path}: expected a JSON object of class name -> index or a list of names')
         by_index = {}
@@ -156,8 +158,20 @@ def load_class_map(path):
             by_index[index] = name
         if sorted(by_index) != list(range(len(by_index))):
             raise AnnotationError(f'{path}: class indices must be 0..{len(by_index) - 1} without gaps')
-        return [by_index[i] for i in range(len(by_index))]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+        return _unique_names([(by_index[index], f'{path}: index {index}') for index in range(len(by_index))])
+    return _unique_names([(line.strip(), f'{path}:{number}') for number, line in enumerate(text.splitlines(), 1)
+                          if line.strip()])
+
+
+def _unique_names(named):
+    """Names of (name, where) pairs in order; a name given twice (spaces and underscores alike) is an
+    AnnotationError naming both places in the class map."""
+    first = {}
+    for name, where in named:
+        earlier = first.setdefault(_canonical(name), where)
+        if earlier != where:
+            raise AnnotationError(f'{where}: class {name!r} is named again (first at {earlier})')
+    return [name for name, _ in named]
 
 
 def _assign_labels(entries, source, class_names=None, num_class=None):
@@ -294,24 +308,40 @@ def _parse_kinetics_csv(path, root):
 
 
 def _videos_under(folder):
-    """Video files anywhere below folder, sorted."""
-    return sorted(file for file in folder.rglob('*') if file.suffix.lower() in VIDEO_EXTENSIONS and file.is_file())
+    """(video files anywhere below folder, sorted; how many hidden ones were skipped). Hidden: a
+    name on the way that starts with a dot (`.cache/`, macOS `._clip.mp4` AppleDouble files), left
+    out as every file browser does."""
+    found = [file for file in folder.rglob('*') if file.suffix.lower() in VIDEO_EXTENSIONS and file.is_file()]
+    videos = sorted(file for file in found if not any(part.startswith('.')
+                                                      for part in file.relative_to(folder).parts))
+    return videos, len(found) - len(videos)
+
+
+def _say_hidden(folder, count):
+    if count:
+        log.warning('%s: %d hidden video files skipped (names starting with a dot, such as macOS ._ files)',
+                    folder, count)
 
 
 def _parse_folders(path):
     """(path, folder name, where) per video of a folder-per-class tree; an empty class folder is
-    refused, as it would shift the index of every later class."""
-    folders = sorted(child for child in path.iterdir() if child.is_dir())
+    refused, as it would shift the index of every later class. Hidden folders and files are
+    skipped (_videos_under)."""
+    folders = sorted(child for child in path.iterdir() if child.is_dir() and not child.name.startswith('.'))
     if not folders:
         raise AnnotationError(f'{path}: expected a folder per class, found no folders '
                               f'(videos without labels can only be predicted)')
+    videos, hidden = _videos_under(path)
+    _say_hidden(path, hidden)
+    by_folder = {}
+    for file in videos:
+        by_folder.setdefault(file.relative_to(path).parts[0], []).append(file)
     entries = []
     for folder in folders:
-        videos = _videos_under(folder)
-        if not videos:
+        if folder.name not in by_folder:
             raise AnnotationError(f'{folder}: a class folder with no videos ({" ".join(VIDEO_EXTENSIONS)}); '
                                   f'remove it or add its videos')
-        entries += [(str(file), folder.name, str(folder)) for file in videos]
+        entries += [(str(file), folder.name, str(folder)) for file in by_folder[folder.name]]
     return entries
 
 
@@ -323,7 +353,8 @@ def _parse_source(data_path, root_dir, require_labels):
     if data_path.is_dir():
         if require_labels:
             return _parse_folders(data_path)
-        videos = _videos_under(data_path)
+        videos, hidden = _videos_under(data_path)
+        _say_hidden(data_path, hidden)
         if not videos:
             raise AnnotationError(f'{data_path}: no videos ({" ".join(VIDEO_EXTENSIONS)}) in this folder')
         return [(str(file), None, str(file)) for file in videos]
@@ -402,6 +433,39 @@ def sample_frame_indices(total_frames, num_frames, window, mode, num_clips=1, rn
     return starts[:, None] + offsets[None, :]
 
 
+def sample_frame_times(times, num_frames, window_seconds, mode, num_clips=1, rng=None):
+    """Frame indices (clips, num_frames), int64, for windows of window_seconds on a video whose frame
+    i is shown from times[i] seconds (increasing): sample_frame_indices by timestamps, so that a
+    variable frame rate does not stretch or shrink a window. Starts are placed as there, in
+    seconds; a window runs from the frame on screen at its start over the frames that begin within
+    window_seconds of it, and its num_frames are the frames on screen at evenly spaced times from
+    its first frame to its last. A video shorter than the window is the window."""
+    times = np.asarray(times, dtype=np.float64)
+    if len(times) < 1:
+        raise ValueError('cannot sample from a video of 0 frames')
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    # The last frame is shown for a typical frame's duration.
+    end = times[-1] + (float(np.median(np.diff(times))) if len(times) > 1 else 0.0)
+    span = min(window_seconds, end - times[0])
+    latest = end - span - times[0]
+    if mode == 'train':
+        starts = times[0] + rng.uniform(0, latest, size=1)
+    else:
+        clips = num_clips if mode in MULTI_VIEW_MODES else 1
+        starts = times[0] + (np.arange(clips) + 0.5) * latest / clips
+
+    def on_screen(moments):  # the frame shown at each moment; TIME_TOLERANCE absorbs rounded timestamps
+        return np.clip(np.searchsorted(times, np.asarray(moments) + TIME_TOLERANCE, side='right') - 1,
+                       0, len(times) - 1)
+
+    windows = []
+    for first in on_screen(starts):
+        last = max(first, np.searchsorted(times, times[first] + span - TIME_TOLERANCE) - 1)
+        windows.append(on_screen(np.linspace(times[first], times[last], num_frames)))
+    return np.stack(windows).astype(np.int64)
+
+
 # ---------------------------------------------------------------- decoding
 
 def _describe(error):
@@ -424,6 +488,10 @@ class DecordReader:
         """uint8 (N, H, W, 3) frames at indices (N,), in the given order."""
         unique, inverse = np.unique(indices, return_inverse=True)
         return self._reader.get_batch(unique.tolist()).asnumpy()[inverse]
+
+    def frame_times(self):
+        """(num_frames,) seconds at which each frame is shown."""
+        return self._reader.get_frame_timestamp(range(self.num_frames))[:, 0]
 
     def close(self):
         # decord frees its demuxer and decoder with the object.
@@ -456,6 +524,10 @@ class PyAVReader:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = 'AUTO'
         self._stream.thread_count = self._threads
+
+    def frame_times(self):
+        """(num_frames,) seconds at which each frame is shown."""
+        return self._pts * float(self._stream.time_base)
 
     def read(self, indices):
         """uint8 (N, H, W, 3) frames at indices (N,), in the given order."""
@@ -592,14 +664,6 @@ class VideoDataset(Dataset):
             self._rng, self._rng_seed = np.random.default_rng(info.seed), info.seed
         return self._rng
 
-    def window(self, fps):
-        """Window length in frames of a video at fps."""
-        if self.window_seconds is None:
-            return self.num_frames * self.frame_interval
-        if not fps > 0:
-            raise DecodeError('unknown frame rate, cannot sample by seconds')
-        return max(1, round(self.window_seconds * fps))
-
     def read_frames(self, reader, indices):
         """uint8 (N, H, W, 3) frames at the flattened indices; the one place frames are decoded."""
         return reader.read(indices.reshape(-1))
@@ -629,8 +693,13 @@ class VideoDataset(Dataset):
         try:
             if reader.num_frames < 1:
                 raise DecodeError('no frames')
-            indices = sample_frame_indices(reader.num_frames, self.num_frames, self.window(reader.fps),
-                                           self.mode, self.num_clips, self._generator())
+            if self.window_seconds is None:
+                window = self.num_frames * self.frame_interval
+                indices = sample_frame_indices(reader.num_frames, self.num_frames, window, self.mode, self.num_clips,
+                                               self._generator())
+            else:  # by timestamps: a variable frame rate's average would size the window wrongly
+                indices = sample_frame_times(reader.frame_times(), self.num_frames, self.window_seconds, self.mode,
+                                             self.num_clips, self._generator())
             return self.read_frames(reader, indices)
         finally:
             reader.close()

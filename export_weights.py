@@ -1,19 +1,25 @@
 """Export command: weights in any format load_model reads -> our safetensors + config.json folder,
-or (-hf) a transformers TimesformerForVideoClassification folder.
+or (-hf) a transformers folder of the model's class (TimeSformer, VideoMAE, V-JEPA 2).
 
     python export_weights.py CHECKPOINT OUTPUT_DIR [-hf] [-num_heads N] [-set FIELD=VALUE ...]
+
+OUTPUT_DIR is new, empty, or an earlier export, which is replaced whole. Exit status: 0, 2 for a
+flag, path or file that cannot work, with one line `export_weights.py: error: ...`.
 """
 import argparse
 import json
 import logging
 import sys
 
-from hf_export import save_hf
+from command_line import Parser, UsageError, add_flag
+from hf_export import hf_fields, save_hf
 from model_loading import load_model
 from our_format import save_weights
 from utils import reject_unknown
 from video_transformer import CONFIG_FIELDS
 from weight_formats import WeightLoadError
+
+PROGRAM = 'export_weights.py'
 
 
 def parse_override(text):
@@ -30,30 +36,44 @@ def parse_override(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = Parser(description=__doc__.split('\n\n')[0])
     parser.add_argument('checkpoint', help='weights file or folder (seed .ckpt, .pyth, .pth, .safetensors, '
                                            'transformers folder, our export)')
-    parser.add_argument('output_dir', help='folder to write')
-    parser.add_argument('-hf', '--hf', action='store_true',
-                        help='write a transformers folder of the model\'s class (TimeSformer, VideoMAE, V-JEPA 2)')
-    parser.add_argument('-num_heads', '--num_heads', type=int,
-                        help='attention heads, for formats that do not record them (the seed repo, bare '
-                             'state dicts); required for those, so a guess is never written as a fact')
-    parser.add_argument('-set', '--set', action='append', default=[], metavar='FIELD=VALUE', type=parse_override,
-                        help='another config field (img_size, num_frames, ...); VALUE is read as JSON '
-                             'when it parses, else as a string')
+    parser.add_argument('output_dir', help='folder to write: new, empty, or an earlier export (replaced whole)')
+    add_flag(parser, 'hf', action='store_true', help="write a transformers folder of the model's class (TimeSformer, VideoMAE, V-JEPA 2)")
+    add_flag(parser, 'num_heads', type=int,
+             help='attention heads, for formats that do not record them (the seed repo, bare '
+                  'state dicts); required for those, so a guess is never written as a fact')
+    add_flag(parser, 'set', action='append', default=[], metavar='FIELD=VALUE', type=parse_override,
+             help='another config field (img_size, num_frames, ...); VALUE is read as JSON '
+                  'when it parses, else as a string')
     return parser.parse_args(argv)
 
 
-if __name__ == '__main__':
-    args = parse_args()
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
+def main(argv=None):
+    args = parse_args(argv)
     overrides = dict(args.set)
     if args.num_heads is not None:
         overrides['num_heads'] = args.num_heads
-    try:
-        model = load_model(args.checkpoint, guess_num_heads=False, **overrides)
-        (save_hf if args.hf else save_weights)(model, args.output_dir)
-    except (WeightLoadError, OSError) as error:
-        sys.exit(f'export_weights.py: {error}')
+    model = load_model(args.checkpoint, guess_num_heads=False, **overrides)
+    if args.hf:
+        try:
+            hf_fields(model)
+        except WeightLoadError as error:  # a model transformers cannot express
+            raise UsageError(f'-hf: {error}') from None
+    (save_hf if args.hf else save_weights)(model, args.output_dir)
     logging.info('Wrote %s', args.output_dir)
+
+
+if __name__ == '__main__':
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    try:
+        main()
+        code = 0
+    except (UsageError, WeightLoadError) as error:  # a flag, a path or a file the user gave
+        print(f'{PROGRAM}: error: {error}', file=sys.stderr)
+        code = 2
+    except OSError as error:  # an output that cannot be written (permissions, a full disk, a file in the way)
+        print(f'{PROGRAM}: error: {error.filename or ""}: {error.strerror or error}', file=sys.stderr)
+        code = 2
+    sys.exit(code)

@@ -1,7 +1,12 @@
 """Writing transformers folders of the matching classes (TimeSformer, VideoMAE, V-JEPA 2: config.json +
 model.safetensors) that transformers' `from_pretrained` loads; our own folder is our_format's."""
+import logging
+
 from our_format import write_folder
+from source_preprocessing import HF_SAMPLING_FIELDS, HF_SAMPLING_FILE
 from weight_formats import WeightLoadError, convert_to_hf_timesformer, convert_to_hf_videomae, convert_to_hf_vjepa2
+
+logger = logging.getLogger(__name__)
 
 
 def _named_tables(model):
@@ -18,7 +23,8 @@ def hf_timesformer_config(config, class_names=None):
     """transformers' TimesformerConfig fields (a dict) for our TimeSformer `config`; WeightLoadError
     for one transformers cannot express."""
     unsupported = [
-        (config.conv_type == 'Conv2d', 'Conv2d patches'),
+        (config.conv_type == 'Conv2d', f'Conv2d patches (this model has {config.conv_type} tubelets of '
+                                       f'{config.tube_size} frames)'),
         (config.pos_emb_type == 'separate', "pos_emb_type 'separate'"),
         # transformers' space_only classifies every frame instead of averaging them.
         (config.attention_type in ('divided_space_time', 'joint_space_time'), 'divided or joint attention'),
@@ -108,13 +114,49 @@ HF_EXPORTS = {
 }
 
 
+def hf_fields(model):
+    """The transformers config.json fields of a VideoClassifier; WeightLoadError for an architecture or
+    variant transformers lacks."""
+    if model.config.arch not in HF_EXPORTS:
+        raise WeightLoadError(f'transformers folders are written for {", ".join(HF_EXPORTS)}, not {model.config.arch}')
+    return HF_EXPORTS[model.config.arch][0](model.config, model.class_names)
+
+
+def hf_processor_config(preprocessing):
+    """transformers' VideoMAEImageProcessor settings (preprocessor_config.json, which its TimeSformer,
+    VideoMAE and V-JEPA 2 read) for a Preprocessing: resize the short side, centre crop, RGB / 255,
+    normalise. Frame spacing and test views it cannot hold: see HF_SAMPLING_FILE."""
+    crop = {'height': preprocessing.img_size, 'width': preprocessing.img_size}
+    # resample 2 is PIL's bilinear, as dataset.resize_short_side; rescale_factor 1 / 255 keeps
+    # mean and std in the [0, 1] convention that ours use, so they round-trip exactly.
+    return {'image_processor_type': 'VideoMAEImageProcessor', 'do_resize': True,
+            'size': {'shortest_edge': preprocessing.short_side}, 'resample': 2, 'do_center_crop': True,
+            'crop_size': crop, 'do_rescale': True, 'rescale_factor': 1 / 255, 'do_normalize': True,
+            'image_mean': list(preprocessing.mean), 'image_std': list(preprocessing.std)}
+
+
 def save_hf(model, directory):
     """Write a VideoClassifier as a transformers folder of its class (TimesformerForVideoClassification,
     VideoMAEForVideoClassification, VJEPA2ForVideoClassification: config.json + model.safetensors) that
-    `from_pretrained` loads; WeightLoadError for an architecture or variant transformers lacks."""
-    if model.config.arch not in HF_EXPORTS:
-        raise WeightLoadError(f'transformers folders are written for {", ".join(HF_EXPORTS)}, not {model.config.arch}')
-    hf_config, convert = HF_EXPORTS[model.config.arch]
-    fields = hf_config(model.config, model.class_names)
+    `from_pretrained` loads, with its preprocessing: preprocessor_config.json for transformers, and
+    HF_SAMPLING_FILE with the frame spacing and test views that load_model reads back; what
+    transformers will not apply is said in one warning line. WeightLoadError for an architecture or
+    variant transformers lacks."""
+    fields = hf_fields(model)
+    convert = HF_EXPORTS[model.config.arch][1]
     tensors = {key: value.detach().contiguous() for key, value in convert(_named_tables(model)).items()}
-    return write_folder(directory, tensors, fields)
+    files = {'config.json': fields}
+    preprocessing = model.preprocessing
+    if preprocessing is not None:
+        sampling = {name: getattr(preprocessing, name) for name in HF_SAMPLING_FIELDS}
+        files.update({'preprocessor_config.json': hf_processor_config(preprocessing), HF_SAMPLING_FILE: sampling})
+        window = (f'a window of {preprocessing.window_seconds} s' if preprocessing.window_seconds is not None
+                  else f'frame interval {preprocessing.frame_interval}')
+        logger.warning('%s: transformers has no setting for the sampling (%s) or the %dx%d test views; '
+                       'they are in %s for load_model, a transformers pipeline takes its own frames and '
+                       'one centre crop', directory, window, preprocessing.num_clips, preprocessing.num_crops,
+                       HF_SAMPLING_FILE)
+    else:
+        logger.warning('%s: the weights record no preprocessing; no %s written, transformers takes its '
+                       'defaults', directory, 'preprocessor_config.json')
+    return write_folder(directory, tensors, files)

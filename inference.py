@@ -16,6 +16,7 @@ of `batch_size` views.
 import csv
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from dataset import UNLABELLED, AnnotationError, VideoDataset, collate_views, load_class_map
 from model_loading import load_model
 from preprocessing import Preprocessing, data_statics, normalize
-from utils import write_csv, write_json
+from utils import counted, write_csv, write_json
 from visualize import confusion_figure, prediction_figure, save_png
 from weight_files import WEIGHT_FILES
 from weight_formats import WeightLoadError
@@ -129,8 +130,8 @@ class PredictionDataset(VideoDataset):
         video = super().load(path)
         video_frames, frame_indices = self._sampled
         if video_frames < self.num_frames:
-            log.warning('%s: %d frames, fewer than the %d of a clip; frames are repeated', path, video_frames,
-                        self.num_frames)
+            log.warning('%s: %s, fewer than the %d of a clip; frames are repeated', path,
+                        counted(video_frames, 'frame'), self.num_frames)
         self._read_info = {'frame_indices': frame_indices, 'video_frames': video_frames,
                            'decode_ms': (time.perf_counter() - started) * 1000}
         return video
@@ -268,7 +269,8 @@ def format_result(record):
     """A result_record as a few lines of text: the video, then its top-k classes."""
     width = max(len(label) for label in record['labels'])
     label = f'; label {record["label"]}' if 'label' in record else ''
-    lines = [f'{record["path"]}: {record["views"]} views of {len(record["frames"][0])} frames{label} '
+    frames = counted(len(record['frames'][0]), 'frame')
+    lines = [f'{record["path"]}: {counted(record["views"], "view")} of {frames}{label} '
              f'(decode {record["decode_ms"]:.0f} ms, forward {record["forward_ms"]:.0f} ms)']
     lines += [f'  {rank}. {name:<{width}}  {probability:7.2%}' for rank, (name, probability) in
               enumerate(zip(record['labels'], record['probabilities']), 1)]
@@ -337,12 +339,22 @@ def write_report(evaluation, class_names, folder, views):
     return metrics
 
 
+def picture_root(source, videos):
+    """The folder whose tree the pictures of `videos` (paths) mirror: the list's folder (or the
+    folder) `source`, or, when some videos lie outside it (`../clip.mp4`), the deepest folder
+    holding them all, so that every picture lands inside the pictures' folder and no two videos
+    share one. Paths are made absolute without following links."""
+    folder = Path(source).parent if Path(source).is_file() else Path(source)
+    return Path(os.path.commonpath([os.path.abspath(path) for path in (folder, *videos)]))
+
+
 class ResultWriter:
     """Writes each video's outcome as it comes: result_record as text (format_result) or JSON lines
     on standard output (a failure as {"path", "error"} under JSON), CSV rows flushed per video
     (csv_path), and prediction_figure pictures (pictures: a PNG path for one video, or with
-    picture_root a folder mirroring the videos' paths below picture_root, `clip.mp4` ->
-    `clip.mp4.png`). attention(frames) -> (T', grid, grid) draws the rollout over the frames."""
+    picture_root, a folder holding every video (picture_root()), a folder mirroring the videos'
+    paths below picture_root, `clip.mp4` -> `clip.mp4.png`). attention(frames) -> (T', grid, grid)
+    draws the rollout over the frames."""
 
     def __init__(self, class_names, *, topk=5, json_lines=False, csv_path=None, pictures=None, picture_root=None,
                  attention=None):
@@ -350,9 +362,7 @@ class ResultWriter:
         self.stream = sys.stdout  # looked up now, not at import: a caller may have replaced it
         self.csv_path = Path(csv_path) if csv_path else None
         self.pictures = Path(pictures) if pictures else None
-        self.picture_root = Path(picture_root) if picture_root else None
-        if self.picture_root is not None and self.picture_root.is_file():
-            self.picture_root = self.picture_root.parent  # a list: paths below its folder
+        self.picture_root = Path(os.path.abspath(picture_root)) if picture_root else None
         self.attention = attention
         self._csv = self._rows = None
 
@@ -397,8 +407,9 @@ class ResultWriter:
         """Where the picture of `video` goes."""
         if self.picture_root is None:
             return self.pictures / f'{Path(video).name}.png' if self.pictures.is_dir() else self.pictures
-        video = Path(video)
-        relative = video.relative_to(self.picture_root) if video.is_relative_to(self.picture_root) else Path(video.name)
+        relative = Path(os.path.relpath(os.path.abspath(video), self.picture_root))
+        if relative.parts[0] == os.pardir:  # a picture never lands outside its folder
+            raise ValueError(f'{video} is not below {self.picture_root}')
         return self.pictures / relative.with_name(relative.name + '.png')
 
     def _picture(self, result, record):

@@ -20,6 +20,7 @@ check_python()  # before anything else, so an old Python stops with one line (ke
 import argparse  # noqa: E402  (every import after the Python check)
 import json
 import logging
+import signal
 import sys
 import time
 from functools import partial
@@ -32,7 +33,8 @@ import dataset
 from command_line import Parser, UsageError, add_flag, error_line
 from dataset import DECODERS, VIDEO_EXTENSIONS, AnnotationError, UnreadableDatasetError
 from inference import (Evaluation, ResultWriter, VideoFailure, classify, inference_preprocessing,
-                       load_classifier, model_class_names, prediction_loader, resolve_weights, write_report)
+                       load_classifier, model_class_names, picture_root, prediction_loader, resolve_weights,
+                       write_report)
 from preprocessing import DATA_STATICS
 from visualize import frame_attention, rollout_modules
 from weight_formats import WeightLoadError
@@ -165,16 +167,25 @@ def main(argv=None):
     attention = partial(frame_attention, model, preprocessing=settings, device=device) if args.attention else None
     writer = ResultWriter(model_class_names(model), topk=args.topk, json_lines=args.json,
                           csv_path=report / 'predictions.csv' if args.eval else args.out,
-                          pictures=args.save_vis, picture_root=None if single else source, attention=attention)
-    with writer, tqdm(total=len(loader.dataset), unit='video', disable=True if single else None,
-                      file=sys.stderr) as bar:
-        for outcome in classify(model, loader, settings, args.batch_size, device):
-            bar.update()
-            writer.write(outcome)
-            if isinstance(outcome, VideoFailure):
-                failures.append(outcome)
-            elif evaluation is not None:
-                evaluation.add(outcome)
+                          pictures=args.save_vis, attention=attention, picture_root=None if single else picture_root(
+                              source, [loader.dataset.path(index) for index in range(len(loader.dataset))]))
+    written = 0
+    try:
+        with writer, tqdm(total=len(loader.dataset), unit='video', disable=True if single else None,
+                          file=sys.stderr) as bar:
+            for outcome in classify(model, loader, settings, args.batch_size, device):
+                bar.update()
+                writer.write(outcome)
+                written += 1
+                if isinstance(outcome, VideoFailure):
+                    failures.append(outcome)
+                elif evaluation is not None:
+                    evaluation.add(outcome)
+    except KeyboardInterrupt:
+        places = [str(path) for path in (writer.csv_path, args.save_vis) if path is not None] or ['standard output']
+        print(f'{PROGRAM}: interrupted; {written} of {len(loader.dataset)} videos written to {" and ".join(places)}'
+              f'{"; no report written" if evaluation is not None else ""}', file=sys.stderr)
+        return 128 + signal.SIGINT
     seconds = time.perf_counter() - started
     views = f'{settings.num_clips}x{settings.num_crops}'
     if evaluation is not None:
@@ -207,4 +218,7 @@ if __name__ == '__main__':
     except UnreadableDatasetError as error:
         print(f'{PROGRAM}: error: {error_line(error)}', file=sys.stderr)
         code = 1
+    except KeyboardInterrupt:  # before the first video: nothing written yet
+        print(f'{PROGRAM}: interrupted before any video was written', file=sys.stderr)
+        code = 128 + signal.SIGINT
     sys.exit(code)

@@ -17,6 +17,7 @@ check_python()  # before anything else, so an old Python stops with one line (ke
 import argparse  # noqa: E402  (after the Python check, as every later import)
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -37,13 +38,14 @@ from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
 from model_trainer import LitVideoClassifier, NonFiniteLossError
-from run_outputs import (AtomicCheckpointIO, CheckpointOnSigterm, CompactProgressBar, percent, plot_curves,
-                         read_run_metrics)
+from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, CheckpointSaveError, CompactProgressBar,
+                         CtrlC, RunFolderBusy, holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
 from transformer import Block
-from utils import write_json
-from preprocessing import DATA_STATICS
-from video_transformer import ARCHITECTURES, VideoTransformerConfig
 from inference import resolve_weights
+from preprocessing import DATA_STATICS
+from utils import counted, write_json
+from video_transformer import ARCHITECTURES, VideoTransformerConfig
+from weight_files import read_file
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_
 
@@ -90,6 +92,20 @@ VIDEOMAE_RECIPE = dict(
 # The videomae recipe's lr: this much per 256 clips of effective batch (MCG-NJU's linear scaling).
 VIDEOMAE_LR_PER_256 = 1e-3
 RECIPES = {'demo': DEMO_RECIPE, 'kinetics': KINETICS_RECIPE, 'videomae': VIDEOMAE_RECIPE}
+# The flags a checkpoint records, by where: the module's hyper-parameters, its model config
+# (flag -> config field) and the DataModule's hyper-parameters.
+MODULE_FLAGS = ('optim_type', 'lr', 'momentum', 'weight_decay', 'lr_schedule', 'warmup_epochs', 'min_lr',
+                'milestones', 'layer_decay', 'label_smoothing', 'freeze_blocks', 'eval_metrics', 'nonfinite_loss')
+CONFIG_FLAGS = {'arch': 'arch', 'attention_type': 'attention_type', 'conv_type': 'conv_type',
+                'num_frames': 'num_frames', 'img_size': 'img_size', 'patch_size': 'patch_size',
+                'embed_dims': 'embed_dims', 'num_heads': 'num_heads', 'depth': 'num_transformer_layers',
+                'num_time_layers': 'num_time_transformer_layers', 'drop_path': 'drop_path_rate',
+                'tube_size': 'tube_size'}
+DATA_FLAGS = ('batch_size', 'num_samples_per_cls', 'frame_interval', 'window_seconds', 'num_clips', 'num_crops',
+              'data_statics', 'crop_scale', 'color_jitter', 'auto_augment', 'mixup', 'mixup_alpha', 'cutmix_alpha')
+# The experiment tag's fields (experiment_tag) and the flags that set them.
+TAG = re.compile(r'arch_(?P<arch>.+)_lr_(?P<lr>.+)_pretrain_(?P<pretrain>.+)_seed_(?P<seed>.+)_gpus_(?P<devices>.+)'
+                 r'_bs_(?P<batch_size>.+)_nw_(?P<num_workers>.+)_frame_interval_(?P<frame_interval>.+)')
 ATTENTION_TYPES = tuple(dict.fromkeys(name for architecture in ARCHITECTURES.values()
                                       for name in architecture.attention_types))
 
@@ -202,14 +218,16 @@ def parse_args(argv=None):
              help="continue the experiment's last checkpoint, or the one given")
     add_flag(lightning, 'compile', action='store_true', help='torch.compile the model')
     args = parser.parse_args(argv)
+    # Flags the user gave (a value other than the parser's default): a resume refuses those that
+    # differ from its checkpoint and takes the checkpoint's for the others.
+    args.given = frozenset(name for name, value in vars(args).items() if value != parser.get_default(name))
     if args.recipe is None:
         args.recipe = 'demo' if args.train_data_path is None else 'videomae' if args.arch == 'videomae' else 'kinetics'
-    attention_given = args.attention_type is not None
     for name, value in RECIPES[args.recipe].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     architecture = ARCHITECTURES[args.arch]
-    if not attention_given and args.attention_type not in architecture.attention_types:
+    if 'attention_type' not in args.given and args.attention_type not in architecture.attention_types:
         args.attention_type = architecture.arch_defaults['attention_type']  # the recipe's is another arch's
     if args.seed is None:
         args.seed = 0
@@ -362,6 +380,62 @@ def latest_checkpoint(ckpt_dir):
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 
+def checkpoint_flags(checkpoint):
+    """{flag: value} of the flags a Lightning checkpoint of this command records (MODULE_FLAGS,
+    CONFIG_FLAGS, DATA_FLAGS); those it lacks are left out."""
+    module = checkpoint.get('hyper_parameters') or {}
+    data = checkpoint.get('datamodule_hyper_parameters') or {}
+    config = module.get('config') or {}
+    flags = {name: module[name] for name in MODULE_FLAGS if name in module}
+    flags.update({flag: config[field] for flag, field in CONFIG_FLAGS.items() if field in config})
+    flags.update({name: data[name] for name in DATA_FLAGS if name in data})
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in flags.items()}
+
+
+def epochs_trained(checkpoint):
+    """Epochs whose training batches a Lightning checkpoint has all seen."""
+    loops = checkpoint.get('loops') or {}
+    progress = (loops.get('fit_loop') or {}).get('epoch_progress', {}).get('current', {})
+    return progress.get('processed', checkpoint.get('epoch', 0))
+
+
+def continue_checkpoint(args, path):
+    """Set the flags of `args` the user left out to the checkpoint's values; UsageError for one the
+    user gave that differs, naming both values, and for an -epoch it has already passed. Returns
+    (epochs trained, steps trained)."""
+    checkpoint = read_file(path)
+    if not isinstance(checkpoint, dict) or 'hyper_parameters' not in checkpoint:
+        raise UsageError(f'-resume {path}: not a checkpoint of model_pretrain.py (no hyper-parameters)')
+    for name, recorded in checkpoint_flags(checkpoint).items():
+        value = list(getattr(args, name)) if isinstance(getattr(args, name), tuple) else getattr(args, name)
+        if value == recorded:
+            continue
+        if name in args.given:
+            raise UsageError(f'-{name} {value}: the checkpoint {path} was trained with {recorded}; a resume '
+                             f'continues it as it was (leave -{name} out, or start a new run without -resume)')
+        setattr(args, name, recorded)
+    epochs, steps = epochs_trained(checkpoint), checkpoint.get('global_step', 0)
+    if args.epoch < epochs:
+        raise UsageError(f'-epoch {args.epoch}: the checkpoint {path} has trained {counted(epochs, "epoch")} already; '
+                         f'a resume can only add epochs (give -epoch {epochs} or more)')
+    return epochs, steps
+
+
+def other_checkpoints(results, ckpt_dir, args, num_devices):
+    """A line naming the newest checkpoint of the other experiment tags in `results` and the flags
+    that differ from `args`, or '' when there is none."""
+    found = [(path, folder) for folder in results.iterdir() if folder / 'ckpt' != ckpt_dir and folder.is_dir()
+             for path in [latest_checkpoint(folder / 'ckpt')] if path is not None]
+    if not found:
+        return ''
+    path, folder = max(found, key=lambda item: item[0].stat().st_mtime)
+    match, mine = TAG.fullmatch(folder.name), TAG.fullmatch(experiment_tag(args, num_devices))
+    differ = [f'-{name} {value} (here {mine[name]})' for name, value in match.groupdict().items()
+              if value != mine[name]] if match and mine else []
+    flags = f' with {", ".join(differ)}' if differ else ''
+    return f'; the same experiment has one{flags}: -resume {path}'
+
+
 def experiment_tag(args, num_devices):
     """The original's tag: what most often differs between runs of one workspace."""
     pretrain = Path(args.pretrain).stem if args.pretrain not in PRETRAIN_FILES else args.pretrain
@@ -374,9 +448,6 @@ def main(argv=None):
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     check_writable(args.root_dir)
-    data = build_data(args)
-    pretrain = resolve_pretrain(args)
-    config = build_config(args, data.num_class)
     accelerator, devices = resolve_devices(args)
     num_devices = count_devices(accelerator, devices) * args.num_nodes
     if args.lr is None:  # the videomae recipe's lr follows the effective batch
@@ -384,22 +455,47 @@ def main(argv=None):
         args.lr = VIDEOMAE_LR_PER_256 * effective_batch / 256
         logging.info('-lr %.3g: the videomae recipe takes %g per 256 clips of effective batch, here %d',
                      args.lr, VIDEOMAE_LR_PER_256, effective_batch)
-    run_dir = Path(args.root_dir) / 'results' / experiment_tag(args, num_devices)
-    ckpt_dir, log_dir = run_dir / 'ckpt', run_dir / 'log'
+    results = Path(args.root_dir) / 'results'
     resume = None
-    if args.resume is not None:
-        resume = latest_checkpoint(ckpt_dir) if args.resume == 'last' else Path(args.resume)
-        if resume is None or not resume.is_file():
-            raise UsageError(f'-resume: no checkpoint at {resume or ckpt_dir}')
-    elif rank_zero_only.rank == 0 and run_dir.is_dir() and any(run_dir.iterdir()):
+    if args.resume not in (None, 'last'):  # the checkpoint's flags first: they name the experiment
+        resume = Path(args.resume)
+        if not resume.is_file():
+            raise UsageError(f'-resume {resume}: no such checkpoint')
+        trained = continue_checkpoint(args, resume)
+    run_dir = results / experiment_tag(args, num_devices)
+    ckpt_dir, log_dir = run_dir / 'ckpt', run_dir / 'log'
+    if args.resume == 'last':
+        resume = latest_checkpoint(ckpt_dir)
+        if resume is None:
+            elsewhere = other_checkpoints(results, ckpt_dir, args, num_devices)
+            raise UsageError(f'-resume: no checkpoint in {ckpt_dir}{elsewhere}')
+        trained = continue_checkpoint(args, resume)
+    if resume is not None and (trained[0] >= args.epoch or 0 < args.max_steps <= trained[1]):
+        # Lightning would restore, train nothing and test: the run's summary would lose its scores.
+        say(f'Nothing left to train: {resume} has trained {counted(trained[0], "epoch")}, '
+            f'{counted(trained[1], "step")}, of -epoch '
+            f'{args.epoch}{f" -max_steps {args.max_steps}" if args.max_steps > 0 else ""}; the run\'s results stay '
+            f'in {run_dir} (a larger -epoch trains on)')
+        return 0
+    data = build_data(args)
+    pretrain = resolve_pretrain(args)
+    config = build_config(args, data.num_class)
+    # Rank zero holds the folder for the run: a second run of the tag stops here, and a folder a live
+    # run holds is never moved.
+    lock = lock_run_folder(run_dir) if rank_zero_only.rank == 0 else None
+    if resume is None and lock is not None and holds_results(run_dir):
         keep_earlier_run(run_dir)
+        lock = lock_run_folder(run_dir)
+    if resume is not None:
+        say(f'Resuming {resume} after {counted(trained[0], "epoch")}, {counted(trained[1], "step")}; training to '
+            f'epoch {args.epoch} with its settings')
 
     best, last, steps = checkpoint_callbacks(args, ckpt_dir, validating=data.sources['val'] is not None)
-    sigterm = CheckpointOnSigterm(ckpt_dir / 'last.ckpt')
+    sigterm, ctrl_c = CheckpointOnSigterm(ckpt_dir / 'last.ckpt'), CtrlC()
     # A CSV version per run (a resumed run adds one): Lightning's CSVLogger empties a folder it reuses.
     loggers = [CSVLogger(log_dir, name='csv'), TensorBoardLogger(log_dir, name='tensorboard', version='')]
     # best first: the Trainer's checkpoint_callback, which ckpt_path='best' reads.
-    callbacks = [callback for callback in (best, last, steps, sigterm) if callback is not None]
+    callbacks = [callback for callback in (best, last, steps, sigterm, ctrl_c) if callback is not None]
     trainer = build_trainer(args, accelerator, devices, callbacks, loggers)
     module = LitVideoClassifier(
         config, data.class_names, data.preprocessing.to_dict(), optim_type=args.optim_type, lr=args.lr,
@@ -428,10 +524,31 @@ def main(argv=None):
         say(f'Stopped by SIGTERM; saved {sigterm.path}; continue with the same flags and -resume' if sigterm.saved
             else 'Stopped by SIGTERM while testing; the checkpoints are complete')
         return 128 + signal.SIGTERM
+    except SystemExit:  # Lightning's answer to Ctrl-C, after its own line
+        if not ctrl_c.pressed:
+            raise
+        say(interrupted_line(latest_checkpoint(ckpt_dir), argv))
+        return 128 + signal.SIGINT
     test = tested[0] if tested else {}
     report(args, module, trainer, data, best_score, best_path or last_path, last_path, test, log_dir, run_dir,
            time.perf_counter() - started)
     return 0
+
+
+def interrupted_line(checkpoint, argv=None):
+    """What a Ctrl-C leaves: the newest checkpoint and the command that continues it."""
+    if checkpoint is None:
+        return 'Stopped by Ctrl-C before the first checkpoint; nothing to resume'
+    given, flags = list(sys.argv[1:] if argv is None else argv), []
+    while given:  # an earlier -resume [PATH] gives way to the newest checkpoint
+        flag = given.pop(0)
+        if flag in ('-resume', '--resume'):
+            if given and not given[0].startswith('-'):
+                given.pop(0)
+        elif not flag.startswith(('-resume=', '--resume=')):
+            flags.append(flag)
+    command = shlex.join(['python', 'model_pretrain.py', *flags, '-resume', str(checkpoint)])
+    return f'Stopped by Ctrl-C; the checkpoints are kept, the newest {checkpoint}; continue with: {command}'
 
 
 def keep_earlier_run(run_dir):
@@ -440,6 +557,7 @@ def keep_earlier_run(run_dir):
     while run_dir.with_name(f'{run_dir.name}.{number}').exists():
         number += 1
     kept = run_dir.rename(run_dir.with_name(f'{run_dir.name}.{number}'))
+    (kept / RUN_LOCK).unlink(missing_ok=True)  # this process's lock on it, which it gives up
     logging.warning('%s holds an earlier run (not resumed: no -resume); moved it to %s', run_dir, kept)
 
 
@@ -469,12 +587,14 @@ def report(args, module, trainer, data, best_score, checkpoint, last_checkpoint,
     if rows:
         # With five classes or fewer, top-5 is 100% by construction: not worth a line.
         plot_curves(rows, log_dir / 'curves.png', top5=len(data.class_names) > 5)
-    say(f'Done in {seconds / 60:.1f} min: best val top-1 {percent(best_score)} / top-5 {percent(val_top5)} '
-        f'(epoch {best_epoch}); test top-1 {percent(summary["test_top1_1view"])} / top-5 '
-        f'{percent(summary["test_top5_1view"])} at 1 view, {percent(summary["test_top1"])} / '
-        f'{percent(summary["test_top5"])} at {data.preprocessing.num_clips}x{data.preprocessing.num_crops} views '
-        f'of {summary["test_videos"]} videos; '
-        f'{log_dir / "summary.json"}, {log_dir / "curves.png"}')
+    validated = 'no validation data' if best_score is None else (
+        f'best val top-1 {percent(best_score)} / top-5 {percent(val_top5)}'
+        f'{f" (epoch {best_epoch})" if best_epoch is not None else ""}')
+    tested = (f'test top-1 {percent(summary["test_top1_1view"])} / top-5 {percent(summary["test_top5_1view"])} at '
+              f'1 view, {percent(summary["test_top1"])} / {percent(summary["test_top5"])} at '
+              f'{data.preprocessing.num_clips}x{data.preprocessing.num_crops} views of '
+              f'{counted(summary["test_videos"], "video")}' if summary['test_videos'] is not None else 'no test data')
+    say(f'Done in {seconds / 60:.1f} min: {validated}; {tested}; {log_dir / "summary.json"}, {log_dir / "curves.png"}')
     say(f'Next: python model_inference.py -pretrain {shlex.quote(str(summary["checkpoint"]))} '
         f'-video_path {shlex.quote(str(first_video(data)))}')
 
@@ -488,10 +608,13 @@ if __name__ == '__main__':
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
         code = main()
-    except (UsageError, WeightLoadError) as error:  # a flag, a path or a file the user gave
+    except (UsageError, WeightLoadError, RunFolderBusy) as error:  # a flag, a path or a file the user gave
         print(f'model_pretrain.py: error: {error}', file=sys.stderr)
         code = 2
-    except (NonFiniteLossError, UnreadableDatasetError) as error:  # the run itself went wrong
+    except (NonFiniteLossError, UnreadableDatasetError, CheckpointSaveError) as error:  # the run itself went wrong
         print(f'model_pretrain.py: {error_line(error)}', file=sys.stderr)
         code = 1
+    except KeyboardInterrupt:  # before training started: nothing written yet
+        print('model_pretrain.py: interrupted', file=sys.stderr)
+        code = 128 + signal.SIGINT
     sys.exit(code)

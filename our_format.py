@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from source_preprocessing import datamodule_preprocessing
+from source_preprocessing import HF_SAMPLING_FILE, datamodule_preprocessing
 from weight_config import STRUCTURAL_FIELDS, SourceWeights, current_fields, infer_config, source_defaults
 from weight_fitting import is_image_model
 from weight_formats import OUR_FORMAT, WeightLoadError
@@ -54,26 +54,59 @@ def read_ours(state_dict, extras, sidecar, path):
                          preprocessing=preprocessing)
 
 
-def write_folder(directory, tensors, config):
-    """Write `tensors` as directory/model.safetensors and `config` as directory/config.json.
+# What an export folder may hold: our folder's and a transformers folder's files. A folder of these
+# only is an earlier export, which a new export replaces whole.
+EXPORT_FILES = ('model.safetensors', 'config.json', 'preprocessor_config.json', HF_SAMPLING_FILE)
 
-    Both are written into a temporary folder beside `directory` first and then moved into place
-    with os.replace, so a failure never leaves a half-written file over a good export, and the
-    window for new weights beside an old config.json is two renames.
+
+def _umask():
+    """The process's file creation mask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_folder(directory, tensors, files):
+    """Write `tensors` as directory/model.safetensors and each of `files` (name -> JSON values)
+    beside it, as a new folder or in place of an earlier export (EXPORT_FILES only), whole.
+
+    All are written into a temporary folder beside `directory` first, which then takes its place
+    by renames, so a failure never leaves a half-written file over a good export, nor files of
+    an earlier export beside new ones. Files and folder get the usual permissions (the umask's),
+    where safetensors alone would write model.safetensors readable by its owner only. A folder
+    holding anything else is refused: an export never merges with other files.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise WeightLoadError(f'{directory}: exists and is not a folder')
-    text = json.dumps(config, indent=2) + '\n'
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.is_dir():
+        others = sorted(path.name for path in directory.iterdir() if path.name not in EXPORT_FILES)
+        if others:
+            raise WeightLoadError(f'{directory}: not empty and not an earlier export (it holds {", ".join(others[:3])}'
+                                  f'{" ..." if len(others) > 3 else ""}); give a new or empty folder')
+    texts = {name: json.dumps(values, indent=2) + '\n' for name, values in files.items()}
+    directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
+    earlier = staging.with_name(staging.name + '.earlier')
+    mask = _umask()
     try:
         save_file(tensors, staging / 'model.safetensors', metadata={'format': 'pt'})
-        (staging / 'config.json').write_text(text)
-        for name in ('model.safetensors', 'config.json'):
-            os.replace(staging / name, directory / name)
+        for name, text in texts.items():
+            (staging / name).write_text(text)
+        for name in ('model.safetensors', *texts):
+            os.chmod(staging / name, 0o666 & ~mask)
+        os.chmod(staging, 0o777 & ~mask)
+        if directory.exists():
+            directory.rename(earlier)
+        try:
+            staging.rename(directory)
+        except OSError:
+            if earlier.exists():
+                earlier.rename(directory)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(earlier, ignore_errors=True)
     return directory
 
 
@@ -84,4 +117,4 @@ def save_weights(model, directory):
     preprocessing = model.preprocessing.to_dict() if model.preprocessing is not None else None
     meta = {'format': OUR_FORMAT, 'config': model.config.to_dict(), 'class_names': model.class_names,
             'preprocessing': preprocessing}
-    return write_folder(directory, tensors, meta)
+    return write_folder(directory, tensors, {'config.json': meta})

@@ -1,8 +1,12 @@
-"""What a training run shows and leaves behind: a progress bar with short metric names, checkpoints
-written atomically, one more on SIGTERM, and its CSV logs read back and drawn as curves in a PNG."""
+"""What a training run shows and leaves behind: a lock on its folder, a progress bar with short
+metric names, checkpoints written atomically, one more on SIGTERM, and its CSV logs read back and
+drawn as curves in a PNG."""
 import csv
+import fcntl
 import math
 import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -12,6 +16,40 @@ from matplotlib.ticker import MaxNLocator
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+
+# The file in a run folder whose flock says a live process writes there, and which holds its PID.
+RUN_LOCK = '.lock'
+
+
+class RunFolderBusy(Exception):
+    """Another live process holds the run folder's lock."""
+
+
+def lock_run_folder(run_dir):
+    """Hold run_dir's lock for the rest of this process: an flock on run_dir/RUN_LOCK, which the kernel
+    releases when the process ends, however it ends. Returns the open lock file (keep a reference);
+    RunFolderBusy naming the folder and the holder's PID when a live process has it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / RUN_LOCK, 'a+')
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or 'unknown'
+        handle.close()
+        raise RunFolderBusy(f'{run_dir} is in use by a running training (PID {holder}); wait for it to end, '
+                            f'or give other flags or another -root_dir') from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'{os.getpid()}\n')
+    handle.flush()
+    return handle
+
+
+def holds_results(run_dir):
+    """Whether run_dir holds anything but its lock file: an earlier run's results."""
+    return run_dir.is_dir() and any(path.name != RUN_LOCK for path in run_dir.iterdir())
 
 
 class CompactProgressBar(TQDMProgressBar):
@@ -26,11 +64,30 @@ class CompactProgressBar(TQDMProgressBar):
         return {short: form.format(float(metrics[name])) for name, (short, form) in self.SHOWN.items()
                 if name in metrics}
 
+    def on_exception(self, trainer, pl_module, exception):
+        # Lightning leaves its bars open when a run stops on an error or a signal: closing them ends
+        # their line, so the line that says why the run stopped starts on its own.
+        for bar in (self._train_progress_bar, self._val_progress_bar, self._test_progress_bar):
+            if bar is not None:
+                bar.close()
+
+
+class CheckpointSaveError(Exception):
+    """A checkpoint could not be written (a full disk, a lost mount); the message is one line."""
+
+
+def _os_error(error):
+    """The OSError behind `error` (torch's writer wraps a failed write in a RuntimeError), or None."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint beside its destination, syncs it to disk, then renames it into place, so a
-    crash, a kill or a full disk while saving never leaves a truncated file where a good one was.
-    Reads with weights_only=True: a checkpoint holds tensors and plain types only."""
+    crash, a kill or a full disk while saving never leaves a truncated file where a good one was; a
+    write that fails is CheckpointSaveError naming the file and the free space. Reads with
+    weights_only=True: a checkpoint holds tensors and plain types only."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = Path(path)
@@ -42,6 +99,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(partial, path)
+        except (OSError, RuntimeError) as error:
+            cause = _os_error(error)
+            if cause is None:
+                raise
+            partial.unlink(missing_ok=True)
+            free = shutil.disk_usage(path.parent).free
+            kept = f'the previous {path.name} is kept' if path.exists() else 'the checkpoints written before are kept'
+            raise CheckpointSaveError(f'cannot save {path}: {cause.strerror or cause} ({free / 2 ** 20:.1f} MiB '
+                                      f'free there); {kept}') from None
         finally:
             partial.unlink(missing_ok=True)
 
@@ -62,6 +128,35 @@ class CheckpointOnSigterm(pl.Callback):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == 'fit':
             trainer.save_checkpoint(self.path)
             self.saved = True
+
+
+class CtrlC(pl.Callback):
+    """Notes a Ctrl-C (`pressed`; Lightning turns it into exit status 1 and nothing is saved, as it
+    may come in the middle of a step) and makes one Ctrl-C always stop the run: Python drops a
+    KeyboardInterrupt raised inside a __del__ (decord frees its readers there, several times a
+    step) with an 'Exception ignored' line, and training would go on; it is raised again at the
+    end of the step."""
+
+    def __init__(self):
+        self.pressed = False
+        self._previous = None
+
+    def setup(self, trainer, pl_module, stage):
+        self._previous = signal.signal(signal.SIGINT, self._press)
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _press(self, signum, frame):
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def _stop_if_pressed(self, *args):
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_validation_batch_end = on_test_batch_end = _stop_if_pressed
 
 
 def read_metrics(path):

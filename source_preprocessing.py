@@ -30,6 +30,10 @@ HF_PREPROCESSING = {'mean': KINETICS_MEAN, 'std': KINETICS_STD, 'frame_interval'
                     'num_clips': 1, 'num_crops': 1}
 # transformers' processor files, in the order it reads them.
 HF_PROCESSOR_FILES = ('video_preprocessor_config.json', 'preprocessor_config.json')
+# What a transformers processor cannot say (frame spacing, test views): `export_weights.py -hf`
+# writes it beside the processor file for this repository's loader.
+HF_SAMPLING_FILE = 'sampling_config.json'
+HF_SAMPLING_FIELDS = ('frame_interval', 'window_seconds', 'num_clips', 'num_crops')
 # A LightningDataModule's saved hyper-parameters that Preprocessing keeps (data_statics aside).
 DATAMODULE_FIELDS = ('num_frames', 'frame_interval', 'window_seconds', 'img_size', 'short_side',
                      'num_clips', 'num_crops')
@@ -82,13 +86,17 @@ def _hf_size(value, key, path):
 
 
 def hf_preprocessing(folder, img_size, conventions=HF_PREPROCESSING):
-    """transformers' settings, with a processor file's normalisation and sizes when present.
+    """transformers' settings, with a processor file's normalisation and sizes and our export's
+    sampling file (HF_SAMPLING_FILE) when present.
 
     Processors rescale pixels (p * rescale_factor, minus 1 with ViViT's offset) and normalise with
     image_mean and image_std; in our convention (RGB in [0, 1]) that is mean (m + o) / (255 r) and
     std s / (255 r). Its resize sets the short side and its centre crop the crop size.
     """
     settings = {**conventions, 'img_size': img_size, 'short_side': img_size}
+    if (folder / HF_SAMPLING_FILE).is_file():
+        sampling = read_json(folder / HF_SAMPLING_FILE)
+        settings.update({name: sampling[name] for name in HF_SAMPLING_FIELDS if name in sampling})
     found = [folder / name for name in HF_PROCESSOR_FILES if (folder / name).is_file()]
     if not found:
         return settings

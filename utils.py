@@ -18,6 +18,11 @@ def reject_unknown(names, known, message, error=ValueError):
         raise error(f'{message} {unknown}')
 
 
+def counted(number, noun):
+    """'1 frame', '3 frames': a count and its noun in the singular or the plural (nouns that take -s)."""
+    return f'{number} {noun}' if number == 1 else f'{number} {noun}s'
+
+
 def count_parameters(model):
     """Number of parameters of a module."""
     return sum(parameter.numel() for parameter in model.parameters())

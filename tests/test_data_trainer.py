@@ -135,6 +135,13 @@ def test_class_names_from_the_class_map_or_the_lists(demo_data):
     assert data.dataset('val').class_names == data.class_names
 
 
+def test_num_samples_per_cls_caps_training_clips_only(demo_data):
+    """Fails if -num_samples_per_cls also caps validation and test (16 of 64 test videos)."""
+    listed = demo_data / 'train.txt'  # 4 clips per class in every split
+    data = small_module(demo_data, num_samples_per_cls=1, val_data_path=listed, test_data_path=listed)
+    assert [len(data.dataset(split)) for split in ('train', 'val', 'test', 'predict')] == [4, 16, 16, 16]
+
+
 def test_datamodule_argument_errors(demo_data):
     with pytest.raises(ValueError, match='data_statics must be one of'):
         small_module(demo_data, data_statics='k400')

@@ -2,16 +2,18 @@
 import json
 import logging
 import os
+from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 import dataset
-from dataset import (UNLABELLED, AnnotationError, DecordReader, PyAVReader, UnreadableDatasetError, VideoDataset,
-                     collate_clips, collate_views, load_annotations, load_class_map, resize_short_side,
-                     sample_frame_indices)
+from dataset import (DECODERS, UNLABELLED, AnnotationError, DecordReader, PyAVReader, UnreadableDatasetError,
+                     VideoDataset, collate_clips, collate_views, decord, load_annotations, load_class_map,
+                     resize_short_side, sample_frame_indices, sample_frame_times)
 from preprocessing import Preprocessing
 from demo.make_demo_dataset import CLASSES, make_demo_dataset, render_clip, write_video
 
@@ -59,6 +61,25 @@ def test_bad_class_maps(tmp_path, content, message):
     with pytest.raises(AnnotationError, match=message) as error:
         load_class_map(path)
     assert str(path) in str(error.value)
+
+
+def test_a_class_map_is_json_by_its_extension_in_any_case(tmp_path):
+    """Fails if classmap.JSON is read as one name per line (its braces as class names)."""
+    assert load_class_map(write(tmp_path / 'classmap.JSON', json.dumps({'b': 1, 'a': 0}))) == ['a', 'b']
+
+
+@pytest.mark.parametrize('name, text, where, first', [
+    ('map.txt', 'walking\nrunning\n\nwalking\n', 'map.txt:4', 'map.txt:1'),
+    ('map.json', json.dumps(['walking', 'running', 'walking']), 'map.json: entry 2', 'map.json: entry 0'),
+    ('map.json', json.dumps({'air drumming': 0, 'air_drumming': 1}), 'map.json: index 1', 'map.json: index 0'),
+])
+def test_a_name_given_twice_is_reported_against_the_class_map(tmp_path, name, text, where, first):
+    """Fails on the code that read the class map and then blamed the training list for its repeat."""
+    path = write(tmp_path / name, text)
+    with pytest.raises(AnnotationError) as error:
+        load_class_map(path)
+    assert str(error.value).startswith(f'{tmp_path / where}: class ') and f'(first at {tmp_path / first})' in \
+        str(error.value)
 
 
 def test_class_map_with_invalid_json_names_the_line(tmp_path):
@@ -319,6 +340,23 @@ def test_prediction_takes_every_video_below_a_folder(tmp_path):
         load_annotations(write(tmp_path / 'text' / 'notes.txt', '').parent, require_labels=False)
 
 
+def test_hidden_files_and_folders_are_skipped_and_counted(tmp_path, caplog):
+    """Fails on the code that read macOS `._clip.mp4` AppleDouble files and hidden folders as videos
+    (a 1-byte `._clip.mp4` made folder inference exit 1)."""
+    root = tmp_path / 'videos'
+    for relative in ('walking/a.mp4', 'walking/._a.mp4', 'running/b.mp4', 'running/.cache/c.mp4',
+                     '.Trashes/walking/d.mp4', '._e.mp4'):
+        touch_video(root / relative)
+    for require_labels, expected in ((True, [('running/b.mp4', 0), ('walking/a.mp4', 1)]),
+                                     (False, [('running/b.mp4', UNLABELLED), ('walking/a.mp4', UNLABELLED)])):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger='dataset'):
+            samples, _ = load_annotations(root, require_labels=require_labels)
+        assert [(os.path.relpath(path, root), label) for path, label in samples] == expected
+        assert caplog.messages == [f'{root}: 4 hidden video files skipped (names starting with a dot, such as '
+                                   f'macOS ._ files)']
+
+
 def test_prediction_lists_may_omit_labels(tmp_path):
     listing = write(tmp_path / 'l.txt', 'my clip.mp4\nb.mp4 dog\nc d/e.mp4\t\nf.mp4\tcat\n')
     samples, names = load_annotations(listing, class_names=['cat', 'dog'], require_labels=False)
@@ -397,11 +435,44 @@ def test_short_videos_repeat_frames_instead_of_failing(mode):
     assert clip[0] == 0 and clip[-1] == 39 and len(set(clip.tolist())) == 8
 
 
-def test_window_in_seconds_follows_the_frame_rate(demo_data):
-    clip = VideoDataset(demo_data / 'val.txt', mode='val', num_frames=4, window_seconds=0.8, short_side=32)
-    assert clip.window(25.0) == 20 and clip.window(50.0) == 40
-    frames = VideoDataset(demo_data / 'val.txt', mode='val', num_frames=4, frame_interval=8, short_side=32)
-    assert frames.window(25.0) == frames.window(50.0) == 32
+def test_window_in_seconds_follows_the_frame_rate():
+    # 0.8 s is 20 frames at 25 fps and 40 at 50 fps; at a constant rate the frames sampled are
+    # those of a window of that many frames.
+    for fps, frames in ((25, 20), (50, 40)):
+        for mode in ('val', 'test'):
+            by_time = sample_frame_times(np.arange(301) / fps, 8, 0.8, mode, num_clips=3)
+            assert np.array_equal(by_time, sample_frame_indices(301, 8, frames, mode, num_clips=3))
+
+
+def write_variable_rate_video(path, times):
+    """A video whose frame i is shown from times[i] seconds, every pixel of it 3 * i."""
+    with av.open(str(path), mode='w') as container:
+        stream = container.add_stream('libx264', rate=60)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, 'yuv420p'
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {'preset': 'ultrafast'}
+        for index, moment in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 3 * index, np.uint8), format='rgb24')
+            frame.pts, frame.time_base = round(moment * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize('decoder', DECODERS)
+def test_window_in_seconds_on_a_variable_frame_rate_covers_those_seconds(tmp_path, decoder):
+    """Fails on the code that sized a window from the average rate: 80 frames in 3 s are 26.7 fps, and
+    one second's window took 27 frames of the 60 fps part, 0.43 s of video."""
+    if decoder == 'decord' and decord is None:
+        pytest.skip('decord is not installed')
+    # Two seconds at 10 fps, then one second at 60 fps.
+    times = [index / 10 for index in range(20)] + [2 + index / 60 for index in range(60)]
+    write_variable_rate_video(tmp_path / 'variable.mp4', times)
+    listing = write(tmp_path / 'l.txt', 'variable.mp4 0\n')
+    item = VideoDataset(listing, mode='val', num_frames=5, window_seconds=1.0, short_side=48, decoder=decoder)[0]
+    sampled = (item['video'][0, :, 0, 24, 32].float() / 3).round().long().tolist()
+    # The centre second of three, 1.0 s to 2.0 s: frames 10 to 19, at evenly spaced times.
+    assert sampled == [10, 12, 14, 16, 19]
 
 
 def test_window_in_seconds_on_a_real_50_fps_video(tmp_path):

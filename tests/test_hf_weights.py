@@ -1,6 +1,7 @@
 """transformers' TimeSformer and ViViT: folders they write load with their numbers and their
 preprocessing, and our transformers export loads in transformers and back."""
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ import torch
 from hf_export import hf_timesformer_config, save_hf
 from layouts import CLASSES, DIM, FRAMES, HEADS, LAYERS, PATCH, SIZE, random_state, save_lightning, seed_layout, video
 from model_loading import load_model
+from dataset import spatial_crops
 from our_format import save_weights
-from preprocessing import normalize
+from preprocessing import Preprocessing, normalize
 from reference import randomise_
 from video_transformer import TimeSformer, VideoClassifier, timesformer_base_patch16_224, timesformer_hr_patch16_448, \
     timesformer_large_patch16_224, timesformer_tiny
@@ -188,6 +190,27 @@ def test_hf_export_loads_in_transformers_and_back(tmp_path):
     assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in model.state_dict().items())
 
 
+def test_hf_export_keeps_the_preprocessing(tmp_path, caplog):
+    """Fails if -hf drops the data settings: transformers then normalises with its 0.45 / 0.225 and
+    our loader reads its short side, frame interval 4 and 1x1 views back."""
+    config = timesformer_tiny(num_classes=3)
+    trained = Preprocessing(num_frames=config.num_frames, frame_interval=3, img_size=SIZE, short_side=40,
+                            mean=(0.5,) * 3, std=(0.5,) * 3, num_clips=2, num_crops=3)
+    model = randomise_(VideoClassifier(config, preprocessing=trained)).eval()
+    with caplog.at_level(logging.WARNING, logger='hf_export'):
+        save_hf(model, tmp_path / 'hf')
+    assert load_model(tmp_path / 'hf').preprocessing == trained
+    [said] = caplog.messages
+    assert 'frame interval 3' in said and '2x3 test views' in said and 'sampling_config.json' in said
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / 'hf')
+    assert (processor.size['shortest_edge'], processor.crop_size) == (40, {'height': SIZE, 'width': SIZE})
+    # Frames already at the short side: transformers' centre crop and normalisation against ours.
+    frames = np.random.default_rng(0).integers(0, 256, (FRAMES, 40, 56, 3), dtype=np.uint8)
+    theirs = processor(list(frames), do_resize=False, return_tensors='pt').pixel_values
+    [centre] = spatial_crops(torch.from_numpy(frames).permute(0, 3, 1, 2), SIZE)
+    torch.testing.assert_close(normalize(centre, trained.mean, trained.std)[None], theirs.float(), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize('preset', [timesformer_base_patch16_224, timesformer_hr_patch16_448,
                                     timesformer_large_patch16_224])
 def test_every_timesformer_preset_can_be_written_for_transformers(preset):
@@ -217,7 +240,8 @@ def test_a_seed_checkpoint_goes_to_transformers_with_one_eps_chosen(tmp_path):
                                '-num_heads', str(HEADS), *flags], cwd=ROOT, capture_output=True, text=True)
         assert 'format seed' in done.stderr
         if folder == 'refused':
-            assert done.returncode == 1 and 'one LayerNorm eps' in done.stderr.splitlines()[-1]
+            assert done.returncode == 2 and 'error: -hf: ' in done.stderr.splitlines()[-1]
+            assert 'one LayerNorm eps' in done.stderr.splitlines()[-1]
             assert 'norm_eps=1e-06' in done.stderr.splitlines()[-1]
         else:
             assert done.returncode == 0, done.stderr

@@ -8,7 +8,7 @@ import torch
 
 from data_trainer import VideoDataModule
 from dataset import AnnotationError, VideoDataset, collate_views
-from inference import (Evaluation, PredictionDataset, VideoResult, classify, inference_preprocessing,
+from inference import (Evaluation, PredictionDataset, VideoResult, classify, format_result, inference_preprocessing,
                        load_classifier, model_class_names, prediction_loader, result_record)
 from classifiers import CLASSES, SETTINGS, export, hf_folder, png_size
 from layouts import HEADS, random_state, save_lightning, seed_layout, timm_layout
@@ -286,3 +286,11 @@ def test_confusion_matrix_at_400_classes_lists_the_worst_pairs(tmp_path):
     names = [f'class {index:03d}' for index in range(400)]
     save_png(confusion_figure(confusion, names), tmp_path / 'confusion.png')
     assert png_size(tmp_path / 'confusion.png') == (1600, 1000)
+
+
+def test_a_one_frame_one_view_result_reads_in_the_singular():
+    """Fails on the wording '1 views of 1 frames'."""
+    result = VideoResult('still.mp4', 0, torch.tensor([[2.0, 0.0]]), torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
+                         [[0]], 1, 1.0, 1.0)
+    first = format_result(result_record(result, ['cat', 'dog'])).splitlines()[0]
+    assert first.startswith('still.mp4: 1 view of 1 frame; label cat (')

@@ -3,8 +3,10 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -115,7 +117,7 @@ def test_one_video_as_a_table_with_csv_and_an_attention_picture(trained, labelle
 def test_a_list_of_awkward_and_real_videos_as_json_lines(model_folder, tmp_path):
     """Other containers and codecs, odd sizes, gray, 60 fps, 4K and too few frames are classified;
     the real Kinetics clips of ../shared/demo too when present. Pictures mirror the paths below the
-    list's folder; others take their file name."""
+    deepest folder holding the list and every video."""
     videos = list(write_odd_videos(tmp_path).values())
     shared = REPOSITORY.parent / 'shared' / 'demo'
     videos += sorted(shared.glob('*.mp4'))
@@ -130,8 +132,7 @@ def test_a_list_of_awkward_and_real_videos_as_json_lines(model_folder, tmp_path)
         assert record['labels'][0] in CLASSES and len(record['probabilities']) == 4 and record['views'] == 3
         assert record['decode_ms'] > 0 and record['forward_ms'] > 0
         assert all(len(clip) == 4 and max(clip) < record['video_frames'] for clip in record['frames'])
-        path = Path(record['path'])
-        relative = path.relative_to(tmp_path) if path.is_relative_to(tmp_path) else Path(path.name)
+        relative = Path(record['path']).relative_to(os.path.commonpath([tmp_path, *videos]))
         assert png_size(tmp_path / 'pictures' / f'{relative}.png') == (640, 360)
     assert len(read_csv(tmp_path / 'results.csv')) == len(videos)
     assert 'two_frames.mp4: 2 frames, fewer than the 4 of a clip; frames are repeated' in result.stderr
@@ -158,6 +159,45 @@ def write_unreadable_videos(folder):
     (folder / 'notes.avi').write_text('not a video\n')
     good.unlink()
     return {path.name: path for path in folder.iterdir()}
+
+
+def test_list_pictures_stay_in_their_folder_one_per_video(model_folder, tmp_path):
+    """Fails on the code that wrote `../clip.mp4`'s picture outside -save_vis and let two videos of one
+    file name in different folders overwrite each other's picture."""
+    for folder in ('a', 'b', 'lists/c'):
+        (tmp_path / folder).mkdir(parents=True)
+        write_video(tmp_path / folder / 'clip.mp4', moving_square(8, 40, 48))
+    listing = tmp_path / 'lists' / 'videos.txt'
+    listing.write_text('../a/clip.mp4\n../b/clip.mp4\nc/clip.mp4\n')
+    result = infer('-pretrain', model_folder, '-video_path', listing, '-save_vis', tmp_path / 'pictures',
+                   '-num_workers', '0')
+    assert result.returncode == 0, result.stderr[-3000:]
+    pictures = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob('*.png'))
+    assert pictures == [Path('pictures/a/clip.mp4.png'), Path('pictures/b/clip.mp4.png'),
+                        Path('pictures/lists/c/clip.mp4.png')]
+
+
+def test_ctrl_c_in_a_folder_says_what_was_written_and_exits_130(model_folder, tmp_path):
+    """Fails on the code that stopped with a 52-line KeyboardInterrupt traceback and exit 1."""
+    folder = tmp_path / 'videos'
+    folder.mkdir()
+    write_video(folder / 'clip_000.mp4', moving_square(16, 48, 64))
+    for index in range(1, 300):  # enough work to be inside the loop when the signal comes
+        os.link(folder / 'clip_000.mp4', folder / f'clip_{index:03d}.mp4')
+    out = tmp_path / 'results.csv'
+    command = [sys.executable, str(REPOSITORY / 'model_inference.py'), '-pretrain', str(model_folder),
+               '-video_path', str(folder), '-out', str(out), '-num_clips', '4']
+    running = subprocess.Popen(command, cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_file() and len(out.read_text().splitlines()) > 2) and time.monotonic() < deadline:
+        assert running.poll() is None, running.communicate()[1][-3000:]
+        time.sleep(0.05)
+    running.send_signal(signal.SIGINT)
+    _, err = running.communicate(timeout=120)
+    assert running.returncode == 130 and 'Traceback' not in err, err[-3000:]
+    rows = read_csv(out)  # whole rows only, one per video written
+    assert 2 <= len(rows) < 300 and all(row['top1_label'] in CLASSES for row in rows)
+    assert own_lines(err)[-1] == f'model_inference.py: interrupted; {len(rows)} of 300 videos written to {out}'
 
 
 def test_a_folder_with_unreadable_videos_classifies_the_rest_and_exits_1(model_folder, tmp_path):

@@ -1,5 +1,7 @@
 """Our export folder, written atomically and read back exactly, and the export command's errors."""
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from command_lines import run_in_one_process
 from hf_export import hf_timesformer_config, save_hf
 from layouts import HEADS, random_state, save_lightning, seed_layout, video
 from model_loading import load_model
@@ -90,8 +93,8 @@ def export(tmp_path, checkpoint, output, *flags):
 def test_the_export_command_never_writes_a_guessed_head_count(tmp_path):
     path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
     done = export(tmp_path, path, 'guessed')
-    assert done.returncode == 1 and not (tmp_path / 'guessed').exists()
-    assert done.stderr.splitlines()[-1] == (f'export_weights.py: {path}: does not record its head count; '
+    assert done.returncode == 2 and not (tmp_path / 'guessed').exists()
+    assert done.stderr.splitlines()[-1] == (f'export_weights.py: error: {path}: does not record its head count; '
                                             f'give num_heads (heads of width 64 would be 1)')
     done = export(tmp_path, path, 'given', '-num_heads', str(HEADS))
     assert done.returncode == 0, done.stderr
@@ -101,16 +104,48 @@ def test_the_export_command_never_writes_a_guessed_head_count(tmp_path):
         assert torch.equal(load_model(tmp_path / 'given')(clip), load_model(path, num_heads=HEADS)(clip))
 
 
-@pytest.mark.parametrize('flags, output, code, message', [
-    (['-set', 'img_size'], 'out', 2, "argument -set/--set: takes FIELD=VALUE, got 'img_size'"),
-    (['-set', 'dropout_ratio=0.1'], 'out', 2, "num_classes, head_dropout_p): ['dropout_ratio']"),
-    (['-set', 'activation=nope'], 'out', 1, 'activation must be one of'),
-    ([], 'taken/out', 1, 'taken/out'),  # a file where the output's parent folder should be
-])
-def test_export_command_errors_are_one_line(tmp_path, flags, output, code, message):
+def test_export_command_errors_are_one_line_and_exit_2(tmp_path):
+    """Fails on the code where refusals exited 1 as `export_weights.py: ...` (-hf on the Quick start's
+    Conv3d model among them), not in the usage-error form, and merged an export into any folder."""
     path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('space_only')))
     (tmp_path / 'taken').write_text('')
-    done = export(tmp_path, path, output, '-num_heads', str(HEADS), *flags)
-    errors = [line for line in done.stderr.splitlines() if line.startswith('export_weights.py')]
-    assert done.returncode == code and len(errors) == 1 and message in errors[0], done.stderr
-    assert 'Traceback' not in done.stderr
+    (tmp_path / 'mine').mkdir()
+    (tmp_path / 'mine' / 'notes.txt').write_text('keep')
+    quick_start = save_weights(randomise_(VideoClassifier(timesformer_tiny(conv_type='Conv3d'))), tmp_path / 'conv3d')
+    heads = ['-num_heads', str(HEADS)]
+    cases = {
+        'no FIELD=VALUE': ([path, tmp_path / 'out', *heads, '-set', 'img_size'],
+                           "argument -set/--set: takes FIELD=VALUE, got 'img_size'"),
+        'not a field': ([path, tmp_path / 'out', *heads, '-set', 'dropout_ratio=0.1'],
+                        "argument -set/--set: not a config field (one of arch, "),
+        'bad value': ([path, tmp_path / 'out', *heads, '-set', 'activation=nope'], 'activation must be one of'),
+        'a file in the way': ([path, tmp_path / 'taken' / 'out', *heads], f'{tmp_path / "taken"}'),
+        'a folder of other files': ([path, tmp_path / 'mine', *heads], f'{tmp_path / "mine"}: not empty and not an '
+                                                                       f'earlier export (it holds notes.txt)'),
+        'conv3d to transformers': ([quick_start, tmp_path / 'out', '-hf'],
+                                   '-hf: transformers TimeSformer needs Conv2d patches (this model has Conv3d '
+                                   'tubelets of 2 frames)'),
+        'extra argument': ([path, tmp_path / 'out', 'more'], 'unrecognized arguments: more'),
+    }
+    results = run_in_one_process('export_weights.py', {name: case for name, (case, _) in cases.items()})
+    for name, (_, message) in cases.items():
+        lines = [line for line in results[name]['stderr'].splitlines() if line.startswith('export_weights.py')]
+        assert results[name]['code'] == 2 and len(lines) == 1, (name, results[name]['stderr'][-2000:])
+        assert lines[0].startswith('export_weights.py: error: ') and message in lines[0], (name, lines)
+        assert 'Traceback' not in results[name]['stderr'], name
+    assert not (tmp_path / 'out').exists() and (tmp_path / 'mine' / 'notes.txt').read_text() == 'keep'
+
+
+def test_an_export_replaces_an_earlier_one_whole_with_the_usual_permissions(tmp_path):
+    """Fails on the code that merged a new export into the files of an earlier one and wrote
+    model.safetensors 0600 beside a 0644 config.json."""
+    model = randomise_(VideoClassifier(timesformer_tiny(), preprocessing=Preprocessing(num_frames=4, img_size=32)))
+    save_hf(model, tmp_path / 'out')
+    assert (tmp_path / 'out' / 'preprocessor_config.json').is_file()
+    save_weights(model, tmp_path / 'out')
+    assert sorted(path.name for path in (tmp_path / 'out').iterdir()) == ['config.json', 'model.safetensors']
+    assert [path.name for path in tmp_path.iterdir()] == ['out']  # no staging folder left
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / 'out', *(tmp_path / 'out').iterdir())}
+    assert modes == {'out': 0o777 & ~mask, 'config.json': 0o666 & ~mask, 'model.safetensors': 0o666 & ~mask}
