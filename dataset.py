@@ -411,7 +411,12 @@ def _describe(error):
 
 
 class DecordReader:
-    """A decord VideoReader behind `num_frames`, `fps`, `read(indices)` and `close()`."""
+    """A decord VideoReader behind `num_frames`, `fps`, `read(indices)` and `close()`.
+
+    decord2 applies a display matrix (a phone video's rotation) itself. On some frame sizes with one
+    (48 or 96 pixels wide, of those tried) decord2 3.4.0 returns rows with padding and get_batch
+    raises, so the dataset reads those files with PyAV, which shows them the same way.
+    """
 
     def __init__(self, path, threads=1):
         if decord is None:
@@ -428,6 +433,13 @@ class DecordReader:
     def close(self):
         # decord frees its demuxer and decoder with the object.
         self._reader = None
+
+
+def displayed(frame):
+    """uint8 (H, W, 3) of a PyAV VideoFrame as a player shows it. Phones store a video shot upright
+    as sideways frames plus a display matrix; PyAV reports its rotation (degrees counter-clockwise)
+    and leaves applying it to the caller, where decord applies it itself."""
+    return np.rot90(frame.to_ndarray(format='rgb24'), k=round(frame.rotation / 90) % 4)
 
 
 class PyAVReader:
@@ -482,7 +494,7 @@ class PyAVReader:
                 codec.skip_frame = 'DEFAULT' if packet.pts in wanted else 'NONREF'
             for frame in packet.decode():
                 if frame.pts in wanted:
-                    frames[wanted[frame.pts]] = frame.to_ndarray(format='rgb24')
+                    frames[wanted[frame.pts]] = displayed(frame)
             if len(frames) == len(wanted):
                 break
         return frames

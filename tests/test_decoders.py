@@ -5,14 +5,20 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from einops import rearrange
 
 import dataset
 from command_lines import run_python
 from data_trainer import VideoDataModule
 from dataset import DECORD_FIX, DecordReader, PyAVReader, VideoDataset, installed_decords
+from videos import quadrants, write_video
 
 REPO = Path(__file__).resolve().parents[1]
+# Mean absolute difference in 8-bit levels between decoded flat colours and the colours written: H.264
+# blurs their borders a little; a frame turned the wrong way differs by about 100.
+COLOUR_TOLERANCE = 4.0
 
 
 def write_dist_info(folder, name, version):
@@ -38,6 +44,38 @@ def test_decord2_frames_of_the_real_clips_equal_pyav(shared_videos):
         assert from_decord2.dtype == np.uint8 and from_decord2.shape == from_pyav.shape
         # The decoder-agreement tolerance of test_dataset.py: both wrap FFmpeg, the frames are equal to the bit.
         assert np.array_equal(from_decord2, from_pyav), path.name
+
+
+def assert_frames(frames, expected, name):
+    assert frames.shape == expected.shape, f'{name}: {frames.shape}, expected {expected.shape}'
+    difference = np.abs(frames.astype(np.float64) - expected).mean()
+    assert difference < COLOUR_TOLERANCE, f'{name}: {difference:.1f} levels off'
+
+
+@pytest.mark.parametrize('rotation', (90, 180, 270))
+def test_a_video_with_a_rotation_tag_reads_as_displayed_by_both_decoders(tmp_path, rotation):
+    """A display matrix (every phone video shot upright has one; phones write 270 here, "rotate=90"
+    in older tools) turns the stored frames into the shown ones. Fails on PyAV frames taken as stored:
+    sideways at 90 and 270, upside down at 180, where decord2 showed them upright, so predictions
+    depended on the decoder. 48x96 frames are a size decord2 3.4.0 raises on with a display matrix:
+    the dataset then falls back to PyAV, which must show them the same way."""
+    for height, width in ((64, 128), (48, 96)):
+        stored = quadrants(4, height, width)
+        shown = np.rot90(stored, k=rotation // 90, axes=(1, 2))
+        path = write_video(tmp_path / f'phone_{width}.mp4', stored, rotation=rotation)
+        readers = (DecordReader, PyAVReader) if width == 128 else (PyAVReader,)
+        for reader_class in readers:
+            reader = reader_class(path)
+            try:
+                assert_frames(reader.read(np.array([3, 0])), shown[[3, 0]], f'{reader_class.__name__} {width}')
+            finally:
+                reader.close()
+        (tmp_path / 'list.txt').write_text(f'{path.name}\t0\n')
+        for decoder in ('decord', 'pyav'):
+            clips = VideoDataset(tmp_path / 'list.txt', mode='val', num_frames=2, frame_interval=2,
+                                 short_side=height, decoder=decoder)
+            frames = rearrange(clips[0]['video'][0].numpy(), 't c h w -> t h w c')
+            assert_frames(frames, shown[[0, 3]], f'dataset, {decoder} first, {width}')
 
 
 def test_decord_is_the_default_and_each_decoder_falls_back_to_the_other(demo_data, tmp_path, caplog):

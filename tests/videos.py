@@ -33,12 +33,25 @@ def moving_square(num_frames, height, width, gray=False):
     return frames
 
 
-def write_video(path, frames, fps=25, codec='libx264', pix_fmt='yuv420p'):
-    """Encode uint8 (N, H, W, 3) RGB frames to path; returns path."""
+def quadrants(num_frames, height, width):
+    """uint8 (num_frames, height, width, 3): four flat colours, one per quarter of the frame, so each
+    rotation and flip of it differs from the others."""
+    frame = np.empty((height, width, 3), dtype=np.uint8)
+    top, left = height // 2, width // 2
+    frame[:top, :left], frame[:top, left:] = (220, 40, 40), (40, 200, 40)
+    frame[top:, :left], frame[top:, left:] = (40, 40, 220), (230, 230, 230)
+    return np.repeat(frame[None], num_frames, axis=0)
+
+
+def write_video(path, frames, fps=25, codec='libx264', pix_fmt='yuv420p', rotation=None):
+    """Encode uint8 (N, H, W, 3) RGB frames to path, with rotation (degrees counter-clockwise, as
+    PyAV's VideoFrame.rotation reads it back) in the display matrix when given; returns path."""
     height, width = frames.shape[1:3]
     with av.open(str(path), mode='w') as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
         stream.options = {'preset': 'ultrafast'} if codec == 'libx264' else {}
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format='rgb24')))
