@@ -2,8 +2,10 @@
 environment where decord 0.6.0 and decord2 overwrite each other."""
 import inspect
 import logging
+import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -12,8 +14,8 @@ from einops import rearrange
 import dataset
 from command_lines import run_python
 from data_trainer import VideoDataModule
-from dataset import DECORD_FIX, DecordReader, PyAVReader, VideoDataset, installed_decords
-from videos import quadrants, write_video
+from dataset import DECORD_FIX, DecordReader, PyAVReader, VideoDataset, installed_decords, sample_frame_indices
+from videos import noise, quadrants, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 # Mean absolute difference in 8-bit levels between decoded flat colours and the colours written: H.264
@@ -57,7 +59,7 @@ def test_a_video_with_a_rotation_tag_reads_as_displayed_by_both_decoders(tmp_pat
     """A display matrix (every phone video shot upright has one; phones write 270 here, "rotate=90"
     in older tools) turns the stored frames into the shown ones. Fails on PyAV frames taken as stored:
     sideways at 90 and 270, upside down at 180, where decord2 showed them upright, so predictions
-    depended on the decoder. 48x96 frames are a size decord2 3.4.0 raises on with a display matrix:
+    depended on the decoder. decord2 3.4.0 raises on frames 48 or 96 pixels wide, rotated or not:
     the dataset then falls back to PyAV, which must show them the same way."""
     for height, width in ((64, 128), (48, 96)):
         stored = quadrants(4, height, width)
@@ -126,3 +128,64 @@ def test_a_decord_module_without_its_files_falls_back_to_pyav(tmp_path):
     assert broken.returncode == 0, broken.stderr
     assert broken.stdout.strip() == 'None'
     assert 'decord module in' in broken.stderr and 'incomplete' in broken.stderr and DECORD_FIX in broken.stderr
+
+
+def keyframes_of(path):
+    """Frame indices of the keyframes, read from the packets (presentation order)."""
+    with av.open(str(path)) as container:
+        packets = [packet for packet in container.demux(video=0) if packet.pts is not None]
+    order = {pts: index for index, pts in enumerate(sorted(packet.pts for packet in packets))}
+    return sorted(order[packet.pts] for packet in packets if packet.is_keyframe)
+
+
+def required_frames(keyframes, frames):
+    """Frames a decoder must decode to show sorted frames: from the keyframe before each one, or on
+    from the last frame shown where that keyframe lies before it, to the frame."""
+    total, position = 0, -1
+    for frame in frames:
+        keyframe = max(key for key in keyframes if key <= frame)
+        total += frame - max(keyframe, position + 1) + 1
+        position = frame
+    return total
+
+
+def decord_cpu_seconds(path, frames, repeats=3):
+    """Least CPU time (all threads) of decord2's get_batch for frames on a freshly opened reader."""
+    best = float('inf')
+    for _ in range(repeats):
+        reader = DecordReader(path)
+        start = time.process_time()
+        reader.read(frames)
+        best = min(best, time.process_time() - start)
+        reader.close()
+    return best
+
+
+def test_frames_decoded_per_clip_follow_the_keyframe_spacing(tmp_path):
+    """A 256-frame video with a keyframe every 16 frames (what prepare_videos.py writes) and with
+    one keyframe only; the seed's 8x32 training clip and three 8x16 test windows. PyAV counts its
+    frames decoded: exactly those the keyframes require. Fails on the PyAV reader that sought once
+    and decoded on from the first wanted frame to the last (as many frames with dense keyframes as
+    with one). decord2 gives no count; its frames are estimated from CPU time against decoding every
+    frame. get_batch seeks to the keyframe before each frame in another group of pictures, but its
+    decoder thread decodes ahead between seeks, so the estimate exceeds the requirement somewhat."""
+    num_frames, dense = 256, 16
+    train = sample_frame_indices(num_frames, 8, 8 * 32, 'val')[0]
+    test = np.unique(sample_frame_indices(num_frames, 8, 8 * 16, 'test', num_clips=3))
+    frames = noise(num_frames, 160, 160)
+    counts = {}
+    for name, interval in (('dense', dense), ('sparse', num_frames)):
+        path = write_video(tmp_path / f'{name}.mp4', frames, keyframe_interval=interval)
+        keyframes = keyframes_of(path)
+        assert keyframes == list(range(0, num_frames, interval))
+        for clip in (train, test):
+            reader = PyAVReader(path)
+            reader.read(clip)
+            assert reader.decoded_frames == required_frames(keyframes, clip), (name, clip)
+            reader.close()
+        estimate = decord_cpu_seconds(path, train) / decord_cpu_seconds(path, np.arange(num_frames)) * num_frames
+        counts[name] = (required_frames(keyframes, train), round(estimate))
+    (dense_required, dense_estimate), (sparse_required, sparse_estimate) = counts['dense'], counts['sparse']
+    assert dense_required <= len(train) * dense and dense_required < sparse_required / 2, counts
+    # CPU time also counts colour conversion, seeking and decoding ahead: bounds of 2x either way.
+    assert dense_estimate < 2 * dense_required and sparse_estimate > sparse_required / 2, counts

@@ -43,9 +43,16 @@ def quadrants(num_frames, height, width):
     return np.repeat(frame[None], num_frames, axis=0)
 
 
-def write_video(path, frames, fps=25, codec='libx264', pix_fmt='yuv420p', rotation=None):
+def noise(num_frames, height, width, seed=0):
+    """uint8 (num_frames, height, width, 3) of uniform noise: every frame costs the decoder the same,
+    so decoding time counts frames."""
+    return np.random.default_rng(seed).integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
+
+
+def write_video(path, frames, fps=25, codec='libx264', pix_fmt='yuv420p', rotation=None, keyframe_interval=None):
     """Encode uint8 (N, H, W, 3) RGB frames to path, with rotation (degrees counter-clockwise, as
-    PyAV's VideoFrame.rotation reads it back) in the display matrix when given; returns path."""
+    PyAV's VideoFrame.rotation reads it back) in the display matrix when given, and with libx264 a
+    keyframe every keyframe_interval frames exactly (else x264's default, 250 at most); returns path."""
     height, width = frames.shape[1:3]
     with av.open(str(path), mode='w') as container:
         stream = container.add_stream(codec, rate=fps)
@@ -53,6 +60,9 @@ def write_video(path, frames, fps=25, codec='libx264', pix_fmt='yuv420p', rotati
         if rotation is not None:
             stream.set_display_rotation(rotation)
         stream.options = {'preset': 'ultrafast'} if codec == 'libx264' else {}
+        if keyframe_interval is not None:
+            # No scene-cut keyframes in between, so the spacing is what the test asks for.
+            stream.options |= {'g': str(keyframe_interval), 'keyint_min': str(keyframe_interval), 'sc_threshold': '0'}
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format='rgb24')))
         container.mux(stream.encode())
