@@ -48,7 +48,8 @@ def parse_args(argv=None):
     add_flag(parser, 'root_dir', type=Path, default=None,
              help="folder the source's relative paths start from (default: the source's folder)")
     add_flag(parser, 'short_side', type=int, default=320, help='short side in pixels, never enlarged (default 320)')
-    add_flag(parser, 'keyframe_interval', type=int, default=16, help='frames from one keyframe to the next (default 16)')
+    add_flag(parser, 'keyframe_interval', type=int, default=16,
+             help='frames from one keyframe to the next (default 16)')
     add_flag(parser, 'crf', type=int, default=23, help='x264 constant rate factor, 0-51, lower is better (default 23)')
     add_flag(parser, 'workers', type=int, default=len(os.sched_getaffinity(0)),
              help='videos prepared at once, in processes (default: every core)')
@@ -186,7 +187,8 @@ def check_settings(out_dir, settings):
     if path.exists():
         before = json.loads(path.read_text())
         if before != settings:
-            changed = ', '.join(f'-{name} {before.get(name)}' for name in settings if before.get(name) != settings[name])
+            changed = ', '.join(f'-{name} {before.get(name)}' for name in settings
+                                if before.get(name) != settings[name])
             raise UsageError(f'{out_dir} was prepared with {changed}; give the same settings to resume, '
                              f'or another OUT_DIR')
     write_json(settings, path)
