@@ -240,7 +240,7 @@ def main(argv=None):
     print(f'{len(results)} videos prepared ({skipped} of them already), {hours:.2f} h of video, '
           f'{megabytes(before)} -> {megabytes(after)}, {len(failed)} failed'
           + (f' (listed in {failed_csv})' if failed else '') + f'; videos below {base} now in {out_dir}; '
-          f'train with -train_data_path {listed} and no -root_dir', flush=True)
+          f'the prepared source: {listed} (give it without -root_dir)', flush=True)
     return 1 if failed and not results else 0
 
 

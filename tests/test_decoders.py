@@ -5,7 +5,6 @@ import logging
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -15,7 +14,7 @@ import dataset
 from command_lines import run_python
 from data_trainer import VideoDataModule
 from dataset import DECORD_FIX, DecordReader, PyAVReader, VideoDataset, installed_decords, sample_frame_indices
-from videos import noise, quadrants, write_video
+from videos import keyframes_of, noise, quadrants, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 # Mean absolute difference in 8-bit levels between decoded flat colours and the colours written: H.264
@@ -128,14 +127,6 @@ def test_a_decord_module_without_its_files_falls_back_to_pyav(tmp_path):
     assert broken.returncode == 0, broken.stderr
     assert broken.stdout.strip() == 'None'
     assert 'decord module in' in broken.stderr and 'incomplete' in broken.stderr and DECORD_FIX in broken.stderr
-
-
-def keyframes_of(path):
-    """Frame indices of the keyframes, read from the packets (presentation order)."""
-    with av.open(str(path)) as container:
-        packets = [packet for packet in container.demux(video=0) if packet.pts is not None]
-    order = {pts: index for index, pts in enumerate(sorted(packet.pts for packet in packets))}
-    return sorted(order[packet.pts] for packet in packets if packet.is_keyframe)
 
 
 def required_frames(keyframes, frames):

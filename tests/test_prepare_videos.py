@@ -15,10 +15,9 @@ import pytest
 from command_lines import run_in_one_process
 from dataset import VideoDataset, load_annotations
 from demo.make_demo_dataset import make_demo_dataset
-from test_decoders import keyframes_of
-from test_training_cli import demo_flags, run_dir, train
-from videos import moving_square, quadrants, write_video
 from run_outputs import read_run_metrics
+from test_training_cli import demo_flags, run_dir, train
+from videos import keyframes_of, moving_square, quadrants, write_video
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 # How long a killed run may take to leave a half-written video behind.

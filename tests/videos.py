@@ -1,4 +1,5 @@
-"""Videos the tests write with PyAV: any codec and pixel format the local FFmpeg can encode."""
+"""Videos the tests write with PyAV (any codec and pixel format the local FFmpeg can encode), and
+their keyframes as the packets say."""
 import av
 import numpy as np
 
@@ -67,6 +68,14 @@ def write_video(path, frames, fps=25, codec='libx264', pix_fmt='yuv420p', rotati
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format='rgb24')))
         container.mux(stream.encode())
     return path
+
+
+def keyframes_of(path):
+    """Frame indices of the keyframes, read from the packets (presentation order)."""
+    with av.open(str(path)) as container:
+        packets = [packet for packet in container.demux(video=0) if packet.pts is not None]
+    order = {pts: index for index, pts in enumerate(sorted(packet.pts for packet in packets))}
+    return sorted(order[packet.pts] for packet in packets if packet.is_keyframe)
 
 
 def write_long_video(path, seconds, height, width, fps=25):
