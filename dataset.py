@@ -460,7 +460,7 @@ class PyAVReader:
             raise
         self._pts = np.array(sorted(pts for pts, _ in packets), dtype=np.int64)
         # Frame indices of the keyframes, with frame 0 where decoding can always start.
-        self.keyframes = np.union1d([0], np.searchsorted(self._pts, [pts for pts, key in packets if key]))
+        self._keyframes = np.union1d([0], np.searchsorted(self._pts, [pts for pts, key in packets if key]))
         self.num_frames = len(self._pts)
         self.fps = float(self._stream.average_rate or self._stream.guessed_rate or 0)
         self.decoded_frames = 0
@@ -474,11 +474,11 @@ class PyAVReader:
         self._stream.thread_type = 'AUTO'
         self._stream.thread_count = self._threads
 
-    def runs(self, frames):
+    def _runs(self, frames):
         """Sorted unique frame indices -> [(keyframe, frames decoded from it)]: a run starts where
         the keyframe before a frame lies past the frame wanted before it, as seeking there skips
         frames that decoding on would go through."""
-        keys = self.keyframes[np.searchsorted(self.keyframes, frames, side='right') - 1]
+        keys = self._keyframes[np.searchsorted(self._keyframes, frames, side='right') - 1]
         starts = np.flatnonzero(np.r_[True, keys[1:] > frames[:-1]])
         return list(zip(keys[starts].tolist(), np.split(frames, starts[1:])))
 
@@ -486,7 +486,7 @@ class PyAVReader:
         """uint8 (N, H, W, 3) frames at indices (N,), in the given order."""
         unique, inverse = np.unique(indices, return_inverse=True)
         frames = {}
-        for keyframe, run in self.runs(unique):
+        for keyframe, run in self._runs(unique):
             self._container.seek(int(self._pts[keyframe]), stream=self._stream, backward=True)
             self._stream.codec_context.flush_buffers()
             frames.update(self._decode({int(self._pts[i]): i for i in run}))

@@ -209,6 +209,9 @@ def main(argv=None):
         jobs, base = plan(source, out_dir, args.root_dir)
     except AnnotationError as error:
         raise UsageError(error) from None
+    if base.is_relative_to(out_dir) or out_dir / source.name == source:
+        # Targets would land on their sources (and be skipped as prepared), or the list on itself.
+        raise UsageError(f'{args.out_dir}: OUT_DIR would overwrite the source; give a folder outside {base}')
     settings = {'short_side': args.short_side, 'keyframe_interval': args.keyframe_interval, 'crf': args.crf}
     out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(out_dir, settings)

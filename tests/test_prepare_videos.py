@@ -162,6 +162,8 @@ def test_a_killed_preparation_resumes_without_redoing_or_keeping_half_videos(tmp
 
 
 def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(tmp_path):
+    """Fails if a mistake prints a traceback, exits otherwise, or writes anything; an OUT_DIR holding
+    the source would have its videos skipped as prepared and its list rewritten onto itself."""
     source = tmp_path / 'source'
     source.mkdir()
     (source / 'train.txt').write_text('a.mp4\t0\n')
@@ -175,6 +177,8 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(tmp_path):
         'short side': ([source / 'train.txt', tmp_path / 'o', '-short_side', '1'], '-short_side 1'),
         'missing': ([tmp_path / 'none.txt', tmp_path / 'o'], 'none.txt: no such file or folder'),
         'inside': ([source, source / 'out'], 'must lie outside the source folder'),
+        'onto itself': ([source / 'train.txt', source], 'OUT_DIR would overwrite the source'),
+        'above': ([source / 'train.txt', tmp_path], 'OUT_DIR would overwrite the source'),
         'no label': ([source / 'labels.txt', tmp_path / 'o'], 'labels.txt:1: expected "relative/path.mp4 label"'),
         'other settings': ([source / 'train.txt', resumed], 'was prepared with -short_side 256'),
         'no out dir': ([source / 'train.txt'], 'the following arguments are required: out_dir'),
