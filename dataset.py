@@ -415,7 +415,9 @@ class DecordReader:
 
     decord2 applies a display matrix (a phone video's rotation) itself. On some frame widths (48, 96
     and 144 pixels of those tried, rotated or not) decord2 3.4.0 returns rows with padding and
-    get_batch raises, so the dataset reads those files with PyAV.
+    get_batch raises, so the dataset reads those files with PyAV. get_batch seeks to the keyframe
+    before a frame in another group of pictures and decodes on from there, but its decoder thread
+    decodes ahead between seeks, and at each seek it reads the file from that keyframe to the end.
     """
 
     def __init__(self, path, threads=1):
