@@ -475,7 +475,14 @@ def _describe(error):
 
 
 class DecordReader:
-    """A decord VideoReader behind `num_frames`, `fps`, `read(indices)` and `close()`."""
+    """A decord VideoReader behind `num_frames`, `fps`, `read(indices)` and `close()`.
+
+    decord2 applies a display matrix (a phone video's rotation) itself. On some frame widths (48, 96
+    and 144 pixels of those tried, rotated or not) decord2 3.4.0 returns rows with padding and
+    get_batch raises, so the dataset reads those files with PyAV. get_batch seeks to the keyframe
+    before a frame in another group of pictures and decodes on from there, but its decoder thread
+    decodes ahead between seeks, and at each seek it reads the file from that keyframe to the end.
+    """
 
     def __init__(self, path, threads=1):
         if decord is None:
@@ -498,23 +505,35 @@ class DecordReader:
         self._reader = None
 
 
+def displayed(frame):
+    """uint8 (H, W, 3) of a PyAV VideoFrame as a player shows it. Phones store a video shot upright
+    as sideways frames plus a display matrix; PyAV reports its rotation (degrees counter-clockwise)
+    and leaves applying it to the caller, where decord applies it itself."""
+    return np.rot90(frame.to_ndarray(format='rgb24'), k=round(frame.rotation / 90) % 4)
+
+
 class PyAVReader:
-    """PyAV behind the same interface. read() seeks to the keyframe before the first wanted frame
-    and decodes up to the last one, skipping the non-reference frames that are not wanted."""
+    """PyAV behind the same interface. read() seeks to the keyframe before each wanted frame that
+    lies past the frames decoded so far and decodes forward from there, skipping the non-reference
+    frames that are not wanted; `decoded_frames` counts the frames decoded since opening."""
 
     def __init__(self, path, threads=1):
         self._path, self._threads = str(path), threads
         self._open()
         try:
-            # Presentation timestamps of all frames, from packets alone (no decoding): frame i is
-            # the i-th in presentation order, as decord counts, even with a variable frame rate.
-            self._pts = np.array(sorted(packet.pts for packet in self._container.demux(self._stream)
-                                        if packet.pts is not None), dtype=np.int64)
+            # From packets alone (no decoding): presentation timestamps, so that frame i is the i-th
+            # in presentation order, as decord counts, even with a variable frame rate; and keyframes.
+            packets = [(packet.pts, packet.is_keyframe) for packet in self._container.demux(self._stream)
+                       if packet.pts is not None]
         except BaseException:
             self.close()
             raise
+        self._pts = np.array(sorted(pts for pts, _ in packets), dtype=np.int64)
+        # Frame indices of the keyframes, with frame 0 where decoding can always start.
+        self._keyframes = np.union1d([0], np.searchsorted(self._pts, [pts for pts, key in packets if key]))
         self.num_frames = len(self._pts)
         self.fps = float(self._stream.average_rate or self._stream.guessed_rate or 0)
+        self.decoded_frames = 0
 
     def _open(self):
         self._container = av.open(self._path)
@@ -529,20 +548,30 @@ class PyAVReader:
         """(num_frames,) seconds at which each frame is shown."""
         return self._pts * float(self._stream.time_base)
 
+    def _runs(self, frames):
+        """Sorted unique frame indices -> [(keyframe, frames decoded from it)]: a run starts where
+        the keyframe before a frame lies past the frame wanted before it, as seeking there skips
+        frames that decoding on would go through."""
+        keys = self._keyframes[np.searchsorted(self._keyframes, frames, side='right') - 1]
+        starts = np.flatnonzero(np.r_[True, keys[1:] > frames[:-1]])
+        return list(zip(keys[starts].tolist(), np.split(frames, starts[1:])))
+
     def read(self, indices):
         """uint8 (N, H, W, 3) frames at indices (N,), in the given order."""
         unique, inverse = np.unique(indices, return_inverse=True)
-        wanted = {int(self._pts[i]): i for i in unique}
-        self._container.seek(int(self._pts[unique[0]]), stream=self._stream, backward=True)
-        frames = self._decode(wanted)
-        if len(frames) < len(wanted):
+        frames = {}
+        for keyframe, run in self._runs(unique):
+            self._container.seek(int(self._pts[keyframe]), stream=self._stream, backward=True)
+            self._stream.codec_context.flush_buffers()
+            frames.update(self._decode({int(self._pts[i]): i for i in run}))
+        if len(frames) < len(unique):
             # Some containers (MPEG-TS) seek imprecisely or not at all: decode from the start.
             self.close()
             self._open()
-            frames = self._decode(wanted)
-        if len(frames) < len(wanted):
+            frames = self._decode({int(self._pts[i]): i for i in unique})
+        if len(frames) < len(unique):
             missing = sorted(set(unique.tolist()) - frames.keys())
-            raise DecodeError(f'{len(missing)} of {len(wanted)} frames could not be decoded (first: {missing[0]})')
+            raise DecodeError(f'{len(missing)} of {len(unique)} frames could not be decoded (first: {missing[0]})')
         return np.stack([frames[i] for i in unique])[inverse]
 
     def _decode(self, wanted):
@@ -553,8 +582,9 @@ class PyAVReader:
             if packet.pts is not None:
                 codec.skip_frame = 'DEFAULT' if packet.pts in wanted else 'NONREF'
             for frame in packet.decode():
+                self.decoded_frames += 1
                 if frame.pts in wanted:
-                    frames[wanted[frame.pts]] = frame.to_ndarray(format='rgb24')
+                    frames[wanted[frame.pts]] = displayed(frame)
             if len(frames) == len(wanted):
                 break
         return frames

@@ -11,8 +11,16 @@ Timings include opening, decoding, resizing the short side, collating and worker
 whole grid runs --repeats times after an untimed warm-up, and each cell keeps its best run, so a
 burst of other work on the machine does not decide a ratio.
 
+The "prepared" source measures what prepare_videos.py buys, per core: clips per CPU second (all
+threads of the process, so decord's own threads count too) of the dataset read in one process with
+one torch thread, 8x32 training and 3-window test sampling, both decoders, on the real clips as
+served and after prepare_videos.py's defaults (short side 320, a keyframe every 16 frames, crf 23):
+the Kinetics clips, and a 1280x720 version of the longer one with a keyframe every 250 frames, as
+video sites serve them. It also gives the CPU cores one GPU needs at GPU_CLIPS_PER_SECOND.
+
     python benchmarks/bench_data.py                  # table on stdout, CSV in outputs/
     python benchmarks/bench_data.py --workers 0 --sources kinetics
+    python benchmarks/bench_data.py --sources prepared --repeats 3
 """
 import argparse
 import sys
@@ -20,15 +28,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataset import DECODERS, VideoDataset, collate_clips, installed_decords  # noqa: E402
+from dataset import DECODERS, READERS, VideoDataset, collate_clips, installed_decords  # noqa: E402
 from demo.make_demo_dataset import make_demo_dataset  # noqa: E402
+from prepare_videos import prepare_video  # noqa: E402
 from utils import write_csv  # noqa: E402
 
 SHARED_DEMO = REPO.parent / 'shared' / 'demo'
@@ -38,6 +49,14 @@ SOURCES = {
     'kinetics': dict(num_frames=8, frame_interval=32, short_side=256, clips=12),
 }
 NUM_TEST_CLIPS = 3
+# The per-core comparison: the original's 8x32 Kinetics sampling, resized to the dataset's default short side.
+PER_CORE = dict(num_frames=8, frame_interval=32, short_side=256)
+PER_CORE_ITEMS = 8
+# prepare_videos.py's defaults.
+PREPARE = dict(short_side=320, keyframe_interval=16, crf=23)
+# What one H100 training TimeSformer-B/16 8x224 in bf16 consumes at 45% of its 989 TFLOP/s dense peak:
+# 195.8 G multiply-adds a view (README, Presets), 2 FLOPs each, about 3x the forward for a training step.
+GPU_CLIPS_PER_SECOND = 0.45 * 989e12 / (195.8e9 * 2 * 3)
 BATCH_SIZE = 4
 STRATEGIES = ('first', 'all')
 
@@ -67,9 +86,91 @@ def clips_per_second(list_path, source, mode, decoder, strategy, workers):
     return clips / (time.perf_counter() - start)
 
 
+def write_720p(source, path):
+    """source scaled to 1280x720, H.264 at crf 23 with a keyframe every 250 frames (x264's default
+    maximum, as video sites serve clips); returns path."""
+    with av.open(str(source)) as reader, av.open(str(path), mode='w') as writer:
+        stream = reader.streams.video[0]
+        encoder = writer.add_stream('libx264', rate=stream.average_rate)
+        encoder.width, encoder.height, encoder.pix_fmt = 1280, 720, 'yuv420p'
+        encoder.options = {'crf': '23', 'preset': 'veryfast', 'g': '250'}
+        for index, frame in enumerate(reader.decode(stream)):
+            frame = frame.reformat(1280, 720, format='yuv420p', interpolation='BICUBIC')
+            frame.pts, frame.time_base = index, 1 / stream.average_rate
+            writer.mux(encoder.encode(frame))
+        writer.mux(encoder.encode())
+    return path
+
+
+def prepared_lists(scratch):
+    """{name: list} of the real clips as served and prepared, and the CPU seconds prepare_video took
+    per second of video, for each source."""
+    served = {'kinetics': sorted(SHARED_DEMO.glob('*.mp4'))}
+    served['720p'] = [write_720p(max(served['kinetics'], key=lambda path: path.stat().st_size),
+                                 scratch / '720p.mp4')]
+    lists, prepare_cost = {}, {}
+    for name, videos in served.items():
+        targets = [scratch / 'prepared' / name / video.name for video in videos]
+        start = time.process_time()
+        seconds = sum(prepare_video(video, target, **PREPARE, threads=1)['seconds']
+                      for video, target in zip(videos, targets))
+        prepare_cost[name] = (time.process_time() - start) / seconds
+        lists[name, 'served'] = write_list([str(video) for video in videos], PER_CORE_ITEMS, scratch / f'{name}.txt')
+        lists[name, 'prepared'] = write_list([str(target) for target in targets], PER_CORE_ITEMS,
+                                             scratch / f'{name}_prepared.txt')
+    return lists, prepare_cost
+
+
+def clips_per_cpu_second(list_path, mode, decoder):
+    """Items read per CPU second of this process (all its threads), reading in this process."""
+    dataset = VideoDataset(list_path, mode=mode, num_clips=NUM_TEST_CLIPS, decoder=decoder, **PER_CORE)
+    start = time.process_time()
+    for index in range(len(dataset)):
+        assert dataset[index]['video'] is not None
+    return len(dataset) / (time.process_time() - start)
+
+
+def per_core(scratch, repeats, csv_path):
+    """The prepared table (see the module doc) on stdout and in csv_path."""
+    lists, prepare_cost = prepared_lists(scratch)
+    for path in lists.values():
+        for video in dict.fromkeys(line.split('\t')[0] for line in path.read_text().splitlines()):
+            for decoder in DECODERS:
+                # Untimed warm-up, which also checks that each decoder reads each file itself (the
+                # dataset would fall back to the other decoder silently).
+                reader = READERS[decoder](video)
+                reader.read(np.array([0, reader.num_frames - 1]))
+                reader.close()
+    jobs = [(source, mode, decoder, state) for source in ('kinetics', '720p') for mode in ('train', 'test')
+            for decoder in DECODERS for state in ('served', 'prepared')]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    speed = {}
+    for job in tqdm(jobs * repeats, desc='bench_data prepared'):
+        source, mode, decoder, state = job
+        speed[job] = max(speed.get(job, 0.0), clips_per_cpu_second(lists[source, state], mode, decoder))
+    torch.set_num_threads(threads)
+    rows = []
+    for source, mode, decoder in dict.fromkeys(job[:3] for job in jobs):
+        served, prepared = speed[source, mode, decoder, 'served'], speed[source, mode, decoder, 'prepared']
+        rows.append({'source': source, 'mode': mode, 'decoder': decoder, 'served': served, 'prepared': prepared,
+                     'x': prepared / served, 'cores_served': GPU_CLIPS_PER_SECOND / served,
+                     'cores_prepared': GPU_CLIPS_PER_SECOND / prepared})
+    print(f'clips per CPU second (one core), best of {repeats}; 8x32 sampling, short side 256; test mode reads '
+          f'{NUM_TEST_CLIPS} windows per clip; cores = CPU cores one GPU at {GPU_CLIPS_PER_SECOND:.0f} clips/s needs')
+    print(f"{'source':9} {'mode':5} {'decoder':7} {'served':>7} {'prepared':>8} {'x':>5} {'cores':>6} "
+          f"{'cores prepared':>14}")
+    for row in rows:
+        print(f"{row['source']:9} {row['mode']:5} {row['decoder']:7} {row['served']:7.2f} {row['prepared']:8.2f} "
+              f"{row['x']:5.1f} {row['cores_served']:6.0f} {row['cores_prepared']:14.0f}")
+    print('prepare_videos.py, CPU seconds per second of video (one core): '
+          + ', '.join(f'{name} {cost:.2f}' for name, cost in prepare_cost.items()))
+    write_csv(rows, csv_path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--sources', nargs='+', default=list(SOURCES), choices=list(SOURCES))
+    parser.add_argument('--sources', nargs='+', default=[*SOURCES, 'prepared'], choices=[*SOURCES, 'prepared'])
     parser.add_argument('--workers', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--repeats', type=int, default=2, help='runs of the whole grid; each cell keeps its best')
     parser.add_argument('--csv', type=Path, default=Path('outputs/bench_data.csv'))
@@ -82,11 +183,15 @@ def main():
             demo = make_demo_dataset(scratch / 'demo', clips_per_class=(16, 0, 0), progress=False)
             videos = [str(demo / line.split('\t')[0]) for line in (demo / 'train.txt').read_text().splitlines()]
             lists['demo'] = write_list(videos, SOURCES['demo']['clips'], scratch / 'demo.txt')
+        if 'prepared' in args.sources and SHARED_DEMO.is_dir():
+            per_core(scratch, args.repeats, args.csv.with_name(args.csv.stem + '_prepared.csv'))
         if 'kinetics' in args.sources and SHARED_DEMO.is_dir():
             videos = sorted(str(path) for path in SHARED_DEMO.glob('*.mp4'))
             lists['kinetics'] = write_list(videos, SOURCES['kinetics']['clips'], scratch / 'kinetics.txt')
         if not lists:
-            parser.error(f'nothing to measure: {SHARED_DEMO} is missing')
+            if 'prepared' not in args.sources or not SHARED_DEMO.is_dir():
+                parser.error(f'nothing to measure: {SHARED_DEMO} is missing')
+            return
 
         for source, decoder in ((source, decoder) for source in lists for decoder in DECODERS):
             VideoDataset(lists[source], mode='val', decoder=decoder, short_side=SOURCES[source]['short_side'])[0]

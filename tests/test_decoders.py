@@ -2,17 +2,24 @@
 environment where decord 0.6.0 and decord2 overwrite each other."""
 import inspect
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from einops import rearrange
 
 import dataset
 from command_lines import run_python
 from data_trainer import VideoDataModule
-from dataset import DECORD_FIX, DecordReader, PyAVReader, VideoDataset, installed_decords
+from dataset import DECORD_FIX, DecordReader, PyAVReader, VideoDataset, installed_decords, sample_frame_indices
+from videos import keyframes_of, noise, quadrants, write_video
 
 REPO = Path(__file__).resolve().parents[1]
+# Mean absolute difference in 8-bit levels between decoded flat colours and the colours written: H.264
+# blurs their borders a little; a frame turned the wrong way differs by about 100.
+COLOUR_TOLERANCE = 4.0
 
 
 def write_dist_info(folder, name, version):
@@ -38,6 +45,38 @@ def test_decord2_frames_of_the_real_clips_equal_pyav(shared_videos):
         assert from_decord2.dtype == np.uint8 and from_decord2.shape == from_pyav.shape
         # The decoder-agreement tolerance of test_dataset.py: both wrap FFmpeg, the frames are equal to the bit.
         assert np.array_equal(from_decord2, from_pyav), path.name
+
+
+def assert_frames(frames, expected, name):
+    assert frames.shape == expected.shape, f'{name}: {frames.shape}, expected {expected.shape}'
+    difference = np.abs(frames.astype(np.float64) - expected).mean()
+    assert difference < COLOUR_TOLERANCE, f'{name}: {difference:.1f} levels off'
+
+
+@pytest.mark.parametrize('rotation', (90, 180, 270))
+def test_a_video_with_a_rotation_tag_reads_as_displayed_by_both_decoders(tmp_path, rotation):
+    """A display matrix (every phone video shot upright has one; phones write 270 here, "rotate=90"
+    in older tools) turns the stored frames into the shown ones. Fails on PyAV frames taken as stored:
+    sideways at 90 and 270, upside down at 180, where decord2 showed them upright, so predictions
+    depended on the decoder. decord2 3.4.0 raises on frames 48 or 96 pixels wide, rotated or not:
+    the dataset then falls back to PyAV, which must show them the same way."""
+    for height, width in ((64, 128), (48, 96)):
+        stored = quadrants(4, height, width)
+        shown = np.rot90(stored, k=rotation // 90, axes=(1, 2))
+        path = write_video(tmp_path / f'phone_{width}.mp4', stored, rotation=rotation)
+        readers = (DecordReader, PyAVReader) if width == 128 else (PyAVReader,)
+        for reader_class in readers:
+            reader = reader_class(path)
+            try:
+                assert_frames(reader.read(np.array([3, 0])), shown[[3, 0]], f'{reader_class.__name__} {width}')
+            finally:
+                reader.close()
+        (tmp_path / 'list.txt').write_text(f'{path.name}\t0\n')
+        for decoder in ('decord', 'pyav'):
+            clips = VideoDataset(tmp_path / 'list.txt', mode='val', num_frames=2, frame_interval=2,
+                                 short_side=height, decoder=decoder)
+            frames = rearrange(clips[0]['video'][0].numpy(), 't c h w -> t h w c')
+            assert_frames(frames, shown[[0, 3]], f'dataset, {decoder} first, {width}')
 
 
 def test_decord_is_the_default_and_each_decoder_falls_back_to_the_other(demo_data, tmp_path, caplog):
@@ -88,3 +127,56 @@ def test_a_decord_module_without_its_files_falls_back_to_pyav(tmp_path):
     assert broken.returncode == 0, broken.stderr
     assert broken.stdout.strip() == 'None'
     assert 'decord module in' in broken.stderr and 'incomplete' in broken.stderr and DECORD_FIX in broken.stderr
+
+
+def required_frames(keyframes, frames):
+    """Frames a decoder must decode to show sorted frames: from the keyframe before each one, or on
+    from the last frame shown where that keyframe lies before it, to the frame."""
+    total, position = 0, -1
+    for frame in frames:
+        keyframe = max(key for key in keyframes if key <= frame)
+        total += frame - max(keyframe, position + 1) + 1
+        position = frame
+    return total
+
+
+def decord_cpu_seconds(path, frames, repeats=3):
+    """Least CPU time (all threads) of decord2's get_batch for frames on a freshly opened reader."""
+    best = float('inf')
+    for _ in range(repeats):
+        reader = DecordReader(path)
+        start = time.process_time()
+        reader.read(frames)
+        best = min(best, time.process_time() - start)
+        reader.close()
+    return best
+
+
+def test_frames_decoded_per_clip_follow_the_keyframe_spacing(tmp_path):
+    """A 256-frame video with a keyframe every 16 frames (what prepare_videos.py writes) and with
+    one keyframe only; the seed's 8x32 training clip and three 8x16 test windows. PyAV counts its
+    frames decoded: exactly those the keyframes require. Fails on the PyAV reader that sought once
+    and decoded on from the first wanted frame to the last (as many frames with dense keyframes as
+    with one). decord2 gives no count; its frames are estimated from CPU time against decoding every
+    frame. get_batch seeks to the keyframe before each frame in another group of pictures, but its
+    decoder thread decodes ahead between seeks, so the estimate exceeds the requirement somewhat."""
+    num_frames, dense = 256, 16
+    train = sample_frame_indices(num_frames, 8, 8 * 32, 'val')[0]
+    test = np.unique(sample_frame_indices(num_frames, 8, 8 * 16, 'test', num_clips=3))
+    frames = noise(num_frames, 160, 160)
+    counts = {}
+    for name, interval in (('dense', dense), ('sparse', num_frames)):
+        path = write_video(tmp_path / f'{name}.mp4', frames, keyframe_interval=interval)
+        keyframes = keyframes_of(path)
+        assert keyframes == list(range(0, num_frames, interval))
+        for clip in (train, test):
+            reader = PyAVReader(path)
+            reader.read(clip)
+            assert reader.decoded_frames == required_frames(keyframes, clip), (name, clip)
+            reader.close()
+        estimate = decord_cpu_seconds(path, train) / decord_cpu_seconds(path, np.arange(num_frames)) * num_frames
+        counts[name] = (required_frames(keyframes, train), round(estimate))
+    (dense_required, dense_estimate), (sparse_required, sparse_estimate) = counts['dense'], counts['sparse']
+    assert dense_required <= len(train) * dense and dense_required < sparse_required / 2, counts
+    # CPU time also counts colour conversion, seeking and decoding ahead: bounds of 2x either way.
+    assert dense_estimate < 2 * dense_required and sparse_estimate > sparse_required / 2, counts

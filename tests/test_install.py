@@ -15,7 +15,7 @@ from python_check import MIN_PYTHON, check_python
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = sorted(path.stem for path in REPO.glob('*.py') if path.stem != 'setup')
-COMMAND_LINES = ('model_pretrain.py', 'model_inference.py')
+COMMAND_LINES = ('model_pretrain.py', 'model_inference.py', 'prepare_videos.py')
 
 
 def old_pythons():

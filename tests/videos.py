@@ -1,4 +1,5 @@
-"""Videos the tests write with PyAV: any codec and pixel format the local FFmpeg can encode."""
+"""Videos the tests write with PyAV (any codec and pixel format the local FFmpeg can encode), and
+their keyframes as the packets say."""
 import av
 import numpy as np
 
@@ -33,17 +34,48 @@ def moving_square(num_frames, height, width, gray=False):
     return frames
 
 
-def write_video(path, frames, fps=25, codec='libx264', pix_fmt='yuv420p'):
-    """Encode uint8 (N, H, W, 3) RGB frames to path; returns path."""
+def quadrants(num_frames, height, width):
+    """uint8 (num_frames, height, width, 3): four flat colours, one per quarter of the frame, so each
+    rotation and flip of it differs from the others."""
+    frame = np.empty((height, width, 3), dtype=np.uint8)
+    top, left = height // 2, width // 2
+    frame[:top, :left], frame[:top, left:] = (220, 40, 40), (40, 200, 40)
+    frame[top:, :left], frame[top:, left:] = (40, 40, 220), (230, 230, 230)
+    return np.repeat(frame[None], num_frames, axis=0)
+
+
+def noise(num_frames, height, width, seed=0):
+    """uint8 (num_frames, height, width, 3) of uniform noise: every frame costs the decoder the same,
+    so decoding time counts frames."""
+    return np.random.default_rng(seed).integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
+
+
+def write_video(path, frames, fps=25, codec='libx264', pix_fmt='yuv420p', rotation=None, keyframe_interval=None):
+    """Encode uint8 (N, H, W, 3) RGB frames to path, with rotation (degrees counter-clockwise, as
+    PyAV's VideoFrame.rotation reads it back) in the display matrix when given, and with libx264 a
+    keyframe every keyframe_interval frames exactly (else x264's default, 250 at most); returns path."""
     height, width = frames.shape[1:3]
     with av.open(str(path), mode='w') as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
         stream.options = {'preset': 'ultrafast'} if codec == 'libx264' else {}
+        if keyframe_interval is not None:
+            # No scene-cut keyframes in between, so the spacing is what the test asks for.
+            stream.options |= {'g': str(keyframe_interval), 'keyint_min': str(keyframe_interval), 'sc_threshold': '0'}
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format='rgb24')))
         container.mux(stream.encode())
     return path
+
+
+def keyframes_of(path):
+    """Frame indices of the keyframes, read from the packets (presentation order)."""
+    with av.open(str(path)) as container:
+        packets = [packet for packet in container.demux(video=0) if packet.pts is not None]
+    order = {pts: index for index, pts in enumerate(sorted(packet.pts for packet in packets))}
+    return sorted(order[packet.pts] for packet in packets if packet.is_keyframe)
 
 
 def write_long_video(path, seconds, height, width, fps=25):
