@@ -4,10 +4,12 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 
 from data_trainer import VideoDataModule
 from model_loading import load_model
 from model_trainer import LitVideoClassifier, NonFiniteLossError
+from reference import randomise_
 from run_outputs import AtomicCheckpointIO
 from video_transformer import timesformer_tiny
 
@@ -146,28 +148,40 @@ def test_checkpoint_rebuilds_with_class_names_and_preprocessing(demo_data, tmp_p
 
 
 def test_evaluation_averages_the_views_and_reports_one_view(demo_data, tmp_path):
+    """Recomputes test top-1, top-1 at one view and the loss from the raw views of 16 videos under
+    randomised weights (logits that differ between views). Fails if the views' logits are averaged before the softmax
+    (the loss differs, checked to differ below) or another view is taken as the one view."""
     pl.seed_everything(0)
-    data = tiny_data(demo_data, batch_size=2)
+    data = tiny_data(demo_data, batch_size=2, test_data_path=demo_data / 'train.txt')
     module = tiny_module(data)
+    randomise_(module.model, std=1.0)  # views far enough apart to tell the averages apart
     trainer = pl.Trainer(accelerator='cpu', devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path)
     results = trainer.test(module, data, verbose=False)[0]
-    assert {'test/top1', 'test/top5', 'test/top1_1view', 'test/top5_1view'} <= set(results)
+    assert {'test/top1', 'test/top5', 'test/top1_1view', 'test/top5_1view', 'test/loss'} <= set(results)
     # Recompute from the raw views: 2 clips x 3 crops per video, softmax averaged.
     data.setup('test')
-    correct = correct_one = total = 0
+    logits, labels = [], []
     module.eval()
     with torch.no_grad():
         for batch in data.test_dataloader():
             batch = data.transform_batch(batch, 'test')
-            video, label = batch['video'], batch['label']
+            video = batch['video']
             assert video.shape[1] == 6
-            logits = module(video.flatten(0, 1)).view(video.shape[0], 6, -1)
-            correct += (logits.softmax(-1).mean(1).argmax(1) == label).sum().item()
-            correct_one += (logits[:, 4].argmax(1) == label).sum().item()  # middle clip 1, centre crop
-            total += len(label)
-    assert results['test/top1'] == pytest.approx(correct / total)
-    assert results['test/top1_1view'] == pytest.approx(correct_one / total)
+            logits.append(module(video.flatten(0, 1)).view(video.shape[0], 6, -1))
+            labels.append(batch['label'])
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    assert len(labels) == 16
+    probabilities = logits.softmax(-1).mean(1)
+    assert results['test/top1'] == pytest.approx((probabilities.argmax(1) == labels).float().mean().item())
+    # The centre crop of the later middle clip: clip 1, crop 1 of 3.
+    assert results['test/top1_1view'] == pytest.approx((logits[:, 4].argmax(1) == labels).float().mean().item())
+    loss = F.nll_loss(probabilities.log(), labels).item()
+    assert results['test/loss'] == pytest.approx(loss, rel=1e-4)
+    logit_mean_loss = F.cross_entropy(logits.mean(1), labels).item()
+    assert abs(logit_mean_loss - loss) > 100 * 1e-4 * loss, 'the views cannot tell the two averages apart'
+    other_views = [(logits[:, view].argmax(1) == labels).float().mean().item() for view in range(6) if view != 4]
+    assert any(top1 != pytest.approx(results['test/top1_1view']) for top1 in other_views)
 
 
 class FirstStepWeights(pl.Callback):
