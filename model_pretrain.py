@@ -36,7 +36,7 @@ from command_line import Parser, UsageError, add_flag, error_line
 from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
-from model_trainer import LitVideoClassifier, NonFiniteLossError
+from model_trainer import LitVideoClassifier, NonFiniteLossError, recompute_blocks_in_backward
 from run_outputs import (AtomicCheckpointIO, CheckpointOnSigterm, CompactProgressBar, percent, plot_curves,
                          read_run_metrics)
 from transformer import Block
@@ -170,7 +170,7 @@ def parse_args(argv=None):
     add_flag(lightning, 'num_nodes', type=int, default=1)
     add_flag(lightning, 'strategy', choices=('auto', 'ddp', 'fsdp'), default='auto')
     add_flag(lightning, 'activation_checkpointing', action='store_true',
-             help='fsdp: recompute each block in backward (less memory, about a third slower)')
+             help='recompute each block in backward (less memory, about a third slower), any strategy')
     add_flag(lightning, 'precision', choices=('32-true', '16-mixed', 'bf16-mixed'),
              help='default: bf16-mixed (or 16-mixed) on GPUs, 32-true on CPUs')
     add_flag(lightning, 'accumulate_grad_batches', type=int, default=1)
@@ -376,13 +376,18 @@ def main(argv=None):
         eval_metrics=args.eval_metrics, nonfinite_loss=args.nonfinite_loss)
     if pretrain is not None and resume is None:
         init_from_pretrained_(module.model.backbone, pretrain)
+    recomputing = ''
+    if args.activation_checkpointing:  # FSDP wraps its blocks itself
+        recomputing = '; FSDP recomputes each block in backward' if args.strategy == 'fsdp' else \
+            f'; {recompute_blocks_in_backward(module.model)} blocks recomputed in backward'
     if args.compile:
         module.model.compile()
 
     say(f'Training {config.arch} {config.attention_type} ({config.num_transformer_layers} blocks of width '
         f'{config.embed_dims}, {config.num_frames}x{config.img_size}, {config.num_classes} classes) on '
         f'{len(data.dataset("train"))} clips; precision {trainer.precision}, {trainer.num_devices} device(s) x '
-        f'{trainer.num_nodes} node(s); results in {run_dir}')
+        f'{trainer.num_nodes} node(s){recomputing}; '
+        f'results in {run_dir}')
     try:
         trainer.fit(module, data, ckpt_path=resume, weights_only=True)
         # Testing the best checkpoint restores its callbacks' state too: note what they hold first.

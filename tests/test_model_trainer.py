@@ -8,9 +8,10 @@ import torch.nn.functional as F
 
 from data_trainer import VideoDataModule
 from model_loading import load_model
-from model_trainer import LitVideoClassifier, NonFiniteLossError
+from model_trainer import LitVideoClassifier, NonFiniteLossError, recompute_blocks_in_backward
 from reference import randomise_
 from run_outputs import AtomicCheckpointIO
+from transformer import Block
 from video_transformer import timesformer_tiny
 
 
@@ -182,6 +183,48 @@ def test_evaluation_averages_the_views_and_reports_one_view(demo_data, tmp_path)
     assert abs(logit_mean_loss - loss) > 100 * 1e-4 * loss, 'the views cannot tell the two averages apart'
     other_views = [(logits[:, view].argmax(1) == labels).float().mean().item() for view in range(6) if view != 4]
     assert any(top1 != pytest.approx(results['test/top1_1view']) for top1 in other_views)
+
+
+def test_activation_checkpointing_recomputes_each_block_with_the_plain_gradients(demo_data, tmp_path):
+    """Every block runs again in backward, every parameter gets the plain run's gradient (dropout and
+    drop path drawn alike), and the checkpoint of a real fit loads with load_model. Fails if no block
+    is wrapped (the flag ignored, as it was without FSDP), if recomputation draws other dropout masks,
+    or if the wrapper's prefix reaches the state_dict keys."""
+    data = tiny_data(demo_data)
+    settings = dict(optim_type='adamw', lr=1e-3)
+    config = timesformer_tiny(num_classes=data.num_class, dropout_p=0.2, drop_path_rate=0.3)
+    plain = LitVideoClassifier(config, data.class_names, data.preprocessing.to_dict(), **settings)
+    randomise_(plain.model)
+    recomputed = LitVideoClassifier(config, data.class_names, data.preprocessing.to_dict(), **settings)
+    recomputed.load_state_dict(plain.state_dict())
+    keys = list(recomputed.state_dict())
+    assert recompute_blocks_in_backward(recomputed.model) == 2
+    assert list(recomputed.state_dict()) == keys
+    clips = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    gradients = []
+    for module in (plain, recomputed):
+        calls = []
+        for block in module.modules():
+            if isinstance(block, Block):
+                block.register_forward_pre_hook(lambda *_: calls.append(1))
+        torch.manual_seed(0)
+        module.train()(clips).square().sum().backward()
+        assert len(calls) == (2 if module is plain else 4)  # each of the 2 blocks once more in backward
+        gradients.append({name: parameter.grad for name, parameter in module.named_parameters()})
+    plain_gradients, recomputed_gradients = gradients
+    assert list(recomputed_gradients) == [name.replace('blocks.0.', 'blocks.0._checkpoint_wrapped_module.')
+                                          .replace('blocks.1.', 'blocks.1._checkpoint_wrapped_module.')
+                                          for name in plain_gradients]
+    for (name, expected), actual in zip(plain_gradients.items(), recomputed_gradients.values()):
+        assert expected is not None and expected.abs().sum() > 0, name
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
+    pl.seed_everything(0)
+    trainer = fit(recomputed, data, tmp_path, max_steps=2, limit_val_batches=0, enable_checkpointing=False)
+    trainer.save_checkpoint(tmp_path / 'recomputed.ckpt')
+    video = torch.rand(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / 'recomputed.ckpt')(video), recomputed.eval()(video),
+                                   rtol=0, atol=0)
 
 
 class FirstStepWeights(pl.Callback):
