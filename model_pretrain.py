@@ -186,12 +186,27 @@ def parse_args(argv=None):
     if args.recipe is None:
         args.recipe = 'demo' if args.train_data_path is None else 'kinetics'
     recipe_defaults = DEMO_RECIPE if args.recipe == 'demo' else KINETICS_RECIPE
+    milestones_given = args.milestones is not None
     for name, value in recipe_defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.lr_schedule == 'multistep' and not milestones_given:
+        args.milestones = scale_milestones(args.milestones, args.epoch)
     if args.seed is None:
         args.seed = 0
     return args
+
+
+def scale_milestones(milestones, epochs):
+    """The recipe's milestones, epochs of the original's 15, at the same fractions of `epochs`; a
+    change is said in one line."""
+    original = KINETICS_RECIPE['epoch']
+    if epochs == original:
+        return milestones
+    scaled = [max(1, round(milestone * epochs / original)) for milestone in milestones]
+    logging.warning('-milestones %s: the recipe\'s %s of %d epochs scaled to -epoch %d (give -milestones to '
+                    'set them)', ' '.join(map(str, scaled)), ' and '.join(map(str, milestones)), original, epochs)
+    return scaled
 
 
 def check_writable(root_dir):
@@ -289,10 +304,18 @@ def count_devices(accelerator, devices):
     return int(devices)
 
 
+def choose_precision(requested, accelerator, cuda_available, bf16_supported):
+    """-precision as given, else bf16-mixed on GPUs that have bf16 (16-mixed on older ones) and
+    32-true on CPUs."""
+    if requested is not None:
+        return requested
+    on_gpu = accelerator in ('gpu', 'cuda') or (accelerator == 'auto' and cuda_available)
+    return ('bf16-mixed' if bf16_supported else '16-mixed') if on_gpu else '32-true'
+
+
 def build_trainer(args, accelerator, devices, callbacks, loggers):
-    on_gpu = accelerator in ('gpu', 'cuda') or (accelerator == 'auto' and torch.cuda.is_available())
-    precision = args.precision or (
-        ('bf16-mixed' if torch.cuda.is_bf16_supported() else '16-mixed') if on_gpu else '32-true')
+    cuda = torch.cuda.is_available()
+    precision = choose_precision(args.precision, accelerator, cuda, cuda and torch.cuda.is_bf16_supported())
     strategy = args.strategy
     if strategy == 'ddp':
         strategy = DDPStrategy(find_unused_parameters=False)  # backward reaches every parameter
@@ -334,9 +357,11 @@ def latest_checkpoint(ckpt_dir):
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 
-def experiment_tag(args, num_devices):
-    """The original's tag: what most often differs between runs of one workspace."""
+def experiment_tag(args, devices_per_node):
+    """The original's tag: what most often differs between runs of one workspace; its device count
+    is over all -num_nodes."""
     pretrain = Path(args.pretrain).stem if args.pretrain not in PRETRAIN_FILES else args.pretrain
+    num_devices = devices_per_node * args.num_nodes
     return (f'arch_{args.arch}_lr_{args.lr}_pretrain_{pretrain}_seed_{args.seed}_gpus_{num_devices}_'
             f'bs_{args.batch_size}_nw_{args.num_workers}_frame_interval_{args.frame_interval}')
 
@@ -350,8 +375,7 @@ def main(argv=None):
     pretrain = resolve_pretrain(args)
     config = build_config(args, data.num_class)
     accelerator, devices = resolve_devices(args)
-    num_devices = count_devices(accelerator, devices) * args.num_nodes
-    run_dir = Path(args.root_dir) / 'results' / experiment_tag(args, num_devices)
+    run_dir = Path(args.root_dir) / 'results' / experiment_tag(args, count_devices(accelerator, devices))
     ckpt_dir, log_dir = run_dir / 'ckpt', run_dir / 'log'
     resume = None
     if args.resume is not None:
