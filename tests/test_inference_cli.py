@@ -10,6 +10,7 @@ from pathlib import Path
 
 import av
 import pytest
+import torch
 
 from demo.make_demo_dataset import make_demo_dataset
 from inference import classify, inference_preprocessing, load_classifier, prediction_loader
@@ -261,6 +262,66 @@ def test_mistakes_stop_with_one_line_and_their_exit_code(model_folder, labelled,
         assert len(lines) == 1 and lines[0].startswith('model_inference.py: error: ') and expected in lines[0], \
             (name, lines)
         assert result['stdout'] == '', name
+
+
+def test_preprocessing_decoder_device_and_report_flags(trained, labelled, tmp_path):
+    """-short_side and -data_statics change the views exactly as inference_preprocessing does (the
+    probabilities are the library's with the change, and differ from the defaults'); -decoder pyav
+    decodes with PyAV (a corrupt file's error names it first); -device cpu runs and a device that is
+    not there is one line; -eval without -out writes its report to eval_LIST in the working folder.
+    Fails if any of these flags is parsed but not passed on."""
+    video = labelled / 'test' / 'growing' / 'test_0006.mp4'
+    (tmp_path / 'corrupt.mp4').write_bytes(os.urandom(2048))
+    model = ['-pretrain', trained['checkpoint']]
+    one = [*model, '-video_path', video, '-json']
+    cases = {
+        'defaults': one,
+        'short_side': [*one, '-short_side', '48'],
+        'data_statics': [*one, '-data_statics', 'imagenet'],
+        'pyav': [*one, '-decoder', 'pyav'],
+        'pyav on a corrupt file': [*model, '-video_path', tmp_path / 'corrupt.mp4', '-decoder', 'pyav'],
+        'cpu': [*one, '-device', 'cpu'],
+        'device in words': [*one, '-device', 'gpu0'],
+        'eval without -out': [*model, '-eval', labelled / 'test.txt'],
+    }
+    if not torch.cuda.is_available():
+        cases['cuda without a GPU'] = [*one, '-device', 'cuda']
+    results = run_in_one_process('model_inference.py', cases, cwd=tmp_path)
+    classifier = load_classifier(trained['checkpoint'])
+    defaults = inference_preprocessing(classifier)
+
+    def probabilities(name):
+        assert results[name]['code'] == 0, (name, results[name]['stderr'][-2000:])
+        (record,) = json_lines(results[name]['stdout'])
+        return dict(zip(record['labels'], record['probabilities']))
+
+    def library(settings, **options):
+        (result,) = classify(classifier, prediction_loader(video, settings, **options), settings)
+        return dict(zip(classifier.class_names, result.probabilities.tolist()))
+
+    expected = library(defaults)
+    for name in ('defaults', 'pyav', 'cpu'):
+        assert probabilities(name) == pytest.approx(expected, abs=1e-6), name
+    for name, settings in (('short_side', inference_preprocessing(classifier, short_side=48)),
+                           ('data_statics', inference_preprocessing(classifier, 'imagenet'))):
+        assert settings != defaults
+        changed = library(settings)
+        assert probabilities(name) == pytest.approx(changed, abs=1e-6), name
+        assert changed != pytest.approx(expected, abs=1e-5), f'{name} changes nothing here'
+    corrupt = own_lines(results['pyav on a corrupt file']['stderr'])
+    assert results['pyav on a corrupt file']['code'] == 1
+    assert corrupt == [f'model_inference.py: error: {tmp_path / "corrupt.mp4"}: pyav: ' + corrupt[0].split(': pyav: ')[1]]
+    errors = {'device in words': '-device gpu0: expected auto, cpu, cuda or cuda:N',
+              'cuda without a GPU': '-device cuda: no CUDA device is available'}
+    for name, message in errors.items():
+        if name in results:
+            assert results[name]['code'] == 2 and own_lines(results[name]['stderr']) == \
+                [f'model_inference.py: error: {message}'], (name, results[name]['stderr'][-2000:])
+    assert results['eval without -out']['code'] == 0, results['eval without -out']['stderr'][-2000:]
+    metrics = json.loads((tmp_path / 'eval_test' / 'metrics.json').read_text())
+    assert metrics['top1'] == pytest.approx(trained['test_top1'], abs=1e-6) and metrics['videos'] == 16
+    assert {path.name for path in (tmp_path / 'eval_test').iterdir()} == {
+        'metrics.json', 'predictions.csv', 'per_class_accuracy.csv', 'confusion_matrix.png'}
 
 
 # ---------------------------------------------------------------- memory
