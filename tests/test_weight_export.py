@@ -1,12 +1,10 @@
 """Our export folder, written atomically and read back exactly, and the export command's errors."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from command_lines import run_in_one_process
 from layouts import HEADS, random_state, save_lightning, seed_layout, video
 from model_loading import load_model
 from preprocessing import Preprocessing
@@ -14,8 +12,6 @@ from reference import randomise_
 from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
 from weight_export import hf_timesformer_config, save_hf_timesformer, save_weights
 from weight_formats import WeightLoadError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_export_round_trip_is_exact(tmp_path):
@@ -70,35 +66,38 @@ def test_what_transformers_cannot_express_is_named():
     assert 'divided or joint attention' in str(error.value)
 
 
-def export(tmp_path, checkpoint, output, *flags):
-    return subprocess.run([sys.executable, 'export_weights.py', str(checkpoint), str(tmp_path / output), *flags],
-                          cwd=ROOT, capture_output=True, text=True)
-
-
-def test_the_export_command_never_writes_a_guessed_head_count(tmp_path):
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
-    done = export(tmp_path, path, 'guessed')
-    assert done.returncode == 1 and not (tmp_path / 'guessed').exists()
-    assert done.stderr.splitlines()[-1] == (f'export_weights.py: {path}: does not record its head count; '
-                                            f'give num_heads (heads of width 64 would be 1)')
-    done = export(tmp_path, path, 'given', '-num_heads', str(HEADS))
-    assert done.returncode == 0, done.stderr
+def test_the_export_command_never_guesses_and_says_mistakes_in_one_line(tmp_path):
+    """Every case in one process (tests/command_lines.py). A checkpoint without its head count is
+    refused unless -num_heads gives it (a guess is never written as a fact); bad -set values and an
+    output below a file are one line with their exit status."""
+    seed = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
+    space_only = save_lightning(tmp_path / 'space_only.ckpt', random_state(seed_layout('space_only')))
+    (tmp_path / 'taken').write_text('')
+    given = ['-num_heads', str(HEADS)]
+    cases = {  # name: (arguments, exit status, the error line's text)
+        'guessed': ([seed, tmp_path / 'guessed'], 1, f'export_weights.py: {seed}: does not record its head count; '
+                                                     f'give num_heads (heads of width 64 would be 1)'),
+        'given': ([seed, tmp_path / 'given', *given], 0, None),
+        'set without a value': ([space_only, tmp_path / 'out', *given, '-set', 'img_size'], 2,
+                                "argument -set/--set: takes FIELD=VALUE, got 'img_size'"),
+        'set of no field': ([space_only, tmp_path / 'out', *given, '-set', 'dropout_ratio=0.1'], 2,
+                            "argument -set/--set: 'dropout_ratio' is not a config field"),
+        'set of a bad value': ([space_only, tmp_path / 'out', *given, '-set', 'activation=nope'], 1,
+                               'activation must be one of'),
+        'output below a file': ([space_only, tmp_path / 'taken' / 'out', *given], 1, 'taken/out'),
+    }
+    results = run_in_one_process('export_weights.py', {name: arguments for name, (arguments, _, _) in cases.items()})
+    for name, (_, code, message) in cases.items():
+        result = results[name]
+        errors = [line for line in result['stderr'].splitlines() if line.startswith('export_weights.py')]
+        assert result['code'] == code and 'Traceback' not in result['stderr'], (name, result['stderr'][-2000:])
+        if message is None:
+            assert errors == [], name
+        else:
+            assert len(errors) == 1 and message in errors[0], (name, errors)
+    assert not (tmp_path / 'guessed').exists() and not (tmp_path / 'out').exists()
+    assert results['guessed']['stderr'].splitlines()[-1] == cases['guessed'][2]
     assert json.loads((tmp_path / 'given' / 'config.json').read_text())['config']['num_heads'] == HEADS
     clip = video()
     with torch.no_grad():
-        assert torch.equal(load_model(tmp_path / 'given')(clip), load_model(path, num_heads=HEADS)(clip))
-
-
-@pytest.mark.parametrize('flags, output, code, message', [
-    (['-set', 'img_size'], 'out', 2, "argument -set/--set: takes FIELD=VALUE, got 'img_size'"),
-    (['-set', 'dropout_ratio=0.1'], 'out', 2, "argument -set/--set: 'dropout_ratio' is not a config field"),
-    (['-set', 'activation=nope'], 'out', 1, 'activation must be one of'),
-    ([], 'taken/out', 1, 'taken/out'),  # a file where the output's parent folder should be
-])
-def test_export_command_errors_are_one_line(tmp_path, flags, output, code, message):
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('space_only')))
-    (tmp_path / 'taken').write_text('')
-    done = export(tmp_path, path, output, '-num_heads', str(HEADS), *flags)
-    errors = [line for line in done.stderr.splitlines() if line.startswith('export_weights.py')]
-    assert done.returncode == code and len(errors) == 1 and message in errors[0], done.stderr
-    assert 'Traceback' not in done.stderr
+        assert torch.equal(load_model(tmp_path / 'given')(clip), load_model(seed, num_heads=HEADS)(clip))
