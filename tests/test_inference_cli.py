@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,22 +13,13 @@ import av
 import pytest
 import torch
 
-from demo.make_demo_dataset import make_demo_dataset
 from inference import classify, inference_preprocessing, load_classifier, prediction_loader
 from command_lines import run_in_one_process
 from classifiers import CLASSES, export, hf_folder, png_size
-from videos import moving_square, write_long_video, write_odd_videos, write_video
+from videos import moving_square, write_long_video, write_video
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DECORD_LOG_LINE = re.compile(r'^\[\d\d:\d\d:\d\d\] \S+\.cc:\d+: ')
-# The training command's tiny recipe (tests/test_training_cli.py), with AdamW so that two epochs
-# learn something, and two clips x three crops at test time.
-TINY = ['-num_frames', '4', '-frame_interval', '2', '-img_size', '32', '-patch_size', '8', '-embed_dims', '32',
-        '-num_heads', '2', '-depth', '2', '-batch_size', '4', '-num_workers', '0', '-num_clips', '2',
-        '-num_crops', '3', '-accelerator', 'cpu', '-pretrain', 'none', '-optim_type', 'adamw', '-lr', '0.002',
-        '-epoch', '2']
-
-
 def infer(*flags, env=None, timeout=300):
     command = [sys.executable, str(REPOSITORY / 'model_inference.py'), *map(str, flags)]
     return subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=timeout,
@@ -50,22 +42,15 @@ def read_csv(path):
 
 
 @pytest.fixture(scope='module')
-def labelled(tmp_path_factory):
-    """A demo dataset with 4 test clips per class."""
-    return make_demo_dataset(tmp_path_factory.mktemp('labelled'), seed=0, clips_per_class=(4, 1, 4), progress=False)
+def labelled(demo_run):
+    """The session's demo dataset (4 test clips per class)."""
+    return demo_run.data
 
 
 @pytest.fixture(scope='module')
-def trained(labelled, tmp_path_factory):
-    """The training command's summary.json after a tiny run on `labelled`."""
-    root = tmp_path_factory.mktemp('training')
-    command = [sys.executable, str(REPOSITORY / 'model_pretrain.py'), *TINY, '-root_dir', str(root),
-               '-train_data_path', labelled / 'train.txt', '-val_data_path', labelled / 'val.txt',
-               '-test_data_path', labelled / 'test.txt', '-class_map', labelled / 'classmap.json']
-    result = subprocess.run(list(map(str, command)), cwd=REPOSITORY, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (summary,) = root.glob('results/*/log/summary.json')
-    return json.loads(summary.read_text())
+def trained(demo_run):
+    """The training command's summary.json of the session's demo run on `labelled`."""
+    return demo_run.summary
 
 
 @pytest.fixture(scope='module')
@@ -103,7 +88,7 @@ def test_one_video_as_a_table_with_csv_and_an_attention_picture(trained, labelle
                    '-save_vis', tmp_path / 'vis.png', '-attention')
     assert result.returncode == 0 and result.stderr == '', result.stderr[-3000:]
     head, *table = result.stdout.splitlines()
-    assert head.startswith(f'{video}: 6 views of 4 frames (decode ') and len(table) == 3
+    assert head.startswith(f'{video}: 6 views of 8 frames (decode ') and len(table) == 3  # the demo's 2x3 views
     (row,) = read_csv(tmp_path / 'r.csv')
     for rank, line in enumerate(table, 1):
         name, percent = line.split()[1:]
@@ -113,11 +98,12 @@ def test_one_video_as_a_table_with_csv_and_an_attention_picture(trained, labelle
     assert png_size(tmp_path / 'vis.png') == (640, 360)
 
 
-def test_a_list_of_awkward_and_real_videos_as_json_lines(model_folder, tmp_path):
+def test_a_list_of_awkward_and_real_videos_as_json_lines(model_folder, odd_videos, tmp_path):
     """Other containers and codecs, odd sizes, gray, 60 fps, 4K and too few frames are classified;
     the real Kinetics clips of ../shared/demo too when present. Pictures mirror the paths below the
     list's folder; others take their file name."""
-    videos = list(write_odd_videos(tmp_path).values())
+    (tmp_path / 'odd').mkdir()  # the session's encoded videos, below the list's folder
+    videos = [Path(shutil.copy(path, tmp_path / 'odd' / name)) for name, path in odd_videos.items()]
     shared = REPOSITORY.parent / 'shared' / 'demo'
     videos += sorted(shared.glob('*.mp4'))
     listing = tmp_path / 'videos.txt'

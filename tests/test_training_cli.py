@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from command_lines import run_in_one_process
-from demo.make_demo_dataset import CLASSES, make_demo_dataset
+from demo.make_demo_dataset import CLASSES
 from layouts import random_state, save_lightning, seed_layout, timm_layout
 from model_loading import load_model
 from run_outputs import read_metrics, read_run_metrics
@@ -51,14 +51,10 @@ def epoch_means(rows, key):
     return [sum(values) / len(values) for _, values in sorted(by_epoch.items())]
 
 
-def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(tmp_path):
-    # The demo's training clips, half its val clips: 32 steps an epoch. The demo passes 90% in epoch 5
-    # to 7 of its 20; here 5 epochs of a shorter schedule must beat chance.
-    data = make_demo_dataset(tmp_path / 'demo', seed=0, clips_per_class=(64, 8, 1), progress=False)
-    result = train('-recipe', 'demo', *demo_flags(data), '-epoch', '5', '-num_workers', '0',
-                   '-root_dir', tmp_path / 'runs')
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = run_dir(tmp_path / 'runs') / 'log'
+def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(demo_run):
+    # The session's demo run: the demo's training clips, a quarter of its val clips, 32 steps an
+    # epoch. The demo passes 90% in epoch 5 to 7 of its 20; 5 epochs of a shorter schedule must beat chance.
+    log = demo_run.log
     rows = read_run_metrics(log / 'csv')
     losses, val_top1 = epoch_means(rows, 'train/loss'), epoch_means(rows, 'val/top1')
     assert len(losses) == len(val_top1) == 5
@@ -68,7 +64,7 @@ def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(tmp_path)
     assert summary['best_val_top1'] == max(val_top1) and summary['test_views'] == 6
     assert (log / 'curves.png').stat().st_size > 10_000
     # The command the run prints last runs as printed and names a demo class.
-    (next_line,) = [line for line in result.stdout.splitlines() if line.startswith('Next: python ')]
+    (next_line,) = [line for line in demo_run.stdout.splitlines() if line.startswith('Next: python ')]
     command = shlex.split(next_line[len('Next: python '):])
     classified = subprocess.run([sys.executable, *command], cwd=REPOSITORY, capture_output=True, text=True,
                                 timeout=300)
