@@ -141,7 +141,7 @@ def parse_args(argv=None):
                   '(default: demo without -train_data_path, kinetics with it)')
     add_flag(recipe, 'optim_type', choices=('sgd', 'adamw'))
     add_flag(recipe, 'lr_schedule', choices=('cosine', 'multistep'))
-    add_flag(recipe, 'milestones', type=int, nargs='+', help='multistep: epochs where lr drops 10x')
+    add_flag(recipe, 'milestones', type=int, nargs='+', help="multistep: epochs where lr drops 10x (default: the recipe's, scaled to -epoch)")
     for name, kind, text in (
             ('momentum', float, 'SGD momentum (nesterov)'), ('weight_decay', float, 'not on norms, biases, '
                                                                                       'class token, position tables'),
@@ -410,8 +410,7 @@ def main(argv=None):
     say(f'Training {config.arch} {config.attention_type} ({config.num_transformer_layers} blocks of width '
         f'{config.embed_dims}, {config.num_frames}x{config.img_size}, {config.num_classes} classes) on '
         f'{len(data.dataset("train"))} clips; precision {trainer.precision}, {trainer.num_devices} device(s) x '
-        f'{trainer.num_nodes} node(s){recomputing}; '
-        f'results in {run_dir}')
+        f'{trainer.num_nodes} node(s){recomputing}; results in {run_dir}')
     try:
         trainer.fit(module, data, ckpt_path=resume, weights_only=True)
         # Testing the best checkpoint restores its callbacks' state too: note what they hold first.
