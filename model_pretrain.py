@@ -141,7 +141,8 @@ def parse_args(argv=None):
                   '(default: demo without -train_data_path, kinetics with it)')
     add_flag(recipe, 'optim_type', choices=('sgd', 'adamw'))
     add_flag(recipe, 'lr_schedule', choices=('cosine', 'multistep'))
-    add_flag(recipe, 'milestones', type=int, nargs='+', help="multistep: epochs where lr drops 10x (default: the recipe's, scaled to -epoch)")
+    add_flag(recipe, 'milestones', type=int, nargs='+',
+             help="multistep: epochs where lr drops 10x (default: the recipe's, scaled to -epoch)")
     for name, kind, text in (
             ('momentum', float, 'SGD momentum (nesterov)'), ('weight_decay', float, 'not on norms, biases, '
                                                                                       'class token, position tables'),
