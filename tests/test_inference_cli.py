@@ -95,7 +95,7 @@ def test_one_video_as_a_table_with_csv_and_an_attention_picture(trained, labelle
         assert name == row[f'top{rank}_label'] and name in CLASSES
         assert float(percent.rstrip('%')) == pytest.approx(100 * float(row[f'top{rank}_probability']), abs=0.006)
     assert row['label'] == '' and row['views'] == '6' and len(row['frames'].split(' | ')) == 2
-    assert png_size(tmp_path / 'vis.png') == (640, 360)
+    assert png_size(tmp_path / 'vis.png') == (8 * 160, 360)  # the demo's 8 frames, 160 pixels each
 
 
 def test_a_list_of_awkward_and_real_videos_as_json_lines(model_folder, odd_videos, tmp_path):
