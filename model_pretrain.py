@@ -37,7 +37,7 @@ from command_line import Parser, UsageError, add_flag, error_line
 from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
-from model_trainer import LitVideoClassifier, NonFiniteLossError
+from model_trainer import LitVideoClassifier, NonFiniteLossError, recompute_blocks_in_backward
 from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, CheckpointSaveError, CompactProgressBar,
                          CtrlC, RunFolderBusy, holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
 from transformer import Block
@@ -176,7 +176,8 @@ def parse_args(argv=None):
                   'videomae with it and -arch videomae)')
     add_flag(recipe, 'optim_type', choices=('sgd', 'adamw'))
     add_flag(recipe, 'lr_schedule', choices=('cosine', 'multistep'))
-    add_flag(recipe, 'milestones', type=int, nargs='+', help='multistep: epochs where lr drops 10x')
+    add_flag(recipe, 'milestones', type=int, nargs='+',
+             help="multistep: epochs where lr drops 10x (default: the recipe's, scaled to -epoch)")
     for name, kind, text in (
             ('momentum', float, 'SGD momentum (nesterov)'), ('weight_decay', float, 'not on norms, biases, '
                                                                                       'class token, position tables'),
@@ -205,7 +206,7 @@ def parse_args(argv=None):
     add_flag(lightning, 'num_nodes', type=int, default=1)
     add_flag(lightning, 'strategy', choices=('auto', 'ddp', 'fsdp'), default='auto')
     add_flag(lightning, 'activation_checkpointing', action='store_true',
-             help='fsdp: recompute each block in backward (less memory, about a third slower)')
+             help='recompute each block in backward (less memory, about a third slower), any strategy')
     add_flag(lightning, 'precision', choices=('32-true', '16-mixed', 'bf16-mixed'),
              help='default: bf16-mixed (or 16-mixed) on GPUs, 32-true on CPUs')
     add_flag(lightning, 'accumulate_grad_batches', type=int, default=1)
@@ -226,12 +227,26 @@ def parse_args(argv=None):
     for name, value in RECIPES[args.recipe].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.lr_schedule == 'multistep' and 'milestones' not in args.given:
+        args.milestones = scale_milestones(args.milestones, args.epoch)
     architecture = ARCHITECTURES[args.arch]
     if 'attention_type' not in args.given and args.attention_type not in architecture.attention_types:
         args.attention_type = architecture.arch_defaults['attention_type']  # the recipe's is another arch's
     if args.seed is None:
         args.seed = 0
     return args
+
+
+def scale_milestones(milestones, epochs):
+    """The recipe's milestones, epochs of the original's 15, at the same fractions of `epochs`; a
+    change is said in one line."""
+    original = KINETICS_RECIPE['epoch']
+    if epochs == original:
+        return milestones
+    scaled = [max(1, round(milestone * epochs / original)) for milestone in milestones]
+    logging.warning('-milestones %s: the recipe\'s %s of %d epochs scaled to -epoch %d (give -milestones to '
+                    'set them)', ' '.join(map(str, scaled)), ' and '.join(map(str, milestones)), original, epochs)
+    return scaled
 
 
 def check_writable(root_dir):
@@ -335,10 +350,18 @@ def count_devices(accelerator, devices):
     return int(devices)
 
 
+def choose_precision(requested, accelerator, cuda_available, bf16_supported):
+    """-precision as given, else bf16-mixed on GPUs that have bf16 (16-mixed on older ones) and
+    32-true on CPUs."""
+    if requested is not None:
+        return requested
+    on_gpu = accelerator in ('gpu', 'cuda') or (accelerator == 'auto' and cuda_available)
+    return ('bf16-mixed' if bf16_supported else '16-mixed') if on_gpu else '32-true'
+
+
 def build_trainer(args, accelerator, devices, callbacks, loggers):
-    on_gpu = accelerator in ('gpu', 'cuda') or (accelerator == 'auto' and torch.cuda.is_available())
-    precision = args.precision or (
-        ('bf16-mixed' if torch.cuda.is_bf16_supported() else '16-mixed') if on_gpu else '32-true')
+    cuda = torch.cuda.is_available()
+    precision = choose_precision(args.precision, accelerator, cuda, cuda and torch.cuda.is_bf16_supported())
     strategy = args.strategy
     if strategy == 'ddp':
         strategy = DDPStrategy(find_unused_parameters=False)  # backward reaches every parameter
@@ -421,7 +444,7 @@ def continue_checkpoint(args, path):
     return epochs, steps
 
 
-def other_checkpoints(results, ckpt_dir, args, num_devices):
+def other_checkpoints(results, ckpt_dir, args, devices_per_node):
     """A line naming the newest checkpoint of the other experiment tags in `results` and the flags
     that differ from `args`, or '' when there is none."""
     found = [(path, folder) for folder in results.iterdir() if folder / 'ckpt' != ckpt_dir and folder.is_dir()
@@ -429,16 +452,18 @@ def other_checkpoints(results, ckpt_dir, args, num_devices):
     if not found:
         return ''
     path, folder = max(found, key=lambda item: item[0].stat().st_mtime)
-    match, mine = TAG.fullmatch(folder.name), TAG.fullmatch(experiment_tag(args, num_devices))
+    match, mine = TAG.fullmatch(folder.name), TAG.fullmatch(experiment_tag(args, devices_per_node))
     differ = [f'-{name} {value} (here {mine[name]})' for name, value in match.groupdict().items()
               if value != mine[name]] if match and mine else []
     flags = f' with {", ".join(differ)}' if differ else ''
     return f'; the same experiment has one{flags}: -resume {path}'
 
 
-def experiment_tag(args, num_devices):
-    """The original's tag: what most often differs between runs of one workspace."""
+def experiment_tag(args, devices_per_node):
+    """The original's tag: what most often differs between runs of one workspace; its device count
+    is over all -num_nodes."""
     pretrain = Path(args.pretrain).stem if args.pretrain not in PRETRAIN_FILES else args.pretrain
+    num_devices = devices_per_node * args.num_nodes
     return (f'arch_{args.arch}_lr_{args.lr}_pretrain_{pretrain}_seed_{args.seed}_gpus_{num_devices}_'
             f'bs_{args.batch_size}_nw_{args.num_workers}_frame_interval_{args.frame_interval}')
 
@@ -449,9 +474,9 @@ def main(argv=None):
     pl.seed_everything(args.seed, workers=True, verbose=False)
     check_writable(args.root_dir)
     accelerator, devices = resolve_devices(args)
-    num_devices = count_devices(accelerator, devices) * args.num_nodes
+    devices_per_node = count_devices(accelerator, devices)
     if args.lr is None:  # the videomae recipe's lr follows the effective batch
-        effective_batch = args.batch_size * num_devices * args.accumulate_grad_batches
+        effective_batch = args.batch_size * devices_per_node * args.num_nodes * args.accumulate_grad_batches
         args.lr = VIDEOMAE_LR_PER_256 * effective_batch / 256
         logging.info('-lr %.3g: the videomae recipe takes %g per 256 clips of effective batch, here %d',
                      args.lr, VIDEOMAE_LR_PER_256, effective_batch)
@@ -462,12 +487,12 @@ def main(argv=None):
         if not resume.is_file():
             raise UsageError(f'-resume {resume}: no such checkpoint')
         trained = continue_checkpoint(args, resume)
-    run_dir = results / experiment_tag(args, num_devices)
+    run_dir = results / experiment_tag(args, devices_per_node)
     ckpt_dir, log_dir = run_dir / 'ckpt', run_dir / 'log'
     if args.resume == 'last':
         resume = latest_checkpoint(ckpt_dir)
         if resume is None:
-            elsewhere = other_checkpoints(results, ckpt_dir, args, num_devices)
+            elsewhere = other_checkpoints(results, ckpt_dir, args, devices_per_node)
             raise UsageError(f'-resume: no checkpoint in {ckpt_dir}{elsewhere}')
         trained = continue_checkpoint(args, resume)
     if resume is not None and (trained[0] >= args.epoch or 0 < args.max_steps <= trained[1]):
@@ -505,13 +530,17 @@ def main(argv=None):
         eval_metrics=args.eval_metrics, nonfinite_loss=args.nonfinite_loss)
     if pretrain is not None and resume is None:
         init_from_pretrained_(module.model.backbone, pretrain)
+    recomputing = ''
+    if args.activation_checkpointing:  # FSDP wraps its blocks itself
+        recomputing = '; FSDP recomputes each block in backward' if args.strategy == 'fsdp' else \
+            f'; {recompute_blocks_in_backward(module.model)} blocks recomputed in backward'
     if args.compile:
         module.model.compile()
 
     say(f'Training {config.arch} {config.attention_type} ({config.num_transformer_layers} blocks of width '
         f'{config.embed_dims}, {config.num_frames}x{config.img_size}, {config.num_classes} classes) on '
         f'{len(data.dataset("train"))} clips; precision {trainer.precision}, {trainer.num_devices} device(s) x '
-        f'{trainer.num_nodes} node(s); results in {run_dir}')
+        f'{trainer.num_nodes} node(s){recomputing}; results in {run_dir}')
     try:
         trainer.fit(module, data, ckpt_path=resume, weights_only=True)
         # Testing the best checkpoint restores its callbacks' state too: note what they hold first.

@@ -14,10 +14,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointWrapper,
+                                                                         apply_activation_checkpointing)
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from preprocessing import Preprocessing
+from transformer import Block
 from video_transformer import VideoClassifier, VideoTransformerConfig
 
 OPTIMIZERS = ('sgd', 'adamw')
@@ -32,6 +35,15 @@ EMBEDDING_NAMES = ('patch_embed.', 'cls_token', 'pos_embed', 'time_embed')
 
 class NonFiniteLossError(RuntimeError):
     """A training step gave a NaN or infinite loss and the run was told to stop on one."""
+
+
+def recompute_blocks_in_backward(model):
+    """Wrap every transformer Block of `model` in place so that backward recomputes its activations
+    instead of keeping them: less memory, one more forward of each block. The state_dict keys stay
+    the same (the wrapper's hooks hide its prefix), so checkpoints load as before. Returns how many
+    blocks it wrapped."""
+    apply_activation_checkpointing(model, check_fn=lambda module: isinstance(module, Block))
+    return sum(isinstance(module, CheckpointWrapper) for module in model.modules())
 
 
 class LitVideoClassifier(pl.LightningModule):

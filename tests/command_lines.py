@@ -20,12 +20,12 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-def run_in_one_process(script, cases, env=None, timeout=600):
+def run_in_one_process(script, cases, env=None, timeout=600, cwd=REPOSITORY):
     """{name: {'code', 'stdout', 'stderr'}} of the repository's `script` run with each of `cases`
-    ({name: arguments}), all in one new process with `env` added to its environment."""
+    ({name: arguments}), all in one new process in `cwd` with `env` added to its environment."""
     argument_lists = [[str(argument) for argument in arguments] for arguments in cases.values()]
     result = subprocess.run([sys.executable, __file__, str(REPOSITORY / script)], input=json.dumps(argument_lists),
-                            cwd=REPOSITORY, capture_output=True, text=True, timeout=timeout,
+                            cwd=cwd, capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stderr[-3000:]
     return dict(zip(cases, json.loads(result.stdout.splitlines()[-1])))

@@ -2,14 +2,12 @@
 preprocessing, and our transformers export loads in transformers and back."""
 import json
 import logging
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from command_lines import run_in_one_process
 from hf_export import hf_timesformer_config, save_hf
 from layouts import CLASSES, DIM, FRAMES, HEADS, LAYERS, PATCH, SIZE, random_state, save_lightning, seed_layout, video
 from model_loading import load_model
@@ -23,7 +21,6 @@ from weight_formats import WeightLoadError, convert_hf_timesformer, convert_hf_v
 from weight_init import init_from_pretrained_
 
 transformers = pytest.importorskip('transformers')
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def hf_timesformer(attention_type='divided_space_time', **changes):
@@ -218,35 +215,30 @@ def test_every_timesformer_preset_can_be_written_for_transformers(preset):
     assert config.layer_norm_eps == 1e-6
 
 
-def test_export_command_writes_both_folders(tmp_path):
+def test_the_export_command_writes_both_folders_and_asks_for_one_eps(tmp_path):
+    """Our export and a transformers folder of a trained model; the seed's two LayerNorm eps (1e-5
+    and 1e-6) cannot go to transformers' one unless -set norm_eps chooses it. All in one process."""
     model = randomise_(VideoClassifier(timesformer_tiny(num_classes=3))).eval()
     save_weights(model, tmp_path / 'trained')
-    for flags, folder in (([], 'ours'), (['-hf'], 'hf')):
-        done = subprocess.run([sys.executable, 'export_weights.py', str(tmp_path / 'trained'), str(tmp_path / folder),
-                               *flags], cwd=ROOT, capture_output=True, text=True)
-        assert done.returncode == 0 and 'format videotransformer-pytorch' in done.stderr, done.stderr
+    seed = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
+    heads = ['-num_heads', str(HEADS)]
+    results = run_in_one_process('export_weights.py', {
+        'ours': [tmp_path / 'trained', tmp_path / 'ours'], 'hf': [tmp_path / 'trained', tmp_path / 'hf', '-hf'],
+        'seed refused': [seed, tmp_path / 'refused', *heads, '-hf'],
+        'seed with one eps': [seed, tmp_path / 'seed_hf', *heads, '-hf', '-set', 'norm_eps=1e-6']})
+    for name in ('ours', 'hf'):
+        assert results[name]['code'] == 0 and 'format videotransformer-pytorch' in results[name]['stderr'], name
+    refused, chosen = results['seed refused'], results['seed with one eps']
+    assert 'format seed' in refused['stderr'] and 'format seed' in chosen['stderr']
+    assert refused['code'] == 2 and 'error: -hf: ' in refused['stderr'].splitlines()[-1]
+    assert 'one LayerNorm eps' in refused['stderr'].splitlines()[-1]
+    assert 'norm_eps=1e-06' in refused['stderr'].splitlines()[-1] and not (tmp_path / 'refused').exists()
+    assert chosen['code'] == 0, chosen['stderr'][-2000:]
     clip = video()
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / 'ours')(clip), model(clip))
         reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'hf').eval()
         assert max_abs(reference(clip).logits, model(clip)) < 1e-4
-
-
-def test_a_seed_checkpoint_goes_to_transformers_with_one_eps_chosen(tmp_path):
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
-    # transformers has one LayerNorm eps, the seed two (1e-5 and 1e-6): -hf asks to choose one.
-    for flags, folder in ((['-hf'], 'refused'), (['-hf', '-set', 'norm_eps=1e-6'], 'hf')):
-        done = subprocess.run([sys.executable, 'export_weights.py', str(path), str(tmp_path / folder),
-                               '-num_heads', str(HEADS), *flags], cwd=ROOT, capture_output=True, text=True)
-        assert 'format seed' in done.stderr
-        if folder == 'refused':
-            assert done.returncode == 2 and 'error: -hf: ' in done.stderr.splitlines()[-1]
-            assert 'one LayerNorm eps' in done.stderr.splitlines()[-1]
-            assert 'norm_eps=1e-06' in done.stderr.splitlines()[-1]
-        else:
-            assert done.returncode == 0, done.stderr
-    clip = video()
-    with torch.no_grad():
-        reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'hf').eval()
-        expected = load_model(path, num_heads=HEADS, norm_eps=1e-6)(clip)
+        reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'seed_hf').eval()
+        expected = load_model(seed, num_heads=HEADS, norm_eps=1e-6)(clip)
         assert max_abs(reference(clip).logits, expected) < 1e-4

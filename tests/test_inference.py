@@ -15,7 +15,7 @@ from layouts import HEADS, random_state, save_lightning, seed_layout, timm_layou
 from preprocessing import DATA_STATICS, Preprocessing, normalize
 from reference import randomise_
 from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
-from videos import ODD_VIDEOS, moving_square, write_odd_videos
+from videos import ODD_VIDEOS, moving_square
 from visualize import (attention_rollout, confusion_figure, frame_attention, prediction_figure, rollout_modules,
                        save_png, worst_confusions)
 
@@ -149,11 +149,6 @@ def test_labels_by_name_need_the_models_class_names(tmp_path, demo_data):
 
 
 # ---------------------------------------------------------------- odd videos
-
-@pytest.fixture(scope='module')
-def odd_videos(tmp_path_factory):
-    return write_odd_videos(tmp_path_factory.mktemp('odd'))
-
 
 @pytest.mark.parametrize('decoder', ['decord', 'pyav'])
 @pytest.mark.parametrize('name', ODD_VIDEOS)

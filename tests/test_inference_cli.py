@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,23 +13,15 @@ from pathlib import Path
 
 import av
 import pytest
+import torch
 
-from demo.make_demo_dataset import make_demo_dataset
 from inference import classify, inference_preprocessing, load_classifier, prediction_loader
 from command_lines import run_in_one_process
 from classifiers import CLASSES, export, hf_folder, png_size
-from videos import moving_square, write_long_video, write_odd_videos, write_video
+from videos import moving_square, write_long_video, write_video
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DECORD_LOG_LINE = re.compile(r'^\[\d\d:\d\d:\d\d\] \S+\.cc:\d+: ')
-# The training command's tiny recipe (tests/test_training_cli.py), with AdamW so that two epochs
-# learn something, and two clips x three crops at test time.
-TINY = ['-num_frames', '4', '-frame_interval', '2', '-img_size', '32', '-patch_size', '8', '-embed_dims', '32',
-        '-num_heads', '2', '-depth', '2', '-batch_size', '4', '-num_workers', '0', '-num_clips', '2',
-        '-num_crops', '3', '-accelerator', 'cpu', '-pretrain', 'none', '-optim_type', 'adamw', '-lr', '0.002',
-        '-epoch', '2']
-
-
 def infer(*flags, env=None, timeout=300):
     command = [sys.executable, str(REPOSITORY / 'model_inference.py'), *map(str, flags)]
     return subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=timeout,
@@ -51,22 +44,15 @@ def read_csv(path):
 
 
 @pytest.fixture(scope='module')
-def labelled(tmp_path_factory):
-    """A demo dataset with 4 test clips per class."""
-    return make_demo_dataset(tmp_path_factory.mktemp('labelled'), seed=0, clips_per_class=(4, 1, 4), progress=False)
+def labelled(demo_run):
+    """The session's demo dataset (4 test clips per class)."""
+    return demo_run.data
 
 
 @pytest.fixture(scope='module')
-def trained(labelled, tmp_path_factory):
-    """The training command's summary.json after a tiny run on `labelled`."""
-    root = tmp_path_factory.mktemp('training')
-    command = [sys.executable, str(REPOSITORY / 'model_pretrain.py'), *TINY, '-root_dir', str(root),
-               '-train_data_path', labelled / 'train.txt', '-val_data_path', labelled / 'val.txt',
-               '-test_data_path', labelled / 'test.txt', '-class_map', labelled / 'classmap.json']
-    result = subprocess.run(list(map(str, command)), cwd=REPOSITORY, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (summary,) = root.glob('results/*/log/summary.json')
-    return json.loads(summary.read_text())
+def trained(demo_run):
+    """The training command's summary.json of the session's demo run on `labelled`."""
+    return demo_run.summary
 
 
 @pytest.fixture(scope='module')
@@ -104,21 +90,22 @@ def test_one_video_as_a_table_with_csv_and_an_attention_picture(trained, labelle
                    '-save_vis', tmp_path / 'vis.png', '-attention')
     assert result.returncode == 0 and result.stderr == '', result.stderr[-3000:]
     head, *table = result.stdout.splitlines()
-    assert head.startswith(f'{video}: 6 views of 4 frames (decode ') and len(table) == 3
+    assert head.startswith(f'{video}: 6 views of 8 frames (decode ') and len(table) == 3  # the demo's 2x3 views
     (row,) = read_csv(tmp_path / 'r.csv')
     for rank, line in enumerate(table, 1):
         name, percent = line.split()[1:]
         assert name == row[f'top{rank}_label'] and name in CLASSES
         assert float(percent.rstrip('%')) == pytest.approx(100 * float(row[f'top{rank}_probability']), abs=0.006)
     assert row['label'] == '' and row['views'] == '6' and len(row['frames'].split(' | ')) == 2
-    assert png_size(tmp_path / 'vis.png') == (640, 360)
+    assert png_size(tmp_path / 'vis.png') == (8 * 160, 360)  # the demo's 8 frames, 160 pixels each
 
 
-def test_a_list_of_awkward_and_real_videos_as_json_lines(model_folder, tmp_path):
+def test_a_list_of_awkward_and_real_videos_as_json_lines(model_folder, odd_videos, tmp_path):
     """Other containers and codecs, odd sizes, gray, 60 fps, 4K and too few frames are classified;
     the real Kinetics clips of ../shared/demo too when present. Pictures mirror the paths below the
     deepest folder holding the list and every video."""
-    videos = list(write_odd_videos(tmp_path).values())
+    (tmp_path / 'odd').mkdir()  # the session's encoded videos, below the list's folder
+    videos = [Path(shutil.copy(path, tmp_path / 'odd' / name)) for name, path in odd_videos.items()]
     shared = REPOSITORY.parent / 'shared' / 'demo'
     videos += sorted(shared.glob('*.mp4'))
     listing = tmp_path / 'videos.txt'
@@ -301,6 +288,66 @@ def test_mistakes_stop_with_one_line_and_their_exit_code(model_folder, labelled,
         assert len(lines) == 1 and lines[0].startswith('model_inference.py: error: ') and expected in lines[0], \
             (name, lines)
         assert result['stdout'] == '', name
+
+
+def test_preprocessing_decoder_device_and_report_flags(trained, labelled, tmp_path):
+    """-short_side and -data_statics change the views exactly as inference_preprocessing does (the
+    probabilities are the library's with the change, and differ from the defaults'); -decoder pyav
+    decodes with PyAV (a corrupt file's error names it first); -device cpu runs and a device that is
+    not there is one line; -eval without -out writes its report to eval_LIST in the working folder.
+    Fails if any of these flags is parsed but not passed on."""
+    video = labelled / 'test' / 'growing' / 'test_0006.mp4'
+    (tmp_path / 'corrupt.mp4').write_bytes(os.urandom(2048))
+    model = ['-pretrain', trained['checkpoint']]
+    one = [*model, '-video_path', video, '-json']
+    cases = {
+        'defaults': one,
+        'short_side': [*one, '-short_side', '48'],
+        'data_statics': [*one, '-data_statics', 'imagenet'],
+        'pyav': [*one, '-decoder', 'pyav'],
+        'pyav on a corrupt file': [*model, '-video_path', tmp_path / 'corrupt.mp4', '-decoder', 'pyav'],
+        'cpu': [*one, '-device', 'cpu'],
+        'device in words': [*one, '-device', 'gpu0'],
+        'eval without -out': [*model, '-eval', labelled / 'test.txt'],
+    }
+    if not torch.cuda.is_available():
+        cases['cuda without a GPU'] = [*one, '-device', 'cuda']
+    results = run_in_one_process('model_inference.py', cases, cwd=tmp_path)
+    classifier = load_classifier(trained['checkpoint'])
+    defaults = inference_preprocessing(classifier)
+
+    def probabilities(name):
+        assert results[name]['code'] == 0, (name, results[name]['stderr'][-2000:])
+        (record,) = json_lines(results[name]['stdout'])
+        return dict(zip(record['labels'], record['probabilities']))
+
+    def library(settings, **options):
+        (result,) = classify(classifier, prediction_loader(video, settings, **options), settings)
+        return dict(zip(classifier.class_names, result.probabilities.tolist()))
+
+    expected = library(defaults)
+    for name in ('defaults', 'pyav', 'cpu'):
+        assert probabilities(name) == pytest.approx(expected, abs=1e-6), name
+    for name, settings in (('short_side', inference_preprocessing(classifier, short_side=48)),
+                           ('data_statics', inference_preprocessing(classifier, 'imagenet'))):
+        assert settings != defaults
+        changed = library(settings)
+        assert probabilities(name) == pytest.approx(changed, abs=1e-6), name
+        assert changed != pytest.approx(expected, abs=1e-5), f'{name} changes nothing here'
+    corrupt = own_lines(results['pyav on a corrupt file']['stderr'])
+    assert results['pyav on a corrupt file']['code'] == 1 and len(corrupt) == 1
+    assert corrupt[0].startswith(f'model_inference.py: error: {tmp_path / "corrupt.mp4"}: pyav: '), corrupt
+    errors = {'device in words': '-device gpu0: expected auto, cpu, cuda or cuda:N',
+              'cuda without a GPU': '-device cuda: no CUDA device is available'}
+    for name, message in errors.items():
+        if name in results:
+            assert results[name]['code'] == 2 and own_lines(results[name]['stderr']) == \
+                [f'model_inference.py: error: {message}'], (name, results[name]['stderr'][-2000:])
+    assert results['eval without -out']['code'] == 0, results['eval without -out']['stderr'][-2000:]
+    metrics = json.loads((tmp_path / 'eval_test' / 'metrics.json').read_text())
+    assert metrics['top1'] == pytest.approx(trained['test_top1'], abs=1e-6) and metrics['videos'] == 16
+    assert {path.name for path in (tmp_path / 'eval_test').iterdir()} == {
+        'metrics.json', 'predictions.csv', 'per_class_accuracy.csv', 'confusion_matrix.png'}
 
 
 # ---------------------------------------------------------------- memory

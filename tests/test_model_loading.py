@@ -6,17 +6,17 @@ import logging
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 import yaml
 
 from data_trainer import VideoDataModule
 from layouts import (CLASSES, DIM, HEADS, random_state, save_lightning, seed_layout, timm_layout, video,
                      write_vit)
 from model_loading import load_model
+from model_trainer import LitVideoClassifier
 from our_format import save_weights
 from preprocessing import DATA_STATICS, Preprocessing
 from reference import randomise_
-from video_transformer import VideoClassifier, VideoTransformerConfig, timesformer_tiny, vivit_tiny
+from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_
 
@@ -80,31 +80,14 @@ def test_our_bare_state_dict_warns_that_its_heads_are_a_guess(tmp_path, caplog):
 # Training checkpoints written by a real Trainer
 
 
-class ClassifierModule(pl.LightningModule):
-    """The layout of the training command's LightningModule: the classifier under `model`, and the
-    hyper-parameters config (a dict), class_names (a list) and preprocessing (a dict)."""
-
-    def __init__(self, config, class_names, preprocessing=None):
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = VideoClassifier(VideoTransformerConfig(**config))
-
-    def training_step(self, batch, batch_idx):
-        return F.cross_entropy(self.model(batch['video']), batch['label'])
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-def train_and_save(demo_data, path, config, preprocessing=None, class_names=None, starting_point=None, **data):
-    """One training step of a ClassifierModule on the demo data (from the weights of
-    `starting_point`, a VideoClassifier, when given), then Trainer.save_checkpoint."""
+def train_and_save(demo_data, path, config, preprocessing=None, starting_point=None, **data):
+    """One training step of the training command's LitVideoClassifier on the demo data (from the
+    weights of `starting_point`, a VideoClassifier, when given), then Trainer.save_checkpoint."""
     datamodule = VideoDataModule(train_data_path=str(demo_data / 'train.txt'),
                                  class_map=str(demo_data / 'classmap.json'), batch_size=2, num_workers=0,
                                  **{'num_frames': config.num_frames, 'frame_interval': 4, 'img_size': config.img_size,
                                     **data})
-    class_names = class_names or datamodule.class_names
-    module = ClassifierModule(config.to_dict(), class_names, preprocessing)
+    module = LitVideoClassifier(config, datamodule.class_names, preprocessing, optim_type='sgd', lr=0.01)
     if starting_point is not None:
         module.model.load_state_dict(starting_point.state_dict())
     trainer = pl.Trainer(accelerator='cpu', devices=1, max_steps=1, limit_val_batches=0, logger=False,
@@ -152,7 +135,7 @@ def test_a_checkpoint_rebuilds_its_model_after_its_starting_point_is_gone(demo_d
     module = train_and_save(demo_data, tmp_path / 'last.ckpt', config, starting_point=model)
     vit_path.unlink()
     checkpoint = torch.load(tmp_path / 'last.ckpt', weights_only=True)
-    rebuilt = ClassifierModule(**checkpoint['hyper_parameters'])
+    rebuilt = LitVideoClassifier(**checkpoint['hyper_parameters'])
     rebuilt.load_state_dict(checkpoint['state_dict'])
     clip = video()
     with torch.no_grad():
@@ -161,7 +144,11 @@ def test_a_checkpoint_rebuilds_its_model_after_its_starting_point_is_gone(demo_d
 
 
 def test_class_names_that_do_not_fit_the_head_are_left_out_with_a_warning(demo_data, tmp_path, caplog):
-    train_and_save(demo_data, tmp_path / 'last.ckpt', timesformer_tiny(num_classes=4), class_names=['x', 'y', 'z'])
+    # A checkpoint whose class names were edited, or written by another module: 3 names, 4 classes.
+    train_and_save(demo_data, tmp_path / 'last.ckpt', timesformer_tiny(num_classes=4))
+    checkpoint = torch.load(tmp_path / 'last.ckpt', weights_only=True)
+    checkpoint['hyper_parameters']['class_names'] = ['x', 'y', 'z']
+    torch.save(checkpoint, tmp_path / 'last.ckpt')
     with caplog.at_level(logging.WARNING):
         loaded = load_model(tmp_path / 'last.ckpt')
     assert loaded.class_names is None

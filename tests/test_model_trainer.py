@@ -4,11 +4,14 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 
 from data_trainer import VideoDataModule
 from model_loading import load_model
-from model_trainer import LitVideoClassifier, NonFiniteLossError
+from model_trainer import LitVideoClassifier, NonFiniteLossError, recompute_blocks_in_backward
+from reference import randomise_
 from run_outputs import AtomicCheckpointIO
+from transformer import Block
 from video_transformer import timesformer_tiny
 
 
@@ -146,28 +149,82 @@ def test_checkpoint_rebuilds_with_class_names_and_preprocessing(demo_data, tmp_p
 
 
 def test_evaluation_averages_the_views_and_reports_one_view(demo_data, tmp_path):
+    """Recomputes test top-1, top-1 at one view and the loss from the raw views of 16 videos under
+    randomised weights (logits that differ between views). Fails if the views' logits are averaged before the softmax
+    (the loss differs, checked to differ below) or another view is taken as the one view."""
     pl.seed_everything(0)
-    data = tiny_data(demo_data, batch_size=2)
+    data = tiny_data(demo_data, batch_size=2, test_data_path=demo_data / 'train.txt')
     module = tiny_module(data)
+    randomise_(module.model, std=1.0)  # views far enough apart to tell the averages apart
     trainer = pl.Trainer(accelerator='cpu', devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path)
     results = trainer.test(module, data, verbose=False)[0]
-    assert {'test/top1', 'test/top5', 'test/top1_1view', 'test/top5_1view'} <= set(results)
+    assert {'test/top1', 'test/top5', 'test/top1_1view', 'test/top5_1view', 'test/loss'} <= set(results)
     # Recompute from the raw views: 2 clips x 3 crops per video, softmax averaged.
     data.setup('test')
-    correct = correct_one = total = 0
+    logits, labels = [], []
     module.eval()
     with torch.no_grad():
         for batch in data.test_dataloader():
             batch = data.transform_batch(batch, 'test')
-            video, label = batch['video'], batch['label']
+            video = batch['video']
             assert video.shape[1] == 6
-            logits = module(video.flatten(0, 1)).view(video.shape[0], 6, -1)
-            correct += (logits.softmax(-1).mean(1).argmax(1) == label).sum().item()
-            correct_one += (logits[:, 4].argmax(1) == label).sum().item()  # middle clip 1, centre crop
-            total += len(label)
-    assert results['test/top1'] == pytest.approx(correct / total)
-    assert results['test/top1_1view'] == pytest.approx(correct_one / total)
+            logits.append(module(video.flatten(0, 1)).view(video.shape[0], 6, -1))
+            labels.append(batch['label'])
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    assert len(labels) == 16
+    probabilities = logits.softmax(-1).mean(1)
+    assert results['test/top1'] == pytest.approx((probabilities.argmax(1) == labels).float().mean().item())
+    # The centre crop of the later middle clip: clip 1, crop 1 of 3.
+    assert results['test/top1_1view'] == pytest.approx((logits[:, 4].argmax(1) == labels).float().mean().item())
+    loss = F.nll_loss(probabilities.log(), labels).item()
+    assert results['test/loss'] == pytest.approx(loss, rel=1e-4)
+    logit_mean_loss = F.cross_entropy(logits.mean(1), labels).item()
+    assert abs(logit_mean_loss - loss) > 100 * 1e-4 * loss, 'the views cannot tell the two averages apart'
+    other_views = [(logits[:, view].argmax(1) == labels).float().mean().item() for view in range(6) if view != 4]
+    assert any(top1 != pytest.approx(results['test/top1_1view']) for top1 in other_views)
+
+
+def test_activation_checkpointing_recomputes_each_block_with_the_plain_gradients(demo_data, tmp_path):
+    """Every block runs again in backward, every parameter gets the plain run's gradient (dropout and
+    drop path drawn alike), and the checkpoint of a real fit loads with load_model. Fails if no block
+    is wrapped (the flag ignored, as it was without FSDP), if recomputation draws other dropout masks,
+    or if the wrapper's prefix reaches the state_dict keys."""
+    data = tiny_data(demo_data)
+    settings = dict(optim_type='adamw', lr=1e-3)
+    config = timesformer_tiny(num_classes=data.num_class, dropout_p=0.2, drop_path_rate=0.3)
+    plain = LitVideoClassifier(config, data.class_names, data.preprocessing.to_dict(), **settings)
+    randomise_(plain.model)
+    recomputed = LitVideoClassifier(config, data.class_names, data.preprocessing.to_dict(), **settings)
+    recomputed.load_state_dict(plain.state_dict())
+    keys = list(recomputed.state_dict())
+    assert recompute_blocks_in_backward(recomputed.model) == 2
+    assert list(recomputed.state_dict()) == keys
+    clips = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    gradients = []
+    for module in (plain, recomputed):
+        calls = []
+        for block in module.modules():
+            if isinstance(block, Block):
+                block.register_forward_pre_hook(lambda *_: calls.append(1))
+        torch.manual_seed(0)
+        module.train()(clips).square().sum().backward()
+        assert len(calls) == (2 if module is plain else 4)  # each of the 2 blocks once more in backward
+        gradients.append({name: parameter.grad for name, parameter in module.named_parameters()})
+    plain_gradients, recomputed_gradients = gradients
+    assert list(recomputed_gradients) == [name.replace('blocks.0.', 'blocks.0._checkpoint_wrapped_module.')
+                                          .replace('blocks.1.', 'blocks.1._checkpoint_wrapped_module.')
+                                          for name in plain_gradients]
+    for (name, expected), actual in zip(plain_gradients.items(), recomputed_gradients.values()):
+        assert expected is not None and expected.abs().sum() > 0, name
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
+    pl.seed_everything(0)
+    trainer = fit(recomputed, data, tmp_path, max_steps=2, limit_val_batches=0, enable_checkpointing=False)
+    trainer.save_checkpoint(tmp_path / 'recomputed.ckpt')
+    video = torch.rand(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / 'recomputed.ckpt')(video), recomputed.eval()(video),
+                                   rtol=0, atol=0)
 
 
 class FirstStepWeights(pl.Callback):
@@ -214,6 +271,35 @@ def test_resume_continues_exactly_where_the_run_stopped(demo_data, tmp_path, num
     _, first = run(1, 'stopped')
     resumed, second = run(2, 'resumed', ckpt_path=tmp_path / 'stopped' / 'last.ckpt')
     assert second.global_step == 2 * first.global_step
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.xfail(strict=True, reason='a known defect: the DataModule\'s training loader has no state_dict, so '
+                   'Lightning restarts it from its first batch in a run resumed mid-epoch')
+def test_resume_from_a_mid_epoch_step_checkpoint_continues_exactly(demo_data, tmp_path):
+    """Two epochs straight, saving every 3 steps (4 steps an epoch), give the same weights as a new
+    run resumed from the step-3 checkpoint, saved with one batch of epoch 0 still to come. Fails if a
+    resumed run repeats or skips that epoch's batches, or draws other crops, flips or mixes."""
+    def run(name, ckpt_path=None):
+        pl.seed_everything(0, workers=True)
+        data = tiny_data(demo_data, persistent_workers=False, mixup=True, color_jitter=0.4, val_data_path=None,
+                         test_data_path=None)
+        module = tiny_module(data, optim_type='adamw', lr=1e-3, lr_schedule='cosine', warmup_epochs=1)
+        steps = pl.callbacks.ModelCheckpoint(tmp_path / name, filename='{step}', every_n_train_steps=3,
+                                             save_top_k=-1)
+        trainer = pl.Trainer(accelerator='cpu', devices=1, max_epochs=2, logger=False, default_root_dir=tmp_path,
+                             enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+                             callbacks=[steps])
+        trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=True)
+        return snapshot(module), trainer
+
+    straight, first = run('straight')
+    checkpoint = tmp_path / 'straight' / 'step=3.ckpt'
+    assert torch.load(checkpoint, weights_only=True)['global_step'] == 3
+    resumed, second = run('resumed', ckpt_path=checkpoint)
+    assert first.global_step == second.global_step == 8
     assert straight.keys() == resumed.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)

@@ -10,11 +10,13 @@ from einops import rearrange
 from torch import nn
 
 from preprocessing import Preprocessing
-from reference import randomise_, vit_features
+from layouts import random_state, seed_layout
+from reference import randomise_, seed_forward, vit_features
 from transformer import Attention, sine_cosine_table
 from utils import record_attention, set_attention_fused, write_csv
 from video_transformer import (TimeSformer, VideoClassifier, VideoTransformerConfig, ViViT, timesformer_base_patch16_224,
                                timesformer_tiny, vivit_base_patch16_224, vivit_tiny)
+from weight_formats import convert_seed, strip_prefix
 
 # (arch, attention_type), and ViViT's factorised encoder in the seed's 37e1801 layout.
 VARIANTS = [('timesformer', name) for name in TimeSformer.attention_types] + \
@@ -78,10 +80,25 @@ def test_eval_is_deterministic_and_training_repeats_under_a_seed(arch, attention
 
 @pytest.mark.parametrize('arch,attention_type', VARIANTS)
 def test_fixed_sine_cosine_positions_are_buffers_not_weights(arch, attention_type):
+    """Fails if a fixed table is saved with the weights, holds other values than the sine-cosine
+    table, or any part of it (the class token's row, the other rows) is never added to the tokens:
+    zeroing that part must change the logits."""
     config = tiny_config(arch, attention_type, use_learnable_pos_emb=False)
-    model = VideoClassifier(config)
+    model = randomise_(VideoClassifier(config)).eval()
     assert not [name for name in model.state_dict() if name.endswith(('pos_embed', 'time_embed'))]
-    assert model(video(config)).shape == (2, config.num_classes)
+    clips = video(config)
+    with torch.no_grad():
+        logits = model(clips)
+        for name, rows in config.position_table_rows.items():
+            table = getattr(model.backbone, name)
+            assert name in dict(model.backbone.named_buffers())
+            assert torch.equal(table, sine_cosine_table(rows, config.embed_dims))
+            kept = table.clone()
+            for part in (slice(0, 1), slice(1, None)):
+                table[:, part] = 0
+                assert not torch.allclose(model(clips), logits, atol=1e-3), f'{name}[{part}] is not added'
+                table.copy_(kept)
+    assert logits.shape == (2, config.num_classes)
 
 
 def test_sdpa_equals_explicit_softmax_reference_in_float64():
@@ -269,9 +286,16 @@ def test_the_seed_keyword_arguments_build_the_same_backbone_as_a_config():
     with torch.no_grad():
         features = by_keywords(clips)
         assert torch.equal(features, by_config(clips))
-    # The final-normed class token, as the seed's forward returns.
-    tokens = by_keywords.encode(by_keywords.tokens(by_keywords.patch_embed(clips)), 2, 4)
-    torch.testing.assert_close(features, by_keywords.norm(tokens)[:, 0])
+    # The final-normed class token, as the seed's forward returns: under the seed's own head, the
+    # seed's forward computed independently (reference.py) from its checkpoint's keys. Fails if the
+    # keyword-built backbone pools otherwise, skips the final norm or runs its blocks differently.
+    state = random_state(seed_layout('divided_space_time'))
+    seed_built = TimeSformer(**SEED_TIMESFORMER, norm_eps=1e-5).eval()  # the seed's blocks' eps
+    seed_built.load_state_dict(strip_prefix({key: value for key, value in convert_seed(state).items()
+                                             if key.startswith('backbone.')}, 'backbone.'))
+    with torch.no_grad():
+        logits = F.linear(seed_built(clips), state['cls_head.cls_head.weight'], state['cls_head.cls_head.bias'])
+    torch.testing.assert_close(logits, seed_forward(state, clips, 'divided_space_time', 2), atol=1e-5, rtol=0)
 
 
 def test_vivit_keywords_take_the_seed_vivit_defaults():
@@ -350,10 +374,22 @@ def test_recorded_attention_weights_are_the_explicit_softmax_and_change_no_logit
 @pytest.mark.parametrize('config', [timesformer_tiny(attention_type='space_only'), vivit_tiny()],
                          ids=['space_only', 'fact_encoder'])
 def test_recorded_spatial_attention_is_one_map_per_frame(config):
+    """Reversing the first video's token frames reverses its maps and leaves the second video's
+    alone. Fails if the maps mix frames or videos, or are grouped time-major ((t b), not (b t))."""
     model = randomise_(VideoClassifier(config)).eval()
     clips = video(config)
-    with torch.no_grad(), record_attention(model) as attentions:
-        model(clips)
-        spatial = attentions['backbone.blocks.1.attn.attn'].weights
-    assert spatial.shape == (2 * config.num_time_steps, 2, 1 + 16, 1 + 16)
-    torch.testing.assert_close(spatial.sum(dim=-1), torch.ones(spatial.shape[:-1]))
+    steps = config.num_time_steps
+    reversed_clips = clips.clone()
+    tubelets = rearrange(clips[0], '(s f) c h w -> s f c h w', s=steps)
+    reversed_clips[0] = rearrange(tubelets.flip(0), 's f c h w -> (s f) c h w')
+
+    def spatial_maps(clip):
+        with torch.no_grad(), record_attention(model) as attentions:
+            model(clip)
+            return rearrange(attentions['backbone.blocks.1.attn.attn'].weights, '(b s) ... -> b s ...', b=2)
+
+    spatial, reversed_spatial = spatial_maps(clips), spatial_maps(reversed_clips)
+    assert spatial.shape == (2, steps, 2, 1 + 16, 1 + 16) and steps > 1
+    torch.testing.assert_close(reversed_spatial[0], spatial[0].flip(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reversed_spatial[1], spatial[1], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(spatial[0, 0], spatial[0, 1], atol=1e-3)  # the frames' maps differ

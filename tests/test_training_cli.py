@@ -1,6 +1,7 @@
 """model_pretrain.py as users run it: real processes, real checkpoints, real signals."""
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from command_lines import run_in_one_process
-from demo.make_demo_dataset import CLASSES, make_demo_dataset
+from demo.make_demo_dataset import CLASSES
+from layouts import random_state, save_lightning, seed_layout, timm_layout
 from model_loading import load_model
 from run_outputs import read_metrics, read_run_metrics
 
@@ -49,14 +51,10 @@ def epoch_means(rows, key):
     return [sum(values) / len(values) for _, values in sorted(by_epoch.items())]
 
 
-def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(tmp_path):
-    # The demo's training clips, half its val clips: 32 steps an epoch. The demo passes 90% in epoch 5
-    # to 7 of its 20; here 5 epochs of a shorter schedule must beat chance.
-    data = make_demo_dataset(tmp_path / 'demo', seed=0, clips_per_class=(64, 8, 1), progress=False)
-    result = train('-recipe', 'demo', *demo_flags(data), '-epoch', '5', '-num_workers', '0',
-                   '-root_dir', tmp_path / 'runs')
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = run_dir(tmp_path / 'runs') / 'log'
+def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(demo_run):
+    # The session's demo run: the demo's training clips, a quarter of its val clips, 32 steps an
+    # epoch. The demo passes 90% in epoch 5 to 7 of its 20; 5 epochs of a shorter schedule must beat chance.
+    log = demo_run.log
     rows = read_run_metrics(log / 'csv')
     losses, val_top1 = epoch_means(rows, 'train/loss'), epoch_means(rows, 'val/top1')
     assert len(losses) == len(val_top1) == 5
@@ -66,7 +64,7 @@ def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(tmp_path)
     assert summary['best_val_top1'] == max(val_top1) and summary['test_views'] == 6
     assert (log / 'curves.png').stat().st_size > 10_000
     # The command the run prints last runs as printed and names a demo class.
-    (next_line,) = [line for line in result.stdout.splitlines() if line.startswith('Next: python ')]
+    (next_line,) = [line for line in demo_run.stdout.splitlines() if line.startswith('Next: python ')]
     command = shlex.split(next_line[len('Next: python '):])
     classified = subprocess.run([sys.executable, *command], cwd=REPOSITORY, capture_output=True, text=True,
                                 timeout=300)
@@ -111,6 +109,96 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(demo_data, tmp_path):
         assert len(lines) == 1 and lines[0].startswith('model_pretrain.py: error: ') and expected in lines[0], \
             (name, lines)
         assert not any((tmp_path / 'fresh' / 'results').glob('*/ckpt/*')), name  # stopped before training
+
+
+def mae_encoder(state):
+    """A timm-layout ViT as MAE-pytorch's pre-training checkpoint holds its encoder: `encoder.` keys,
+    q and v biases apart, no class token and no position table (MAE's is fixed)."""
+    encoder = {f'encoder.{key}': value for key, value in state.items()
+               if not key.startswith(('head.', 'cls_token', 'pos_embed'))}
+    for key in [key for key in encoder if key.endswith('.attn.qkv.bias')]:
+        q_bias, _, v_bias = encoder.pop(key).chunk(3)
+        encoder[key.replace('qkv.bias', 'q_bias')], encoder[key.replace('qkv.bias', 'v_bias')] = q_bias, v_bias
+    return {'model': encoder}
+
+
+def test_starting_points_bf16_and_failed_runs_through_the_command(demo_data, tmp_path):
+    """-pretrain vit, mae and kinetics read the original's file names in ROOT_DIR/pretrain_model and
+    start from them (with -lr 0 the run's checkpoint holds the file's weights); -precision
+    bf16-mixed trains on a CPU and its checkpoint loads with load_model, logits finite; a non-finite
+    loss and a training list of unreadable videos stop the run with one line and exit status 1.
+    Fails if a -pretrain name looks elsewhere or is ignored, bf16 does not run, or a failed run ends
+    in a traceback or another status."""
+    vit = random_state(timm_layout())
+    seed = random_state(seed_layout('divided_space_time'))
+    files = {'vit': ('vit_base_patch16_224.pth', vit, 'format timm'),
+             'mae': ('pretrain_mae_vit_base_mask_0.75_400e.pth', mae_encoder(vit), 'format mae'),
+             'kinetics': ('timesformer_k600.ckpt', None, 'format seed')}
+    for name, (file, state, _) in files.items():
+        (tmp_path / name / 'pretrain_model').mkdir(parents=True)
+        if state is None:
+            save_lightning(tmp_path / name / 'pretrain_model' / file, seed)
+        else:
+            torch.save(state, tmp_path / name / 'pretrain_model' / file)
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    (broken / 'train.txt').write_text(''.join(f'{broken}/{index}.mp4\t{CLASSES[index % 4]}\n' for index in range(8)))
+    for index in range(8):
+        (broken / f'{index}.mp4').write_bytes(b'not a video')
+    train_only = ['-train_data_path', demo_data / 'train.txt', '-class_map', demo_data / 'classmap.json']
+    cases = {name: [*train_only, *TINY, '-epoch', '1', '-lr', '0', '-pretrain', name, '-root_dir', tmp_path / name]
+             for name in files}
+    cases['bf16'] = [*demo_flags(demo_data), *TINY, '-epoch', '1', '-optim_type', 'adamw', '-precision', 'bf16-mixed',
+                     '-root_dir', tmp_path / 'bf16']
+    cases['nonfinite'] = [*train_only, *TINY, '-epoch', '1', '-lr', '1e30', '-momentum', '0',
+                          '-root_dir', tmp_path / 'nonfinite']
+    cases['unreadable'] = ['-train_data_path', broken / 'train.txt', '-class_map', demo_data / 'classmap.json', *TINY,
+                           '-epoch', '1', '-root_dir', tmp_path / 'unreadable']
+    results = run_in_one_process('model_pretrain.py', cases)
+    for name, (file, _, detected) in files.items():
+        result = results[name]
+        assert result['code'] == 0, (name, result['stderr'][-3000:])
+        assert f'from {tmp_path / name / "pretrain_model" / file}: {detected}' in result['stderr'], name
+        (checkpoint,) = (tmp_path / name).glob('results/*/ckpt/last.ckpt')
+        weights = torch.load(checkpoint, weights_only=True)['state_dict']
+        started = weights['model.backbone.blocks.1.ffn.fc1.weight']
+        expected = seed['model.transformer_layers.layers.1.ffns.0.layers.0.0.weight'] if name == 'kinetics' \
+            else vit['blocks.1.mlp.fc1.weight']
+        assert torch.equal(started, expected), name
+    assert results['bf16']['code'] == 0, results['bf16']['stderr'][-3000:]
+    assert 'precision bf16-mixed' in results['bf16']['stdout']
+    summary = json.loads(next((tmp_path / 'bf16').glob('results/*/log/summary.json')).read_text())
+    model = load_model(summary['checkpoint'])
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.rand(2, 4, 3, 32, 32))).all()
+    for name, expected in (('nonfinite', r'model_pretrain\.py: loss is (nan|inf) at step 1 \(epoch 0\); last good '),
+                           ('unreadable', f'model_pretrain\\.py: {re.escape(str(broken / "train.txt"))}: 32 of 32 '
+                                          'videos read could not be decoded')):
+        result = results[name]
+        assert result['code'] == 1 and 'Traceback' not in result['stderr'], (name, result['stderr'][-3000:])
+        ours = [line for line in result['stderr'].splitlines() if line.startswith('model_pretrain.py')]
+        assert len(ours) == 1 and re.match(expected, ours[0]) and result['stderr'].splitlines()[-1] == ours[0], \
+            (name, ours)
+
+
+@pytest.mark.slow
+def test_compile_trains_through_the_command_and_its_checkpoint_loads(demo_data, tmp_path):
+    """-compile: TorchDynamo traces the model (TORCH_LOGS=graph_code prints each graph it compiles), two
+    steps train, and the checkpoint keeps the plain keys load_model reads. Fails if -compile is
+    ignored or leaves the compiled wrapper's prefix in the checkpoint. About 1.5 min on 2 CPU cores,
+    most of it compiling."""
+    # TINY with later flags overriding it (argparse keeps the last): one block of width 16, 2 frames of 16 px.
+    result = train('-train_data_path', demo_data / 'train.txt', '-class_map', demo_data / 'classmap.json', *TINY,
+                   '-depth', '1', '-embed_dims', '16', '-num_frames', '2', '-img_size', '16', '-epoch', '1',
+                   '-max_steps', '2', '-compile', '-root_dir', tmp_path, env={**os.environ, 'TORCH_LOGS': 'graph_code'})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'TRACED GRAPH' in result.stderr
+    summary = json.loads((run_dir(tmp_path) / 'log' / 'summary.json').read_text())
+    assert summary['steps'] == 2
+    model = load_model(summary['checkpoint'])
+    assert model.config.num_transformer_layers == 1
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.rand(2, 2, 3, 16, 16))).all()
 
 
 def wait_for(path_glob, root, process, timeout=300):
@@ -211,6 +299,7 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint(demo_data, tmp_p
 def test_two_process_ddp_fit_on_cpu(demo_data, tmp_path):
     # Odd numbers of val and test videos: Lightning's own sampler would repeat one to even out the ranks.
     # The second val video, rank 1's only one, cannot be read: rank 1 must still join the metrics' sync.
+    # -activation_checkpointing without FSDP recomputes the blocks under DDP (it was ignored before).
     lines = {split: [f'{demo_data}/{line}' for line in (demo_data / f'{split}.txt').read_text().splitlines()]
              for split in ('train', 'val', 'test')}
     (tmp_path / 'broken.mp4').write_bytes(b'not a video')
@@ -219,8 +308,9 @@ def test_two_process_ddp_fit_on_cpu(demo_data, tmp_path):
     (tmp_path / 'test.txt').write_text('\n'.join(lines['test'] + lines['val'][:1]) + '\n')
     result = train(*demo_flags(demo_data), '-val_data_path', tmp_path / 'val.txt', '-test_data_path',
                    tmp_path / 'test.txt', *TINY, '-epoch', '1', '-devices', '2', '-strategy', 'ddp',
-                   '-root_dir', tmp_path / 'runs')
+                   '-activation_checkpointing', '-root_dir', tmp_path / 'runs')
     assert result.returncode == 0, result.stderr[-3000:]
+    assert '; 2 blocks recomputed in backward; ' in result.stdout
     assert 'gpus_2' in run_dir(tmp_path / 'runs').name
     log = run_dir(tmp_path / 'runs') / 'log'
     summary = json.loads((log / 'summary.json').read_text())

@@ -2,9 +2,6 @@
 import json
 import os
 import stat
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +15,6 @@ from preprocessing import Preprocessing
 from reference import randomise_
 from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
 from weight_formats import WeightLoadError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_export_round_trip_is_exact(tmp_path):
@@ -85,35 +80,21 @@ def test_what_transformers_cannot_express_is_named():
     assert 'divided or joint attention' in str(error.value)
 
 
-def export(tmp_path, checkpoint, output, *flags):
-    return subprocess.run([sys.executable, 'export_weights.py', str(checkpoint), str(tmp_path / output), *flags],
-                          cwd=ROOT, capture_output=True, text=True)
-
-
-def test_the_export_command_never_writes_a_guessed_head_count(tmp_path):
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
-    done = export(tmp_path, path, 'guessed')
-    assert done.returncode == 2 and not (tmp_path / 'guessed').exists()
-    assert done.stderr.splitlines()[-1] == (f'export_weights.py: error: {path}: does not record its head count; '
-                                            f'give num_heads (heads of width 64 would be 1)')
-    done = export(tmp_path, path, 'given', '-num_heads', str(HEADS))
-    assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / 'given' / 'config.json').read_text())['config']['num_heads'] == HEADS
-    clip = video()
-    with torch.no_grad():
-        assert torch.equal(load_model(tmp_path / 'given')(clip), load_model(path, num_heads=HEADS)(clip))
-
-
 def test_export_command_errors_are_one_line_and_exit_2(tmp_path):
-    """Fails on the code where refusals exited 1 as `export_weights.py: ...` (-hf on the Quick start's
-    Conv3d model among them), not in the usage-error form, and merged an export into any folder."""
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('space_only')))
+    """Every case in one process (tests/command_lines.py). Fails on the code where refusals exited 1 as
+    `export_weights.py: ...` (-hf on the Quick start's Conv3d model among them), not in the usage-error
+    form, merged an export into any folder, or wrote a guessed head count as a fact (a checkpoint
+    without one is refused unless -num_heads gives it)."""
+    seed = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
+    path = save_lightning(tmp_path / 'space_only.ckpt', random_state(seed_layout('space_only')))
     (tmp_path / 'taken').write_text('')
     (tmp_path / 'mine').mkdir()
     (tmp_path / 'mine' / 'notes.txt').write_text('keep')
     quick_start = save_weights(randomise_(VideoClassifier(timesformer_tiny(conv_type='Conv3d'))), tmp_path / 'conv3d')
     heads = ['-num_heads', str(HEADS)]
     cases = {
+        'guessed': ([seed, tmp_path / 'guessed'], f'{seed}: does not record its head count; give num_heads '
+                                                  f'(heads of width 64 would be 1)'),
         'no FIELD=VALUE': ([path, tmp_path / 'out', *heads, '-set', 'img_size'],
                            "argument -set/--set: takes FIELD=VALUE, got 'img_size'"),
         'not a field': ([path, tmp_path / 'out', *heads, '-set', 'dropout_ratio=0.1'],
@@ -127,13 +108,20 @@ def test_export_command_errors_are_one_line_and_exit_2(tmp_path):
                                    'tubelets of 2 frames)'),
         'extra argument': ([path, tmp_path / 'out', 'more'], 'unrecognized arguments: more'),
     }
-    results = run_in_one_process('export_weights.py', {name: case for name, (case, _) in cases.items()})
+    results = run_in_one_process('export_weights.py', {'given': [seed, tmp_path / 'given', *heads],
+                                                        **{name: case for name, (case, _) in cases.items()}})
+    assert results['given']['code'] == 0, results['given']['stderr'][-2000:]
     for name, (_, message) in cases.items():
         lines = [line for line in results[name]['stderr'].splitlines() if line.startswith('export_weights.py')]
         assert results[name]['code'] == 2 and len(lines) == 1, (name, results[name]['stderr'][-2000:])
         assert lines[0].startswith('export_weights.py: error: ') and message in lines[0], (name, lines)
         assert 'Traceback' not in results[name]['stderr'], name
     assert not (tmp_path / 'out').exists() and (tmp_path / 'mine' / 'notes.txt').read_text() == 'keep'
+    assert not (tmp_path / 'guessed').exists()
+    assert json.loads((tmp_path / 'given' / 'config.json').read_text())['config']['num_heads'] == HEADS
+    clip = video()
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / 'given')(clip), load_model(seed, num_heads=HEADS)(clip))
 
 
 def test_an_export_replaces_an_earlier_one_whole_with_the_usual_permissions(tmp_path):

@@ -157,12 +157,22 @@ def test_mae_encoder_initialises_the_backbone(tmp_path, caplog):
 
 
 def test_video_checkpoint_as_a_starting_point_drops_its_head(tmp_path):
+    """Fails if init_from_pretrained_ loads the checkpoint's head into a classifier (the file's head
+    has the model's shape, so a strict load would take it silently) or skips its backbone."""
     state = random_state(seed_layout('divided_space_time'))
     path = save_lightning(tmp_path / 'k600.ckpt', state)
-    model = init_from_pretrained_(TimeSformer(timesformer_tiny(num_frames=8)), path)
-    assert torch.equal(model.blocks[1].temporal_attn.temporal_fc.weight,
+    torch.manual_seed(0)
+    untrained = VideoClassifier(timesformer_tiny(num_frames=8, num_classes=CLASSES))
+    torch.manual_seed(0)
+    model = VideoClassifier(timesformer_tiny(num_frames=8, num_classes=CLASSES))
+    init_from_pretrained_(model, path)
+    assert torch.equal(model.backbone.blocks[1].temporal_attn.temporal_fc.weight,
                        state['model.transformer_layers.layers.1.attentions.0.temporal_fc.weight'])
-    assert model.time_embed.shape == (1, 8, DIM)
+    assert model.backbone.time_embed.shape == (1, 8, DIM)
+    assert model.head.fc.weight.shape == state['cls_head.cls_head.weight'].shape
+    assert torch.equal(model.head.fc.weight, untrained.head.fc.weight)
+    assert torch.equal(model.head.fc.bias, untrained.head.fc.bias)
+    assert not torch.equal(model.head.fc.weight, state['cls_head.cls_head.weight'])
 
 
 @pytest.mark.parametrize('container', ['pth', 'seed-vit'])
@@ -184,17 +194,26 @@ def test_the_original_keyword_constructor_starts_from_a_vit(tmp_path, container)
 
 
 def test_a_saved_config_rebuilds_without_its_starting_point(tmp_path):
+    """Fails if a config remembers its starting point (rebuilding would read the deleted file, or
+    build the starting point's weights again instead of fresh ones), or if the export does not
+    carry the weights that came from it."""
     vit_path = write_vit(random_state(timm_layout()), tmp_path, 'pth')
     model = VideoClassifier(timesformer_tiny(num_classes=CLASSES))
     init_from_pretrained_(model, vit_path)
     kept = init_from_pretrained_(TimeSformer(num_frames=FRAMES, img_size=32, patch_size=PATCH, embed_dims=DIM,
                                              num_heads=HEADS, num_transformer_layers=LAYERS), vit_path)
     save_weights(model.eval(), tmp_path / 'export')
-    vit_path.unlink()
-    rebuilt = VideoClassifier(VideoTransformerConfig(**model.config.to_dict()))
-    rebuilt.load_state_dict(model.state_dict())
-    TimeSformer(kept.config).load_state_dict(kept.state_dict())
     clip = video()
+    # Rebuilt from their configs alone: fresh weights, not the starting point's again.
+    rebuilt = VideoClassifier(VideoTransformerConfig(**model.config.to_dict())).eval()
+    rebuilt_kept = TimeSformer(kept.config).eval()
+    qkv = 'blocks.0.spatial_attn.attn.qkv.weight'
+    assert not torch.equal(rebuilt.backbone.state_dict()[qkv], model.backbone.state_dict()[qkv])
+    assert not torch.equal(rebuilt_kept.state_dict()[qkv], kept.state_dict()[qkv])
+    # With the file gone, both configs still build, and the export holds the weights from it.
+    vit_path.unlink()
+    VideoClassifier(VideoTransformerConfig(**model.config.to_dict()))
+    TimeSformer(kept.config)
     with torch.no_grad():
-        assert torch.equal(rebuilt.eval()(clip), model(clip))
+        assert not torch.allclose(rebuilt(clip), model(clip), atol=1e-3)
         assert torch.equal(load_model(tmp_path / 'export')(clip), model(clip))
