@@ -19,11 +19,14 @@ def add_flag(container, name, **kwargs):
     container.add_argument(f'-{name}', f'--{name}', **kwargs)
 
 
-def error_line(error):
-    """An error's message on one line. A DataLoader worker re-raises an error with its traceback in
-    the message, ending in `module.Class: message`: the original message is taken from there."""
+def error_line(error, named=False):
+    """An error's message on one line, after its class name when `named` ('DecodeError: ...'). A
+    DataLoader worker re-raises an error with its traceback in the message, ending in
+    `module.Class: message`: the original message is taken from there. The one "error to one line"
+    of the repository."""
     lines = str(error).strip().splitlines()
+    name = type(error).__name__
     if not lines:
-        return type(error).__name__
-    wrapped = f'{type(error).__module__}.{type(error).__name__}: '
-    return lines[-1].removeprefix(wrapped).removeprefix(f'{type(error).__name__}: ')
+        return name
+    line = lines[-1].removeprefix(f'{type(error).__module__}.{name}: ').removeprefix(f'{name}: ')
+    return f'{name}: {line}' if named else line

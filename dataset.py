@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.data import Dataset, get_worker_info
 
+from command_line import error_line
+
 try:
     import decord
 except ImportError:
@@ -468,12 +470,6 @@ def sample_frame_times(times, num_frames, window_seconds, mode, num_clips=1, rng
 
 # ---------------------------------------------------------------- decoding
 
-def _describe(error):
-    """One line naming the error, for skip logs."""
-    message = str(error).strip().splitlines()
-    return f'{type(error).__name__}: {message[-1] if message else "no message"}'
-
-
 class DecordReader:
     """A decord VideoReader behind `num_frames`, `fps`, `read(indices)` and `close()`.
 
@@ -709,7 +705,7 @@ class VideoDataset(Dataset):
             try:
                 frames = self._decode(READERS[decoder], path)
             except Exception as error:  # whatever a decoder raises, the next one may still read the file
-                errors.append(f'{decoder}: {_describe(error)}')
+                errors.append(f'{decoder}: {error_line(error, named=True)}')
                 continue
             if errors:
                 log.debug('%s read %s after %s', decoder, path, '; '.join(errors))

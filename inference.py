@@ -17,7 +17,6 @@ import csv
 import json
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -40,8 +40,6 @@ from weight_formats import WeightLoadError
 
 log = logging.getLogger(__name__)
 
-# A Hub repository id, `owner/name`; a path that exists, or ends like a weights file, is never one.
-HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
 WEIGHT_SUFFIXES = ('.ckpt', '.pth', '.pyth', '.pt', '.bin', '.safetensors', '.npz')
 # What a Hub snapshot needs: configs (model, processor) and safetensors weights; pickled
 # pytorch_model.bin only when a repository has no safetensors.
@@ -52,12 +50,22 @@ PREDICTION_KEYS = ('frame_indices', 'video_frames', 'decode_ms')
 
 # ---------------------------------------------------------------- weights and settings
 
+def is_hub_id(text):
+    """Whether `text` can be a Hub repository id `owner/name` (huggingface_hub's rules); a path that
+    exists, or ends like a weights file, is never taken for one."""
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return text.count('/') == 1
+
+
 def resolve_weights(source):
     """A weights file or folder as given, or the local snapshot of a Hugging Face Hub repository id
     (`facebook/timesformer-base-finetuned-k400`), fetched into huggingface_hub's cache (HF_HUB_CACHE,
     HF_HUB_OFFLINE honoured). WeightLoadError when neither is there."""
     path = Path(source)
-    if path.exists() or not HUB_ID.match(str(source)) or path.suffix.lower() in WEIGHT_SUFFIXES:
+    if path.exists() or not is_hub_id(str(source)) or path.suffix.lower() in WEIGHT_SUFFIXES:
         return path
     try:
         folder = Path(snapshot_download(str(source), allow_patterns=HUB_FILES))

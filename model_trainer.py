@@ -13,7 +13,7 @@ import time
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import grad_norm, rank_zero_warn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointWrapper,
                                                                          apply_activation_checkpointing)
 from torchmetrics import MeanMetric, SumMetric
@@ -218,10 +218,9 @@ class LitVideoClassifier(pl.LightningModule):
                                  f'or pass -nonfinite_loss skip')
 
     def on_before_optimizer_step(self, optimizer):
-        grads = [parameter.grad for parameter in self.parameters() if parameter.grad is not None]
-        if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(grad) for grad in grads]))
-            self.log('train/grad_norm', norm, batch_size=1)
+        norms = grad_norm(self, norm_type=2)  # each parameter's and the total, by Lightning
+        if norms:
+            self.log('train/grad_norm', norms['grad_2.0_norm_total'], batch_size=1)
 
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_started = time.perf_counter()

@@ -129,7 +129,7 @@ def _prepare_or_reason(job):
     try:
         return prepare_video(*job)
     except Exception as error:  # whatever the source does to a decoder, the other videos go on
-        return f'{type(error).__name__}: {error_line(error)}'
+        return error_line(error, named=True)
 
 
 def plan(source, out_dir, root_dir):

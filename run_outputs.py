@@ -17,6 +17,8 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from utils import atomic_write
+
 
 # The file in a run folder whose flock says a live process writes there, and which holds its PID.
 RUN_LOCK = '.lock'
@@ -91,25 +93,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f'.{path.name}.partial')
         try:
-            with open(partial, 'wb') as handle:
+            with atomic_write(path, 'wb') as handle:
                 torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, path)
         except (OSError, RuntimeError) as error:
             cause = _os_error(error)
             if cause is None:
                 raise
-            partial.unlink(missing_ok=True)
             free = shutil.disk_usage(path.parent).free
             kept = f'the previous {path.name} is kept' if path.exists() else 'the checkpoints written before are kept'
             raise CheckpointSaveError(f'cannot save {path}: {cause.strerror or cause} ({free / 2 ** 20:.1f} MiB '
                                       f'free there); {kept}') from None
-        finally:
-            partial.unlink(missing_ok=True)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or 'cpu', weights_only=True)

@@ -1,6 +1,7 @@
 """Small helpers shared by the models, benchmarks and command lines."""
 import csv
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -80,25 +81,34 @@ def count_flops(model, video):
     return counter.get_total_flops() / 2 / video.shape[0]
 
 
-def write_json(values, path):
-    """`values` as indented JSON at `path`, creating its folder and replacing the file atomically."""
+@contextmanager
+def atomic_write(path, mode='w', **open_options):
+    """Write `path` through the file handle this yields: the bytes go to a hidden partial file beside
+    it, synced to disk, then renamed into place, so a crash, a kill or a full disk never leaves a
+    truncated file where a good one was; on any error the partial file is removed and the error
+    propagates. Creates the folder. The one atomic file writer of the repository."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + '.partial')
-    partial.write_text(json.dumps(values, indent=2) + '\n')
-    partial.replace(path)
+    partial = path.with_name(f'.{path.name}.partial')
+    try:
+        with open(partial, mode, **open_options) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_json(values, path):
+    """`values` as indented JSON at `path`, replacing the file atomically (atomic_write)."""
+    with atomic_write(path) as handle:
+        handle.write(json.dumps(values, indent=2) + '\n')
 
 
 def write_csv(rows, path):
-    """Rows (dicts with the same keys) to a CSV file at `path`, creating its folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + '.partial')
-    try:
-        with partial.open('w', newline='') as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        partial.replace(path)  # an interrupted write never leaves a truncated file at `path`
-    finally:
-        partial.unlink(missing_ok=True)
+    """Rows (dicts with the same keys) to a CSV file at `path`, replaced atomically (atomic_write)."""
+    with atomic_write(path, newline='') as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
