@@ -24,8 +24,9 @@ OPTIMIZERS = ('sgd', 'adamw')
 LR_SCHEDULES = ('cosine', 'multistep')
 EVAL_METRICS = ('finetune', 'linear_prob')
 NONFINITE_POLICIES = ('stop', 'skip')
-# Parameters that never get weight decay besides norms and biases (every 1-D parameter).
-NO_DECAY_NAMES = ('cls_token', 'pos_embed', 'time_embed')
+# Parameters that never get weight decay besides norms and biases (every 1-D parameter); mask_token:
+# the masked autoencoder's decoder (pretrain_trainer).
+NO_DECAY_NAMES = ('cls_token', 'pos_embed', 'time_embed', 'mask_token')
 # Parameters of the embedding stage, frozen with the first blocks by freeze_blocks.
 EMBEDDING_NAMES = ('patch_embed.', 'cls_token', 'pos_embed', 'time_embed')
 
