@@ -9,6 +9,7 @@ import logging
 import sys
 
 from model_loading import load_model
+from pretraining_export import is_pretraining_checkpoint, save_hf_videomae_pretraining
 from video_transformer import CONFIG_FIELDS
 from weight_export import save_hf_timesformer, save_weights
 from weight_formats import WeightLoadError
@@ -33,7 +34,8 @@ def parse_args(argv=None):
                                            'transformers folder, our export)')
     parser.add_argument('output_dir', help='folder to write')
     parser.add_argument('-hf', '--hf', action='store_true',
-                        help='write a transformers TimesformerForVideoClassification folder')
+                        help='write a transformers TimesformerForVideoClassification folder (a VideoMAEForPreTraining '
+                             'folder for a checkpoint of model_pretrain.py -objective videomae)')
     parser.add_argument('-num_heads', '--num_heads', type=int,
                         help='attention heads, for formats that do not record them (the seed repo, bare '
                              'state dicts); required for those, so a guess is never written as a fact')
@@ -50,6 +52,10 @@ if __name__ == '__main__':
     if args.num_heads is not None:
         overrides['num_heads'] = args.num_heads
     try:
+        if args.hf and is_pretraining_checkpoint(args.checkpoint):
+            save_hf_videomae_pretraining(args.checkpoint, args.output_dir)
+            logging.info('Wrote %s', args.output_dir)
+            sys.exit(0)
         model = load_model(args.checkpoint, guess_num_heads=False, **overrides)
         (save_hf_timesformer if args.hf else save_weights)(model, args.output_dir)
     except (WeightLoadError, OSError) as error:
