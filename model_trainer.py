@@ -279,7 +279,8 @@ class LitVideoClassifier(pl.LightningModule):
         # Restored at once: the next random draws are the loader iterator's shuffle and worker seeds
         # (built when the optimiser's schedule asks for the epoch length), where the run stopped.
         states = checkpoint.get('rng_states')
-        if states is None or self.trainer.state.fn != 'fit':
+        # load_from_checkpoint restores weights outside any Trainer: no run's random state to continue.
+        if states is None or self._trainer is None or self.trainer.state.fn != 'fit':
             return
         rank, saved_ranks = self.global_rank, states['torch'].shape[0]
         if saved_ranks != self.trainer.world_size:

@@ -27,6 +27,9 @@ def check_pretraining_flags(args, config):
         check_mask_ratio(args.mask_ratio, config.num_patches)
     except ValueError as error:
         raise UsageError(f'-{error}') from None
+    if args.test_data_path is not None:
+        raise UsageError('-test_data_path with -objective videomae: pretraining has no test; fine-tune from its '
+                         'checkpoint (-pretrain) and test that')
     if args.mixup:
         raise UsageError('-mixup with -objective videomae: masked autoencoding reads no labels to mix')
     if args.decoder_depth < 1 or args.decoder_dim < 1:

@@ -14,7 +14,6 @@ model_loading.load_model(CKPT, drop_head=True, num_classes=N) start a classifier
 """
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 
 from masked_autoencoder import (build_decoder, default_decoder_heads, check_mask_ratio, masked_autoencoding, pretraining_problem,
@@ -137,9 +136,6 @@ class LitMaskedAutoencoder(LitVideoClassifier):
             self.metrics['val_loss'](loss, len(video))
         self.log('val/loss', self.metrics['val_loss'], on_step=False, on_epoch=True)
 
-    def test_step(self, batch, batch_idx):
-        raise NotImplementedError('masked autoencoding has no test metric; fine-tune the encoder and test that')
-
 
 class ReconstructionPictures(pl.Callback):
     """Draws `path` (log/reconstructions.png) at the end of every training epoch, after its validation:
@@ -159,8 +155,8 @@ class ReconstructionPictures(pl.Callback):
         if batch_idx == 0 and 'train' not in self.clips:
             self.clips['train'] = batch['video'][:self.num_clips].detach().cpu()
 
-    @rank_zero_only
     def on_train_epoch_end(self, trainer, pl_module):
+        # Every rank reconstructs its own clips (a sharded model's forward needs them all); rank 0 draws.
         clips = self.clips.get('val', self.clips.get('train'))
         if clips is None:
             return
@@ -170,7 +166,10 @@ class ReconstructionPictures(pl.Callback):
         with torch.no_grad():
             pictures = pl_module.reconstruct(clips.to(pl_module.device), mask)
         pl_module.train(was_training)
+        if trainer.is_global_zero:
+            self.draw(pictures, trainer.current_epoch, pl_module.hparams.mask_ratio)
+
+    def draw(self, pictures, epoch, mask_ratio):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        save_png(reconstruction_figure(*pictures, title=f'epoch {trainer.current_epoch}: masked '
-                                                          f'{pl_module.hparams.mask_ratio:.0%} of each frame'),
+        save_png(reconstruction_figure(*pictures, title=f'epoch {epoch}: masked {mask_ratio:.0%} of each frame'),
                  self.path)

@@ -211,6 +211,8 @@ def test_bad_pretraining_flags_stop_with_one_line_and_exit_2(demo_data, tmp_path
         'objective against recipe': (['-objective', 'classify', '-recipe', 'videomae_pretrain'],
                                      '-objective classify with -recipe videomae_pretrain'),
         'mixup': ([*data, '-mask_ratio', '0.75', '-mixup'], '-mixup with -objective videomae'),
+        'test list': ([*data, '-mask_ratio', '0.75', '-test_data_path', demo_data / 'test.txt'],
+                      '-test_data_path with -objective videomae'),
     }
     results = run_in_one_process('model_pretrain.py', {name: [str(flag) for flag in flags]
                                                        for name, (flags, _) in cases.items()})
