@@ -102,7 +102,7 @@ VIDEOMAE_PRETRAIN_RECIPE = dict(
 # The demo's pretraining: a 2-block VideoMAE of width 64 reconstructs the demo's training clips (their
 # labels unread) at 64x64 from 8 frames 4 apart; the demo's validation clips give a held-out loss.
 DEMO_PRETRAIN_RECIPE = dict(
-    VIDEOMAE_PRETRAIN_RECIPE, lr=1e-3, epoch=30, warmup_epochs=2.0, batch_size=16, num_workers=1, log_interval=8,
+    VIDEOMAE_PRETRAIN_RECIPE, lr=1e-3, epoch=10, warmup_epochs=2.0, batch_size=16, num_workers=1, log_interval=8,
     root_dir='runs/demo', num_frames=8, img_size=64, patch_size=8, embed_dims=64, num_heads=2, depth=2,
     data_statics='kinetics', save_ckpt_freq=0, devices='1', decoder_depth=1, decoder_dim=64,
 )
