@@ -172,7 +172,9 @@ class VideoDataModule(pl.LightningDataModule):
     relative video paths are joined to. class_map is a class map file or a list of names; without
     it the classes come from the first annotation source. predict uses predict_data_path (anything
     VideoDataset's predict mode reads: a list, with or without labels, a video or a folder of
-    videos), or test_data_path when that is not given, with the test views.
+    videos), or test_data_path when that is not given, with the test views. labelled=False: every
+    split may be unlabelled (a folder of videos or a list of paths; labels -1), for self-supervised
+    pretraining.
     """
 
     def __init__(self, train_data_path=None, val_data_path=None, test_data_path=None, predict_data_path=None,
@@ -181,7 +183,7 @@ class VideoDataModule(pl.LightningDataModule):
                  img_size=224, short_side=None, batch_size=8, num_workers=4, pin_memory=True,
                  persistent_workers=True, prefetch_factor=2, decoder='decord', max_skip_fraction=0.5,
                  data_statics='kinetics', crop_scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4,
-                 auto_augment=None, mixup=False, mixup_alpha=0.8, cutmix_alpha=1.0):
+                 auto_augment=None, mixup=False, mixup_alpha=0.8, cutmix_alpha=1.0, labelled=True):
         super().__init__()
         # save_hyperparameters reads these locals: store paths as strings, which weights_only reads.
         train_data_path, val_data_path, test_data_path, predict_data_path, root_dir, class_map = map(
@@ -231,7 +233,7 @@ class VideoDataModule(pl.LightningDataModule):
                 num_class=hp.num_class, decoder=hp.decoder,
                 # Training clips only, as in the original: evaluation reads every video listed.
                 num_samples_per_cls=hp.num_samples_per_cls if split == 'train' else None,
-                max_skip_fraction=hp.max_skip_fraction)
+                max_skip_fraction=hp.max_skip_fraction, labelled=None if hp.labelled else False)
             self._class_names = self.datasets[split].class_names
         return self.datasets[split]
 

@@ -371,13 +371,14 @@ def _parse_source(data_path, root_dir, require_labels):
 
 
 def load_annotations(data_path, root_dir=None, class_names=None, num_class=None, num_samples_per_cls=None,
-                     require_labels=True):
+                     require_labels=True, read_labels=True):
     """Parse a source (see the module doc) into ([(path, label)], class names).
 
     data_path: a list, a Kinetics CSV (.csv), a folder per class, or, with require_labels=False,
     also a video, a folder of videos or a sequence of video paths; unlabelled items get UNLABELLED.
     class_names (index -> name) maps name labels to indices; without it, names are sorted.
     num_samples_per_cls keeps at most that many labelled samples per class, in file order.
+    read_labels=False leaves every item UNLABELLED, whatever the source says (self-supervised pretraining).
     """
     if num_samples_per_cls is not None and num_samples_per_cls < 1:
         raise ValueError(f'num_samples_per_cls must be positive, got {num_samples_per_cls}')
@@ -391,6 +392,8 @@ def load_annotations(data_path, root_dir=None, class_names=None, num_class=None,
         entries = [(os.fspath(path), None, os.fspath(path)) for path in data_path]
     if not entries:
         raise AnnotationError(f'{source}: lists no videos')
+    if not read_labels:
+        entries = [(path, None, where) for path, _, where in entries]
     labelled = [entry for entry in entries if entry[1] is not None]
     assigned, names = _assign_labels(labelled, source, class_names, num_class)
     assigned = iter(assigned)
@@ -611,7 +614,9 @@ class VideoDataset(Dataset):
     """Clips of a source (see load_annotations), decoded frame by frame only where sampled.
 
     mode 'train' samples a random window, 'val' the centre one, 'test' and 'predict' num_clips
-    windows spread over the video (sample_frame_indices); only 'predict' accepts unlabelled videos.
+    windows spread over the video (sample_frame_indices); only 'predict' accepts unlabelled videos, or
+    any mode with labelled=False (self-supervised pretraining: a folder of videos, searched
+    recursively, or a list of paths, labels read where given and not needed).
     A window spans num_frames * frame_interval frames, or window_seconds of each video when given,
     which evens out different frame rates. decoder 'decord' (the default, decord2: the faster on real
     clips) falls back to PyAV for files decord cannot read, 'pyav' to decord; without decord, PyAV
@@ -628,7 +633,7 @@ class VideoDataset(Dataset):
 
     def __init__(self, data_path, mode='train', root_dir=None, class_map=None, num_class=None,
                  num_samples_per_cls=None, num_frames=8, frame_interval=32, window_seconds=None, num_clips=1,
-                 short_side=256, decoder='decord', decode_threads=1, max_skip_fraction=0.5):
+                 short_side=256, decoder='decord', decode_threads=1, max_skip_fraction=0.5, labelled=None):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
         if decoder not in DECODERS:
@@ -640,7 +645,9 @@ class VideoDataset(Dataset):
         self.max_skip_fraction = check_skip_fraction(max_skip_fraction)
         class_names = load_class_map(class_map) if isinstance(class_map, (str, os.PathLike)) else class_map
         samples, self.class_names = load_annotations(data_path, root_dir, class_names, num_class,
-                                                     num_samples_per_cls, require_labels=mode != 'predict')
+                                                     num_samples_per_cls,
+                                                     require_labels=mode != 'predict' if labelled is None else labelled,
+                                                     read_labels=labelled is not False)
         self.data_path = str(data_path) if isinstance(data_path, (str, os.PathLike)) else GIVEN_VIDEOS
         # Paths as one bytes array and labels as one int array: worker processes then share them
         # copy-on-write, where a list of Python strings would be copied page by page as

@@ -16,6 +16,7 @@ from hf_export import hf_fields, save_hf
 from model_loading import load_model
 from our_format import save_weights
 from utils import reject_unknown
+from pretraining_export import is_pretraining_checkpoint, save_hf_videomae_pretraining
 from video_transformer import CONFIG_FIELDS
 from weight_formats import WeightLoadError
 
@@ -40,7 +41,9 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='weights file or folder (seed .ckpt, .pyth, .pth, .safetensors, '
                                            'transformers folder, our export)')
     parser.add_argument('output_dir', help='folder to write: new, empty, or an earlier export (replaced whole)')
-    add_flag(parser, 'hf', action='store_true', help="write a transformers folder of the model's class (TimeSformer, VideoMAE, V-JEPA 2)")
+    add_flag(parser, 'hf', action='store_true', help="write a transformers folder of the model's class (TimeSformer, VideoMAE, V-JEPA 2; "
+                                                 'VideoMAEForPreTraining for a checkpoint of model_pretrain.py '
+                                                 '-objective videomae)')
     add_flag(parser, 'num_heads', type=int,
              help='attention heads, for formats that do not record them (the seed repo, bare '
                   'state dicts); required for those, so a guess is never written as a fact')
@@ -55,6 +58,10 @@ def main(argv=None):
     overrides = dict(args.set)
     if args.num_heads is not None:
         overrides['num_heads'] = args.num_heads
+    if args.hf and is_pretraining_checkpoint(args.checkpoint):
+        save_hf_videomae_pretraining(args.checkpoint, args.output_dir)
+        logging.info('Wrote %s', args.output_dir)
+        return
     model = load_model(args.checkpoint, guess_num_heads=False, **overrides)
     if args.hf:
         try:

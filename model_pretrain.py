@@ -38,6 +38,8 @@ from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
 from model_trainer import LitVideoClassifier, NonFiniteLossError, recompute_blocks_in_backward
+from pretrain_outputs import build_pretraining, check_pretraining_flags, report_pretraining
+from pretrain_trainer import ReconstructionPictures
 from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, CheckpointSaveError, CompactProgressBar,
                          CtrlC, RunFolderBusy, holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
 from transformer import Block
@@ -68,6 +70,7 @@ KINETICS_RECIPE = dict(
     weight_decay=1e-4, lr_schedule='multistep', warmup_epochs=0.0, min_lr=1e-6, milestones=[5, 11],
     layer_decay=1.0, freeze_blocks=0, clip_grad=0.0, label_smoothing=0.0, mixup_alpha=0.8, cutmix_alpha=1.0,
     drop_path=0.1, crop_scale=[0.08, 1.0], color_jitter=0.4, save_ckpt_freq=1000, devices='auto', mixup=False,
+    objective='classify',
 )
 # The demo: a small TimeSformer (0.6 M parameters, 2-frame tubelets) learns the motion classes of
 # demo/make_demo_dataset.py from scratch; on two CPU cores validation passes 90% in epoch 5 to 7 of 20.
@@ -89,9 +92,28 @@ VIDEOMAE_RECIPE = dict(
     label_smoothing=0.1, mixup=True, mixup_alpha=0.8, cutmix_alpha=1.0, auto_augment='rand-m7-n4', color_jitter=0.0,
     drop_path=0.1, crop_scale=[0.08, 1.0],
 )
-# The videomae recipe's lr: this much per 256 clips of effective batch (MCG-NJU's linear scaling).
-VIDEOMAE_LR_PER_256 = 1e-3
-RECIPES = {'demo': DEMO_RECIPE, 'kinetics': KINETICS_RECIPE, 'videomae': VIDEOMAE_RECIPE}
+# MCG-NJU VideoMAE's pretraining (run_mae_pretraining.py, Kinetics-400 ViT-B): tube masking of 90%, a
+# decoder of 4 blocks of 384, per-patch normalised pixels, AdamW (betas 0.9, 0.95) at 1.5e-4 per 256 clips
+# of effective batch, weight decay 0.05, 40 warmup epochs then cosine to 1e-5 over 800, 16 frames 4
+# apart, multi-scale crops (sides 1 to 0.66 of the short side: areas 0.44 to 1) and flips, no drop path.
+VIDEOMAE_PRETRAIN_RECIPE = dict(
+    VIDEOMAE_RECIPE, objective='videomae', epoch=800, warmup_epochs=40.0, min_lr=1e-5, layer_decay=1.0,
+    label_smoothing=0.0, mixup=False, auto_augment=None, drop_path=0.0, crop_scale=[0.44, 1.0], num_clips=1,
+    num_crops=1, mask_ratio=0.9, decoder_depth=4, decoder_dim=384, norm_pix_loss=True,
+)
+# The demo's pretraining: a 2-block VideoMAE of width 64 reconstructs the demo's training clips (their
+# labels unread) at 64x64 from 8 frames 4 apart; the demo's validation clips give a held-out loss.
+DEMO_PRETRAIN_RECIPE = dict(
+    VIDEOMAE_PRETRAIN_RECIPE, lr=1e-3, epoch=10, warmup_epochs=2.0, batch_size=16, num_workers=1, log_interval=8,
+    root_dir='runs/demo', num_frames=8, img_size=64, patch_size=8, embed_dims=64, num_heads=2, depth=2,
+    data_statics='kinetics', save_ckpt_freq=0, devices='1', decoder_depth=1, decoder_dim=64,
+)
+# The videomae recipes' lr when -lr is not given: this much per 256 clips of effective batch (MCG-NJU's
+# linear scaling).
+LR_PER_256 = {'videomae': 1e-3, 'videomae_pretrain': 1.5e-4}
+RECIPES = {'demo': DEMO_RECIPE, 'kinetics': KINETICS_RECIPE, 'videomae': VIDEOMAE_RECIPE,
+           'videomae_pretrain': VIDEOMAE_PRETRAIN_RECIPE}
+OBJECTIVES = ('classify', 'videomae')
 # The flags a checkpoint records, by where: the module's hyper-parameters, its model config
 # (flag -> config field) and the DataModule's hyper-parameters.
 MODULE_FLAGS = ('optim_type', 'lr', 'momentum', 'weight_decay', 'lr_schedule', 'warmup_epochs', 'min_lr',
@@ -171,9 +193,10 @@ def parse_args(argv=None):
 
     recipe = parser.add_argument_group('recipe')
     add_flag(recipe, 'recipe', choices=tuple(RECIPES),
-             help="whose defaults the other flags take: the demo's, the original's Kinetics recipe or "
-                  "VideoMAE's fine-tuning (default: demo without -train_data_path, kinetics with it, "
-                  'videomae with it and -arch videomae)')
+             help="whose defaults the other flags take: the demo's, the original's Kinetics recipe, "
+                  "VideoMAE's fine-tuning or its pretraining (default: demo without -train_data_path, kinetics "
+                  'with it, videomae with it and -arch videomae, videomae_pretrain with -objective videomae; '
+                  'videomae_pretrain without -train_data_path: the demo pretraining)')
     add_flag(recipe, 'optim_type', choices=('sgd', 'adamw'))
     add_flag(recipe, 'lr_schedule', choices=('cosine', 'multistep'))
     add_flag(recipe, 'milestones', type=int, nargs='+',
@@ -199,6 +222,17 @@ def parse_args(argv=None):
     add_flag(recipe, 'nonfinite_loss', choices=('stop', 'skip'), default='stop',
              help='on a NaN or infinite loss: stop naming the last checkpoint, or skip the step')
 
+    pretraining = parser.add_argument_group('self-supervised pretraining')
+    add_flag(pretraining, 'objective', choices=OBJECTIVES,
+             help="classify (default), or videomae: masked autoencoding of unlabelled clips (-train_data_path "
+                  "a folder of videos or a list; -val_data_path, if given, a held-out reconstruction loss)")
+    add_flag(pretraining, 'mask_ratio', type=float, help="videomae: share of each frame's patches hidden, the same "
+                                                         'in every frame of a clip (tube masking)')
+    add_flag(pretraining, 'decoder_depth', type=int, help='videomae: decoder blocks')
+    add_flag(pretraining, 'decoder_dim', type=int, help='videomae: decoder width (heads of 64 channels)')
+    add_flag(pretraining, 'norm_pix_loss', type=str_to_bool, nargs='?', const=True,
+             help="videomae: predict each patch's pixels normalised by their own mean and std (True, False)")
+
     lightning = parser.add_argument_group('Lightning')
     add_flag(lightning, 'accelerator', default='auto', help='cpu, gpu, auto')
     add_flag(lightning, 'devices', help='number of devices, or auto (every GPU); default: '
@@ -223,8 +257,15 @@ def parse_args(argv=None):
     # differ from its checkpoint and takes the checkpoint's for the others.
     args.given = frozenset(name for name, value in vars(args).items() if value != parser.get_default(name))
     if args.recipe is None:
-        args.recipe = 'demo' if args.train_data_path is None else 'videomae' if args.arch == 'videomae' else 'kinetics'
-    for name, value in RECIPES[args.recipe].items():
+        args.recipe = 'videomae_pretrain' if args.objective == 'videomae' else 'demo' if args.train_data_path is None \
+            else 'videomae' if args.arch == 'videomae' else 'kinetics'
+    recipe = RECIPES[args.recipe]
+    if args.recipe == 'videomae_pretrain' and args.train_data_path is None:
+        recipe = DEMO_PRETRAIN_RECIPE
+    if args.objective is not None and args.objective != recipe['objective']:
+        parser.error(f'-objective {args.objective} with -recipe {args.recipe}, a recipe of -objective '
+                     f'{recipe["objective"]}')
+    for name, value in recipe.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.lr_schedule == 'multistep' and 'milestones' not in args.given:
@@ -285,6 +326,8 @@ def build_data(args):
             make_demo_dataset(DEMO_DIR, seed=0)
         paths = {split: str(DEMO_DIR / f'{split}.txt') for split in ('train', 'val', 'test')}
         class_map = args.class_map or str(DEMO_DIR / 'classmap.json')
+        if args.objective != 'classify':  # pretraining reads no labels and has no test
+            paths['test'], class_map = None, None
     else:
         paths = {'train': args.train_data_path, 'val': args.val_data_path, 'test': args.test_data_path}
         class_map = args.class_map
@@ -302,7 +345,7 @@ def build_data(args):
             num_crops=args.num_crops, img_size=args.img_size, batch_size=args.batch_size, num_workers=args.num_workers,
             persistent_workers=False, data_statics=args.data_statics, crop_scale=tuple(args.crop_scale),
             color_jitter=args.color_jitter, auto_augment=args.auto_augment, mixup=args.mixup,
-            mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
+            mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha, labelled=args.objective == 'classify',
             **({'decoder': args.decoder} if args.decoder else {}))
         for split, path in paths.items():
             if path is not None:
@@ -385,11 +428,13 @@ def build_trainer(args, accelerator, devices, callbacks, loggers):
 
 
 def checkpoint_callbacks(args, ckpt_dir, validating):
-    """(best, last, steps) ModelCheckpoints: best.ckpt by val top-1 (None without validation data),
+    """(best, last, steps) ModelCheckpoints: best.ckpt by val top-1 (by the lowest val loss when pretraining;
+    None without validation data),
     last.ckpt at every epoch end, step checkpoints every -save_ckpt_freq steps (None at 0). last.ckpt
     has a callback of its own: Lightning's save_last writes it only when its callback saves, for
     best.ckpt only when val top-1 improves."""
-    best = ModelCheckpoint(ckpt_dir, filename='best', monitor='val/top1', mode='max',
+    monitor, mode = ('val/top1', 'max') if args.objective == 'classify' else ('val/loss', 'min')
+    best = ModelCheckpoint(ckpt_dir, filename='best', monitor=monitor, mode=mode,
                            enable_version_counter=False) if validating else None
     last = ModelCheckpoint(ckpt_dir, filename='last', enable_version_counter=False)
     steps = ModelCheckpoint(ckpt_dir, filename='step{step:07d}', auto_insert_metric_name=False,
@@ -464,7 +509,8 @@ def experiment_tag(args, devices_per_node):
     is over all -num_nodes."""
     pretrain = Path(args.pretrain).stem if args.pretrain not in PRETRAIN_FILES else args.pretrain
     num_devices = devices_per_node * args.num_nodes
-    return (f'arch_{args.arch}_lr_{args.lr}_pretrain_{pretrain}_seed_{args.seed}_gpus_{num_devices}_'
+    objective = '' if args.objective == 'classify' else f'{args.objective}_pretraining_'
+    return (f'{objective}arch_{args.arch}_lr_{args.lr}_pretrain_{pretrain}_seed_{args.seed}_gpus_{num_devices}_'
             f'bs_{args.batch_size}_nw_{args.num_workers}_frame_interval_{args.frame_interval}')
 
 
@@ -475,11 +521,11 @@ def main(argv=None):
     check_writable(args.root_dir)
     accelerator, devices = resolve_devices(args)
     devices_per_node = count_devices(accelerator, devices)
-    if args.lr is None:  # the videomae recipe's lr follows the effective batch
+    if args.lr is None:  # the videomae recipes' lr follows the effective batch
         effective_batch = args.batch_size * devices_per_node * args.num_nodes * args.accumulate_grad_batches
-        args.lr = VIDEOMAE_LR_PER_256 * effective_batch / 256
-        logging.info('-lr %.3g: the videomae recipe takes %g per 256 clips of effective batch, here %d',
-                     args.lr, VIDEOMAE_LR_PER_256, effective_batch)
+        args.lr = LR_PER_256[args.recipe] * effective_batch / 256
+        logging.info('-lr %.3g: the %s recipe takes %g per 256 clips of effective batch, here %d',
+                     args.lr, args.recipe, LR_PER_256[args.recipe], effective_batch)
     results = Path(args.root_dir) / 'results'
     resume = None
     if args.resume not in (None, 'last'):  # the checkpoint's flags first: they name the experiment
@@ -505,6 +551,8 @@ def main(argv=None):
     data = build_data(args)
     pretrain = resolve_pretrain(args)
     config = build_config(args, data.num_class)
+    if args.objective == 'videomae':
+        check_pretraining_flags(args, config)
     # Rank zero holds the folder for the run: a second run of the tag stops here, and a folder a live
     # run holds is never moved.
     lock = lock_run_folder(run_dir) if rank_zero_only.rank == 0 else None
@@ -521,8 +569,10 @@ def main(argv=None):
     loggers = [CSVLogger(log_dir, name='csv'), TensorBoardLogger(log_dir, name='tensorboard', version='')]
     # best first: the Trainer's checkpoint_callback, which ckpt_path='best' reads.
     callbacks = [callback for callback in (best, last, steps, sigterm, ctrl_c) if callback is not None]
+    if args.objective == 'videomae':
+        callbacks.append(ReconstructionPictures(log_dir / 'reconstructions.png'))
     trainer = build_trainer(args, accelerator, devices, callbacks, loggers)
-    module = LitVideoClassifier(
+    module = build_pretraining(args, config, data) if args.objective == 'videomae' else LitVideoClassifier(
         config, data.class_names, data.preprocessing.to_dict(), optim_type=args.optim_type, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, milestones=args.milestones,
@@ -537,8 +587,9 @@ def main(argv=None):
     if args.compile:
         module.model.compile()
 
+    task = f'{config.num_classes} classes' if args.objective == 'classify' else f'{args.objective} pretraining'
     say(f'Training {config.arch} {config.attention_type} ({config.num_transformer_layers} blocks of width '
-        f'{config.embed_dims}, {config.num_frames}x{config.img_size}, {config.num_classes} classes) on '
+        f'{config.embed_dims}, {config.num_frames}x{config.img_size}, {task}) on '
         f'{len(data.dataset("train"))} clips; precision {trainer.precision}, {trainer.num_devices} device(s) x '
         f'{trainer.num_nodes} node(s){recomputing}; results in {run_dir}')
     try:
@@ -559,6 +610,10 @@ def main(argv=None):
         say(interrupted_line(latest_checkpoint(ckpt_dir), argv))
         return 128 + signal.SIGINT
     test = tested[0] if tested else {}
+    if args.objective == 'videomae':
+        report_pretraining(args, trainer, best_score, best_path or last_path, last_path, log_dir, run_dir,
+                           time.perf_counter() - started)
+        return 0
     report(args, module, trainer, data, best_score, best_path or last_path, last_path, test, log_dir, run_dir,
            time.perf_counter() - started)
     return 0

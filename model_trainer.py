@@ -27,8 +27,9 @@ OPTIMIZERS = ('sgd', 'adamw')
 LR_SCHEDULES = ('cosine', 'multistep')
 EVAL_METRICS = ('finetune', 'linear_prob')
 NONFINITE_POLICIES = ('stop', 'skip')
-# Parameters that never get weight decay besides norms and biases (every 1-D parameter).
-NO_DECAY_NAMES = ('cls_token', 'pos_embed', 'time_embed')
+# Parameters that never get weight decay besides norms and biases (every 1-D parameter); mask_token:
+# the masked autoencoder's decoder (pretrain_trainer).
+NO_DECAY_NAMES = ('cls_token', 'pos_embed', 'time_embed', 'mask_token')
 # Parameters of the embedding stage, frozen with the first blocks by freeze_blocks.
 EMBEDDING_NAMES = ('patch_embed.', 'cls_token', 'pos_embed', 'time_embed')
 
@@ -289,7 +290,8 @@ class LitVideoClassifier(pl.LightningModule):
         # Restored at once: the next random draws are the loader iterator's shuffle and worker seeds
         # (built when the optimiser's schedule asks for the epoch length), where the run stopped.
         states = checkpoint.get('rng_states')
-        if states is None or self.trainer.state.fn != 'fit':
+        # load_from_checkpoint restores weights outside any Trainer: no run's random state to continue.
+        if states is None or self._trainer is None or self.trainer.state.fn != 'fit':
             return
         rank, saved_ranks = self.global_rank, states['torch'].shape[0]
         if saved_ranks != self.trainer.world_size:

@@ -19,8 +19,12 @@ from weight_formats import OUR_FORMAT, WeightLoadError
 def read_ours(state_dict, extras, sidecar, path):
     """Our keys (an export folder, a training checkpoint or a bare state dict) -> SourceWeights;
     the config, class names and preprocessing from config.json or the hyper-parameters."""
+    notes = ()
     if any(key.startswith('model.backbone.') for key in state_dict):
-        # A training checkpoint: the classifier lives under `model.` of the LightningModule.
+        # A training checkpoint: the classifier lives under `model.` of the LightningModule; a masked
+        # autoencoding run's decoder (pretrain_trainer) beside it is not part of a classifier.
+        decoder = sum(key.startswith('decoder.') for key in state_dict)
+        notes = (f'the pretraining decoder left out ({decoder} tensors)',) if decoder else ()
         state_dict = {key.removeprefix('model.'): value for key, value in state_dict.items()
                       if key.startswith('model.')}
     if sidecar is not None and sidecar.get('format') == OUR_FORMAT:
@@ -40,18 +44,20 @@ def read_ours(state_dict, extras, sidecar, path):
                 raise WeightLoadError(f'{path}: weights without a class token, q and v biases or an attentive '
                                       f'pooler; put the config.json saved with them beside them')
             return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict, path, arch=arch),
-                                 source_defaults(state_dict), meta.get('class_names'), preprocessing=preprocessing)
+                                 source_defaults(state_dict), meta.get('class_names'), preprocessing=preprocessing,
+                                 notes=notes)
         if 'backbone.pos_embed' in state_dict and is_image_model(state_dict):
             raise WeightLoadError(f"{path}: without their config these weights could be per-frame (a per-frame "
                                   f"pos_embed) or joint space-time (a pos_embed over every frame); put the "
                                   f"config.json saved with them beside them")
         return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict, path),
-                             source_defaults(state_dict), meta.get('class_names'), preprocessing=preprocessing)
+                             source_defaults(state_dict), meta.get('class_names'), preprocessing=preprocessing,
+                             notes=notes)
     config = current_fields(config)
     fixed = {name: config[name] for name in STRUCTURAL_FIELDS if name in config}
     defaults = {name: value for name, value in config.items() if name not in STRUCTURAL_FIELDS}
     return SourceWeights(path, OUR_FORMAT, state_dict, fixed, defaults, meta.get('class_names'),
-                         preprocessing=preprocessing)
+                         preprocessing=preprocessing, notes=notes)
 
 
 # What an export folder may hold: our folder's and a transformers folder's files. A folder of these

@@ -306,9 +306,10 @@ class VideoTransformer(nn.Module):
             for name, length in c.position_table_rows.items():
                 setattr(self, name, sine_cosine_table(length, c.embed_dims).to(device))
 
-    def tubelet_table(self, time_steps, num_patches):
-        """VideoMAE's fixed table over the tubelet index t*P + p, in our token order: (1, P*T', D)."""
-        table = sine_cosine_table(time_steps * num_patches, self.config.embed_dims)
+    def tubelet_table(self, time_steps, num_patches, dim=None):
+        """VideoMAE's fixed table over the tubelet index t*P + p, in our token order: (1, P*T', dim), dim
+        embed_dims unless given (VideoMAE's pretraining decoder takes the same table at its width)."""
+        table = sine_cosine_table(time_steps * num_patches, dim or self.config.embed_dims)
         return rearrange(table, '1 (t p) d -> 1 (p t) d', t=time_steps)
 
     def check_input(self, x):

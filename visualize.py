@@ -181,3 +181,32 @@ def confusion_figure(confusion, class_names, title='confusion matrix'):
     listing.text(0, 1, 'worst-confused pairs: videos, share of the true class, true -> predicted\n\n' +
                  '\n'.join(lines), va='top', ha='left', family='monospace', fontsize=8, transform=listing.transAxes)
     return figure
+
+
+# ---------------------------------------------------------------- masked autoencoding
+
+RECONSTRUCTION_ROWS = ('frames', 'masked input', 'reconstruction')
+
+
+def reconstruction_figure(frames, masked, reconstructed, title=None):
+    """For each clip, three strips: its frames, the masked input and the reconstruction, each
+    (B, T, 3, S, S) in [0, 1] (masked_autoencoder.reconstruct), at most MAX_STRIP_FRAMES frames a strip."""
+    clips, length = frames.shape[:2]
+    shown = np.unique(np.linspace(0, length - 1, min(length, MAX_STRIP_FRAMES)).round().astype(int))
+    rows = clips * len(RECONSTRUCTION_ROWS)
+    figure = Figure(figsize=(FRAME_INCHES * len(shown), FRAME_INCHES * rows), dpi=DPI)
+    grid = figure.add_gridspec(rows, len(shown), left=0.06, right=0.99, top=0.95 if title else 0.99, bottom=0.01,
+                               hspace=0.1, wspace=0.04)
+    for clip in range(clips):
+        for part, (name, video) in enumerate(zip(RECONSTRUCTION_ROWS, (frames, masked, reconstructed))):
+            row = clip * len(RECONSTRUCTION_ROWS) + part
+            for column, index in enumerate(shown):
+                axes = figure.add_subplot(grid[row, column])
+                axes.imshow(rearrange(video[clip, index], 'c h w -> h w c').float().cpu().numpy())
+                axes.set_xticks([])
+                axes.set_yticks([])
+                if column == 0:
+                    axes.set_ylabel(f'clip {clip}\n{name}', fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=8)
+    return figure

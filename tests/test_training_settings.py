@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model_pretrain import (VIDEOMAE_LR_PER_256, choose_precision, count_devices, experiment_tag, parse_args,
+from model_pretrain import (LR_PER_256, choose_precision, count_devices, experiment_tag, parse_args,
                             resolve_devices, scale_milestones)
 from video_transformer import timesformer_base_patch16_224, videomae_base_patch16_224
 
@@ -80,7 +80,7 @@ def test_recipe_defaults_are_the_readmes_table(recipe):
             continue
         expected = read(values) if flag in ('milestones', 'crop_scale') else read(values[0])
         if flag == 'lr' and recipe == 'videomae':  # per 256 clips of effective batch, scaled when run
-            assert args.lr is None and VIDEOMAE_LR_PER_256 == pytest.approx(expected), cells[row]
+            assert args.lr is None and LR_PER_256[recipe] == pytest.approx(expected), cells[row]
         else:
             assert getattr(args, flag) == pytest.approx(expected), (flag, cells[row])
         checked.add(flag)

@@ -1,0 +1,103 @@
+"""A masked-autoencoding checkpoint of ours (pretrain_trainer.LitMaskedAutoencoder) as a transformers
+VideoMAEForPreTraining folder: the keys converted, the config written, the decoder kept."""
+import re
+
+import torch
+
+from video_transformer import VideoTransformerConfig
+from our_format import write_folder
+from weight_files import read_file
+from weight_formats import WeightLoadError
+
+# Our block keys -> transformers VideoMAELayer keys (the q, k, v split apart by _split_qkv).
+BLOCK_RULES = (
+    (r'\.attn\.norm\.', '.layernorm_before.'),
+    (r'\.attn\.attn\.proj\.', '.attention.output.dense.'),
+    (r'\.ffn\.norm\.', '.layernorm_after.'),
+    (r'\.ffn\.fc1\.', '.intermediate.dense.'),
+    (r'\.ffn\.fc2\.', '.output.dense.'),
+)
+
+
+def _convert_blocks(state_dict, prefix, target):
+    """Blocks `prefix`N.* of our keys -> transformers' `target`N.*, q/k/v split, q and v biases as biases."""
+    converted = {}
+    for key, value in state_dict.items():
+        match = re.fullmatch(re.escape(prefix) + r'(\d+)(\..+)', key)
+        if not match:
+            continue
+        index, rest = match.groups()
+        base = f'{target}{index}.attention.attention.'
+        if rest == '.attn.attn.qkv.weight':
+            for name, part in zip(('query', 'key', 'value'), value.chunk(3)):
+                converted[f'{base}{name}.weight'] = part
+        elif rest in ('.attn.attn.q_bias', '.attn.attn.v_bias'):
+            converted[f'{base}{"query" if rest.endswith("q_bias") else "value"}.bias'] = value
+        elif rest == '.attn.attn.qkv.bias':
+            raise WeightLoadError("transformers' VideoMAE has no key bias: only qkv_bias 'qv' or 'none' converts")
+        else:
+            for pattern, replacement in BLOCK_RULES:
+                rest = re.sub(pattern, replacement, rest)
+            converted[f'{target}{index}{rest}'] = value
+    return converted
+
+
+def convert_to_hf_videomae_pretraining(state_dict):
+    """Our pretraining state dict (`model.backbone.*`, `decoder.*`) -> VideoMAEForPreTraining's keys.
+
+    The encoder's final norm, unused by the objective, has no place there (use_mean_pooling) and is left out.
+    """
+    encoder = {key.removeprefix('model.backbone.'): value for key, value in state_dict.items()
+               if key.startswith('model.backbone.')}
+    decoder = {key.removeprefix('decoder.'): value for key, value in state_dict.items() if key.startswith('decoder.')}
+    converted = {
+        'videomae.embeddings.patch_embeddings.projection.weight': encoder['patch_embed.proj.weight'],
+        'videomae.embeddings.patch_embeddings.projection.bias': encoder['patch_embed.proj.bias'],
+        **_convert_blocks(encoder, 'blocks.', 'videomae.encoder.layer.'),
+        'encoder_to_decoder.weight': decoder['encoder_to_decoder.weight'],
+        'mask_token': decoder['mask_token'],
+        **_convert_blocks(decoder, 'blocks.', 'decoder.decoder_layers.'),
+        **{f'decoder.{key}': decoder[key] for key in ('norm.weight', 'norm.bias', 'head.weight', 'head.bias')},
+    }
+    return {key: value.detach().contiguous() for key, value in converted.items()}
+
+
+def hf_videomae_pretraining_config(config, decoder_dim, decoder_depth, decoder_num_heads, norm_pix_loss):
+    """transformers' VideoMAEConfig (as a dict) for our encoder `config` and decoder settings."""
+    if config.arch != 'videomae':
+        raise WeightLoadError(f"transformers' VideoMAEForPreTraining holds a VideoMAE encoder, not -arch {config.arch}")
+    if config.activation != 'gelu':
+        raise WeightLoadError(f"transformers' VideoMAE uses GELU, not {config.activation}")
+    return {
+        'architectures': ['VideoMAEForPreTraining'], 'model_type': 'videomae', 'image_size': config.img_size,
+        'patch_size': config.patch_size, 'num_channels': config.in_channels, 'num_frames': config.num_frames,
+        'tubelet_size': config.tube_size, 'hidden_size': config.embed_dims,
+        'num_hidden_layers': config.num_transformer_layers, 'num_attention_heads': config.num_heads,
+        'intermediate_size': int(config.embed_dims * config.mlp_ratio), 'hidden_act': 'gelu',
+        'hidden_dropout_prob': 0.0, 'attention_probs_dropout_prob': 0.0, 'initializer_range': 0.02,
+        'layer_norm_eps': config.norm_eps, 'qv_bias': config.qkv_bias == 'qv', 'use_mean_pooling': True,
+        'decoder_num_attention_heads': decoder_num_heads, 'decoder_hidden_size': decoder_dim,
+        'decoder_num_hidden_layers': decoder_depth, 'decoder_intermediate_size': int(decoder_dim * config.mlp_ratio),
+        'norm_pix_loss': norm_pix_loss,
+    }
+
+
+def is_pretraining_checkpoint(path):
+    """Whether `path` is a file of our masked-autoencoding runs (hyper-parameter `objective`), told by
+    its contents, never its name."""
+    try:
+        checkpoint = read_file(path)
+    except WeightLoadError:  # a folder, or unreadable: for the general reader to name
+        return False
+    return isinstance(checkpoint, dict) and (checkpoint.get('hyper_parameters') or {}).get('objective') == 'videomae'
+
+
+def save_hf_videomae_pretraining(path, directory):
+    """Our masked-autoencoding checkpoint at `path` -> a transformers VideoMAEForPreTraining folder."""
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    hparams = checkpoint['hyper_parameters']
+    config = VideoTransformerConfig(**hparams['config'])
+    hf_config = hf_videomae_pretraining_config(config, hparams['decoder_dim'], hparams['decoder_depth'],
+                                               hparams['decoder_num_heads'], hparams['norm_pix_loss'])
+    tensors = convert_to_hf_videomae_pretraining(checkpoint['state_dict'])
+    return write_folder(directory, tensors, {'config.json': hf_config})
