@@ -279,15 +279,20 @@ def parse_args(argv=None):
 
 
 def scale_milestones(milestones, epochs):
-    """The recipe's milestones, epochs of the original's 15, at the same fractions of `epochs`; a
-    change is said in one line."""
+    """The recipe's milestones, epochs of the original's 15, at the same fractions of `epochs` (never
+    epoch 0)."""
     original = KINETICS_RECIPE['epoch']
-    if epochs == original:
-        return milestones
-    scaled = [max(1, round(milestone * epochs / original)) for milestone in milestones]
-    logging.warning('-milestones %s: the recipe\'s %s of %d epochs scaled to -epoch %d (give -milestones to '
-                    'set them)', ' '.join(map(str, scaled)), ' and '.join(map(str, milestones)), original, epochs)
-    return scaled
+    return milestones if epochs == original else [max(1, round(milestone * epochs / original))
+                                                  for milestone in milestones]
+
+
+def milestones_line(args):
+    """The line a run says when its milestones were scaled from the recipe's (scale_milestones), or None."""
+    recipe = RECIPES[args.recipe].get('milestones')
+    if args.lr_schedule != 'multistep' or 'milestones' in args.given or args.milestones == recipe:
+        return None
+    return (f"-milestones {' '.join(map(str, args.milestones))}: the recipe's {' and '.join(map(str, recipe))} of "
+            f"{KINETICS_RECIPE['epoch']} epochs scaled to -epoch {args.epoch} (give -milestones to set them)")
 
 
 def check_writable(root_dir):
@@ -559,6 +564,8 @@ def main(argv=None):
     if resume is None and lock is not None and holds_results(run_dir):
         keep_earlier_run(run_dir)
         lock = lock_run_folder(run_dir)
+    if resume is None and milestones_line(args):  # a resume keeps its checkpoint's
+        logging.warning(milestones_line(args))
     if resume is not None:
         say(f'Resuming {resume} after {counted(trained[0], "epoch")}, {counted(trained[1], "step")}; training to '
             f'epoch {args.epoch} with its settings')

@@ -25,7 +25,9 @@ def preset_rows():
 def test_the_table_lists_every_preset():
     assert [row[0] for row in preset_rows()] == ['timesformer_base_patch16_224', 'timesformer_hr_patch16_448',
                                                  'timesformer_large_patch16_224', 'vivit_base_patch16_224',
-                                                 'timesformer_tiny', 'vivit_tiny']
+                                                 'videomae_base_patch16_224', 'videomae_large_patch16_224',
+                                                 'vjepa2_vitl_fpc16_256', 'vjepa2_vitg_fpc64_384',
+                                                 'timesformer_tiny', 'vivit_tiny', 'videomae_tiny', 'vjepa2_tiny']
 
 
 @pytest.mark.parametrize('preset, parameters, gflops', preset_rows())

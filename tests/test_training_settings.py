@@ -1,15 +1,14 @@
 """The training command's settings, function by function: recipes against the README, milestones,
 precision, devices and the experiment tag. These import model_pretrain's helpers, never its main;
 the command itself runs in tests/test_training_cli.py."""
-import logging
 import os
 import re
 from pathlib import Path
 
 import pytest
 
-from model_pretrain import (LR_PER_256, choose_precision, count_devices, experiment_tag, parse_args,
-                            resolve_devices, scale_milestones)
+from model_pretrain import (LR_PER_256, choose_precision, count_devices, experiment_tag, milestones_line,
+                            parse_args, resolve_devices, scale_milestones)
 from video_transformer import timesformer_base_patch16_224, videomae_base_patch16_224
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
@@ -114,21 +113,16 @@ def test_recipe_defaults_are_the_readmes_table(recipe):
     assert len(checked) >= 14, sorted(checked)
 
 
-def test_the_kinetics_milestones_scale_with_epoch_and_say_so(caplog):
-    """-recipe kinetics -epoch 40 drops the lr at epochs 13 and 29 (5 and 11 of 15), said in one line;
-    given milestones and the recipe's own 15 epochs are kept. Fails if the milestones stay at 5 and
-    11 whatever -epoch says (lr 100x lower for 29 of 40 epochs), silently."""
-    with caplog.at_level(logging.WARNING):
-        args = parse_args(['-recipe', 'kinetics', '-epoch', '40'])
+def test_the_kinetics_milestones_scale_with_epoch_and_say_so():
+    """-recipe kinetics -epoch 40 drops the lr at epochs 13 and 29 (5 and 11 of 15), said in one line
+    when the run starts; given milestones and the recipe's own 15 epochs are kept. Fails if the
+    milestones stay at 5 and 11 whatever -epoch says (lr 100x lower for 29 of 40 epochs), silently."""
+    args = parse_args(['-recipe', 'kinetics', '-epoch', '40'])
     assert args.milestones == [13, 29]
-    (line,) = caplog.messages
-    assert line.startswith("-milestones 13 29: the recipe's 5 and 11 of 15 epochs scaled to -epoch 40")
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        assert parse_args(['-recipe', 'kinetics', '-epoch', '40', '-milestones', '5', '11']).milestones == [5, 11]
-        assert parse_args(['-recipe', 'kinetics']).milestones == [5, 11]
-        assert parse_args(['-recipe', 'kinetics', '-epoch', '30', '-lr_schedule', 'cosine']).milestones == [5, 11]
-    assert not caplog.messages
+    assert milestones_line(args).startswith("-milestones 13 29: the recipe's 5 and 11 of 15 epochs scaled to -epoch 40")
+    for kept in (['-epoch', '40', '-milestones', '5', '11'], [], ['-epoch', '30', '-lr_schedule', 'cosine']):
+        args = parse_args(['-recipe', 'kinetics', *kept])
+        assert args.milestones == [5, 11] and milestones_line(args) is None, kept
     assert scale_milestones([5, 11], 3) == [1, 2]  # never epoch 0: the first lr is the given one
 
 
