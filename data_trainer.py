@@ -107,7 +107,7 @@ def train_augmentation(img_size, crop_scale=(0.08, 1.0), hflip=0.5, color_jitter
     """kornia pipeline for float (B, T, 3, H, W) in [0, 1] -> (B, T, 3, img_size, img_size).
 
     One draw of every parameter per clip, shared by its frames. Colour jitter applies only without
-    auto_augment, as in timm (and so in the seed). The RandAugment ops are picked once per batch,
+    auto_augment, as in timm (and so in the original repository). The RandAugment ops are picked once per batch,
     their strengths per clip: kornia's video container cannot pick ops per clip.
     """
     stages = [K.VideoSequential(K.RandomResizedCrop((img_size, img_size), scale=crop_scale),
@@ -167,7 +167,7 @@ def _plain(value):
 class VideoDataModule(pl.LightningDataModule):
     """Train, val, test and predict loaders over annotation sources, with device-side augmentation.
 
-    Arguments follow the seed's flags (num_frames, frame_interval, img_size, num_class, batch_size,
+    Arguments follow the original repository's flags (num_frames, frame_interval, img_size, num_class, batch_size,
     num_workers, data_statics, root_dir, *_data_path, mixup, auto_augment). root_dir is the folder
     relative video paths are joined to. class_map is a class map file or a list of names; without
     it the classes come from the first annotation source. predict uses predict_data_path (anything

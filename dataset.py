@@ -1,7 +1,7 @@
 """Video clips from annotation files: parse, sample frame indices, decode only those, align on the CPU.
 
 Sources (`load_annotations`):
-- a list, the seed's and MMAction2's: `relative/path.mp4 label` per line, tab or space separated
+- a list, the original repository's and MMAction2's: `relative/path.mp4 label` per line, tab or space separated
   (with a tab the path may contain spaces), label a class index or a class name;
 - a Kinetics CSV (`label,youtube_id,time_start,time_end,split`), files named
   `{youtube_id}_{start:06d}_{end:06d}.mp4`, inside a folder per label or not;
@@ -254,7 +254,7 @@ def _check_repeats(entries, samples, source):
 
 
 def _parse_list(path, root, require_labels):
-    """(path, label token or None, where) per line of a seed / MMAction2 list. Without a tab, a line
+    """(path, label token or None, where) per line of an original repository / MMAction2 list. Without a tab, a line
     whose end is a video file name is a path alone, which only prediction accepts."""
     entries = []
     for line_number, line in enumerate(io.StringIO(_read_text(path)), 1):
@@ -419,7 +419,7 @@ def sample_frame_indices(total_frames, num_frames, window, mode, num_clips=1, rn
 
     train: one window at a random start (rng, a numpy Generator). test and predict: num_clips windows
     centred in equal parts of the range of starts; val: the same with one clip, the centre window.
-    Indices run from the window's first to its last frame, the seed's rule. A video shorter than
+    Indices run from the window's first to its last frame, the original repository's rule. A video shorter than
     the window is the window: its frames are spread over num_frames, repeating frames when it has
     fewer than num_frames.
     """
@@ -777,7 +777,7 @@ def check_skip_fraction(max_skip_fraction):
 
 def spatial_crops(video, size, num_crops=1):
     """(..., H, W) -> num_crops (..., size, size) views: centred on the short side, spread evenly
-    along the long side (num_crops 1: the centre; 3: the seed's three crops, the middle one the centre
+    along the long side (num_crops 1: the centre; 3: the original repository's three crops, the middle one the centre
     crop to the pixel, as the one view of evaluation reads it)."""
     height, width = video.shape[-2:]
     if min(height, width) < size:

@@ -45,7 +45,7 @@ def parse_args(argv=None):
                                                  'VideoMAEForPreTraining for a checkpoint of model_pretrain.py '
                                                  '-objective videomae)')
     add_flag(parser, 'num_heads', type=int,
-             help='attention heads, for formats that do not record them (the seed repo, bare '
+             help='attention heads, for formats that do not record them (the original repository, bare '
                   'state dicts); required for those, so a guess is never written as a fact')
     add_flag(parser, 'set', action='append', default=[], metavar='FIELD=VALUE', type=parse_override,
              help='another config field (img_size, num_frames, ...); VALUE is read as JSON '

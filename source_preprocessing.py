@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 KINETICS_MEAN, KINETICS_STD = DATA_STATICS['kinetics']
 # The original repository's model_pretrain.py and model_inference.py (37e1801): mean = std = 0.5, 8 frames 32
 # apart, the short side resized to the crop size, 1 clip x 3 crops at test time.
-SEED_PREPROCESSING = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5), 'frame_interval': 32,
+ORIGINAL_PREPROCESSING = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5), 'frame_interval': 32,
                       'num_clips': 1, 'num_crops': 3}
 # Official TimeSformer's Kinetics configs (TimeSformer_divST_8x32_224): Kinetics statistics, 8
 # frames 32 apart, test crops as large as the short side, 1 clip x 3 crops; a .pyth's own `cfg`
@@ -39,9 +39,9 @@ DATAMODULE_FIELDS = ('num_frames', 'frame_interval', 'window_seconds', 'img_size
                      'num_clips', 'num_crops')
 
 
-def seed_preprocessing(img_size):
+def original_preprocessing(img_size):
     """The original repository's settings at its image size; None when the weights do not say it."""
-    return {**SEED_PREPROCESSING, 'img_size': img_size, 'short_side': img_size} if img_size else None
+    return {**ORIGINAL_PREPROCESSING, 'img_size': img_size, 'short_side': img_size} if img_size else None
 
 
 def datamodule_preprocessing(hparams, path):

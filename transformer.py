@@ -219,7 +219,7 @@ class TemporalAttention(PreNormAttention):
 class SpatialAttention(PreNormAttention):
     """Attention within each frame: (B, 1 + P*T, D) -> (B, 1 + P*T, D).
 
-    The class token joins every frame and its T outputs are averaged back into one. The seed's
+    The class token joins every frame and its T outputs are averaged back into one. The original repository's
     ViViT fact_encoder at commit 37e1801 ran it on each frame's own tokens (1 + P) with T = T':
     patch i joined group i mod T'.
     """
@@ -236,7 +236,7 @@ class SpatialAttention(PreNormAttention):
 
 class ClassTokenTemporalAttention(PreNormAttention):
     """Attention over a video's class token and frame tokens, the residual branch through
-    `temporal_fc`: (B, 1 + T', D) -> (B, 1 + T', D). The temporal encoder of the seed's ViViT
+    `temporal_fc`: (B, 1 + T', D) -> (B, 1 + T', D). The temporal encoder of the original repository's ViViT
     fact_encoder at commit 37e1801 (its DividedTemporalAttentionWithPreNorm with the class token).
     """
 
@@ -307,7 +307,7 @@ class FFN(nn.Module):
 
 
 # The attention operators of a block, by attention type. fact_encoder builds its spatial and
-# temporal encoders from the seed's operator names: 'self_attn' in both (its later commits, the
+# temporal encoders from the original repository's operator names: 'self_attn' in both (its later commits, the
 # released ViViT weights), or 'space_attn' and 'time_attn' (its commit 37e1801).
 OPERATORS = {
     'divided_space_time': {'temporal_attn': TemporalAttention, 'spatial_attn': SpatialAttention},

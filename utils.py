@@ -45,7 +45,7 @@ def record_attention(model):
 
     The groups are the operator's: TimeSformer's divided `spatial_attn` and space_only's `attn`
     hold (B*T, heads, 1 + P, 1 + P), one map per frame with the class token first; fact_encoder's
-    spatial blocks (B*T', heads, 1 + P, 1 + P), or in the seed's 37e1801 layout T' groups of each
+    spatial blocks (B*T', heads, 1 + P, 1 + P), or in the original repository's 37e1801 layout T' groups of each
     frame's patches. fact_dot_product attends twice per block, its temporal half of the heads last.
     The logits are SDPA's, to rounding.
 

@@ -26,8 +26,8 @@ class VideoTransformerConfig:
         ViViT: 'fact_encoder' (model 2), 'joint_space_time' (model 1),
         'divided_space_time' (model 3), 'fact_dot_product' (model 4); VideoMAE and V-JEPA 2:
         'joint_space_time'.
-    fact_encoder_attention: the operators of fact_encoder's two encoders: 'self_attn' (the seed
-        after commit 37e1801, the released ViViT weights) or 'divided' (the seed at 37e1801: the
+    fact_encoder_attention: the operators of fact_encoder's two encoders: 'self_attn' (the original repository
+        after commit 37e1801, the released ViViT weights) or 'divided' (the original repository at 37e1801: the
         spatial encoder attends within T' interleaved groups of each frame's patches, the temporal
         encoder adds a temporal_fc).
     pos_emb_type: 'separate' (a spatial table over the class token and patches plus a temporal

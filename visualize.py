@@ -64,7 +64,7 @@ def attention_rollout(maps, pooling='cls_token', query=None):
 
 def rollout_modules(config):
     """Names of the Attention modules the rollout goes through, in block order; a ValueError for
-    variants without attention among a frame's patches alone (fact_dot_product, the seed's
+    variants without attention among a frame's patches alone (fact_dot_product, the original repository's
     37e1801 fact_encoder, whose spatial groups interleave patches)."""
     blocks = range(config.num_transformer_layers)
     if config.pooling == 'attentive':

@@ -42,11 +42,11 @@ def inflate_image_model(state_dict, config, copy_strategy='repeat', extend_strat
 
     Divided blocks, as official TimeSformer does: the image attention goes into the spatial slot,
     temporal_fc is zero, and the temporal attention is a copy of the image one ('repeat') or keeps
-    the model's initialisation ('set_zero'). The seed did it the other way round (the image
+    the model's initialisation ('set_zero'). The original repository did it the other way round (the image
     attention in its temporal slot) and its 'set_zero' zeroed every copied weight, LayerNorm
     included, which leaves a branch no gradient can ever reach. fact_encoder: the temporal layers
     copy the first spatial ones ('repeat'), or keep their initialisation with the last projection
-    of each residual branch zero, so that they start as the identity ('set_zero'); the seed's
+    of each residual branch zero, so that they start as the identity ('set_zero'); the original repository's
     37e1801 layout (fact_encoder_attention 'divided') adds a zero temporal_fc. The time table
     starts at zero, so a static video gives the image model's features, as official TimeSformer
     starts from ImageNet.
@@ -107,11 +107,11 @@ def inflate_image_model(state_dict, config, copy_strategy='repeat', extend_strat
 
 def _resize_grid(tables, size):
     """Patch tables over a square grid (N, g*g, D) -> (N, size*size, D), bicubic; unchanged when g
-    is already `size` (the seed's scale factor below is not the identity at the same size).
+    is already `size` (the original repository's scale factor below is not the identity at the same size).
 
-    The seed's formula (DINO's): a scale factor of (size + 0.1) / g rather than an output size.
-    interpolate samples at the scale it is given, so seed checkpoints at another img_size give the
-    seed's numbers; the 0.1 keeps floating-point error from flooring the output below `size`.
+    The original repository's formula (DINO's): a scale factor of (size + 0.1) / g rather than an output size.
+    interpolate samples at the scale it is given, so the original repository's checkpoints at another img_size give the
+    the original repository's numbers; the 0.1 keeps floating-point error from flooring the output below `size`.
     """
     grid = math.isqrt(tables.shape[1])
     if grid == size:
@@ -123,7 +123,7 @@ def _resize_grid(tables, size):
 
 
 def _resize_time(tables, length):
-    """Time tables (N, T, D) -> (N, length, D), linear (our choice, the seed has none for time);
+    """Time tables (N, T, D) -> (N, length, D), linear (our choice, the original repository has none for time);
     unchanged when T is already `length`."""
     if tables.shape[1] == length:
         return tables

@@ -73,8 +73,8 @@ def count_layers(state_dict, prefix, separator='.'):
 # Converters: one per source format, state dict in, our keys out
 
 
-def convert_seed(state_dict):
-    """The seed repository (mmcv-style keys) -> our keys.
+def convert_original(state_dict):
+    """The original repository (mmcv-style keys) -> our keys.
 
     Its Lightning checkpoints (backbone under `model.`, head `cls_head.cls_head`) of TimeSformer and
     ViViT in every attention type, and its ImageNet ViT file (`norms.0/1` beside the attention).

@@ -9,24 +9,24 @@ import re
 
 from our_format import read_ours
 from source_preprocessing import (VIDEOMAE_PREPROCESSING, VJEPA2_PREPROCESSING, hf_preprocessing,
-                                  mcg_videomae_preprocessing, official_preprocessing, seed_preprocessing,
+                                  mcg_videomae_preprocessing, official_preprocessing, original_preprocessing,
                                   videomae_views)
 from weight_config import SourceWeights, infer_config, merge_fixed, source_defaults
 from weight_files import locate, read_file, unwrap
-from weight_formats import (OUR_FORMAT, VIDEOMAE_DECODER, WeightLoadError, convert_hf_timesformer, convert_hf_videomae,
-                            convert_hf_vivit, convert_hf_vjepa2, convert_jax_vit, convert_mae, convert_seed,
-                            convert_timm, convert_videomae)
+from weight_formats import (OUR_FORMAT, VIDEOMAE_DECODER, WeightLoadError, convert_hf_timesformer,
+                            convert_hf_videomae, convert_hf_vivit, convert_hf_vjepa2, convert_jax_vit, convert_mae,
+                            convert_original, convert_timm, convert_videomae)
 
 # A reader takes (state dict in the source's keys, the checkpoint's other top-level entries, the
 # config.json beside the weights or None, the weights file) and returns SourceWeights.
 
 
-def read_seed(state_dict, extras, sidecar, path):
+def read_original(state_dict, extras, sidecar, path):
     """The original repository's Lightning checkpoints and ViT file (mmcv-style keys)."""
-    converted = convert_seed(state_dict)
+    converted = convert_original(state_dict)
     fixed = infer_config(converted, path)
-    return SourceWeights(path, 'seed', converted, fixed, source_defaults(converted, norm_eps=1e-5),
-                         preprocessing=seed_preprocessing(fixed.get('img_size')))
+    return SourceWeights(path, 'original', converted, fixed, source_defaults(converted, norm_eps=1e-5),
+                         preprocessing=original_preprocessing(fixed.get('img_size')))
 
 
 def read_official(state_dict, extras, sidecar, path):
@@ -189,7 +189,7 @@ def _is_hf_videomae(state_dict):
 # dict where the keys alone cannot tell, checked in order.
 FORMATS = (
     (OUR_FORMAT, r'(model\.)?backbone\.', read_ours),
-    ('seed', r'(model\.)?transformer_layers\.|cls_head\.cls_head\.', read_seed),
+    ('original', r'(model\.)?transformer_layers\.|cls_head\.cls_head\.', read_original),
     ('hf-videomae', _is_hf_videomae, read_hf_videomae),
     ('hf-vjepa2', r'(vjepa2\.)?encoder\.layer\.\d+\.norm1\.', read_hf_vjepa2),
     ('videomae', _is_videomae, read_videomae),

@@ -2,7 +2,7 @@
 
 Two ways to read the sampled frames of a clip:
   first  indices first: sample frame indices, decode only up to them (the dataset's way)
-  all    decode every frame of the video, then keep the sampled ones (the seed's "get_batch first")
+  all    decode every frame of the video, then keep the sampled ones (the original repository's "get_batch first")
 each with decord and with PyAV, through a DataLoader with 0, 1 and 2 worker processes (the slow
 "all" only with the first --workers value: its ratio to "first" is a cost per clip), in training
 mode (one random window) and test mode (NUM_TEST_CLIPS windows). Sources: the demo dataset,
@@ -43,7 +43,7 @@ from prepare_videos import prepare_video  # noqa: E402
 from utils import write_csv  # noqa: E402
 
 SHARED_DEMO = REPO.parent / 'shared' / 'demo'
-# Sampling per source: the seed's 8x32 on the real clips; 8x4 spans most of a demo clip (32-48 frames).
+# Sampling per source: the original repository's 8x32 on the real clips; 8x4 spans most of a demo clip (32-48 frames).
 SOURCES = {
     'demo': dict(num_frames=8, frame_interval=4, short_side=64, clips=64),
     'kinetics': dict(num_frames=8, frame_interval=32, short_side=256, clips=12),
@@ -62,7 +62,7 @@ STRATEGIES = ('first', 'all')
 
 
 class DecodeEverything(VideoDataset):
-    """The seed's "get_batch first": decode every frame, then keep the sampled ones."""
+    """The original repository's "get_batch first": decode every frame, then keep the sampled ones."""
 
     def read_frames(self, reader, indices):
         return reader.read(np.arange(reader.num_frames))[indices.reshape(-1)]

@@ -7,7 +7,7 @@ shrinks. Every frame on its own is drawn from the same distribution for all four
 so a model has to compare frames to tell the classes apart. The classes are also unchanged by a
 horizontal flip, which the training augmentation applies.
 
-Writes `{split}/{class}/{split}_{i:04d}.mp4`, `train.txt`, `val.txt` and `test.txt` in the seed's
+Writes `{split}/{class}/{split}_{i:04d}.mp4`, `train.txt`, `val.txt` and `test.txt` in the original repository's
 list format (`path<TAB>class name` per line) and `classmap.json` (name -> index).
 
     python demo/make_demo_dataset.py [--out demo/data] [--seed 0]

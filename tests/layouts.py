@@ -26,9 +26,9 @@ def video(batch=2, frames=FRAMES, size=SIZE, seed=1):
 # Key layouts of each source, {key: shape}
 
 
-def seed_layout(attention_type, dim=DIM, layers=LAYERS, size=SIZE, patch=PATCH, frames=FRAMES,
+def original_layout(attention_type, dim=DIM, layers=LAYERS, size=SIZE, patch=PATCH, frames=FRAMES,
                 classes=CLASSES, tube=0, time_layers=2, commit=None):
-    """The seed's Lightning state dict: TimeSformer (tube=0) or ViViT (Conv3d tubelets). With
+    """The original repository's Lightning state dict: TimeSformer (tube=0) or ViViT (Conv3d tubelets). With
     commit='37e1801', ViViT fact_encoder's temporal layers have a temporal_fc after attention."""
     steps = frames // tube if tube else frames
     patches = (size // patch) ** 2
@@ -91,12 +91,12 @@ def timm_layout(attention_type='image', prefix='', dim=DIM, classes=CLASSES):
     shapes.update({'norm.weight': (dim,), 'norm.bias': (dim,), 'head.weight': (classes, dim), 'head.bias': (classes,)})
     return {prefix + key: shape for key, shape in shapes.items()}
 
-SEED_VARIANTS = [('divided_space_time', 0), ('space_only', 0), ('joint_space_time', 0),
+ORIGINAL_VARIANTS = [('divided_space_time', 0), ('space_only', 0), ('joint_space_time', 0),
                  ('fact_encoder', 2), ('joint_space_time', 2), ('divided_space_time', 2)]
 
 
 def save_lightning(path, state_dict, **extras):
-    """A checkpoint in the layout of the seed's Lightning 1.3 (its released .ckpt files)."""
+    """A checkpoint in the layout of the original repository's Lightning 1.3 (its released .ckpt files)."""
     torch.save({'epoch': 3, 'global_step': 120, 'pytorch-lightning_version': '1.3.8',
                 'state_dict': state_dict, 'optimizer_states': [{'state': {}, 'param_groups': [{'lr': 0.1}]}],
                 'lr_schedulers': [{'last_epoch': 3, 'lr_lambdas': [None]}], **extras}, path)
@@ -128,8 +128,8 @@ def jax_layout(state):
     return {key: value.numpy() for key, value in arrays.items()}
 
 
-def seed_vit_layout(state):
-    """A timm ViT state dict in the seed's own (mmcv) ViT file layout."""
+def original_vit_layout(state):
+    """A timm ViT state dict in the original repository's own (mmcv) ViT file layout."""
     seed = {'cls_token': state['cls_token'], 'pos_embed': state['pos_embed'],
             'patch_embed.projection.weight': state['patch_embed.proj.weight'],
             'patch_embed.projection.bias': state['patch_embed.proj.bias'],
@@ -159,5 +159,5 @@ def write_vit(state, tmp_path, container):
     if container == 'npz':
         np.savez(tmp_path / 'vit.npz', **jax_layout(state))
         return tmp_path / 'vit.npz'
-    torch.save({'state_dict': seed_vit_layout(state)}, tmp_path / 'vit_base_patch16_224.pth')
+    torch.save({'state_dict': original_vit_layout(state)}, tmp_path / 'vit_base_patch16_224.pth')
     return tmp_path / 'vit_base_patch16_224.pth'

@@ -54,7 +54,7 @@ def count_indices(state, prefix):
 
 
 def mha(x, state, prefix, heads):
-    """nn.MultiheadAttention's own forward on (N, L, D), weights as the seed stores them."""
+    """nn.MultiheadAttention's own forward on (N, L, D), weights as the original repository stores them."""
     x = x.transpose(0, 1)
     out, _ = F.multi_head_attention_forward(
         x, x, x, x.shape[-1], heads, state[prefix + '.in_proj_weight'], state[prefix + '.in_proj_bias'],
@@ -63,12 +63,12 @@ def mha(x, state, prefix, heads):
     return out.transpose(0, 1)
 
 
-def seed_forward(state, clip, attention_type, heads):
-    """The seed's TimeSformer / ViViT forward and head, step by step as its code runs them.
+def original_forward(state, clip, attention_type, heads):
+    """The original repository's TimeSformer / ViViT forward and head, step by step as its code runs them.
 
     LayerNorm eps 1e-5 in the blocks, 1e-6 at the end; the class token of fact_encoder is the
-    seed's x[:b, 0], so call it with one video at a time. A fact_encoder whose temporal layers
-    have a temporal_fc is the layout of commit 37e1801 (see seed_37e1801_spatial and _temporal).
+    the original repository's x[:b, 0], so call it with one video at a time. A fact_encoder whose temporal layers
+    have a temporal_fc is the layout of commit 37e1801 (see original_37e1801_spatial and _temporal).
     """
     s = {key.removeprefix('model.'): value for key, value in state.items()}
     batch, frames = clip.shape[:2]
@@ -116,7 +116,7 @@ def seed_forward(state, clip, attention_type, heads):
         for index in range(count_indices(s, 'transformer_layers.0.layers.')):
             prefix = f'transformer_layers.0.layers.{index}'
             if commit_37e1801:
-                x = ffn(seed_37e1801_spatial(x, s, prefix, heads, groups=frames), prefix)
+                x = ffn(original_37e1801_spatial(x, s, prefix, heads, groups=frames), prefix)
             else:
                 x = block(x, prefix, False)
         cls_token = x[:batch, :1]
@@ -125,7 +125,7 @@ def seed_forward(state, clip, attention_type, heads):
         for index in range(count_indices(s, 'transformer_layers.1.layers.')):
             prefix = f'transformer_layers.1.layers.{index}'
             if commit_37e1801:
-                x = ffn(seed_37e1801_temporal(x, s, prefix, heads), prefix)
+                x = ffn(original_37e1801_temporal(x, s, prefix, heads), prefix)
             else:
                 x = block(x, prefix, False)
     else:
@@ -137,8 +137,8 @@ def seed_forward(state, clip, attention_type, heads):
                     state['cls_head.cls_head.bias'])
 
 
-def seed_37e1801_spatial(x, s, prefix, heads, groups):
-    """DividedSpatialAttentionWithPreNorm of the seed at 37e1801 as its ViViT spatial encoder ran it:
+def original_37e1801_spatial(x, s, prefix, heads, groups):
+    """DividedSpatialAttentionWithPreNorm of the original repository at 37e1801 as its ViViT spatial encoder ran it:
     on one frame's tokens (N, 1 + P, D) with num_frames = T' = `groups`. Its rearrange
     'b (p t) d -> (b t) p d' puts patch i in group i mod T'; the class token joins every group,
     its outputs are averaged over the groups; the residual is the whole input."""
@@ -153,8 +153,8 @@ def seed_37e1801_spatial(x, s, prefix, heads, groups):
     return x + update
 
 
-def seed_37e1801_temporal(x, s, prefix, heads):
-    """DividedTemporalAttentionWithPreNorm (use_cls_token=True, num_frames = T') of the seed at
+def original_37e1801_temporal(x, s, prefix, heads):
+    """DividedTemporalAttentionWithPreNorm (use_cls_token=True, num_frames = T') of the original repository at
     37e1801 as its ViViT temporal encoder ran it, on (B, 1 + T', D): its p = T' // T' = 1 patch
     position leaves one sequence of the class token and the frame tokens; temporal_fc follows the
     attention and the residual is the whole input."""

@@ -154,7 +154,7 @@ def decord_cpu_seconds(path, frames, repeats=3):
 
 def test_frames_decoded_per_clip_follow_the_keyframe_spacing(tmp_path):
     """A 256-frame video with a keyframe every 16 frames (what prepare_videos.py writes) and with
-    one keyframe only; the seed's 8x32 training clip and three 8x16 test windows. PyAV counts its
+    one keyframe only; the original repository's 8x32 training clip and three 8x16 test windows. PyAV counts its
     frames decoded: exactly those the keyframes require. Fails on the PyAV reader that sought once
     and decoded on from the first wanted frame to the last (as many frames with dense keyframes as
     with one). decord2 gives no count; its frames are estimated from CPU time against decoding every

@@ -9,7 +9,8 @@ import torch
 
 from command_lines import run_in_one_process
 from hf_export import hf_timesformer_config, save_hf
-from layouts import CLASSES, DIM, FRAMES, HEADS, LAYERS, PATCH, SIZE, random_state, save_lightning, seed_layout, video
+from layouts import (CLASSES, DIM, FRAMES, HEADS, LAYERS, PATCH, SIZE, original_layout, random_state, save_lightning,
+                     video)
 from model_loading import load_model
 from dataset import spatial_crops
 from our_format import save_weights
@@ -216,20 +217,20 @@ def test_every_timesformer_preset_can_be_written_for_transformers(preset):
 
 
 def test_the_export_command_writes_both_folders_and_asks_for_one_eps(tmp_path):
-    """Our export and a transformers folder of a trained model; the seed's two LayerNorm eps (1e-5
+    """Our export and a transformers folder of a trained model; the original repository's two LayerNorm eps (1e-5
     and 1e-6) cannot go to transformers' one unless -set norm_eps chooses it. All in one process."""
     model = randomise_(VideoClassifier(timesformer_tiny(num_classes=3))).eval()
     save_weights(model, tmp_path / 'trained')
-    seed = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
+    seed = save_lightning(tmp_path / 'seed.ckpt', random_state(original_layout('divided_space_time')))
     heads = ['-num_heads', str(HEADS)]
     results = run_in_one_process('export_weights.py', {
         'ours': [tmp_path / 'trained', tmp_path / 'ours'], 'hf': [tmp_path / 'trained', tmp_path / 'hf', '-hf'],
         'seed refused': [seed, tmp_path / 'refused', *heads, '-hf'],
-        'seed with one eps': [seed, tmp_path / 'seed_hf', *heads, '-hf', '-set', 'norm_eps=1e-6']})
+        'seed with one eps': [seed, tmp_path / 'original_hf', *heads, '-hf', '-set', 'norm_eps=1e-6']})
     for name in ('ours', 'hf'):
         assert results[name]['code'] == 0 and 'format videotransformer-pytorch' in results[name]['stderr'], name
     refused, chosen = results['seed refused'], results['seed with one eps']
-    assert 'format seed' in refused['stderr'] and 'format seed' in chosen['stderr']
+    assert 'format original' in refused['stderr'] and 'format original' in chosen['stderr']
     assert refused['code'] == 2 and 'error: -hf: ' in refused['stderr'].splitlines()[-1]
     assert 'one LayerNorm eps' in refused['stderr'].splitlines()[-1]
     assert 'norm_eps=1e-06' in refused['stderr'].splitlines()[-1] and not (tmp_path / 'refused').exists()
@@ -239,6 +240,6 @@ def test_the_export_command_writes_both_folders_and_asks_for_one_eps(tmp_path):
         assert torch.equal(load_model(tmp_path / 'ours')(clip), model(clip))
         reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'hf').eval()
         assert max_abs(reference(clip).logits, model(clip)) < 1e-4
-        reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'seed_hf').eval()
+        reference = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / 'original_hf').eval()
         expected = load_model(seed, num_heads=HEADS, norm_eps=1e-6)(clip)
         assert max_abs(reference(clip).logits, expected) < 1e-4

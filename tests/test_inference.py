@@ -11,7 +11,7 @@ from dataset import AnnotationError, VideoDataset, collate_views
 from inference import (Evaluation, PredictionDataset, VideoResult, classify, format_result, inference_preprocessing,
                        load_classifier, model_class_names, prediction_loader, result_record)
 from classifiers import CLASSES, SETTINGS, export, hf_folder, png_size
-from layouts import HEADS, random_state, save_lightning, seed_layout, timm_layout
+from layouts import HEADS, original_layout, random_state, save_lightning, timm_layout
 from preprocessing import DATA_STATICS, Preprocessing, normalize
 from reference import randomise_
 from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
@@ -79,9 +79,9 @@ def test_the_one_view_figure_is_the_validation_view(demo_data, tmp_path):
 # ---------------------------------------------------------------- preprocessing per source
 
 def test_each_source_is_classified_with_its_own_normalisation(tmp_path, demo_data):
-    """Seed checkpoints: mean = std = 0.5; official TimeSformer: Kinetics statistics; transformers:
+    """The original repository's checkpoints: mean = std = 0.5; official TimeSformer: Kinetics statistics; transformers:
     its processor's; ours: what it was trained with; -data_statics overrides any of them."""
-    seed = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time', classes=4)))
+    seed = save_lightning(tmp_path / 'seed.ckpt', random_state(original_layout('divided_space_time', classes=4)))
     official = tmp_path / 'official.pyth'
     torch.save({'model_state': random_state(timm_layout('divided_space_time', prefix='model.', classes=4))}, official)
     ours = export(tmp_path / 'ours', preprocessing=SETTINGS.replace(mean=(0.3, 0.4, 0.5), std=(0.2, 0.3, 0.4)))

@@ -9,8 +9,7 @@ import torch
 import yaml
 
 from data_trainer import VideoDataModule
-from layouts import (CLASSES, DIM, HEADS, random_state, save_lightning, seed_layout, timm_layout, video,
-                     write_vit)
+from layouts import CLASSES, DIM, HEADS, original_layout, random_state, save_lightning, timm_layout, video, write_vit
 from model_loading import load_model
 from model_trainer import LitVideoClassifier
 from our_format import save_weights
@@ -22,7 +21,7 @@ from weight_init import init_from_pretrained_
 
 
 def test_overrides_that_agree_are_hints_and_others_are_errors(tmp_path):
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
+    path = save_lightning(tmp_path / 'seed.ckpt', random_state(original_layout('divided_space_time')))
     load_model(path, num_heads=HEADS, arch='timesformer', attention_type='divided_space_time',
                embed_dims=DIM, num_classes=CLASSES, dropout_p=0.1)
     for wrong in ({'embed_dims': 64}, {'attention_type': 'space_only'}, {'arch': 'vivit', 'conv_type': 'Conv3d'},
@@ -35,13 +34,13 @@ def test_overrides_that_agree_are_hints_and_others_are_errors(tmp_path):
 
 
 def test_new_head_only_when_asked(tmp_path, caplog):
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
+    path = save_lightning(tmp_path / 'seed.ckpt', random_state(original_layout('divided_space_time')))
     with pytest.raises(WeightLoadError, match='drop_head'):
         load_model(path, num_heads=HEADS, class_names=['a', 'b'])
     with caplog.at_level(logging.INFO, logger='model_loading'):
         model = load_model(path, num_heads=HEADS, class_names=['a', 'b'], drop_head=True)
     assert model.head.fc.out_features == 2 and model.class_names == ['a', 'b']
-    assert "format seed" in caplog.text and "missing keys ['head.fc.bias', 'head.fc.weight']" in caplog.text
+    assert 'format original' in caplog.text and "missing keys ['head.fc.bias', 'head.fc.weight']" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,7 +48,7 @@ def test_new_head_only_when_asked(tmp_path, caplog):
 
 
 def test_an_unrecorded_head_count_is_a_warning_naming_the_guess_and_the_override(tmp_path, caplog):
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time', dim=128)))
+    path = save_lightning(tmp_path / 'seed.ckpt', random_state(original_layout('divided_space_time', dim=128)))
     with caplog.at_level(logging.WARNING, logger='model_loading'):
         assert load_model(path).config.num_heads == 2
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
@@ -159,8 +158,8 @@ def test_class_names_that_do_not_fit_the_head_are_left_out_with_a_warning(demo_d
 # Other sources' preprocessing
 
 
-def test_seed_checkpoints_get_the_seed_settings(tmp_path):
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
+def test_original_checkpoints_get_the_original_settings(tmp_path):
+    path = save_lightning(tmp_path / 'seed.ckpt', random_state(original_layout('divided_space_time')))
     expected = Preprocessing(num_frames=4, frame_interval=32, img_size=32, short_side=32, mean=(0.5,) * 3,
                              std=(0.5,) * 3, num_clips=1, num_crops=3)
     assert load_model(path, num_heads=HEADS).preprocessing == expected

@@ -1,5 +1,5 @@
 """TimeSformer and ViViT: shapes, gradients, determinism, attention maths and divided semantics,
-construction the seed's way, and the attention weights the explicit path keeps."""
+construction the original repository's way, and the attention weights the explicit path keeps."""
 import math
 
 import numpy as np
@@ -10,15 +10,15 @@ from einops import rearrange
 from torch import nn
 
 from preprocessing import Preprocessing
-from layouts import random_state, seed_layout
-from reference import randomise_, seed_forward, vit_features
+from layouts import original_layout, random_state
+from reference import original_forward, randomise_, vit_features
 from transformer import Attention, sine_cosine_table
 from utils import record_attention, set_attention_fused, write_csv
 from video_transformer import (TimeSformer, VideoClassifier, VideoTransformerConfig, ViViT, timesformer_base_patch16_224,
                                timesformer_tiny, vivit_base_patch16_224, vivit_tiny)
-from weight_formats import convert_seed, strip_prefix
+from weight_formats import convert_original, strip_prefix
 
-# (arch, attention_type), and ViViT's factorised encoder in the seed's 37e1801 layout.
+# (arch, attention_type), and ViViT's factorised encoder in the original repository's 37e1801 layout.
 VARIANTS = [('timesformer', name) for name in TimeSformer.attention_types] + \
            [('vivit', name) for name in ViViT.attention_types] + [('vivit', 'fact_encoder/37e1801')]
 
@@ -224,7 +224,7 @@ def test_a_config_builds_only_its_own_architecture():
         TimeSformer(vivit_tiny(attention_type='joint_space_time'))
 
 
-def test_sine_cosine_table_matches_the_seed_formula_in_float64():
+def test_sine_cosine_table_matches_the_original_formula_in_float64():
     num_positions, dim = 1569, 768
     angles = np.array([[position / np.power(10000, 2 * (channel // 2) / dim) for channel in range(dim)]
                        for position in range(num_positions)])
@@ -240,7 +240,7 @@ def test_unknown_activation_is_refused():
         timesformer_tiny(activation='relu')
 
 
-def test_dropout_follows_spatial_and_temporal_positions_like_the_seed():
+def test_dropout_follows_spatial_and_temporal_positions_like_the_original():
     """With everything after the positions silenced, training-mode dropout is applied twice."""
     config = timesformer_tiny(dropout_p=0.5)
     backbone = TimeSformer(config).train()
@@ -268,17 +268,17 @@ def test_write_csv_never_leaves_a_truncated_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Construction: the seed's keyword arguments, the meta device
+# Construction: the original repository's keyword arguments, the meta device
 
 
-SEED_TIMESFORMER = dict(num_frames=4, img_size=32, patch_size=8, embed_dims=32, num_heads=2, num_transformer_layers=2,
+ORIGINAL_TIMESFORMER = dict(num_frames=4, img_size=32, patch_size=8, embed_dims=32, num_heads=2, num_transformer_layers=2,
                         in_channels=3, conv_type='Conv2d', dropout_p=0.0, attention_type='divided_space_time',
                         norm_layer=nn.LayerNorm, use_learnable_pos_emb=True,
                         return_cls_token=True)
 
 
-def test_the_seed_keyword_arguments_build_the_same_backbone_as_a_config():
-    by_keywords = randomise_(TimeSformer(**SEED_TIMESFORMER)).eval()
+def test_the_original_keyword_arguments_build_the_same_backbone_as_a_config():
+    by_keywords = randomise_(TimeSformer(**ORIGINAL_TIMESFORMER)).eval()
     by_config = TimeSformer(timesformer_tiny(drop_path_rate=0.1)).eval()
     assert by_keywords.config == by_config.config.replace(num_classes=400)
     by_config.load_state_dict(by_keywords.state_dict())
@@ -286,19 +286,19 @@ def test_the_seed_keyword_arguments_build_the_same_backbone_as_a_config():
     with torch.no_grad():
         features = by_keywords(clips)
         assert torch.equal(features, by_config(clips))
-    # The final-normed class token, as the seed's forward returns: under the seed's own head, the
-    # seed's forward computed independently (reference.py) from its checkpoint's keys. Fails if the
+    # The final-normed class token, as the original repository's forward returns: under the original repository's own head, the
+    # the original repository's forward computed independently (reference.py) from its checkpoint's keys. Fails if the
     # keyword-built backbone pools otherwise, skips the final norm or runs its blocks differently.
-    state = random_state(seed_layout('divided_space_time'))
-    seed_built = TimeSformer(**SEED_TIMESFORMER, norm_eps=1e-5).eval()  # the seed's blocks' eps
-    seed_built.load_state_dict(strip_prefix({key: value for key, value in convert_seed(state).items()
+    state = random_state(original_layout('divided_space_time'))
+    original_built = TimeSformer(**ORIGINAL_TIMESFORMER, norm_eps=1e-5).eval()  # the original repository's blocks' eps
+    original_built.load_state_dict(strip_prefix({key: value for key, value in convert_original(state).items()
                                              if key.startswith('backbone.')}, 'backbone.'))
     with torch.no_grad():
-        logits = F.linear(seed_built(clips), state['cls_head.cls_head.weight'], state['cls_head.cls_head.bias'])
-    torch.testing.assert_close(logits, seed_forward(state, clips, 'divided_space_time', 2), atol=1e-5, rtol=0)
+        logits = F.linear(original_built(clips), state['cls_head.cls_head.weight'], state['cls_head.cls_head.bias'])
+    torch.testing.assert_close(logits, original_forward(state, clips, 'divided_space_time', 2), atol=1e-5, rtol=0)
 
 
-def test_vivit_keywords_take_the_seed_vivit_defaults():
+def test_vivit_keywords_take_the_original_vivit_defaults():
     config = ViViT(num_frames=4, img_size=32, patch_size=8, embed_dims=32, num_heads=2,
                    num_transformer_layers=2).config
     assert (config.arch, config.conv_type, config.tube_size, config.attention_type) == \
@@ -306,10 +306,10 @@ def test_vivit_keywords_take_the_seed_vivit_defaults():
 
 
 @pytest.mark.parametrize('build, message', [
-    # The seed lost dropout_ratio silently in **kwargs.
-    (lambda: TimeSformer(**SEED_TIMESFORMER, dropout_ratio=0.1), r"unexpected keyword arguments \['dropout_ratio'\]"),
+    # The original repository lost dropout_ratio silently in **kwargs.
+    (lambda: TimeSformer(**ORIGINAL_TIMESFORMER, dropout_ratio=0.1), r"unexpected keyword arguments \['dropout_ratio'\]"),
     (lambda: ViViT(vivit_tiny(), num_frames=8), 'a config or keyword arguments, not both'),
-    (lambda: TimeSformer(**{**SEED_TIMESFORMER, 'norm_layer': nn.BatchNorm1d}), 'norm_layer=.*BatchNorm1d'),
+    (lambda: TimeSformer(**{**ORIGINAL_TIMESFORMER, 'norm_layer': nn.BatchNorm1d}), 'norm_layer=.*BatchNorm1d'),
 ])
 def test_keyword_mistakes_are_type_errors_naming_them(build, message):
     with pytest.raises(TypeError, match=message):

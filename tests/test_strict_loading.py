@@ -4,8 +4,8 @@ device; keys a source lacks by design initialised as the model initialises them.
 import pytest
 import torch
 
-from layouts import (CLASSES, DIM, FRAMES, HEADS, LAYERS, PATCH, SEED_VARIANTS, SIZE, random_state, save_lightning,
-                     seed_layout, timm_layout, video, write_vit)
+from layouts import (CLASSES, DIM, FRAMES, HEADS, LAYERS, ORIGINAL_VARIANTS, PATCH, SIZE, original_layout,
+                     random_state, save_lightning, timm_layout, video, write_vit)
 from model_loading import load_model
 from our_format import save_weights
 from reference import randomise_
@@ -44,7 +44,7 @@ def training_checkpoint(tmp_path, config, tied=False):
 
 
 def original(tmp_path, attention_type, tube, **overrides):
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout(attention_type, tube=tube)))
+    path = save_lightning(tmp_path / 'seed.ckpt', random_state(original_layout(attention_type, tube=tube)))
     return path, {'num_heads': HEADS, **overrides}
 
 
@@ -85,7 +85,7 @@ SOURCES = {
     'training checkpoint, two keys one tensor': lambda tmp_path: training_checkpoint(tmp_path, timesformer_tiny(),
                                                                                     tied=True),
     **{f'original {attention_type} tube {tube}': (lambda tmp_path, a=attention_type, t=tube: original(tmp_path, a, t))
-       for attention_type, tube in SEED_VARIANTS},
+       for attention_type, tube in ORIGINAL_VARIANTS},
     'original, tables resized': lambda tmp_path: original(tmp_path, 'divided_space_time', 0, img_size=48,
                                                           num_frames=8),
     'official .pyth': official,

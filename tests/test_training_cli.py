@@ -14,7 +14,7 @@ import torch
 
 from command_lines import run_in_one_process
 from demo.make_demo_dataset import CLASSES
-from layouts import random_state, save_lightning, seed_layout, timm_layout
+from layouts import original_layout, random_state, save_lightning, timm_layout
 from model_loading import load_model
 from run_outputs import read_metrics, read_run_metrics
 
@@ -130,10 +130,10 @@ def test_starting_points_bf16_and_failed_runs_through_the_command(demo_data, tmp
     Fails if a -pretrain name looks elsewhere or is ignored, bf16 does not run, or a failed run ends
     in a traceback or another status."""
     vit = random_state(timm_layout())
-    seed = random_state(seed_layout('divided_space_time'))
+    seed = random_state(original_layout('divided_space_time'))
     files = {'vit': ('vit_base_patch16_224.pth', vit, 'format timm'),
              'mae': ('pretrain_mae_vit_base_mask_0.75_400e.pth', mae_encoder(vit), 'format mae'),
-             'kinetics': ('timesformer_k600.ckpt', None, 'format seed')}
+             'kinetics': ('timesformer_k600.ckpt', None, 'format original')}
     for name, (file, state, _) in files.items():
         (tmp_path / name / 'pretrain_model').mkdir(parents=True)
         if state is None:

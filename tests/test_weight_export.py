@@ -8,7 +8,7 @@ import torch
 
 from command_lines import run_in_one_process
 from hf_export import hf_timesformer_config, save_hf
-from layouts import HEADS, random_state, save_lightning, seed_layout, video
+from layouts import HEADS, original_layout, random_state, save_lightning, video
 from model_loading import load_model
 from our_format import save_weights
 from preprocessing import Preprocessing
@@ -85,8 +85,8 @@ def test_export_command_errors_are_one_line_and_exit_2(tmp_path):
     `export_weights.py: ...` (-hf on the Quick start's Conv3d model among them), not in the usage-error
     form, merged an export into any folder, or wrote a guessed head count as a fact (a checkpoint
     without one is refused unless -num_heads gives it)."""
-    seed = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('divided_space_time')))
-    path = save_lightning(tmp_path / 'space_only.ckpt', random_state(seed_layout('space_only')))
+    seed = save_lightning(tmp_path / 'seed.ckpt', random_state(original_layout('divided_space_time')))
+    path = save_lightning(tmp_path / 'space_only.ckpt', random_state(original_layout('space_only')))
     (tmp_path / 'taken').write_text('')
     (tmp_path / 'mine').mkdir()
     (tmp_path / 'mine' / 'notes.txt').write_text('keep')

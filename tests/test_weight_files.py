@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
 from safetensors.torch import save_file
 
-from layouts import CLASSES, HEADS, random_state, save_lightning, seed_layout
+from layouts import CLASSES, HEADS, original_layout, random_state, save_lightning
 from model_loading import load_model
 from video_transformer import VideoClassifier, timesformer_tiny
 from weight_formats import WeightLoadError
@@ -102,9 +102,9 @@ def test_the_hostile_checkpoints_would_run_code_if_unpickled(tmp_path, name):
 
 
 def test_lightning_1_callback_classes_are_read_as_placeholders(tmp_path):
-    # Lightning 1.3 (the seed's) keyed callback states by the callback class itself; torch.save
+    # Lightning 1.3 (the original repository's) keyed callback states by the callback class itself; torch.save
     # stores such a class by its import path, which Lightning 2 keeps.
-    state = random_state(seed_layout('divided_space_time'))
+    state = random_state(original_layout('divided_space_time'))
     path = save_lightning(tmp_path / 'seed.ckpt', state,
                           callbacks={ModelCheckpoint: {'best_model_score': torch.tensor(0.5)}})
     assert load_model(path, num_heads=HEADS).head.fc.out_features == CLASSES
@@ -114,7 +114,7 @@ def test_lightning_1_callback_classes_are_read_as_placeholders(tmp_path):
 
 
 def test_a_file_that_cannot_be_opened_says_why(tmp_path):
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('space_only')))
+    path = save_lightning(tmp_path / 'seed.ckpt', random_state(original_layout('space_only')))
     path.chmod(0)
     if os.access(path, os.R_OK):
         pytest.skip('running as a user who reads any file')
@@ -124,7 +124,7 @@ def test_a_file_that_cannot_be_opened_says_why(tmp_path):
 
 def test_a_bug_in_our_own_reading_is_not_reported_as_a_broken_file(tmp_path, monkeypatch):
     # Only what torch.load raises on the bytes becomes "not a readable checkpoint".
-    path = save_lightning(tmp_path / 'seed.ckpt', random_state(seed_layout('space_only')))
+    path = save_lightning(tmp_path / 'seed.ckpt', random_state(original_layout('space_only')))
 
     def broken_unwrap(payload, path):
         raise AttributeError('a bug of ours')

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from layouts import CLASSES, DIM, GRID, HEADS, SIZE, random_state, save_lightning, seed_layout, video
+from layouts import CLASSES, DIM, GRID, HEADS, SIZE, original_layout, random_state, save_lightning, video
 from model_loading import load_model
 from our_format import save_weights
 from reference import cubic_resampling, randomise_
@@ -49,7 +49,7 @@ def test_resizing_frames_only_leaves_a_separate_spatial_table_alone(kind):
 def test_resizing_frames_only_keeps_every_spatial_row_of_a_joint_table():
     # Each patch's row is the same at every time step, in multiples of 1/8: linear interpolation
     # over time (weights 1/4 and 3/4 from 2 to 4 steps) then reproduces every row exactly. The
-    # seed's bicubic formula is not the identity at the same grid and used to move these rows.
+    # the original repository's bicubic formula is not the identity at the same grid and used to move these rows.
     config = TABLE_KINDS['joint']
     generator = torch.Generator().manual_seed(0)
     space = torch.randint(-16, 16, (GRID * GRID, DIM), generator=generator) / 8
@@ -59,12 +59,12 @@ def test_resizing_frames_only_keeps_every_spatial_row_of_a_joint_table():
     assert torch.equal(resized['backbone.pos_embed'], expected) and notes == ['pos_embed 33 -> 65 rows']
 
 
-def test_positions_resize_by_the_seed_formula_in_space_linear_in_time(tmp_path):
-    state = random_state(seed_layout('divided_space_time'))
+def test_positions_resize_by_the_original_formula_in_space_linear_in_time(tmp_path):
+    state = random_state(original_layout('divided_space_time'))
     path = save_lightning(tmp_path / 'seed.ckpt', state)
     model = load_model(path, num_heads=HEADS, img_size=48, num_frames=8)
     pos, time = state['model.pos_embed'], state['model.time_embed']
-    # The seed's (DINO's) formula: scale factor (g + 0.1) / N, not output size g.
+    # The original repository's (DINO's) formula: scale factor (g + 0.1) / N, not output size g.
     resampling = cubic_resampling(GRID, 6, (6 + 0.1) / GRID)
     grid = rearrange(pos[0, 1:].double(), '(h w) d -> d h w', h=GRID)
     expected = rearrange(resampling @ grid @ resampling.T, 'd h w -> 1 (h w) d').float()

@@ -6,23 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from layouts import (CLASSES, DIM, FRAMES, HEADS, SEED_VARIANTS, jax_layout, random_state, save_lightning,
-                     seed_layout, timm_layout, video)
+from layouts import (CLASSES, DIM, FRAMES, HEADS, ORIGINAL_VARIANTS, jax_layout, original_layout, random_state,
+                     save_lightning, timm_layout, video)
 from model_loading import load_model
-from reference import official_forward, seed_forward
+from reference import official_forward, original_forward
 from utils import count_parameters
 from video_transformer import VideoClassifier, timesformer_base_patch16_224, vivit_tiny
 from weight_fitting import inflate_image_model, resize_position_tables
-from weight_formats import convert_hf_vivit, convert_jax_vit, convert_mae, convert_seed, convert_timm
+from weight_formats import convert_hf_vivit, convert_jax_vit, convert_mae, convert_original, convert_timm
 
 
-def test_seed_layout_is_the_released_checkpoints(shared_dir):
+def test_original_layout_is_the_released_checkpoints(shared_dir):
     listed = {}
     for line in (shared_dir / 'formats' / 'seed_timesformer_b_k600_keys.txt').read_text().splitlines():
         if line and not line.startswith('#'):
             key, shape = line.split('\t')
             listed[key] = tuple(int(size) for size in shape.strip('()').split(',') if size.strip())
-    ours = seed_layout('divided_space_time', dim=768, layers=12, size=224, patch=16, frames=8, classes=600)
+    ours = original_layout('divided_space_time', dim=768, layers=12, size=224, patch=16, frames=8, classes=600)
     # The file lists block 0 only; blocks 1..11 repeat it.
     assert {key: shape for key, shape in ours.items() if not re.search(r'layers\.layers\.[1-9]', key)} == listed
     assert sum(np.prod(shape) for shape in ours.values()) == 121_720_152
@@ -32,15 +32,15 @@ def test_seed_layout_is_the_released_checkpoints(shared_dir):
 
 
 # ---------------------------------------------------------------------------------------------
-# The seed's checkpoints
+# The original repository's checkpoints
 
 
 @pytest.mark.parametrize('attention_type, tube, commit', [
-    *[(attention_type, tube, None) for attention_type, tube in SEED_VARIANTS],
+    *[(attention_type, tube, None) for attention_type, tube in ORIGINAL_VARIANTS],
     ('fact_encoder', 2, '37e1801'),
 ])
-def test_seed_checkpoint_matches_the_seed_forward(tmp_path, attention_type, tube, commit):
-    state = random_state(seed_layout(attention_type, tube=tube, commit=commit))
+def test_original_checkpoint_matches_the_original_forward(tmp_path, attention_type, tube, commit):
+    state = random_state(original_layout(attention_type, tube=tube, commit=commit))
     path = save_lightning(tmp_path / 'seed.ckpt', state)
     model = load_model(path, num_heads=HEADS)
     expected_arch = 'vivit' if tube or attention_type == 'fact_encoder' else 'timesformer'
@@ -50,30 +50,30 @@ def test_seed_checkpoint_matches_the_seed_forward(tmp_path, attention_type, tube
     clip = video()
     with torch.no_grad():
         logits = model(clip)
-        # fact_encoder: the seed's x[:b, 0] is each video's own first frame only at batch 1.
-        expected = torch.cat([seed_forward(state, clip[i:i + 1], attention_type, HEADS) for i in range(2)])
+        # fact_encoder: the original repository's x[:b, 0] is each video's own first frame only at batch 1.
+        expected = torch.cat([original_forward(state, clip[i:i + 1], attention_type, HEADS) for i in range(2)])
     assert logits.shape == (2, CLASSES)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
 
 
 def test_the_37e1801_layout_computes_another_function():
     # Keeps the test above honest: the grouped spatial attention and temporal_fc change the numbers.
-    state = random_state(seed_layout('fact_encoder', tube=2, commit='37e1801'))
+    state = random_state(original_layout('fact_encoder', tube=2, commit='37e1801'))
     plain = {key: value for key, value in state.items() if '.temporal_fc.' not in key}
     clip = video(batch=1)
-    assert not torch.allclose(seed_forward(state, clip, 'fact_encoder', HEADS),
-                              seed_forward(plain, clip, 'fact_encoder', HEADS), atol=1e-3)
+    assert not torch.allclose(original_forward(state, clip, 'fact_encoder', HEADS),
+                              original_forward(plain, clip, 'fact_encoder', HEADS), atol=1e-3)
 
 
-def test_space_only_seed_checkpoint_takes_any_frame_count(tmp_path):
+def test_space_only_original_checkpoint_takes_any_frame_count(tmp_path):
     # Its checkpoints record no frame count; without a time table the model needs none.
-    state = random_state(seed_layout('space_only'))
+    state = random_state(original_layout('space_only'))
     model = load_model(save_lightning(tmp_path / 'seed.ckpt', state), num_heads=HEADS)
     assert model.config.num_frames == 8
     for frames in (3, FRAMES, 8):
         clip = video(batch=1, frames=frames)
         with torch.no_grad():
-            torch.testing.assert_close(model(clip), seed_forward(state, clip, 'space_only', HEADS), atol=1e-5, rtol=0)
+            torch.testing.assert_close(model(clip), original_forward(state, clip, 'space_only', HEADS), atol=1e-5, rtol=0)
 
 
 def test_converters_leave_their_input_alone():
@@ -86,7 +86,7 @@ def test_converters_leave_their_input_alone():
     image = {'backbone.' + key: value for key, value in vit.items() if not key.startswith('head')}
     image = {key.replace('norm1', 'attn.norm'): value for key, value in image.items()}
     config = vivit_tiny(attention_type='joint_space_time', pos_emb_type='joint', img_size=48)
-    cases = [(convert_seed, random_state(seed_layout('divided_space_time'))), (convert_timm, vit),
+    cases = [(convert_original, random_state(original_layout('divided_space_time'))), (convert_timm, vit),
              (convert_mae, mae), (lambda state: convert_hf_vivit(state, 2), hf),
              (convert_jax_vit, {key: torch.from_numpy(value) for key, value in jax_layout(vit).items()}),
              (lambda state: inflate_image_model(state, config), image),

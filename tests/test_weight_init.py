@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from einops import repeat
 
-from layouts import (CLASSES, DIM, FRAMES, GRID, HEADS, LAYERS, PATCH, jax_layout, randn, random_state,
-                     save_lightning, seed_layout, timm_layout, video, write_vit)
+from layouts import (CLASSES, DIM, FRAMES, GRID, HEADS, LAYERS, PATCH, jax_layout, original_layout, randn,
+                     random_state, save_lightning, timm_layout, video, write_vit)
 from model_loading import load_model
 from our_format import save_weights
 from reference import vit_features
@@ -19,7 +19,7 @@ from weight_formats import convert_mae
 from weight_init import init_from_pretrained_
 
 
-@pytest.mark.parametrize('container', ['pth', 'safetensors', 'npz', 'seed-vit'])
+@pytest.mark.parametrize('container', ['pth', 'safetensors', 'npz', 'original-vit'])
 @pytest.mark.parametrize('copy_strategy', ['repeat', 'set_zero'])
 def test_timesformer_from_an_image_vit_reproduces_it_on_a_static_video(tmp_path, container, copy_strategy):
     vit = random_state(timm_layout())
@@ -159,7 +159,7 @@ def test_mae_encoder_initialises_the_backbone(tmp_path, caplog):
 def test_video_checkpoint_as_a_starting_point_drops_its_head(tmp_path):
     """Fails if init_from_pretrained_ loads the checkpoint's head into a classifier (the file's head
     has the model's shape, so a strict load would take it silently) or skips its backbone."""
-    state = random_state(seed_layout('divided_space_time'))
+    state = random_state(original_layout('divided_space_time'))
     path = save_lightning(tmp_path / 'k600.ckpt', state)
     torch.manual_seed(0)
     untrained = VideoClassifier(timesformer_tiny(num_frames=8, num_classes=CLASSES))
@@ -175,7 +175,7 @@ def test_video_checkpoint_as_a_starting_point_drops_its_head(tmp_path):
     assert not torch.equal(model.head.fc.weight, state['cls_head.cls_head.weight'])
 
 
-@pytest.mark.parametrize('container', ['pth', 'seed-vit'])
+@pytest.mark.parametrize('container', ['pth', 'original-vit'])
 def test_the_original_keyword_constructor_starts_from_a_vit(tmp_path, container):
     """As the original repository's users build it, the starting point a separate call: fails if the
     keyword-built backbone and the loader disagree on any layout."""
