@@ -33,6 +33,7 @@ from command_line import Parser, UsageError, add_flag, error_line
 from dataset import DECODERS, VIDEO_EXTENSIONS, AnnotationError, UnreadableDatasetError
 from inference import (Evaluation, ResultWriter, VideoFailure, classify, inference_preprocessing,
                        load_classifier, model_class_names, prediction_loader, resolve_weights, write_report)
+from onnx_inference import find_onnx
 from preprocessing import DATA_STATICS
 from visualize import frame_attention, rollout_modules
 from weight_formats import WeightLoadError
@@ -139,8 +140,13 @@ def main(argv=None):
     source = args.eval or args.video_path
     single = is_single_video(source)
     check_outputs(args, single)
-    device = resolve_device(args.device)
-    model = load_classifier(resolve_weights(args.pretrain), args.class_map, num_frames=args.num_frames,
+    weights = resolve_weights(args.pretrain)
+    onnx = find_onnx(weights) is not None  # onnxruntime runs it on -device; the videos stay on the CPU
+    if onnx and args.attention:
+        raise UsageError('-attention: an ONNX model gives no attention weights; give the weights it was '
+                         'exported from')
+    device = torch.device('cpu') if onnx else resolve_device(args.device)
+    model = load_classifier(weights, args.class_map, onnx_device=args.device, num_frames=args.num_frames,
                             img_size=args.img_size)
     if args.attention:
         try:
