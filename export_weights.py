@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from model_loading import load_model
-from onnx_export import ONNX_FILE, discard_onnx, save_with_onnx
+from onnx_export import MIN_OPSET, ONNX_FILE, discard_onnx, save_with_onnx
 from video_transformer import CONFIG_FIELDS
 from weight_export import save_hf_timesformer, save_weights
 from weight_formats import WeightLoadError
@@ -58,6 +58,8 @@ def parse_args(argv=None):
     needs_onnx = [f'-{name}' for name in ('opset', 'fp16', 'quantize') if getattr(args, name) not in (None, False)]
     if needs_onnx and not args.onnx:
         parser.error(f'{needs_onnx[0]} is an ONNX option: add -onnx')
+    if args.opset is not None and args.opset < MIN_OPSET:
+        parser.error(f'-opset {args.opset}: torch.onnx writes opset {MIN_OPSET} or later')
     if args.onnx and args.hf:
         parser.error('-onnx writes beside our config.json, -hf a transformers folder: one of them')
     return args

@@ -38,6 +38,8 @@ CHECK_BATCHES = (1, 3)
 FLOAT32_TOLERANCE = 1e-4
 FLOAT16_TOLERANCE = 1e-2
 PRECISIONS = ('float32', 'float16', 'int8')
+# The lowest opset torch.onnx's exporter writes (its torchlib's): asked for less, it writes this one.
+MIN_OPSET = 18
 # protobuf cannot hold a file above 2 GiB: larger weights go to model.onnx.data beside it.
 PROTOBUF_LIMIT = 2 ** 31 - 2 ** 20
 
@@ -121,15 +123,20 @@ def quantize_int8(source, destination):
                          weight_type=QuantType.QInt8)
 
 
-def check_graph(model, path, precision):
+def check_graph(model, path, precision, name=None):
     """Run the file with onnxruntime on the CPU at each of CHECK_BATCHES and compare with the model's
-    float32 logits: {batch: largest difference}; an OnnxError when the batch axis is fixed, the
-    output has another shape or a difference passes the precision's tolerance."""
+    float32 logits: {batch: largest difference}; an OnnxError, naming the file as `name` (default its
+    path), when the batch axis is fixed, the output has another shape or a difference passes the
+    precision's tolerance."""
     from onnx_inference import open_session  # one session opener for export and inference
-    session = open_session(path, ['CPUExecutionProvider'])
+    path, name = Path(path), name or path
+    try:
+        session = open_session(path, ['CPUExecutionProvider'])
+    except OnnxError as error:
+        raise OnnxError(str(error).replace(str(path), str(name))) from None
     batch_axis = session.get_inputs()[0].shape[0]
     if not isinstance(batch_axis, str):
-        raise OnnxError(f'{path}: its batch axis came out fixed at {batch_axis}')
+        raise OnnxError(f'{name}: its batch axis came out fixed at {batch_axis}')
     differences = {}
     for batch in CHECK_BATCHES:
         video = random_videos(model, batch, seed=batch)
@@ -138,30 +145,33 @@ def check_graph(model, path, precision):
         try:
             (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: video.numpy()})
         except Exception as error:  # onnxruntime's own error types
-            raise OnnxError(f'{path}: onnxruntime cannot run it at batch {batch}: {first_line(error)}') from error
+            raise OnnxError(f'{name}: onnxruntime cannot run it at batch {batch}: {first_line(error)}') from error
         logits = torch.from_numpy(logits).float()
         if logits.shape != expected.shape:
-            raise OnnxError(f'{path}: logits {tuple(logits.shape)} at batch {batch}, PyTorch gives '
+            raise OnnxError(f'{name}: logits {tuple(logits.shape)} at batch {batch}, PyTorch gives '
                             f'{tuple(expected.shape)}')
         if not logits.isfinite().all():
-            raise OnnxError(f'{path}: non-finite logits at batch {batch}')
+            raise OnnxError(f'{name}: non-finite logits at batch {batch}')
         differences[batch] = float((logits - expected).abs().max())
         tolerance = {'float32': FLOAT32_TOLERANCE,
                      'float16': FLOAT16_TOLERANCE * max(1.0, float(expected.abs().max()))}.get(precision)
         if tolerance is not None and differences[batch] > tolerance:
-            raise OnnxError(f"{path}: onnxruntime's {precision} logits differ from PyTorch's by "
+            raise OnnxError(f"{name}: onnxruntime's {precision} logits differ from PyTorch's by "
                             f'{differences[batch]:.3g} at batch {batch} (tolerance {tolerance:.3g})')
     return differences
 
 
-def export_onnx(model, path, *, opset=None, fp16=False, quantize=None):
-    """Export an eval-mode VideoClassifier to `path` and check it (check_graph); returns
-    {'precision', 'opset', 'differences'}. quantize: None or 'int8'. The file is written only when
-    the check passes, beside its external weights (`path`.data) when they exceed protobuf's 2 GiB."""
+def export_onnx(model, path, *, opset=None, fp16=False, quantize=None, name=None):
+    """Export an eval-mode VideoClassifier to `path` and check it (check_graph; errors name the file
+    as `name`, default `path`); returns {'precision', 'opset', 'differences'}. quantize: None or
+    'int8'. The file is written only when the check passes, beside its external weights (`path`.data)
+    when they exceed protobuf's 2 GiB."""
     if fp16 and quantize:
         raise ValueError('fp16 and int8 quantisation are two precisions: pick one')
     if quantize not in (None, 'int8'):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if opset is not None and opset < MIN_OPSET:
+        raise ValueError(f'opset {opset}: torch.onnx writes opset {MIN_OPSET} or later')
     onnx = import_onnx_packages('onnx', 'onnxscript', 'onnxruntime')[0]
     path = Path(path)
     precision = 'int8' if quantize else 'float16' if fp16 else 'float32'
@@ -172,9 +182,11 @@ def export_onnx(model, path, *, opset=None, fp16=False, quantize=None):
         if quantize:
             float_graph = graph.rename(staging / f'float.{path.name}')
             quantize_int8(float_graph, graph)
-        differences = check_graph(model, graph, precision)
-        opset = next(entry.version for entry in onnx.load(str(graph), load_external_data=False).opset_import
-                     if entry.domain in ('', 'ai.onnx'))
+        differences = check_graph(model, graph, precision, name or path)
+        written = next(entry.version for entry in onnx.load(str(graph), load_external_data=False).opset_import
+                       if entry.domain in ('', 'ai.onnx'))
+        if opset is not None and written != opset:
+            raise OnnxError(f'opset {opset} was asked for, the exporter wrote opset {written}')
         for name in (path.name, f'{path.name}.data'):
             if (staging / name).exists():
                 os.replace(staging / name, path.parent / name)
@@ -182,7 +194,7 @@ def export_onnx(model, path, *, opset=None, fp16=False, quantize=None):
                 (path.parent / name).unlink(missing_ok=True)  # an earlier, larger export's weights
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {'precision': precision, 'opset': opset, 'differences': differences}
+    return {'precision': precision, 'opset': written, 'differences': differences}
 
 
 def save_with_onnx(model, directory, save, **options):
@@ -193,7 +205,7 @@ def save_with_onnx(model, directory, save, **options):
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.onnx.', dir=directory.parent))
     try:
-        report = export_onnx(model, staging / ONNX_FILE, **options)
+        report = export_onnx(model, staging / ONNX_FILE, name=directory / ONNX_FILE, **options)
         save(model, directory)
         for file in staging.iterdir():
             os.replace(file, directory / file.name)
