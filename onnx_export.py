@@ -100,13 +100,13 @@ def random_videos(model, batch, seed=0):
 def export_graph(model, path, *, opset=None, fp16=False):
     """Write the eval-mode classifier's graph to `path` (float32 video -> logits, batch axis free)."""
     import_onnx_packages('onnx', 'onnxscript')
-    module = Float16Model(model) if fp16 else model
+    module = Float16Model(model).eval() if fp16 else model
     size = sum(tensor.numel() * tensor.element_size() for tensor in module.state_dict().values())
     batch = torch.export.Dim('batch', min=1)
     try:
         with warnings.catch_warnings(), quiet_loggers(EXPORTER_LOGGERS):
             warnings.simplefilter('ignore')  # the exporter's notes on its own internals, nothing for the user
-            torch.onnx.export(module.eval(), (random_videos(model, TRACE_BATCH),), str(path), dynamo=True,
+            torch.onnx.export(module, (random_videos(model, TRACE_BATCH),), str(path), dynamo=True,
                               dynamic_shapes=({0: batch},), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               opset_version=opset, external_data=size > PROTOBUF_LIMIT, verbose=False)
     except Exception as error:  # the exporter raises many types; each is one reason to report
@@ -166,6 +166,8 @@ def export_onnx(model, path, *, opset=None, fp16=False, quantize=None, name=None
     as `name`, default `path`); returns {'precision', 'opset', 'differences'}. quantize: None or
     'int8'. The file is written only when the check passes, beside its external weights (`path`.data)
     when they exceed protobuf's 2 GiB."""
+    if model.training:
+        raise ValueError('export an eval-mode model (model.eval()): dropout would be in the graph')
     if fp16 and quantize:
         raise ValueError('fp16 and int8 quantisation are two precisions: pick one')
     if quantize not in (None, 'int8'):

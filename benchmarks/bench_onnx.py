@@ -13,6 +13,7 @@ and the share of videos whose top-1 class the two agree on.
 
     python benchmarks/bench_onnx.py                                   # tiny models, CSV in outputs/
     python benchmarks/bench_onnx.py --full --threads 2 --repeats 2
+    python benchmarks/bench_onnx.py --full --models VideoMAE --batches 1 --repeats 1 --threads 1
     python benchmarks/bench_onnx.py --skip-speed --checkpoint runs/demo/results/RUN/ckpt/best.ckpt \\
         --test_list demo/data/test.txt
 """
@@ -126,6 +127,7 @@ def accuracy(checkpoint, test_list, workdir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--full', action='store_true', help='TimeSformer-B 8x224 and VideoMAE-B 16x224')
+    parser.add_argument('--models', nargs='+', help='of the set, only those whose name starts so (e.g. VideoMAE)')
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 8])
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads(),
@@ -141,7 +143,9 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)
         if not args.skip_speed:
-            rows = [row for name, config in MODELS['full' if args.full else 'tiny'].items()
+            models = {name: config for name, config in MODELS['full' if args.full else 'tiny'].items()
+                      if not args.models or name.startswith(tuple(args.models))}
+            rows = [row for name, config in models.items()
                     for row in speed(name, config, args.batches, args.repeats, args.threads, workdir)]
             write_csv(rows, out / ('bench_onnx_full.csv' if args.full else 'bench_onnx.csv'))
         if args.checkpoint:
