@@ -47,7 +47,8 @@ def parse_args(argv=None):
     parser = Parser(description=__doc__.split('\n\n')[0], allow_abbrev=False,
                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
     add_flag(parser, 'pretrain', required=True,
-             help='weights: a checkpoint, an export or transformers folder, a Hub id')
+             help='weights: a checkpoint, an export or transformers folder, a Hub id; an export with '
+                  'model.onnx (or the .onnx file) runs in onnxruntime')
     add_flag(parser, 'video_path', help='a video, a folder of videos (searched recursively) or a list of videos')
     add_flag(parser, 'eval', help='a labelled list (a video and its label per line): accuracy, per class, confusion')
     add_flag(parser, 'class_map', help='class names: JSON name -> index, or one name per line (default: the weights\')')
@@ -67,7 +68,8 @@ def parse_args(argv=None):
     add_flag(running, 'num_workers', type=int,
              help=f'decoding processes (default: 0 for a video, {DEFAULT_WORKERS} otherwise)')
     add_flag(running, 'decoder', choices=DECODERS, help='video decoder (default: the dataset\'s)')
-    add_flag(running, 'device', default='auto', help='auto, cpu, cuda or cuda:N')
+    add_flag(running, 'device', default='auto', help='auto, cpu, cuda or cuda:N (ONNX: the CPU for auto, cuda '
+                                                     'with onnxruntime-gpu)')
     output = parser.add_argument_group('output')
     add_flag(output, 'topk', type=int, default=5, help='classes listed per video')
     add_flag(output, 'json', action='store_true', help='one JSON object per line per video')
