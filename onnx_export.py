@@ -184,16 +184,18 @@ def export_onnx(model, path, *, opset=None, fp16=False, quantize=None, name=None
         if quantize:
             float_graph = graph.rename(staging / f'float.{path.name}')
             quantize_int8(float_graph, graph)
+            # The float graph's external weights, if any: the int8 graph holds its own (a quarter the size).
+            (staging / f'{path.name}.data').unlink(missing_ok=True)
         differences = check_graph(model, graph, precision, name or path)
         written = next(entry.version for entry in onnx.load(str(graph), load_external_data=False).opset_import
                        if entry.domain in ('', 'ai.onnx'))
         if opset is not None and written != opset:
             raise OnnxError(f'opset {opset} was asked for, the exporter wrote opset {written}')
-        for name in (path.name, f'{path.name}.data'):
-            if (staging / name).exists():
-                os.replace(staging / name, path.parent / name)
-            elif name != path.name:
-                (path.parent / name).unlink(missing_ok=True)  # an earlier, larger export's weights
+        for file_name in (path.name, f'{path.name}.data'):
+            if (staging / file_name).exists():
+                os.replace(staging / file_name, path.parent / file_name)
+            elif file_name != path.name:
+                (path.parent / file_name).unlink(missing_ok=True)  # an earlier, larger export's weights
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {'precision': precision, 'opset': written, 'differences': differences}
