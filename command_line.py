@@ -19,14 +19,15 @@ def add_flag(container, name, **kwargs):
     container.add_argument(f'-{name}', f'--{name}', **kwargs)
 
 
-def error_line(error, named=False):
+def error_line(error, named=False, first=False):
     """An error's message on one line, after its class name when `named` ('DecodeError: ...'). A
     DataLoader worker re-raises an error with its traceback in the message, ending in
-    `module.Class: message`: the original message is taken from there. The one "error to one line"
+    `module.Class: message`: the original message is taken from there; `first` takes the first
+    line instead, where the exporter and onnxruntime put their reason. The one "error to one line"
     of the repository."""
-    lines = str(error).strip().splitlines()
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     name = type(error).__name__
     if not lines:
         return name
-    line = lines[-1].removeprefix(f'{type(error).__module__}.{name}: ').removeprefix(f'{name}: ')
+    line = lines[0] if first else lines[-1].removeprefix(f'{type(error).__module__}.{name}: ').removeprefix(f'{name}: ')
     return f'{name}: {line}' if named else line

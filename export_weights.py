@@ -1,7 +1,9 @@
-"""Export command: weights in any format load_model reads -> our safetensors + config.json folder,
-or (-hf) a transformers folder of the model's class (TimeSformer, VideoMAE, V-JEPA 2).
+"""Export command: weights in any format load_model reads -> our safetensors + config.json folder
+(with -onnx a model.onnx beside them, checked with onnxruntime), or (-hf) a transformers folder of the
+model's class (TimeSformer, VideoMAE, V-JEPA 2).
 
     python export_weights.py CHECKPOINT OUTPUT_DIR [-hf] [-num_heads N] [-set FIELD=VALUE ...]
+    python export_weights.py CHECKPOINT OUTPUT_DIR -onnx [-opset N] [-fp16 | -quantize int8]
 
 OUTPUT_DIR is new, empty, or an earlier export, which is replaced whole. Exit status: 0, 2 for a
 flag, path or file that cannot work, with one line `export_weights.py: error: ...`.
@@ -10,13 +12,15 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from command_line import Parser, UsageError, add_flag
 from hf_export import hf_fields, save_hf
 from model_loading import load_model
+from onnx_export import MIN_OPSET, ONNX_FILE, save_with_onnx
 from our_format import save_weights
-from utils import reject_unknown
 from pretraining_export import is_pretraining_checkpoint, save_hf_videomae_pretraining
+from utils import reject_unknown
 from video_transformer import CONFIG_FIELDS
 from weight_formats import WeightLoadError
 
@@ -50,7 +54,24 @@ def parse_args(argv=None):
     add_flag(parser, 'set', action='append', default=[], metavar='FIELD=VALUE', type=parse_override,
              help='another config field (img_size, num_frames, ...); VALUE is read as JSON '
                   'when it parses, else as a string')
-    return parser.parse_args(argv)
+    add_flag(parser, 'onnx', action='store_true',
+             help='also write OUTPUT_DIR/model.onnx (float video (B, T, 3, H, W) -> logits, any batch), '
+                  "checked against PyTorch with onnxruntime; needs pip install -e '.[onnx]'")
+    add_flag(parser, 'opset', type=int, help='with -onnx: the ONNX opset (default: the exporter\'s)')
+    precision = parser.add_mutually_exclusive_group()
+    add_flag(precision, 'fp16', action='store_true',
+             help='with -onnx: compute in float16 behind float32 input and output (GPU serving)')
+    add_flag(precision, 'quantize', choices=['int8'],
+             help="with -onnx: onnxruntime's dynamic int8 quantisation of the linear layers (CPU serving)")
+    args = parser.parse_args(argv)
+    needs_onnx = [f'-{name}' for name in ('opset', 'fp16', 'quantize') if getattr(args, name) not in (None, False)]
+    if needs_onnx and not args.onnx:
+        parser.error(f'{needs_onnx[0]} is an ONNX option: add -onnx')
+    if args.opset is not None and args.opset < MIN_OPSET:
+        parser.error(f'-opset {args.opset}: torch.onnx writes opset {MIN_OPSET} or later')
+    if args.onnx and args.hf:
+        parser.error('-onnx writes beside our config.json, -hf a transformers folder: one of them')
+    return args
 
 
 def main(argv=None):
@@ -68,6 +89,13 @@ def main(argv=None):
             hf_fields(model)
         except WeightLoadError as error:  # a model transformers cannot express
             raise UsageError(f'-hf: {error}') from None
+    if args.onnx:
+        report = save_with_onnx(model, args.output_dir, save_weights, opset=args.opset, fp16=args.fp16,
+                                quantize=args.quantize)
+        logging.info("Wrote %s (%s, opset %d): onnxruntime's logits differ from PyTorch's by at most %s at batch %s",
+                     Path(args.output_dir) / ONNX_FILE, report['precision'], report['opset'],
+                     f"{max(report['differences'].values()):.2g}", ' and '.join(map(str, report['differences'])))
+        return
     (save_hf if args.hf else save_weights)(model, args.output_dir)
     logging.info('Wrote %s', args.output_dir)
 

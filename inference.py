@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from dataset import UNLABELLED, AnnotationError, VideoDataset, collate_views, load_class_map
 from model_loading import load_model
+from onnx_inference import OnnxClassifier, find_onnx
 from preprocessing import Preprocessing, data_statics, normalize
 from utils import counted, write_csv, write_json
 from visualize import confusion_figure, prediction_figure, save_png
@@ -40,7 +41,7 @@ from weight_formats import WeightLoadError
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = ('.ckpt', '.pth', '.pyth', '.pt', '.bin', '.safetensors', '.npz')
+WEIGHT_SUFFIXES = ('.ckpt', '.pth', '.pyth', '.pt', '.bin', '.safetensors', '.npz', '.onnx')
 # What a Hub snapshot needs: configs (model, processor) and safetensors weights; pickled
 # pytorch_model.bin only when a repository has no safetensors.
 HUB_FILES = ['*.json', '*.safetensors']
@@ -78,11 +79,16 @@ def resolve_weights(source):
     return folder
 
 
-def load_classifier(source, class_map=None, **overrides):
-    """load_model(source, **overrides) with the class names of `class_map` (JSON name -> index or
-    one name per line) in place of the weights' own; a class map of another size than the head
+def load_classifier(source, class_map=None, onnx_device='auto', **overrides):
+    """load_model(source, **overrides), or for an ONNX export (a .onnx file, a folder with model.onnx)
+    an OnnxClassifier on `onnx_device`'s providers, with the class names of `class_map` (JSON name ->
+    index or one name per line) in place of the weights' own; a class map of another size than the head
     is an AnnotationError naming both counts. Overrides that are None are left out."""
-    model = load_model(source, **{name: value for name, value in overrides.items() if value is not None})
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    if find_onnx(source) is not None:
+        model = OnnxClassifier.load(source, onnx_device, **overrides)
+    else:
+        model = load_model(source, **overrides)
     if class_map is not None:
         names = load_class_map(class_map)
         if len(names) != model.config.num_classes:

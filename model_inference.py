@@ -35,6 +35,7 @@ from dataset import DECODERS, VIDEO_EXTENSIONS, AnnotationError, UnreadableDatas
 from inference import (Evaluation, ResultWriter, VideoFailure, classify, inference_preprocessing,
                        load_classifier, model_class_names, picture_root, prediction_loader, resolve_weights,
                        write_report)
+from onnx_inference import find_onnx
 from preprocessing import DATA_STATICS
 from visualize import frame_attention, rollout_modules
 from weight_formats import WeightLoadError
@@ -48,7 +49,8 @@ def parse_args(argv=None):
     parser = Parser(description=__doc__.split('\n\n')[0], allow_abbrev=False,
                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
     add_flag(parser, 'pretrain', required=True,
-             help='weights: a checkpoint, an export or transformers folder, a Hub id')
+             help='weights: a checkpoint, an export or transformers folder, a Hub id; an export with '
+                  'model.onnx (or the .onnx file) runs in onnxruntime')
     add_flag(parser, 'video_path', help='a video, a folder of videos (searched recursively) or a list of videos')
     add_flag(parser, 'eval', help='a labelled list (a video and its label per line): accuracy, per class, confusion')
     add_flag(parser, 'class_map', help='class names: JSON name -> index, or one name per line (default: the weights\')')
@@ -68,7 +70,8 @@ def parse_args(argv=None):
     add_flag(running, 'num_workers', type=int,
              help=f'decoding processes (default: 0 for a video, {DEFAULT_WORKERS} otherwise)')
     add_flag(running, 'decoder', choices=DECODERS, help='video decoder (default: the dataset\'s)')
-    add_flag(running, 'device', default='auto', help='auto, cpu, cuda or cuda:N')
+    add_flag(running, 'device', default='auto', help='auto, cpu, cuda or cuda:N (ONNX: the CPU for auto, cuda '
+                                                     'with onnxruntime-gpu)')
     output = parser.add_argument_group('output')
     add_flag(output, 'topk', type=int, default=5, help='classes listed per video')
     add_flag(output, 'json', action='store_true', help='one JSON object per line per video')
@@ -141,8 +144,13 @@ def main(argv=None):
     source = args.eval or args.video_path
     single = is_single_video(source)
     check_outputs(args, single)
-    device = resolve_device(args.device)
-    model = load_classifier(resolve_weights(args.pretrain), args.class_map, num_frames=args.num_frames,
+    weights = resolve_weights(args.pretrain)
+    onnx = find_onnx(weights) is not None  # onnxruntime runs it on -device; the videos stay on the CPU
+    if onnx and args.attention:
+        raise UsageError('-attention: an ONNX model gives no attention weights; give the weights it was '
+                         'exported from')
+    device = torch.device('cpu') if onnx else resolve_device(args.device)
+    model = load_classifier(weights, args.class_map, onnx_device=args.device, num_frames=args.num_frames,
                             img_size=args.img_size)
     if args.attention:
         try:

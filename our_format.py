@@ -60,9 +60,11 @@ def read_ours(state_dict, extras, sidecar, path):
                          preprocessing=preprocessing, notes=notes)
 
 
-# What an export folder may hold: our folder's and a transformers folder's files. A folder of these
-# only is an earlier export, which a new export replaces whole.
-EXPORT_FILES = ('model.safetensors', 'config.json', 'preprocessor_config.json', HF_SAMPLING_FILE)
+# What an export folder may hold: our folder's (with -onnx's graph and its external weights) and a
+# transformers folder's files. A folder of these only is an earlier export, which a new export replaces
+# whole, so no model.onnx of earlier weights stays beside new ones.
+EXPORT_FILES = ('model.safetensors', 'config.json', 'preprocessor_config.json', HF_SAMPLING_FILE, 'model.onnx',
+                'model.onnx.data')
 
 
 def _umask():

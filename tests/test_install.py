@@ -80,7 +80,7 @@ def test_a_wheel_of_the_checkout_holds_every_module(tmp_path):
     # setuptools builds wheels by itself from 70.1 on (before, only with the wheel package).
     pytest.importorskip('setuptools', minversion='70.1')
     for name in ('pyproject.toml', 'setup.py', 'README.md', 'requirements.txt', 'requirements-test.txt',
-                 *(f'{module}.py' for module in MODULES)):
+                 'requirements-onnx.txt', *(f'{module}.py' for module in MODULES)):
         shutil.copy(REPO / name, tmp_path / name)
     build = f'from setuptools import build_meta; print(build_meta.build_wheel({str(tmp_path / "dist")!r}))'
     built = run_python('-c', build, cwd=tmp_path, pythonpath=())
@@ -95,3 +95,7 @@ def test_a_wheel_of_the_checkout_holds_every_module(tmp_path):
                     if line and not line.startswith('#')]
     required = re.findall(r'^Requires-Dist: ([\w-]+)[^;\n]*$', metadata, re.M)
     assert required == [re.match(r'[\w-]+', line).group() for line in requirements]
+    # The onnx extra, also part of the test extra so CI runs the ONNX tests.
+    extras = {extra: re.findall(rf'^Requires-Dist: ([\w-]+).*extra == "{extra}"', metadata, re.M)
+              for extra in ('onnx', 'test')}
+    assert extras['onnx'] == ['onnx', 'onnxscript', 'onnxruntime'] and set(extras['onnx']) < set(extras['test'])
