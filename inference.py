@@ -17,6 +17,7 @@ import csv
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -177,7 +178,14 @@ def prediction_loader(source, preprocessing, *, labelled=False, class_names=None
     views = preprocessing.num_views
     return DataLoader(dataset, batch_size=max(1, batch_size // views), num_workers=num_workers,
                       collate_fn=partial(collate_predictions, preprocessing=preprocessing),
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=leave_interrupts_to_the_main_process)
+
+
+def leave_interrupts_to_the_main_process(worker_id):
+    """A loader worker ignores Ctrl-C, which reaches every process of the terminal's group: the main
+    process says what was written and shuts the workers down; a worker stopped by it mid-transfer made
+    the main process's fd-sharing thread print a traceback after that line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------- classification
