@@ -36,7 +36,7 @@ from onnx_inference import OnnxClassifier  # noqa: E402
 from utils import write_csv  # noqa: E402
 from video_transformer import (VideoClassifier, timesformer_base_patch16_224, timesformer_tiny,  # noqa: E402
                                videomae_base_patch16_224, videomae_tiny)
-from weight_export import save_weights  # noqa: E402
+from our_format import save_weights  # noqa: E402
 
 SHARED_DEMO = REPO.parent / 'shared' / 'demo'
 MODELS = {'tiny': {'TimeSformer tiny 4x32': timesformer_tiny(num_classes=400),

@@ -19,7 +19,7 @@ from onnx_export import OnnxError, check_graph, export_onnx, save_with_onnx  # n
 from reference import randomise_  # noqa: E402
 from video_transformer import (VideoClassifier, timesformer_tiny, videomae_tiny, vivit_tiny,  # noqa: E402
                                vjepa2_tiny)
-from weight_export import save_weights  # noqa: E402
+from our_format import save_weights  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -242,7 +242,7 @@ def test_the_export_commands_onnx_flags(tmp_path):
         'opset below the exporter\'s': ([source, out, '-onnx', '-opset', '17'], 2,
                                         '-opset 17: torch.onnx writes opset 18 or later'),
         # Into the source's own folder: a failed ONNX export must leave it as it was.
-        'opset the exporter lacks': ([source, source, '-onnx', '-opset', '99'], 1, 'export_weights.py: '),
+        'opset the exporter lacks': ([source, source, '-onnx', '-opset', '99'], 2, 'export_weights.py: error: '),
         'onnx': ([source, out, '-onnx'], 0, None),
         'again without -onnx': ([source, out], 0, None),
     }
