@@ -1,62 +1,28 @@
 """A masked-autoencoding checkpoint of ours (pretrain_trainer.LitMaskedAutoencoder) as a transformers
 VideoMAEForPreTraining folder: the keys converted, the config written, the decoder kept."""
-import re
-
 import torch
 
-from video_transformer import VideoTransformerConfig
 from our_format import write_folder
+from video_transformer import VideoTransformerConfig
 from weight_files import read_file
-from weight_formats import WeightLoadError
-
-# Our block keys -> transformers VideoMAELayer keys (the q, k, v split apart by _split_qkv).
-BLOCK_RULES = (
-    (r'\.attn\.norm\.', '.layernorm_before.'),
-    (r'\.attn\.attn\.proj\.', '.attention.output.dense.'),
-    (r'\.ffn\.norm\.', '.layernorm_after.'),
-    (r'\.ffn\.fc1\.', '.intermediate.dense.'),
-    (r'\.ffn\.fc2\.', '.output.dense.'),
-)
-
-
-def _convert_blocks(state_dict, prefix, target):
-    """Blocks `prefix`N.* of our keys -> transformers' `target`N.*, q/k/v split, q and v biases as biases."""
-    converted = {}
-    for key, value in state_dict.items():
-        match = re.fullmatch(re.escape(prefix) + r'(\d+)(\..+)', key)
-        if not match:
-            continue
-        index, rest = match.groups()
-        base = f'{target}{index}.attention.attention.'
-        if rest == '.attn.attn.qkv.weight':
-            for name, part in zip(('query', 'key', 'value'), value.chunk(3)):
-                converted[f'{base}{name}.weight'] = part
-        elif rest in ('.attn.attn.q_bias', '.attn.attn.v_bias'):
-            converted[f'{base}{"query" if rest.endswith("q_bias") else "value"}.bias'] = value
-        elif rest == '.attn.attn.qkv.bias':
-            raise WeightLoadError("transformers' VideoMAE has no key bias: only qkv_bias 'qv' or 'none' converts")
-        else:
-            for pattern, replacement in BLOCK_RULES:
-                rest = re.sub(pattern, replacement, rest)
-            converted[f'{target}{index}{rest}'] = value
-    return converted
-
+from weight_formats import (TO_HF_VIDEOMAE_LAYER_RULES, WeightLoadError, convert_to_hf_videomae, rename_keys,
+                            split_qkv)
 
 def convert_to_hf_videomae_pretraining(state_dict):
     """Our pretraining state dict (`model.backbone.*`, `decoder.*`) -> VideoMAEForPreTraining's keys.
 
     The encoder's final norm, unused by the objective, has no place there (use_mean_pooling) and is left out.
     """
-    encoder = {key.removeprefix('model.backbone.'): value for key, value in state_dict.items()
-               if key.startswith('model.backbone.')}
+    encoder = {key.removeprefix('model.'): value for key, value in state_dict.items()
+               if key.startswith('model.backbone.') and not key.startswith('model.backbone.norm.')}
     decoder = {key.removeprefix('decoder.'): value for key, value in state_dict.items() if key.startswith('decoder.')}
+    if any(key.endswith('.qkv.bias') for key in decoder):
+        raise WeightLoadError("transformers' VideoMAE has no key bias: only qkv_bias 'qv' or 'none' converts")
+    decoder_blocks = rename_keys(split_qkv({key: value for key, value in decoder.items() if key.startswith('blocks.')}),
+                                 [(r'^blocks\.(\d+)\.', r'decoder.decoder_layers.\1.'), *TO_HF_VIDEOMAE_LAYER_RULES])
     converted = {
-        'videomae.embeddings.patch_embeddings.projection.weight': encoder['patch_embed.proj.weight'],
-        'videomae.embeddings.patch_embeddings.projection.bias': encoder['patch_embed.proj.bias'],
-        **_convert_blocks(encoder, 'blocks.', 'videomae.encoder.layer.'),
-        'encoder_to_decoder.weight': decoder['encoder_to_decoder.weight'],
-        'mask_token': decoder['mask_token'],
-        **_convert_blocks(decoder, 'blocks.', 'decoder.decoder_layers.'),
+        **convert_to_hf_videomae(encoder), **decoder_blocks,
+        'encoder_to_decoder.weight': decoder['encoder_to_decoder.weight'], 'mask_token': decoder['mask_token'],
         **{f'decoder.{key}': decoder[key] for key in ('norm.weight', 'norm.bias', 'head.weight', 'head.bias')},
     }
     return {key: value.detach().contiguous() for key, value in converted.items()}

@@ -367,22 +367,31 @@ def split_qkv(state_dict):
     return split
 
 
+# Our block keys -> transformers' VideoMAELayer keys, after the layer prefix (q, k, v split apart by
+# split_qkv; the q and v biases under the names transformers 4 wrote, which transformers 5 also reads).
+TO_HF_VIDEOMAE_LAYER_RULES = [
+    (r'\.attn\.norm\.', '.layernorm_before.'),
+    (r'\.attn\.attn\.q_bias$', '.attention.attention.q_bias'),
+    (r'\.attn\.attn\.v_bias$', '.attention.attention.v_bias'),
+    (r'\.attn\.attn\.q\.', '.attention.attention.query.'),
+    (r'\.attn\.attn\.k\.', '.attention.attention.key.'),
+    (r'\.attn\.attn\.v\.', '.attention.attention.value.'),
+    (r'\.attn\.attn\.proj\.', '.attention.output.dense.'),
+    (r'\.ffn\.norm\.', '.layernorm_after.'),
+    (r'\.ffn\.fc1\.', '.intermediate.dense.'),
+    (r'\.ffn\.fc2\.', '.output.dense.'),
+]
+
+
 def convert_to_hf_videomae(state_dict):
-    """Our VideoMAE classifier keys -> transformers VideoMAEForVideoClassification keys, the q and v
-    biases under the names transformers 4 wrote (`q_bias`, `v_bias`), which transformers 5 also reads."""
+    """Our VideoMAE classifier keys -> transformers VideoMAEForVideoClassification keys (a backbone
+    alone -> the `videomae.` keys of any VideoMAE class)."""
+    if any(key.endswith('.qkv.bias') for key in state_dict):
+        raise WeightLoadError("transformers' VideoMAE has no key bias: only qkv_bias 'qv' or 'none' converts")
     return rename_keys(split_qkv(state_dict), [
         (r'^backbone\.patch_embed\.proj\.', 'videomae.embeddings.patch_embeddings.projection.'),
         (r'^backbone\.blocks\.(\d+)\.', r'videomae.encoder.layer.\1.'),
-        (r'\.attn\.norm\.', '.layernorm_before.'),
-        (r'\.attn\.attn\.q_bias$', '.attention.attention.q_bias'),
-        (r'\.attn\.attn\.v_bias$', '.attention.attention.v_bias'),
-        (r'\.attn\.attn\.q\.', '.attention.attention.query.'),
-        (r'\.attn\.attn\.k\.', '.attention.attention.key.'),
-        (r'\.attn\.attn\.v\.', '.attention.attention.value.'),
-        (r'\.attn\.attn\.proj\.', '.attention.output.dense.'),
-        (r'\.ffn\.norm\.', '.layernorm_after.'),
-        (r'\.ffn\.fc1\.', '.intermediate.dense.'),
-        (r'\.ffn\.fc2\.', '.output.dense.'),
+        *TO_HF_VIDEOMAE_LAYER_RULES,
         (r'^backbone\.norm\.', 'fc_norm.'),
         (r'^head\.fc\.', 'classifier.'),
     ])
