@@ -183,9 +183,17 @@ def prediction_loader(source, preprocessing, *, labelled=False, class_names=None
 
 def leave_interrupts_to_the_main_process(worker_id):
     """A loader worker ignores Ctrl-C, which reaches every process of the terminal's group: the main
-    process says what was written and shuts the workers down; a worker stopped by it mid-transfer made
-    the main process's fd-sharing thread print a traceback after that line."""
+    process says what was written and shuts the workers down. A main process gone mid-transfer leaves a
+    worker's fd-sharing thread with a reset connection, which it would print as a traceback after that
+    one line: the worker keeps quiet about it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = _quiet_when_the_reader_left
+
+
+def _quiet_when_the_reader_left(kind, value, traceback):
+    """sys.excepthook of a loader worker: a connection the main process dropped is no error to report."""
+    if not issubclass(kind, (ConnectionResetError, BrokenPipeError)):
+        sys.__excepthook__(kind, value, traceback)
 
 
 # ---------------------------------------------------------------- classification
