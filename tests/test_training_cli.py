@@ -53,7 +53,7 @@ def epoch_means(rows, key):
 
 def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(demo_run):
     # The session's demo run: the demo's training clips, a quarter of its val clips, 32 steps an
-    # epoch. The demo passes 90% in epoch 5 to 7 of its 20; 5 epochs of a shorter schedule must beat chance.
+    # epoch. The demo passes 90% in epoch 5 to 8 of its 20; 5 epochs of a shorter schedule must beat chance.
     log = demo_run.log
     rows = read_run_metrics(log / 'csv')
     losses, val_top1 = epoch_means(rows, 'train/loss'), epoch_means(rows, 'val/top1')
