@@ -7,7 +7,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from command_line import UsageError
 from masked_autoencoder import check_mask_ratio, pretraining_problem
 from pretrain_trainer import LitMaskedAutoencoder
-from run_outputs import plot_curves, read_run_metrics
+from run_outputs import epoch_means, plot_curves, read_run_metrics
 from utils import write_json
 
 # The model flags a fine-tuning run repeats to rebuild the pretrained encoder: flag -> config field.
@@ -46,14 +46,6 @@ def build_pretraining(args, config, data):
         nonfinite_loss=args.nonfinite_loss)
 
 
-def _epoch_means(rows, key):
-    by_epoch = {}
-    for row in rows:
-        if row.get(key) is not None:
-            by_epoch.setdefault(int(row['epoch']), []).append(row[key])
-    return [sum(values) / len(values) for _, values in sorted(by_epoch.items())]
-
-
 def finetune_command(args, checkpoint):
     """The command that fine-tunes a classifier from the pretrained encoder at `checkpoint`."""
     flags = [f'-{flag} {shlex.quote(str(getattr(args, flag)))}' for flag in MODEL_FLAGS
@@ -66,7 +58,7 @@ def finetune_command(args, checkpoint):
 def report_pretraining(args, trainer, best_loss, checkpoint, last_checkpoint, log_dir, run_dir, seconds):
     """The one-line summary, summary.json and curves.png beside the logs, and the fine-tuning command."""
     rows = read_run_metrics(log_dir / 'csv')
-    train_losses, val_losses = _epoch_means(rows, 'train/loss'), _epoch_means(rows, 'val/loss')
+    train_losses, val_losses = epoch_means(rows, 'train/loss'), epoch_means(rows, 'val/loss')
     best_epoch = val_losses.index(min(val_losses)) if val_losses else None
     summary = {
         'experiment': run_dir.name, 'objective': args.objective, 'mask_ratio': args.mask_ratio,

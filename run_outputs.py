@@ -174,6 +174,15 @@ def read_run_metrics(csv_root):
     return rows
 
 
+def epoch_means(rows, key):
+    """The mean of key's values in each epoch of metrics rows (read_run_metrics), in epoch order."""
+    by_epoch = {}
+    for row in rows:
+        if row.get(key) is not None:
+            by_epoch.setdefault(int(row['epoch']), []).append(row[key])
+    return [sum(values) / len(values) for _, values in sorted(by_epoch.items())]
+
+
 def _series(rows, key, axis):
     points = [(row[axis], row[key]) for row in rows if key in row and axis in row]
     return [x for x, _ in points], [y for _, y in points]

@@ -16,7 +16,7 @@ from command_lines import run_in_one_process
 from demo.make_demo_dataset import CLASSES
 from layouts import original_layout, random_state, save_lightning, timm_layout
 from model_loading import load_model
-from run_outputs import read_metrics, read_run_metrics
+from run_outputs import epoch_means, read_metrics, read_run_metrics
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 # A small, fast recipe on the session's demo clips (4 train clips per class).
@@ -40,15 +40,6 @@ def train(*flags, wait=True, **options):
 def run_dir(root):
     (found,) = (root / 'results').iterdir()
     return found
-
-
-def epoch_means(rows, key):
-    """The mean of key's values in each epoch of a metrics.csv, in epoch order."""
-    by_epoch = {}
-    for row in rows:
-        if row.get(key) is not None:
-            by_epoch.setdefault(int(row['epoch']), []).append(row[key])
-    return [sum(values) / len(values) for _, values in sorted(by_epoch.items())]
 
 
 def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(demo_run):
