@@ -22,8 +22,10 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 
 import av
@@ -218,18 +220,27 @@ def main(argv=None):
     threads = max(1, len(os.sched_getaffinity(0)) // args.workers)
     unique = {video: target for video, target, _ in jobs}
     results, failed = {}, []
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+    # The workers leave Ctrl-C, which reaches the whole process group, to this process.
+    leave_interrupts = partial(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    with ProcessPoolExecutor(max_workers=args.workers, initializer=leave_interrupts) as pool:
         futures = {pool.submit(_prepare_or_reason, (video, target, *settings.values(), threads)): video
                    for video, target in unique.items()}
-        with tqdm(total=len(futures), unit='video', desc='prepare_videos', dynamic_ncols=True) as bar:
-            for future in as_completed(futures):
-                video, result = futures[future], future.result()
-                if isinstance(result, str):
-                    failed.append({'path': str(video), 'reason': result})
-                    bar.write(f'unreadable video {video}: {result}', file=sys.stderr)
-                else:
-                    results[video] = result
-                bar.update()
+        try:
+            with tqdm(total=len(futures), unit='video', desc='prepare_videos', dynamic_ncols=True) as bar:
+                for future in as_completed(futures):
+                    video, result = futures[future], future.result()
+                    if isinstance(result, str):
+                        failed.append({'path': str(video), 'reason': result})
+                        bar.write(f'unreadable video {video}: {result}', file=sys.stderr)
+                    else:
+                        results[video] = result
+                    bar.update()
+        except KeyboardInterrupt:  # the videos being encoded finish; the others wait for a rerun
+            pool.shutdown(cancel_futures=True)
+            print(f'prepare_videos.py: interrupted; {len(results)} of {len(futures)} videos prepared in {out_dir} '
+                  f'(and those being encoded then); the same command goes on where this one stopped',
+                  file=sys.stderr)
+            return 128 + signal.SIGINT
     listed = write_source(source, out_dir, jobs, results)
     failed_csv = out_dir / FAILED_FILE
     if failed:

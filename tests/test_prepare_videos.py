@@ -161,6 +161,33 @@ def test_a_killed_preparation_resumes_without_redoing_or_keeping_half_videos(tmp
     assert (out / 'train.txt').read_text() == (source / 'train.txt').read_text()
 
 
+def test_ctrl_c_stops_with_one_line_and_a_rerun_goes_on(tmp_path):
+    """SIGINT to the command's process group, as a terminal's Ctrl-C sends it, while it prepares. Fails
+    on the code that ended in tracebacks of the command and each worker (exit 1), or that left a
+    half-written video."""
+    source = tmp_path / 'source'
+    source.mkdir()
+    frames = moving_square(150, 360, 640)
+    for index in range(6):
+        write_video(source / f'clip_{index}.mp4', np.roll(frames, index * 40, axis=2))
+    (source / 'train.txt').write_text(''.join(f'clip_{index}.mp4\t{index % 2}\n' for index in range(6)))
+    out = tmp_path / 'prepared'
+    running = prepare(source / 'train.txt', out, '-workers', '1', '-short_side', '240', wait=False)
+    deadline = time.monotonic() + KILL_WAIT_S
+    while not list(out.rglob('*.mp4')):
+        assert running.poll() is None and time.monotonic() < deadline, 'finished before it could be interrupted'
+        time.sleep(0.01)
+    os.killpg(running.pid, signal.SIGINT)
+    _, err = running.communicate(timeout=KILL_WAIT_S)
+    assert running.returncode == 130 and 'Traceback' not in err, err[-3000:]
+    (line,) = [line for line in err.splitlines() if line.startswith('prepare_videos.py')]
+    assert line.startswith('prepare_videos.py: interrupted; ') and 'the same command goes on' in line
+    assert not list(out.rglob('*.partial'))
+    result = prepare(source / 'train.txt', out, '-workers', '1', '-short_side', '240')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '6 videos prepared' in result.stdout
+
+
 def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(tmp_path):
     """Fails if a mistake prints a traceback, exits otherwise, or writes anything; an OUT_DIR holding
     the source would have its videos skipped as prepared and its list rewritten onto itself."""
