@@ -8,7 +8,7 @@ mixes it, so the same code runs on a GPU or, without one, on CPU tensors.
 
 Batch contract, a dict as the LightningModule's steps receive it:
 - training: `video` float32 (B, T, 3, img_size, img_size), normalised; `label` int64 (B,), or
-  float32 soft targets (B, num_class) when mixup is on (no label smoothing: that is the loss's).
+  float32 soft targets (B, num_classes) when mixup is on (no label smoothing: that is the loss's).
 - validation, test and predict: `video` float32 (B, V, T, 3, img_size, img_size), normalised, with
   V = 1 for validation (the centre crop of the centre clip) and V = num_clips * num_crops for test
   and predict, clip-major; `label` int64 (B,), -1 for unlabelled videos in predict. Average the
@@ -122,10 +122,10 @@ def train_augmentation(img_size, crop_scale=(0.08, 1.0), hflip=0.5, color_jitter
     return torch.nn.Sequential(*stages)
 
 
-def mix_clips(video, label, num_class, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5):
+def mix_clips(video, label, num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5):
     """Mixup or CutMix of each clip with the batch in reverse order, one draw per batch as in timm.
 
-    video float (B, T, 3, H, W), label int64 (B,) -> mixed video, soft targets float (B, num_class)
+    video float (B, T, 3, H, W), label int64 (B,) -> mixed video, soft targets float (B, num_classes)
     that sum to 1. A CutMix box covers the same pixels in every frame of a clip.
     """
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or random.random() < switch_prob)
@@ -144,7 +144,7 @@ def mix_clips(video, label, num_class, mixup_alpha=0.8, cutmix_alpha=1.0, switch
         lam = 1 - (bottom - top) * (right - left) / (height * width)
     else:
         video = video * lam + partner * (1 - lam)
-    target = F.one_hot(label, num_class).float()
+    target = F.one_hot(label, num_classes).float()
     return video, target * lam + target.flip(0) * (1 - lam)
 
 
@@ -167,7 +167,7 @@ def _plain(value):
 class VideoDataModule(pl.LightningDataModule):
     """Train, val, test and predict loaders over annotation sources, with device-side augmentation.
 
-    Arguments follow the original repository's flags (num_frames, frame_interval, img_size, num_class, batch_size,
+    Arguments follow the original repository's flags (num_frames, frame_interval, img_size, num_classes, batch_size,
     num_workers, data_statics, root_dir, *_data_path, mixup, auto_augment). root_dir is the folder
     relative video paths are joined to. class_map is a class map file or a list of names; without
     it the classes come from the first annotation source. predict uses predict_data_path (anything
@@ -178,7 +178,7 @@ class VideoDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, train_data_path=None, val_data_path=None, test_data_path=None, predict_data_path=None,
-                 root_dir=None, class_map=None, num_class=None, num_samples_per_cls=None,
+                 root_dir=None, class_map=None, num_classes=None, num_samples_per_cls=None,
                  num_frames=8, frame_interval=32, window_seconds=None, num_clips=1, num_crops=3,
                  img_size=224, short_side=None, batch_size=8, num_workers=4, pin_memory=True,
                  persistent_workers=True, prefetch_factor=2, decoder='decord', max_skip_fraction=0.5,
@@ -217,7 +217,7 @@ class VideoDataModule(pl.LightningDataModule):
         return self._class_names
 
     @property
-    def num_class(self):
+    def num_classes(self):
         return len(self.class_names)
 
     def dataset(self, split):
@@ -230,7 +230,7 @@ class VideoDataModule(pl.LightningDataModule):
             self.datasets[split] = VideoDataset.from_preprocessing(
                 self.sources[split], self.preprocessing, mode=split, root_dir=hp.root_dir,
                 class_map=self._class_names if self._class_names is not None else hp.class_map,
-                num_class=hp.num_class, decoder=hp.decoder,
+                num_classes=hp.num_classes, decoder=hp.decoder,
                 # Training clips only, as in the original: evaluation reads every video listed.
                 num_samples_per_cls=hp.num_samples_per_cls if split == 'train' else None,
                 max_skip_fraction=hp.max_skip_fraction, labelled=None if hp.labelled else False)
@@ -300,7 +300,7 @@ class VideoDataModule(pl.LightningDataModule):
         video = preprocessing.normalize(video, self.preprocessing.mean, self.preprocessing.std)
         label = batch['label']
         if training and hp.mixup:
-            video, label = mix_clips(video, label, self.num_class, hp.mixup_alpha, hp.cutmix_alpha)
+            video, label = mix_clips(video, label, self.num_classes, hp.mixup_alpha, hp.cutmix_alpha)
         return {**batch, 'video': video, 'label': label}
 
     def on_after_batch_transfer(self, batch, dataloader_idx):

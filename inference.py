@@ -31,7 +31,8 @@ from huggingface_hub.utils import validate_repo_id
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import UNLABELLED, AnnotationError, VideoDataset, collate_views, load_class_map
+from annotations import UNLABELLED, AnnotationError, load_class_map
+from dataset import VideoDataset, collate_views
 from model_loading import load_model
 from onnx_inference import OnnxClassifier, find_onnx
 from preprocessing import Preprocessing, data_statics, normalize
@@ -164,14 +165,14 @@ def collate_predictions(samples, preprocessing):
     return {**batch, **{key: [sample[key] for sample in read] for key in PREDICTION_KEYS}}
 
 
-def prediction_loader(source, preprocessing, *, labelled=False, class_names=None, num_class=None, batch_size=8,
+def prediction_loader(source, preprocessing, *, labelled=False, class_names=None, num_classes=None, batch_size=8,
                       num_workers=0, **options):
     """A DataLoader of uint8 view batches (collate_predictions) over `source`: a video, a folder of
     videos, a list (labels optional) or a sequence of paths; labelled=True needs a label for every
     video (the test split's rules). Each batch holds as many videos as fit in batch_size views, at
     least one. class_names map name labels to the model's indices; options go to VideoDataset."""
     dataset = PredictionDataset.from_preprocessing(source, preprocessing, mode='test' if labelled else 'predict',
-                                                   class_map=class_names, num_class=num_class, **options)
+                                                   class_map=class_names, num_classes=num_classes, **options)
     if class_names is None and dataset.class_names != [str(i) for i in range(len(dataset.class_names))]:
         raise AnnotationError(f'{source}: labels classes by name, but the model carries no class names to map '
                               f'them to its outputs; give a class map')

@@ -29,14 +29,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import dataset
+import video_decoding
+from annotations import VIDEO_EXTENSIONS, AnnotationError
 from command_line import Parser, UsageError, add_flag, error_line
-from dataset import DECODERS, VIDEO_EXTENSIONS, AnnotationError, UnreadableDatasetError
+from dataset import UnreadableDatasetError
 from inference import (Evaluation, ResultWriter, VideoFailure, classify, inference_preprocessing,
                        load_classifier, model_class_names, picture_root, prediction_loader, resolve_weights,
                        write_report)
 from onnx_inference import find_onnx
 from preprocessing import DATA_STATICS
+from video_decoding import DECODERS
 from visualize import frame_attention, rollout_modules
 from weight_formats import WeightLoadError
 
@@ -166,7 +168,7 @@ def main(argv=None):
     model.to(device)
     workers = args.num_workers if args.num_workers is not None else 0 if single else DEFAULT_WORKERS
     loader = prediction_loader(source, settings, labelled=args.eval is not None, class_names=model.class_names,
-                               num_class=model.config.num_classes, batch_size=args.batch_size, num_workers=workers,
+                               num_classes=model.config.num_classes, batch_size=args.batch_size, num_workers=workers,
                                **({'decoder': args.decoder} if args.decoder else {}))
     evaluation = Evaluation(model.config.num_classes, settings.centre_view) if args.eval else None
     report = Path(args.out or f'eval_{Path(args.eval).stem}') if args.eval else None
@@ -213,8 +215,8 @@ def main(argv=None):
 if __name__ == '__main__':
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     logging.getLogger('dataset').addFilter(ReportedFailures())
-    if dataset.decord is not None:  # its FFmpeg's messages say again what each failure's reason says
-        dataset.decord.logging.set_level(dataset.decord.logging.QUIET)
+    if video_decoding.decord is not None:  # its FFmpeg's messages say again what each failure's reason says
+        video_decoding.decord.logging.set_level(video_decoding.decord.logging.QUIET)
     try:
         code = main()
     except (UsageError, WeightLoadError, AnnotationError) as error:  # a flag, a path or a file the user gave

@@ -152,7 +152,6 @@ def parse_args(argv=None):
             ('batch_size', int, 'clips per device and step'),
             ('num_workers', int, 'loader processes per device'),
             ('log_interval', int, 'steps between log rows'),
-            ('num_class', int, 'classes; inferred from the class map or the labels when not given'),
             ('num_samples_per_cls', int, 'at most this many training clips per class'),
             ('pretrain', str, 'starting point: none, vit, mae, kinetics (files in ROOT_DIR/pretrain_model), a path '
                               'or a Hugging Face Hub id'),
@@ -160,6 +159,8 @@ def parse_args(argv=None):
             ('seed', int, 'random seed'),
             ('root_dir', str, 'workspace: pretrain_model/ and results/ live here')):
         add_flag(seed, name, type=kind, help=text)
+    add_flag(seed, 'num_class', type=int, dest='num_classes',
+             help='classes; inferred from the class map or the labels when not given')
     add_flag(seed, 'gpus', type=int, nargs='+',
              help='GPU ids, or -1 for all (same as -accelerator gpu -devices)')
     add_flag(seed, 'train_data_path', help='training list, Kinetics CSV or folder per class; '
@@ -344,7 +345,7 @@ def build_data(args):
     try:
         data = VideoDataModule(
             train_data_path=paths['train'], val_data_path=paths['val'], test_data_path=paths['test'],
-            root_dir=args.data_root, class_map=class_map, num_class=args.num_class,
+            root_dir=args.data_root, class_map=class_map, num_classes=args.num_classes,
             num_samples_per_cls=args.num_samples_per_cls, num_frames=args.num_frames,
             frame_interval=args.frame_interval, window_seconds=args.window_seconds, num_clips=args.num_clips,
             num_crops=args.num_crops, img_size=args.img_size, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -555,7 +556,7 @@ def main(argv=None):
         return 0
     data = build_data(args)
     pretrain = resolve_pretrain(args)
-    config = build_config(args, data.num_class)
+    config = build_config(args, data.num_classes)
     if args.objective == 'videomae':
         check_pretraining_flags(args, config)
     # Rank zero holds the folder for the run: a second run of the tag stops here, and a folder a live

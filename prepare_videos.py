@@ -32,9 +32,10 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from annotations import AnnotationError, load_annotations
 from command_line import Parser, UsageError, add_flag, error_line
-from dataset import AnnotationError, DecodeError, displayed, load_annotations
 from utils import write_csv, write_json
+from video_decoding import DecodeError, displayed
 
 # What an output holds besides its frames; a rerun with other settings would mix two preparations.
 SETTINGS_FILE = 'prepare_videos.json'
@@ -138,7 +139,7 @@ def plan(source, out_dir, root_dir):
     """[(source video, target video, label name)] and the rewritten source's writer, from the
     annotation source; targets mirror the folders below the videos' common folder under out_dir."""
     # Its warnings (classes inferred, repeated lines) concern training, not copying the videos.
-    logging.getLogger('dataset').setLevel(logging.ERROR)
+    logging.getLogger('annotations').setLevel(logging.ERROR)
     samples, names = load_annotations(source, root_dir)
     # Absolute and without '..', so that no target leaves out_dir.
     videos = [Path(os.path.abspath(path)) for path, _ in samples]

@@ -37,7 +37,8 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataset import DECODERS, READERS, VideoDataset, collate_clips, installed_decords  # noqa: E402
+from dataset import VideoDataset, collate_clips  # noqa: E402
+from video_decoding import DECODERS, READERS, installed_decords  # noqa: E402
 from demo.make_demo_dataset import make_demo_dataset  # noqa: E402
 from prepare_videos import prepare_video  # noqa: E402
 from utils import write_csv  # noqa: E402

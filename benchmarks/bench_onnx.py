@@ -109,7 +109,7 @@ def accuracy(checkpoint, test_list, workdir):
         outcomes = {}
         for precision, runner in runners.items():
             loader = prediction_loader(source, settings, labelled=labelled, class_names=model.class_names,
-                                       num_class=model.config.num_classes)
+                                       num_classes=model.config.num_classes)
             outcomes[precision] = list(classify(runner, loader, settings))
         tops = {precision: [int(result.probabilities.argmax()) for result in results]
                 for precision, results in outcomes.items()}

@@ -21,9 +21,9 @@ from data_trainer import VideoDataModule  # noqa: E402
 class Recorder(pl.LightningModule):
     """A linear layer over frame-averaged colours that keeps every training batch it receives."""
 
-    def __init__(self, num_class):
+    def __init__(self, num_classes):
         super().__init__()
-        self.head = torch.nn.Linear(3, num_class)
+        self.head = torch.nn.Linear(3, num_classes)
         self.indices, self.clips = [], []
 
     def training_step(self, batch, batch_idx):
@@ -42,7 +42,7 @@ def main(annotation, class_map, out_dir):
     pl.seed_everything(0, workers=True, verbose=False)
     data = VideoDataModule(train_data_path=annotation, test_data_path=annotation, class_map=class_map, num_frames=4,
                            frame_interval=16, img_size=32, batch_size=2, num_workers=1, color_jitter=0.4)
-    model = Recorder(data.num_class)
+    model = Recorder(data.num_classes)
     trainer = pl.Trainer(accelerator='cpu', devices=2, strategy='ddp', max_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, data)

@@ -20,13 +20,13 @@ from preprocessing import DATA_STATICS, Preprocessing
 class TinyVideoModel(pl.LightningModule):
     """A linear layer over frame-averaged colours: enough to drive Lightning through every loader."""
 
-    def __init__(self, num_class):
+    def __init__(self, num_classes):
         super().__init__()
-        self.head = torch.nn.Linear(3, num_class)
+        self.head = torch.nn.Linear(3, num_classes)
         self.seen = defaultdict(list)
 
     def forward(self, video):
-        """(N, T, 3, H, W) -> logits (N, num_class)."""
+        """(N, T, 3, H, W) -> logits (N, num_classes)."""
         return self.head(video.mean(dim=(1, 3, 4)))
 
     def record(self, stage, batch):
@@ -38,7 +38,7 @@ class TinyVideoModel(pl.LightningModule):
         return F.cross_entropy(self(batch['video']), batch['label'])
 
     def averaged_logits(self, batch):
-        """(B, V, T, 3, H, W) views -> logits (B, num_class) averaged over the views."""
+        """(B, V, T, 3, H, W) views -> logits (B, num_classes) averaged over the views."""
         batch_size, views = batch['video'].shape[:2]
         return self(batch['video'].flatten(0, 1)).view(batch_size, views, -1).mean(1)
 
@@ -85,7 +85,7 @@ def test_trainer_runs_every_stage_with_two_workers(demo_data, tmp_path):
     train_list.write_text('\n'.join(lines + ['gone/a.mp4\tgrowing', 'gone/b.mp4\tshrinking']) + '\n')
     data = small_module(demo_data, train_data_path=train_list, num_workers=2, mixup=True,
                         auto_augment='rand-m9-mstd0.5-inc1', num_clips=2, num_crops=3)
-    model = TinyVideoModel(data.num_class)
+    model = TinyVideoModel(data.num_classes)
     trainer = quiet_trainer(max_epochs=1, limit_val_batches=2, num_sanity_val_steps=0, callbacks=[SkippedVideos()])
     with pytest.warns(UserWarning, match=r'epoch 0 train: \d+ unreadable videos were replaced'):
         trainer.fit(model, datamodule=data)
@@ -112,7 +112,7 @@ def test_trainer_runs_every_stage_with_two_workers(demo_data, tmp_path):
 
 def test_fit_without_validation_data(demo_data):
     data = small_module(demo_data, val_data_path=None)
-    model = TinyVideoModel(data.num_class)
+    model = TinyVideoModel(data.num_classes)
     quiet_trainer(max_steps=2).fit(model, datamodule=data)
     assert len(model.seen['train']) == 2 and not model.seen['val']
 
@@ -129,8 +129,8 @@ def test_loaders_leave_sampling_to_lightning(demo_data):
 
 def test_class_names_from_the_class_map_or_the_lists(demo_data):
     assert small_module(demo_data).class_names == list(CLASSES)
-    data = small_module(demo_data, class_map=None, num_class=None)
-    assert data.class_names == sorted(CLASSES) and data.num_class == 4
+    data = small_module(demo_data, class_map=None, num_classes=None)
+    assert data.class_names == sorted(CLASSES) and data.num_classes == 4
     data.setup('fit')
     assert data.dataset('val').class_names == data.class_names
 
@@ -160,7 +160,7 @@ def test_datamodule_argument_errors(demo_data):
 def test_checkpoint_hyper_parameters_load_with_weights_only(demo_data, tmp_path):
     # Paths given as Path objects were pickled as PosixPath, which weights_only refuses.
     data = small_module(demo_data, root_dir=demo_data, data_statics='imagenet')
-    model = TinyVideoModel(data.num_class)
+    model = TinyVideoModel(data.num_classes)
     trainer = quiet_trainer(max_steps=1, limit_val_batches=1, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=data)
     trainer.save_checkpoint(tmp_path / 'last.ckpt')
@@ -188,7 +188,7 @@ def test_evaluation_leaves_unreadable_videos_out(demo_data, tmp_path):
     val_list = write_list(tmp_path / 'val.txt', [lines[0], 'gone/a.mp4\tgrowing', lines[1], 'gone/b.mp4\tgrowing'])
     test_list = write_list(tmp_path / 'test.txt', ['gone/c.mp4\tgrowing', 'gone/d.mp4\tshrinking'])
     data = small_module(demo_data, val_data_path=val_list, test_data_path=test_list, num_clips=2, num_crops=3)
-    model = TinyVideoModel(data.num_class)
+    model = TinyVideoModel(data.num_classes)
     trainer = quiet_trainer(callbacks=[SkippedVideos()])
     with pytest.warns(UserWarning, match=r'epoch 0 val: 2 unreadable videos were left out'):
         trainer.validate(model, datamodule=data)
@@ -209,7 +209,7 @@ def test_predict_on_unlabelled_videos(demo_data, source):
     videos = sorted((demo_data / 'val').rglob('*.mp4'))
     data = small_module(demo_data, predict_data_path=demo_data / 'val' if source == 'folder' else videos,
                         num_clips=2, num_crops=1)
-    model = TinyVideoModel(data.num_class)
+    model = TinyVideoModel(data.num_classes)
     quiet_trainer().predict(model, datamodule=data)
     [batch] = model.seen['predict']
     assert batch['video'] == ((4, 2, 4, 3, 32, 32), torch.float32)

@@ -11,10 +11,11 @@ import torch
 from torch.utils.data import DataLoader
 
 import dataset
-from dataset import (DECODERS, UNLABELLED, AnnotationError, DecordReader, PyAVReader, UnreadableDatasetError,
-                     VideoDataset, collate_clips, collate_views, decord, load_annotations, load_class_map,
-                     resize_short_side, sample_frame_indices, sample_frame_times)
+from annotations import UNLABELLED, AnnotationError, load_annotations, load_class_map
+from dataset import UnreadableDatasetError, VideoDataset, collate_clips, collate_views
+from frame_sampling import sample_frame_indices, sample_frame_times
 from preprocessing import Preprocessing
+from video_decoding import DECODERS, DecordReader, PyAVReader, decord, resize_short_side
 from demo.make_demo_dataset import CLASSES, make_demo_dataset, render_clip, write_video
 
 
@@ -126,7 +127,7 @@ def test_list_names_without_class_map_are_sorted(tmp_path):
 def test_malformed_list_lines_name_file_and_line(tmp_path, text, line, message):
     listing = write(tmp_path / 'bad.txt', text)
     with pytest.raises(AnnotationError, match=message) as error:
-        load_annotations(listing, num_class=4)
+        load_annotations(listing, num_classes=4)
     assert str(error.value).startswith(f'{listing}:{line}:')
 
 
@@ -149,8 +150,8 @@ def test_names_mixed_with_indices_need_a_class_map(tmp_path):
 
 
 def test_num_class_must_match_the_class_map(tmp_path):
-    with pytest.raises(AnnotationError, match='the class map has 2 classes, num_class is 400'):
-        load_annotations(write(tmp_path / 'l.txt', 'a.mp4 0\n'), class_names=['a', 'b'], num_class=400)
+    with pytest.raises(AnnotationError, match='the class map has 2 classes where 400 are asked for'):
+        load_annotations(write(tmp_path / 'l.txt', 'a.mp4 0\n'), class_names=['a', 'b'], num_classes=400)
 
 
 def test_empty_list_and_missing_file(tmp_path):
@@ -193,7 +194,7 @@ def test_a_path_listed_with_two_labels_is_refused_naming_both_lines(tmp_path):
 def test_repeated_lines_are_kept_with_one_warning(tmp_path, caplog):
     # A name and an index of the same class are the same label.
     listing = write(tmp_path / 'l.txt', 'a.mp4 cat\nb.mp4 1\na.mp4 0\nb.mp4 dog\nc.mp4 0\n')
-    with caplog.at_level(logging.WARNING, logger='dataset'):
+    with caplog.at_level(logging.WARNING, logger='annotations'):
         samples, _ = load_annotations(listing, class_names=['cat', 'dog'])
     assert [label for _, label in samples] == [0, 1, 0, 1, 0]
     assert len(caplog.records) == 1
@@ -204,15 +205,15 @@ def test_repeated_lines_are_kept_with_one_warning(tmp_path, caplog):
 
 def test_the_number_of_inferred_classes_is_said(tmp_path, caplog):
     listing = write(tmp_path / 'l.txt', 'a.mp4 0\nb.mp4 3\nc.mp4 7\nd.mp4 3\n')
-    with caplog.at_level(logging.WARNING, logger='dataset'):
+    with caplog.at_level(logging.WARNING, logger='annotations'):
         _, names = load_annotations(listing)
     assert names == [str(index) for index in range(8)]
     assert [record.getMessage() for record in caplog.records] == [
-        f'{listing}: 8 classes inferred from the largest label, 7, as neither a class map nor num_class is given; '
+        f'{listing}: 8 classes inferred from the largest label, 7, as neither a class map nor a class count is given; '
         f'no sample has label 1, 2, 4, 5, 6']
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger='dataset'):
-        load_annotations(listing, num_class=10)
+    with caplog.at_level(logging.WARNING, logger='annotations'):
+        load_annotations(listing, num_classes=10)
         load_annotations(listing, class_names=[str(index) for index in range(8)])
     assert not caplog.records
 
@@ -350,7 +351,7 @@ def test_hidden_files_and_folders_are_skipped_and_counted(tmp_path, caplog):
     for require_labels, expected in ((True, [('running/b.mp4', 0), ('walking/a.mp4', 1)]),
                                      (False, [('running/b.mp4', UNLABELLED), ('walking/a.mp4', UNLABELLED)])):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger='dataset'):
+        with caplog.at_level(logging.WARNING, logger='annotations'):
             samples, _ = load_annotations(root, require_labels=require_labels)
         assert [(os.path.relpath(path, root), label) for path, label in samples] == expected
         assert caplog.messages == [f'{root}: 4 hidden video files skipped (names starting with a dot, such as '

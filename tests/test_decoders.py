@@ -10,10 +10,12 @@ import pytest
 import torch
 from einops import rearrange
 
-import dataset
+import video_decoding
 from command_lines import run_python
 from data_trainer import VideoDataModule
-from dataset import DECORD_FIX, DecordReader, PyAVReader, VideoDataset, installed_decords, sample_frame_indices
+from dataset import VideoDataset
+from frame_sampling import sample_frame_indices
+from video_decoding import DECORD_FIX, DecordReader, PyAVReader, installed_decords
 from videos import keyframes_of, noise, quadrants, write_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ def test_decord2_frames_of_the_real_clips_equal_pyav(shared_videos):
     found = installed_decords()
     assert set(found) == {'decord2'}, f'expected decord2 alone, found {found}; run: {DECORD_FIX}'
     # The module's own version says whose files it is: decord 0.6.0's installed over decord2 would say 0.6.0.
-    assert dataset.decord.__version__ == found['decord2']
+    assert video_decoding.decord.__version__ == found['decord2']
     indices = np.array([251, 0, 36, 72, 72, 109, 145, 181, 218, 40])
     for path in shared_videos:
         decord_reader, pyav_reader = DecordReader(path), PyAVReader(path)
@@ -109,12 +111,12 @@ def test_both_decord_distributions_are_found(tmp_path):
 def test_importing_dataset_with_both_decords_says_how_to_repair(tmp_path):
     write_dist_info(tmp_path, 'decord', '0.6.0')
     write_dist_info(tmp_path, 'decord2', '3.4.0')
-    mixed = run_python('-c', 'import dataset', pythonpath=(tmp_path, REPO))
+    mixed = run_python('-c', 'import video_decoding', pythonpath=(tmp_path, REPO))
     assert mixed.returncode == 0, mixed.stderr
     lines = mixed.stderr.splitlines()
     assert len(lines) == 1 and 'decord 0.6.0 and decord2 3.4.0' in lines[0] and DECORD_FIX in lines[0]
     # This environment alone: nothing to say.
-    alone = run_python('-c', 'import dataset')
+    alone = run_python('-c', 'import video_decoding')
     assert alone.returncode == 0 and alone.stderr == ''
 
 
@@ -123,7 +125,7 @@ def test_a_decord_module_without_its_files_falls_back_to_pyav(tmp_path):
     # leaves its folder; an empty package ahead on the path stands for that folder here.
     (tmp_path / 'decord').mkdir()
     (tmp_path / 'decord' / '__init__.py').write_text('')
-    broken = run_python('-c', 'import dataset; print(dataset.decord)', pythonpath=(tmp_path, REPO))
+    broken = run_python('-c', 'import video_decoding; print(video_decoding.decord)', pythonpath=(tmp_path, REPO))
     assert broken.returncode == 0, broken.stderr
     assert broken.stdout.strip() == 'None'
     assert 'decord module in' in broken.stderr and 'incomplete' in broken.stderr and DECORD_FIX in broken.stderr

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from annotations import AnnotationError
+from classifiers import CLASSES, SETTINGS, export, hf_folder, png_size
 from data_trainer import VideoDataModule
-from dataset import AnnotationError, VideoDataset, collate_views
+from dataset import VideoDataset, collate_views
 from inference import (Evaluation, PredictionDataset, VideoResult, classify, format_result, inference_preprocessing,
                        load_classifier, model_class_names, prediction_loader, result_record)
-from classifiers import CLASSES, SETTINGS, export, hf_folder, png_size
 from layouts import HEADS, original_layout, random_state, save_lightning, timm_layout
 from preprocessing import DATA_STATICS, Preprocessing, normalize
 from reference import randomise_
@@ -55,7 +56,7 @@ def test_inference_reproduces_the_datamodules_test_views_in_any_batch_size(demo_
     # 6 views a video: one video a batch at 1 and 7 views a forward pass, two at 12, four at 24.
     for batch_size in (1, 7, 12, 24):
         loader = prediction_loader(demo_data / 'test.txt', settings, labelled=True, class_names=model.class_names,
-                                   num_class=4, batch_size=batch_size)
+                                   num_classes=4, batch_size=batch_size)
         results = list(classify(model, loader, settings, batch_size=batch_size))
         assert sorted(result.path for result in results) == sorted(expected)
         for result in results:
@@ -141,10 +142,10 @@ def test_class_names_from_the_weights_either_class_map_or_indices(tmp_path):
 def test_labels_by_name_need_the_models_class_names(tmp_path, demo_data):
     model = load_classifier(export(tmp_path / 'unnamed', class_names=None))
     with pytest.raises(AnnotationError, match='labels classes by name'):
-        prediction_loader(demo_data / 'test.txt', SETTINGS, labelled=True, num_class=4)
+        prediction_loader(demo_data / 'test.txt', SETTINGS, labelled=True, num_classes=4)
     numbered = tmp_path / 'numbered.txt'
     numbered.write_text(f'{demo_data}/test/growing/test_0002.mp4 2\n')
-    (result,) = classify(model, prediction_loader(numbered, SETTINGS, labelled=True, num_class=4), SETTINGS)
+    (result,) = classify(model, prediction_loader(numbered, SETTINGS, labelled=True, num_classes=4), SETTINGS)
     assert result_record(result, model_class_names(model))['label'] == '2'
 
 

@@ -24,7 +24,7 @@ def tiny_data(demo_data, **overrides):
 
 
 def tiny_module(data, **settings):
-    return LitVideoClassifier(timesformer_tiny(num_classes=data.num_class), data.class_names,
+    return LitVideoClassifier(timesformer_tiny(num_classes=data.num_classes), data.class_names,
                               data.preprocessing.to_dict(), **settings)
 
 
@@ -192,7 +192,7 @@ def test_activation_checkpointing_recomputes_each_block_with_the_plain_gradients
     or if the wrapper's prefix reaches the state_dict keys."""
     data = tiny_data(demo_data)
     settings = dict(optim_type='adamw', lr=1e-3)
-    config = timesformer_tiny(num_classes=data.num_class, dropout_p=0.2, drop_path_rate=0.3)
+    config = timesformer_tiny(num_classes=data.num_classes, dropout_p=0.2, drop_path_rate=0.3)
     plain = LitVideoClassifier(config, data.class_names, data.preprocessing.to_dict(), **settings)
     randomise_(plain.model)
     recomputed = LitVideoClassifier(config, data.class_names, data.preprocessing.to_dict(), **settings)

@@ -12,8 +12,9 @@ import av
 import numpy as np
 import pytest
 
+from annotations import load_annotations
 from command_lines import run_in_one_process
-from dataset import VideoDataset, load_annotations
+from dataset import VideoDataset
 from demo.make_demo_dataset import make_demo_dataset
 from run_outputs import read_run_metrics
 from test_training_cli import demo_flags, run_dir, train
