@@ -168,7 +168,8 @@ class VideoDataModule(pl.LightningDataModule):
     """Train, val, test and predict loaders over annotation sources, with device-side augmentation.
 
     Arguments follow the original repository's flags (num_frames, frame_interval, img_size, num_classes, batch_size,
-    num_workers, data_statics, root_dir, *_data_path, mixup, auto_augment). root_dir is the folder
+    num_workers, data_statics, root_dir, *_data_path, mixup, auto_augment). sampling 'segments' picks
+    one frame per equal part of each video instead of a window of frames frame_interval apart. root_dir is the folder
     relative video paths are joined to. class_map is a class map file or a list of names; without
     it the classes come from the first annotation source. predict uses predict_data_path (anything
     VideoDataset's predict mode reads: a list, with or without labels, a video or a folder of
@@ -179,7 +180,7 @@ class VideoDataModule(pl.LightningDataModule):
 
     def __init__(self, train_data_path=None, val_data_path=None, test_data_path=None, predict_data_path=None,
                  root_dir=None, class_map=None, num_classes=None, num_samples_per_cls=None,
-                 num_frames=8, frame_interval=32, window_seconds=None, num_clips=1, num_crops=3,
+                 num_frames=8, frame_interval=32, window_seconds=None, sampling='interval', num_clips=1, num_crops=3,
                  img_size=224, short_side=None, batch_size=8, num_workers=4, pin_memory=True,
                  persistent_workers=True, prefetch_factor=2, decoder='decord', max_skip_fraction=0.5,
                  data_statics='kinetics', crop_scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4,
@@ -191,8 +192,8 @@ class VideoDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         mean, std = preprocessing.data_statics(data_statics)
         self.preprocessing = preprocessing.Preprocessing(
-            num_frames=num_frames, frame_interval=frame_interval, window_seconds=window_seconds, img_size=img_size,
-            short_side=short_side, mean=mean, std=std, num_clips=num_clips, num_crops=num_crops)
+            num_frames=num_frames, frame_interval=frame_interval, window_seconds=window_seconds, sampling=sampling,
+            img_size=img_size, short_side=short_side, mean=mean, std=std, num_clips=num_clips, num_crops=num_crops)
         check_skip_fraction(max_skip_fraction)
         if mixup and mixup_alpha <= 0 and cutmix_alpha <= 0:
             raise ValueError('mixup needs mixup_alpha > 0 or cutmix_alpha > 0')

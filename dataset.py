@@ -18,7 +18,8 @@ from torch.utils.data import Dataset, get_worker_info
 
 from annotations import GIVEN_VIDEOS, load_annotations, load_class_map
 from command_line import error_line
-from frame_sampling import MODES, MULTI_VIEW_MODES, sample_frame_indices, sample_frame_times
+from frame_sampling import (MODES, MULTI_VIEW_MODES, SAMPLINGS, sample_frame_indices, sample_frame_segments,
+                            sample_frame_times)
 from video_decoding import DECODERS, READERS, DecodeError, decord, resize_short_side
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,10 @@ class VideoDataset(Dataset):
     any mode with labelled=False (self-supervised pretraining: a folder of videos, searched
     recursively, or a list of paths, labels read where given and not needed).
     A window spans num_frames * frame_interval frames, or window_seconds of each video when given,
-    which evens out different frame rates. decoder 'decord' (the default, decord2: the faster on real
-    clips) falls back to PyAV for files decord cannot read, 'pyav' to decord; without decord, PyAV
-    reads alone.
+    which evens out different frame rates; sampling='segments' reads one frame in each of num_frames
+    equal parts of the whole video instead (sample_frame_segments). decoder 'decord' (the default,
+    decord2: the faster on real clips) falls back to PyAV for files decord cannot read, 'pyav' to
+    decord; without decord, PyAV reads alone.
 
     An unreadable video is logged with its path and reason. In training it is replaced by a random
     other item; in val, test and predict the item is dropped (its `video` is None), so metrics and
@@ -55,7 +57,8 @@ class VideoDataset(Dataset):
 
     def __init__(self, data_path, mode='train', root_dir=None, class_map=None, num_classes=None,
                  num_samples_per_cls=None, num_frames=8, frame_interval=32, window_seconds=None, num_clips=1,
-                 short_side=256, decoder='decord', decode_threads=1, max_skip_fraction=0.5, labelled=None):
+                 short_side=256, decoder='decord', decode_threads=1, max_skip_fraction=0.5, labelled=None,
+                 sampling='interval'):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
         if decoder not in DECODERS:
@@ -64,6 +67,8 @@ class VideoDataset(Dataset):
             raise ValueError('num_frames, frame_interval, num_clips and short_side must be positive')
         if window_seconds is not None and not window_seconds > 0:
             raise ValueError(f'window_seconds must be positive, got {window_seconds}')
+        if sampling not in SAMPLINGS:
+            raise ValueError(f'sampling must be one of {SAMPLINGS}, got {sampling!r}')
         self.max_skip_fraction = check_skip_fraction(max_skip_fraction)
         class_names = load_class_map(class_map) if isinstance(class_map, (str, os.PathLike)) else class_map
         samples, self.class_names = load_annotations(data_path, root_dir, class_names, num_classes,
@@ -80,6 +85,7 @@ class VideoDataset(Dataset):
         self.num_frames = num_frames
         self.frame_interval = frame_interval
         self.window_seconds = window_seconds
+        self.sampling = sampling
         self.num_clips = num_clips if mode in MULTI_VIEW_MODES else 1
         self.short_side = short_side
         if decoder == 'decord' and decord is None:
@@ -94,11 +100,12 @@ class VideoDataset(Dataset):
 
     @classmethod
     def from_preprocessing(cls, data_path, preprocessing, mode='predict', **options):
-        """A dataset that samples and resizes as a `preprocessing.Preprocessing` says (frames, frame
-        interval or window seconds, short side, clips); options are VideoDataset's other arguments."""
+        """A dataset that samples and resizes as a `preprocessing.Preprocessing` says (frames, their
+        sampling, frame interval or window seconds, short side, clips); options are VideoDataset's
+        other arguments."""
         return cls(data_path, mode, num_frames=preprocessing.num_frames, frame_interval=preprocessing.frame_interval,
                    window_seconds=preprocessing.window_seconds, num_clips=preprocessing.num_clips,
-                   short_side=preprocessing.short_side, **options)
+                   short_side=preprocessing.short_side, sampling=preprocessing.sampling, **options)
 
     def __len__(self):
         return len(self.labels)
@@ -148,7 +155,10 @@ class VideoDataset(Dataset):
         try:
             if reader.num_frames < 1:
                 raise DecodeError('no frames')
-            if self.window_seconds is None:
+            if self.sampling == 'segments':
+                indices = sample_frame_segments(reader.num_frames, self.num_frames, self.mode, self.num_clips,
+                                                self._generator())
+            elif self.window_seconds is None:
                 window = self.num_frames * self.frame_interval
                 indices = sample_frame_indices(reader.num_frames, self.num_frames, window, self.mode, self.num_clips,
                                                self._generator())

@@ -1,7 +1,12 @@
-"""Which frames a clip reads: windows of frame indices, by frame count or by timestamps."""
+"""Which frames a clip reads: windows of frame indices, by frame count or by timestamps, or one frame
+per equal segment of the whole video."""
 import numpy as np
 
 MODES = ('train', 'val', 'test', 'predict')
+# How a clip's frames are picked (Preprocessing.sampling): 'interval', evenly spaced in a window of
+# num_frames x frame_interval frames (or window_seconds); 'segments', one frame in each of num_frames
+# equal parts of the whole video (TSN's, as MCG-NJU's VideoMAE trains and tests on Something-Something v2).
+SAMPLINGS = ('interval', 'segments')
 # Modes that read num_clips windows of each video for multi-view testing.
 MULTI_VIEW_MODES = ('test', 'predict')
 # Seconds within which two timestamps are one moment: containers round them (to 1/90000 s, 1 ms).
@@ -29,6 +34,32 @@ def sample_frame_indices(total_frames, num_frames, window, mode, num_clips=1, rn
         starts = np.floor((np.arange(clips) + 0.5) * last_start / clips).astype(np.int64)
     offsets = np.linspace(0, span - 1, num_frames).astype(np.int64)
     return starts[:, None] + offsets[None, :]
+
+
+def sample_frame_segments(total_frames, num_frames, mode, num_clips=1, rng=None):
+    """Frame indices (clips, num_frames), int64: the video cut into num_frames equal segments (segment
+    x holds frames total_frames * x // num_frames up to the next segment's first), one frame from each.
+
+    train: a random frame of each segment (rng, a numpy Generator). test and predict: num_clips clips
+    whose frames sit at fixed fractions of their segments, 1 / num_clips apart, one clip at the
+    segments' centres: for two clips the segments' first frames and their centres, MCG-NJU's two test
+    clips on SSv2; val: one clip, the centres. A video shorter than num_frames repeats frames, spread
+    over it (MCG-NJU's training reads its first frame num_frames times there; its test clips spread).
+    """
+    if total_frames < 1:
+        raise ValueError(f'cannot sample from a video of {total_frames} frames')
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    segment = np.arange(num_frames + 1, dtype=np.int64)
+    if mode == 'train':
+        bounds = total_frames * segment // num_frames
+        lengths = np.maximum(bounds[1:] - bounds[:-1], 1)  # an empty segment (a short video) gives its start
+        return (bounds[:-1] + rng.integers(0, lengths))[None, :]
+    clips = num_clips if mode in MULTI_VIEW_MODES else 1
+    # Offsets in halves of a clip step: clip k sits at (1/2 + k / clips) of each segment, wrapped into
+    # [0, 1); integers, so a frame number is never one short of an exact multiple.
+    offsets = np.sort((clips + 2 * np.arange(clips, dtype=np.int64)) % (2 * clips))
+    return total_frames * (2 * clips * segment[None, :-1] + offsets[:, None]) // (2 * clips * num_frames)
 
 
 def sample_frame_times(times, num_frames, window_seconds, mode, num_clips=1, rng=None):

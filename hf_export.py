@@ -150,7 +150,8 @@ def save_hf(model, directory):
     if preprocessing is not None:
         sampling = {name: getattr(preprocessing, name) for name in HF_SAMPLING_FIELDS}
         files.update({'preprocessor_config.json': hf_processor_config(preprocessing), HF_SAMPLING_FILE: sampling})
-        window = (f'a window of {preprocessing.window_seconds} s' if preprocessing.window_seconds is not None
+        window = ('one frame per equal segment of the video' if preprocessing.sampling == 'segments' else
+                  f'a window of {preprocessing.window_seconds} s' if preprocessing.window_seconds is not None
                   else f'frame interval {preprocessing.frame_interval}')
         logger.warning('%s: transformers has no setting for the sampling (%s) or the %dx%d test views; '
                        'they are in %s for load_model, a transformers pipeline takes its own frames and '

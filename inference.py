@@ -111,11 +111,18 @@ def inference_preprocessing(model, data_statics_name=None, **changes):
 
     A model whose weights record no preprocessing (image models, bare state dicts) gets the
     Kinetics defaults for its frames and size, said in one warning line. frame_interval without
-    window_seconds turns sampling by seconds off, so the interval given is the one used.
+    window_seconds turns sampling by seconds off, so the interval given is the one used; either
+    without sampling turns segments sampling off (a window of frames was asked for).
     """
     changes = {name: value for name, value in changes.items() if value is not None}
     if 'frame_interval' in changes and 'window_seconds' not in changes:
         changes['window_seconds'] = None
+    spacing = [name for name in ('frame_interval', 'window_seconds') if changes.get(name) is not None]
+    if spacing and changes.get('sampling') == 'segments':
+        raise ValueError(f'{spacing[0]} spaces the frames of a window; sampling segments spreads them over the '
+                         f'whole video (give one of them)')
+    if spacing:
+        changes.setdefault('sampling', 'interval')
     if data_statics_name is not None:
         changes['mean'], changes['std'] = data_statics(data_statics_name)
     recorded = model.preprocessing

@@ -7,9 +7,9 @@
 
 -pretrain takes what model_loading.load_model reads (this repository's checkpoints and export
 folders, the original repository's checkpoints, official TimeSformer .pyth files, transformers
-folders) or a Hugging Face Hub id. Frames, frame interval, image size, short side, normalisation,
-clips and crops default to what the weights were trained with; flags override them. -video_path
-is a video, a folder of videos or a list; -eval a labelled list. Flags keep the original's
+folders) or a Hugging Face Hub id. Frames, their sampling, frame interval, image size, short side,
+normalisation, clips and crops default to what the weights were trained with; flags override them.
+-video_path is a video, a folder of videos or a list; -eval a labelled list. Flags keep the original's
 single-dash spelling; `--flag` works too. Exit status: 0, 1 when a video could not be read, 2 for
 a flag, path or file that cannot work.
 """
@@ -33,6 +33,7 @@ import video_decoding
 from annotations import VIDEO_EXTENSIONS, AnnotationError
 from command_line import Parser, UsageError, add_flag, error_line
 from dataset import UnreadableDatasetError
+from frame_sampling import SAMPLINGS
 from inference import (Evaluation, ResultWriter, VideoFailure, classify, inference_preprocessing,
                        load_classifier, model_class_names, picture_root, prediction_loader, resolve_weights,
                        write_report)
@@ -58,6 +59,9 @@ def parse_args(argv=None):
     add_flag(parser, 'class_map', help='class names: JSON name -> index, or one name per line (default: the weights\')')
     settings = parser.add_argument_group('preprocessing (default: what the weights were trained with)')
     add_flag(settings, 'num_frames', type=int, help='frames per clip (position tables resized)')
+    add_flag(settings, 'sampling', choices=SAMPLINGS,
+             help='interval: a window of frames -frame_interval apart; segments: one frame per equal part of '
+                  'the whole video (-frame_interval or -window_seconds alone: interval)')
     add_flag(settings, 'frame_interval', type=int, help='frames between sampled frames')
     add_flag(settings, 'window_seconds', type=float,
              help='sample each clip from a window of this many seconds instead')
@@ -93,6 +97,11 @@ def parse_args(argv=None):
         raise UsageError(f'argument -num_workers/--num_workers: must be 0 or more, got {args.num_workers}')
     if (args.video_path is None) == (args.eval is None):
         raise UsageError('give -video_path (videos to classify) or -eval (a labelled list), one of them')
+    if args.sampling == 'segments':
+        spacing = [name for name in ('frame_interval', 'window_seconds') if getattr(args, name) is not None]
+        if spacing:
+            raise UsageError(f'-{spacing[0]} spaces the frames of a window; -sampling segments spreads them over '
+                             f'the whole video: give one of them')
     if args.attention and args.save_vis is None:
         raise UsageError('-attention draws on the pictures of -save_vis; give -save_vis too')
     for name in ('video_path', 'eval', 'class_map'):
@@ -161,7 +170,8 @@ def main(argv=None):
             raise UsageError(f'-attention: {error}') from None
     try:
         settings = inference_preprocessing(
-            model, args.data_statics, frame_interval=args.frame_interval, window_seconds=args.window_seconds,
+            model, args.data_statics, sampling=args.sampling, frame_interval=args.frame_interval,
+            window_seconds=args.window_seconds,
             short_side=args.short_side, num_clips=args.num_clips, num_crops=args.num_crops)
     except ValueError as error:
         raise UsageError(error) from None

@@ -36,6 +36,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from command_line import Parser, UsageError, add_flag, error_line
 from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
+from frame_sampling import SAMPLINGS
 from demo.make_demo_dataset import make_demo_dataset
 from model_trainer import LitVideoClassifier, NonFiniteLossError, recompute_blocks_in_backward
 from pretrain_outputs import build_pretraining, check_pretraining_flags, report_pretraining
@@ -70,7 +71,7 @@ KINETICS_RECIPE = dict(
     weight_decay=1e-4, lr_schedule='multistep', warmup_epochs=0.0, min_lr=1e-6, milestones=[5, 11],
     layer_decay=1.0, freeze_blocks=0, clip_grad=0.0, label_smoothing=0.0, mixup_alpha=0.8, cutmix_alpha=1.0,
     drop_path=0.1, crop_scale=[0.08, 1.0], color_jitter=0.4, save_ckpt_freq=1000, devices='auto', mixup=False,
-    objective='classify',
+    objective='classify', head_init_scale=1.0,
 )
 # The demo: a small TimeSformer (0.6 M parameters, 2-frame tubelets) learns the motion classes of
 # demo/make_demo_dataset.py from scratch; on two CPU cores validation passes 90% in epoch 5 to 8 of 20.
@@ -84,13 +85,14 @@ DEMO_RECIPE = dict(
 # MCG-NJU VideoMAE's fine-tuning (run_class_finetuning.py, Kinetics-400 ViT-B): AdamW, a base lr of 1e-3
 # per 256 clips of effective batch, layer decay 0.75, 5 warmup epochs then cosine, label smoothing 0.1,
 # mixup 0.8 / CutMix 1.0, RandAugment m7-n4, drop path 0.1, 16 frames 4 apart, ImageNet statistics,
-# 5 clips x 3 crops at test time; starts from -pretrain (a VideoMAE pretraining or fine-tuned file).
+# 5 clips x 3 crops at test time; starts from -pretrain (a VideoMAE pretraining or fine-tuned file), its new
+# head's initial weights x 0.001 (init_scale).
 VIDEOMAE_RECIPE = dict(
     KINETICS_RECIPE, lr=None, epoch=75, pretrain='none', frame_interval=4, arch='videomae',
     attention_type='joint_space_time', num_frames=16, tube_size=2, data_statics='imagenet', num_clips=5, num_crops=3,
     optim_type='adamw', weight_decay=0.05, lr_schedule='cosine', warmup_epochs=5.0, min_lr=1e-6, layer_decay=0.75,
     label_smoothing=0.1, mixup=True, mixup_alpha=0.8, cutmix_alpha=1.0, auto_augment='rand-m7-n4', color_jitter=0.0,
-    drop_path=0.1, crop_scale=[0.08, 1.0],
+    drop_path=0.1, crop_scale=[0.08, 1.0], head_init_scale=1e-3,
 )
 # MCG-NJU VideoMAE's pretraining (run_mae_pretraining.py, Kinetics-400 ViT-B): tube masking of 90%, a
 # decoder of 4 blocks of 384, per-patch normalised pixels, AdamW (betas 0.9, 0.95) at 1.5e-4 per 256 clips
@@ -99,7 +101,7 @@ VIDEOMAE_RECIPE = dict(
 VIDEOMAE_PRETRAIN_RECIPE = dict(
     VIDEOMAE_RECIPE, objective='videomae', epoch=800, warmup_epochs=40.0, min_lr=1e-5, layer_decay=1.0,
     label_smoothing=0.0, mixup=False, auto_augment=None, drop_path=0.0, crop_scale=[0.44, 1.0], num_clips=1,
-    num_crops=1, mask_ratio=0.9, decoder_depth=4, decoder_dim=384, norm_pix_loss=True,
+    num_crops=1, head_init_scale=1.0, mask_ratio=0.9, decoder_depth=4, decoder_dim=384, norm_pix_loss=True,
 )
 # The demo's pretraining: a 2-block VideoMAE of width 64 reconstructs the demo's training clips (their
 # labels unread) at 64x64 from 8 frames 4 apart; the demo's validation clips give a held-out loss.
@@ -123,7 +125,8 @@ CONFIG_FLAGS = {'arch': 'arch', 'attention_type': 'attention_type', 'conv_type':
                 'embed_dims': 'embed_dims', 'num_heads': 'num_heads', 'depth': 'num_transformer_layers',
                 'num_time_layers': 'num_time_transformer_layers', 'drop_path': 'drop_path_rate',
                 'tube_size': 'tube_size'}
-DATA_FLAGS = ('batch_size', 'num_samples_per_cls', 'frame_interval', 'window_seconds', 'num_clips', 'num_crops',
+DATA_FLAGS = ('batch_size', 'num_samples_per_cls', 'frame_interval', 'window_seconds', 'sampling', 'num_clips',
+              'num_crops',
               'data_statics', 'crop_scale', 'color_jitter', 'auto_augment', 'mixup', 'mixup_alpha', 'cutmix_alpha')
 # The experiment tag's fields (experiment_tag) and the flags that set them.
 TAG = re.compile(r'arch_(?P<arch>.+)_lr_(?P<lr>.+)_pretrain_(?P<pretrain>.+)_seed_(?P<seed>.+)_gpus_(?P<devices>.+)'
@@ -185,6 +188,9 @@ def parse_args(argv=None):
             ('num_clips', int, 'test clips per video'), ('num_crops', int, 'test crops per clip (1 or 3)'),
             ('window_seconds', float, 'sample a window of this many seconds instead of num_frames x frame_interval')):
         add_flag(model, name, type=kind, help=text)
+    add_flag(model, 'sampling', choices=SAMPLINGS, default='interval',
+             help="interval: num_frames frames -frame_interval apart in a window; segments: one frame per equal part "
+                  "of the whole video (Something-Something v2's protocol)")
     add_flag(model, 'data_statics', choices=tuple(DATA_STATICS),
              help='normalisation statistics (the original used inception: mean = std = 0.5)')
     add_flag(model, 'class_map', help='JSON name -> index, or one name per line')
@@ -211,7 +217,8 @@ def parse_args(argv=None):
             ('label_smoothing', float, 'label smoothing of the loss'),
             ('mixup_alpha', float, 'mixup Beta(alpha, alpha)'), ('cutmix_alpha', float, 'CutMix Beta(alpha, alpha)'),
             ('color_jitter', float, 'colour jitter strength without auto_augment (0: off)'),
-            ('freeze_blocks', int, 'partial fine-tune: freeze the patch embedding and the first N blocks')):
+            ('freeze_blocks', int, 'partial fine-tune: freeze the patch embedding and the first N blocks'),
+            ('head_init_scale', float, "with -pretrain: the new head's initial weights x this")):
         add_flag(recipe, name, type=kind, help=text)
     add_flag(recipe, 'crop_scale', type=float, nargs=2, metavar=('MIN', 'MAX'),
              help='area range of the random resized crop')
@@ -274,6 +281,11 @@ def parse_args(argv=None):
     architecture = ARCHITECTURES[args.arch]
     if 'attention_type' not in args.given and args.attention_type not in architecture.attention_types:
         args.attention_type = architecture.arch_defaults['attention_type']  # the recipe's is another arch's
+    if 'head_init_scale' in args.given and (args.pretrain == 'none' or args.objective != 'classify'):
+        parser.error('-head_init_scale scales the new head of a classifier started from -pretrain; give -pretrain')
+    if args.sampling == 'segments' and args.window_seconds is not None:
+        parser.error('-window_seconds is a window of -sampling interval; -sampling segments spreads the frames over '
+                     'the whole video')
     if args.seed is None:
         args.seed = 0
     return args
@@ -347,7 +359,8 @@ def build_data(args):
             train_data_path=paths['train'], val_data_path=paths['val'], test_data_path=paths['test'],
             root_dir=args.data_root, class_map=class_map, num_classes=args.num_classes,
             num_samples_per_cls=args.num_samples_per_cls, num_frames=args.num_frames,
-            frame_interval=args.frame_interval, window_seconds=args.window_seconds, num_clips=args.num_clips,
+            frame_interval=args.frame_interval, window_seconds=args.window_seconds, sampling=args.sampling,
+            num_clips=args.num_clips,
             num_crops=args.num_crops, img_size=args.img_size, batch_size=args.batch_size, num_workers=args.num_workers,
             persistent_workers=False, data_statics=args.data_statics, crop_scale=tuple(args.crop_scale),
             color_jitter=args.color_jitter, auto_augment=args.auto_augment, mixup=args.mixup,
@@ -587,7 +600,7 @@ def main(argv=None):
         layer_decay=args.layer_decay, label_smoothing=args.label_smoothing, freeze_blocks=args.freeze_blocks,
         eval_metrics=args.eval_metrics, nonfinite_loss=args.nonfinite_loss)
     if pretrain is not None and resume is None:
-        init_from_pretrained_(module.model.backbone, pretrain)
+        init_from_pretrained_(module.model, pretrain, head_init_scale=args.head_init_scale)
     recomputing = ''
     if args.activation_checkpointing:  # FSDP wraps its blocks itself
         recomputing = '; FSDP recomputes each block in backward' if args.strategy == 'fsdp' else \

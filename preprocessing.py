@@ -1,6 +1,6 @@
 """How a video becomes a model's input: the settings that travel with the weights, and normalisation.
 
-`Preprocessing` records what training fixed (frames and their spacing, image and short-side size,
+`Preprocessing` records what training fixed (frames and how they are picked, image and short-side size,
 normalisation statistics, evaluation views), so that a checkpoint or an export tells inference how
 to prepare a video. Checkpoints store it as a plain dict (`to_dict`), which `weights_only=True`
 reads back. `normalize` is the one normalisation of the DataModule and of inference.
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from frame_sampling import SAMPLINGS
 from utils import reject_unknown
 
 DATA_STATICS = {
@@ -38,15 +39,18 @@ def data_statics(name):
 class Preprocessing:
     """Sampling, resizing, cropping and normalisation a model was trained with.
 
-    A clip is num_frames frames evenly spaced over a window of num_frames * frame_interval frames,
-    or of window_seconds when given; frames are resized so their short side is short_side, then
-    img_size crops are cut: the centre one, or num_crops along the long side of each of num_clips
-    windows at test time. mean and std normalise RGB in [0, 1].
+    sampling 'interval': a clip is num_frames frames evenly spaced over a window of num_frames *
+    frame_interval frames, or of window_seconds when given; 'segments': one frame in each of
+    num_frames equal parts of the whole video (frame_interval unused). Frames are resized so their
+    short side is short_side, then img_size crops are cut: the centre one, or num_crops along the
+    long side of each of num_clips clips at test time. mean and std normalise RGB in [0, 1].
     """
 
     num_frames: int = 8
     frame_interval: int = 32
     window_seconds: float | None = None
+    # Files written before this field read back as 'interval', the only sampling there was.
+    sampling: str = 'interval'
     img_size: int = 224
     short_side: int | None = None
     mean: tuple = DATA_STATICS['kinetics'][0]
@@ -66,6 +70,11 @@ class Preprocessing:
                 raise ValueError(f'{name} must be a positive integer, got {value!r}')
         if self.window_seconds is not None and not self.window_seconds > 0:
             raise ValueError(f'window_seconds must be positive, got {self.window_seconds}')
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f'sampling must be one of {SAMPLINGS}, got {self.sampling!r}')
+        if self.sampling == 'segments' and self.window_seconds is not None:
+            raise ValueError(f'window_seconds {self.window_seconds} is a window of interval sampling; segments '
+                             f'sampling spreads the frames over the whole video')
         if self.short_side < self.img_size:
             raise ValueError(f'short_side {self.short_side} is smaller than img_size {self.img_size}')
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:

@@ -4,6 +4,7 @@ LightningDataModule's saved hyper-parameters. img_size and short_side are the so
 (load_model keeps their ratio at another image size); num_frames follows the model.
 """
 import logging
+import re
 
 import yaml
 
@@ -33,9 +34,9 @@ HF_PROCESSOR_FILES = ('video_preprocessor_config.json', 'preprocessor_config.jso
 # What a transformers processor cannot say (frame spacing, test views): `export_weights.py -hf`
 # writes it beside the processor file for this repository's loader.
 HF_SAMPLING_FILE = 'sampling_config.json'
-HF_SAMPLING_FIELDS = ('frame_interval', 'window_seconds', 'num_clips', 'num_crops')
+HF_SAMPLING_FIELDS = ('sampling', 'frame_interval', 'window_seconds', 'num_clips', 'num_crops')
 # A LightningDataModule's saved hyper-parameters that Preprocessing keeps (data_statics aside).
-DATAMODULE_FIELDS = ('num_frames', 'frame_interval', 'window_seconds', 'img_size', 'short_side',
+DATAMODULE_FIELDS = ('num_frames', 'frame_interval', 'window_seconds', 'sampling', 'img_size', 'short_side',
                      'num_clips', 'num_crops')
 
 
@@ -121,26 +122,35 @@ def hf_preprocessing(folder, img_size, conventions=HF_PREPROCESSING):
 
 
 # VideoMAE's evaluation protocols (MCG-NJU's run_class_finetuning.py): ImageNet statistics, the short
-# side resized to the crop size, 16 frames 4 apart in 5 clips x 3 crops on Kinetics; SSv2 (174
-# classes) samples frames spread over the whole video, 2 x 3.
+# side resized to the crop size, 16 frames 4 apart in 5 clips x 3 crops on Kinetics; on
+# Something-Something v2 (ssv2.py) one frame per equal segment of the whole video, 2 clips x 3 crops.
 VIDEOMAE_PREPROCESSING = {'mean': DATA_STATICS['imagenet'][0], 'std': DATA_STATICS['imagenet'][1],
                           'frame_interval': 4, 'num_clips': 5, 'num_crops': 3}
 SSV2_CLASSES = 174
+SSV2_VIEWS = {'sampling': 'segments', 'num_clips': 2, 'num_crops': 3}
+# transformers' names for unnamed classes (LABEL_0, ...): they say nothing of the data set.
+PLACEHOLDER_NAME = re.compile(r'LABEL_\d+')
 # V-JEPA 2's evaluation: ImageNet statistics, 2 clips x 3 crops.
 VJEPA2_PREPROCESSING = {'mean': DATA_STATICS['imagenet'][0], 'std': DATA_STATICS['imagenet'][1],
                         'frame_interval': 4, 'num_clips': 2, 'num_crops': 3}
 
 
-def videomae_views(settings, num_classes, path):
-    """VideoMAE's views for its weights: Kinetics' 5 x 3, or SSv2's 2 x 3 (its frames spread over the
-    video are not a sampling of ours: said in one line)."""
+def videomae_views(settings, num_classes, class_names, path):
+    """VideoMAE's evaluation protocol for weights that record none: Kinetics' 16 frames 4 apart in 5 x 3
+    views, or Something-Something v2's segments in 2 x 3 (SSV2_VIEWS). SSv2 weights have 174 classes
+    whose names speak of "something"; 174 classes without names are taken for SSv2, said in one line."""
     if num_classes != SSV2_CLASSES:
         return {**settings, 'num_clips': 5, 'num_crops': 3}
-    logger.warning('%s: SSv2 weights were evaluated on frames spread over the whole video; taking them %d '
-                   'apart, 2 clips x 3 crops (-frame_interval changes it)', path, settings['frame_interval'])
-    return {**settings, 'num_clips': 2, 'num_crops': 3}
+    named = [name for name in class_names or () if not PLACEHOLDER_NAME.fullmatch(name)]
+    if named and not any('something' in name.lower() for name in named):
+        return {**settings, 'num_clips': 5, 'num_crops': 3}  # another data set of 174 classes
+    if not named:
+        logger.warning('%s: %d classes without names, taken for Something-Something v2: one frame per equal '
+                       'segment of each video, %d clips x %d crops (-sampling interval, -num_clips and '
+                       '-num_crops change them)', path, num_classes, SSV2_VIEWS['num_clips'], SSV2_VIEWS['num_crops'])
+    return {**settings, **SSV2_VIEWS}
 
 
 def mcg_videomae_preprocessing(num_classes, path):
     """MCG-NJU's VideoMAE files record no preprocessing: its evaluation's, at 224 px."""
-    return videomae_views({**VIDEOMAE_PREPROCESSING, 'img_size': 224, 'short_side': 224}, num_classes, path)
+    return videomae_views({**VIDEOMAE_PREPROCESSING, 'img_size': 224, 'short_side': 224}, num_classes, None, path)

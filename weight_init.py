@@ -20,9 +20,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_COPY_STRATEGY = {'timesformer': 'repeat', 'vivit': 'set_zero'}
 
 
-def init_from_pretrained_(model, path, copy_strategy=None, extend_strategy='temporal_avg'):
+def init_from_pretrained_(model, path, copy_strategy=None, extend_strategy='temporal_avg', head_init_scale=1.0):
     """Initialise a built backbone in place from any supported weights at `path`, or the backbone of
     a VideoClassifier (its head keeps its init: a starting point's head is not used); returns `model`.
+    head_init_scale multiplies the new head's linear layer (weights and bias) as it starts: MCG-NJU's
+    VideoMAE fine-tuning takes 0.001 (its `init_scale`): the first logits are near zero, and little
+    gradient reaches the pretrained blocks through a random head.
 
     Image models (timm, .npz, MAE, the original repository's ViT) are inflated: copy_strategy
     'repeat' copies the image attention into the temporal one, 'set_zero' leaves it at its init
@@ -32,6 +35,9 @@ def init_from_pretrained_(model, path, copy_strategy=None, extend_strategy='temp
     checkpoint's learnt tables are left out. MAE's patch positions are its fixed sine-cosine table.
     """
     built = model
+    head = getattr(built, 'head', None)
+    if head_init_scale != 1.0 and head is None:
+        raise ValueError(f'head_init_scale {head_init_scale} scales a classifier\'s new head; this model has none')
     model = getattr(model, 'backbone', model)
     config = model.config
     if copy_strategy is None:
@@ -75,4 +81,8 @@ def init_from_pretrained_(model, path, copy_strategy=None, extend_strategy='temp
     logger.info('Initialised %s %s from %s: format %s; missing keys %s; unexpected keys []%s',
                 config.arch, config.attention_type, source.path, source.format, missing,
                 ''.join(f'; {note}' for note in notes + resized))
+    if head_init_scale != 1.0:
+        with torch.no_grad():
+            head.fc.weight.mul_(head_init_scale)
+            head.fc.bias.mul_(head_init_scale)
     return built

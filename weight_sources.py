@@ -8,7 +8,7 @@ A new source is a converter in weight_formats, a reader here and its FORMATS ent
 import re
 
 from our_format import read_ours
-from source_preprocessing import (VIDEOMAE_PREPROCESSING, VJEPA2_PREPROCESSING, hf_preprocessing,
+from source_preprocessing import (HF_SAMPLING_FILE, VIDEOMAE_PREPROCESSING, VJEPA2_PREPROCESSING, hf_preprocessing,
                                   mcg_videomae_preprocessing, official_preprocessing, original_preprocessing,
                                   videomae_views)
 from weight_config import SourceWeights, infer_config, merge_fixed, source_defaults
@@ -132,9 +132,11 @@ def read_hf_videomae(state_dict, extras, sidecar, path):
     defaults.update(norm_eps=sidecar.get('layer_norm_eps', 1e-12), final_norm_eps=1e-5)
     fixed.update(num_frames=sidecar.get('num_frames', 16))
     settings = hf_preprocessing(path.parent, fixed['img_size'], VIDEOMAE_PREPROCESSING)
+    if not (path.parent / HF_SAMPLING_FILE).is_file():  # our export's file records the views; the Hub's do not
+        settings = videomae_views(settings, from_weights.get('num_classes'), class_names, path)
     return SourceWeights(path, 'hf-videomae', converted, merge_fixed(from_weights, fixed, path), defaults,
                          class_names, missing_ok=('backbone.norm.weight', 'backbone.norm.bias'),
-                         preprocessing=videomae_views(settings, from_weights.get('num_classes'), path),
+                         preprocessing=settings,
                          notes=_decoder_note(state_dict, 'videomae.'))
 
 
