@@ -63,6 +63,7 @@ NUMERIC_CELLS = {
     'img_size': ('model', r'(\d+) px', int),
     'patch_size': ('model', r'patches of (\d+)', int),
     'tube_size': ('model', r'tubelets of (\d+) frames', int),
+    'head_init_scale': ('model', r"head's initial weights x ([\d.]+)", float),
 }
 
 
