@@ -169,8 +169,8 @@ class VideoDataModule(pl.LightningDataModule):
 
     Arguments follow the original repository's flags (num_frames, frame_interval, img_size, num_classes, batch_size,
     num_workers, data_statics, root_dir, *_data_path, mixup, auto_augment). sampling 'segments' picks
-    one frame per equal part of each video instead of a window of frames frame_interval apart. root_dir is the folder
-    relative video paths are joined to. class_map is a class map file or a list of names; without
+    one frame per equal part of each video instead of a window of frames frame_interval apart. root_dir
+    is the folder relative video paths are joined to. class_map is a class map file or a list of names; without
     it the classes come from the first annotation source. predict uses predict_data_path (anything
     VideoDataset's predict mode reads: a list, with or without labels, a video or a folder of
     videos), or test_data_path when that is not given, with the test views. labelled=False: every

@@ -171,8 +171,8 @@ def main(argv=None):
     try:
         settings = inference_preprocessing(
             model, args.data_statics, sampling=args.sampling, frame_interval=args.frame_interval,
-            window_seconds=args.window_seconds,
-            short_side=args.short_side, num_clips=args.num_clips, num_crops=args.num_crops)
+            window_seconds=args.window_seconds, short_side=args.short_side, num_clips=args.num_clips,
+            num_crops=args.num_crops)
     except ValueError as error:
         raise UsageError(error) from None
     model.to(device)

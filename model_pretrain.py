@@ -36,8 +36,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from command_line import Parser, UsageError, add_flag, error_line
 from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
-from frame_sampling import SAMPLINGS
 from demo.make_demo_dataset import make_demo_dataset
+from frame_sampling import SAMPLINGS
 from model_trainer import LitVideoClassifier, NonFiniteLossError, recompute_blocks_in_backward
 from pretrain_outputs import build_pretraining, check_pretraining_flags, report_pretraining
 from pretrain_trainer import ReconstructionPictures
@@ -126,8 +126,8 @@ CONFIG_FLAGS = {'arch': 'arch', 'attention_type': 'attention_type', 'conv_type':
                 'num_time_layers': 'num_time_transformer_layers', 'drop_path': 'drop_path_rate',
                 'tube_size': 'tube_size'}
 DATA_FLAGS = ('batch_size', 'num_samples_per_cls', 'frame_interval', 'window_seconds', 'sampling', 'num_clips',
-              'num_crops',
-              'data_statics', 'crop_scale', 'color_jitter', 'auto_augment', 'mixup', 'mixup_alpha', 'cutmix_alpha')
+              'num_crops', 'data_statics', 'crop_scale', 'color_jitter', 'auto_augment', 'mixup', 'mixup_alpha',
+              'cutmix_alpha')
 # The experiment tag's fields (experiment_tag) and the flags that set them.
 TAG = re.compile(r'arch_(?P<arch>.+)_lr_(?P<lr>.+)_pretrain_(?P<pretrain>.+)_seed_(?P<seed>.+)_gpus_(?P<devices>.+)'
                  r'_bs_(?P<batch_size>.+)_nw_(?P<num_workers>.+)_frame_interval_(?P<frame_interval>.+)')
@@ -359,9 +359,9 @@ def build_data(args):
             train_data_path=paths['train'], val_data_path=paths['val'], test_data_path=paths['test'],
             root_dir=args.data_root, class_map=class_map, num_classes=args.num_classes,
             num_samples_per_cls=args.num_samples_per_cls, num_frames=args.num_frames,
-            frame_interval=args.frame_interval, window_seconds=args.window_seconds, sampling=args.sampling,
-            num_clips=args.num_clips,
+            frame_interval=args.frame_interval, window_seconds=args.window_seconds, num_clips=args.num_clips,
             num_crops=args.num_crops, img_size=args.img_size, batch_size=args.batch_size, num_workers=args.num_workers,
+            sampling=args.sampling,
             persistent_workers=False, data_statics=args.data_statics, crop_scale=tuple(args.crop_scale),
             color_jitter=args.color_jitter, auto_augment=args.auto_augment, mixup=args.mixup,
             mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha, labelled=args.objective == 'classify',
