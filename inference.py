@@ -112,7 +112,8 @@ def inference_preprocessing(model, data_statics_name=None, **changes):
     A model whose weights record no preprocessing (image models, bare state dicts) gets the
     Kinetics defaults for its frames and size, said in one warning line. frame_interval without
     window_seconds turns sampling by seconds off, so the interval given is the one used; either
-    without sampling turns segments sampling off (a window of frames was asked for).
+    without sampling turns segments sampling off (a window of frames was asked for), and sampling
+    'segments' turns a recorded window in seconds off.
     """
     changes = {name: value for name, value in changes.items() if value is not None}
     if 'frame_interval' in changes and 'window_seconds' not in changes:
@@ -123,6 +124,8 @@ def inference_preprocessing(model, data_statics_name=None, **changes):
                          f'whole video (give one of them)')
     if spacing:
         changes.setdefault('sampling', 'interval')
+    if changes.get('sampling') == 'segments':
+        changes['window_seconds'] = None
     if data_statics_name is not None:
         changes['mean'], changes['std'] = data_statics(data_statics_name)
     recorded = model.preprocessing

@@ -214,6 +214,8 @@ def test_inference_with_an_ssv2_folder_reads_its_segment_frames(tmp_path):
     assert (interval.sampling, interval.frame_interval) == ('interval', 4)
     with pytest.raises(ValueError, match='frame_interval spaces the frames of a window'):
         inference_preprocessing(model, sampling='segments', frame_interval=4)
+    by_seconds = VideoClassifier(videomae_tiny(), preprocessing=SEGMENTS.replace(sampling='interval', window_seconds=1.0))
+    assert inference_preprocessing(by_seconds, sampling='segments') == SEGMENTS
 
 
 def test_the_commands_train_with_segments_and_classify_with_the_weights_mode(demo_data, tmp_path):
