@@ -95,6 +95,7 @@ def test_a_video_shorter_than_the_segments_spreads_its_frames(mode):
 
 
 def test_bad_arguments_are_refused():
+    """Fails if an empty video or an unknown mode gives indices instead of a ValueError naming it."""
     with pytest.raises(ValueError, match='0 frames'):
         sample_frame_segments(0, 8, 'test')
     with pytest.raises(ValueError, match='mode must be one of'):
