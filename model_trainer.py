@@ -38,13 +38,25 @@ class NonFiniteLossError(RuntimeError):
     """A training step gave a NaN or infinite loss and the run was told to stop on one."""
 
 
-def recompute_blocks_in_backward(model):
-    """Wrap every transformer Block of `model` in place so that backward recomputes its activations
-    instead of keeping them: less memory, one more forward of each block. The state_dict keys stay
-    the same (the wrapper's hooks hide its prefix), so checkpoints load as before. Returns how many
-    blocks it wrapped."""
-    apply_activation_checkpointing(model, check_fn=lambda module: isinstance(module, Block))
-    return sum(isinstance(module, CheckpointWrapper) for module in model.modules())
+# The modules FSDP shards as units of their own and -activation_checkpointing recomputes: every
+# transformer Block, of which the encoders, V-JEPA 2's attentive pooler and the pretraining decoder are built.
+BLOCK_CLASSES = {Block}
+
+
+def fsdp_settings(activation_checkpointing=False):
+    """FSDPStrategy's arguments: each block a unit of its own (recomputed in backward when asked),
+    checkpoints written whole by rank zero, so that load_model reads them as any other."""
+    return dict(auto_wrap_policy=BLOCK_CLASSES, state_dict_type='full',
+                activation_checkpointing_policy=BLOCK_CLASSES if activation_checkpointing else None)
+
+
+def recompute_blocks_in_backward(module):
+    """Wrap every transformer block of `module` (the whole LightningModule: a pretraining decoder's
+    blocks are outside its `model`) in place so that backward recomputes its activations instead of
+    keeping them: less memory, one more forward of each block. The state_dict keys stay the same (the
+    wrapper's hooks hide its prefix), so checkpoints load as before. Returns how many blocks it wrapped."""
+    apply_activation_checkpointing(module, check_fn=lambda child: isinstance(child, tuple(BLOCK_CLASSES)))
+    return sum(isinstance(child, CheckpointWrapper) for child in module.modules())
 
 
 class LitVideoClassifier(pl.LightningModule):

@@ -160,14 +160,16 @@ def test_the_reconstruction_picture_changes_when_the_model_does(demo_data, tmp_p
 def test_model_pretrain_objective_videomae_then_fine_tuning_and_the_hf_export(demo_data, tmp_path):
     """The command: pretrains on an unlabelled folder, writes the summary, curves and reconstructions and
     prints a fine-tuning command; -pretrain takes its checkpoint in a fine-tuning run; export_weights.py
-    -hf writes a VideoMAEForPreTraining folder whose loss is ours (same mask)."""
+    -hf writes a VideoMAEForPreTraining folder whose loss is ours (same mask). -activation_checkpointing
+    recomputes the decoder's block with the encoder's two (it wrapped the encoder's only)."""
     root = tmp_path / 'runs'
     result = subprocess.run([sys.executable, 'model_pretrain.py', '-objective', 'videomae', '-train_data_path',
                              str(demo_data / 'train'), '-val_data_path', str(demo_data / 'val.txt'), *TINY,
                              '-arch', 'videomae', '-decoder_dim', '16', '-decoder_depth', '1', '-mask_ratio', '0.75',
-                             '-epoch', '2', '-root_dir', str(root)], cwd=REPOSITORY, capture_output=True,
-                            text=True, timeout=600)
+                             '-epoch', '2', '-activation_checkpointing', '-root_dir', str(root)], cwd=REPOSITORY,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert '; 3 blocks recomputed in backward; ' in result.stdout
     (run_dir,) = (root / 'results').iterdir()
     assert run_dir.name.startswith('videomae_pretraining_arch_videomae')
     summary = json.loads((run_dir / 'log' / 'summary.json').read_text())
