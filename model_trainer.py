@@ -209,12 +209,17 @@ class LitVideoClassifier(pl.LightningModule):
         size = len(hard)
         for k in (1, 5):
             self.metrics[f'train_top{k}'](logits.detach(), hard)
-        self.log('train/loss', loss, prog_bar=True, batch_size=size)
+        self.log_train_loss(loss, size)
         self.log('train/top1', self.metrics['train_top1'], prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=size)
         self.log('train/top5', self.metrics['train_top5'], on_step=True, on_epoch=True, batch_size=size)
         self.log('train/lr', self.trainer.optimizers[0].param_groups[-1]['lr'], prog_bar=True, batch_size=size)
         return loss
+
+    def log_train_loss(self, loss, batch_size):
+        """train/loss, the mean over the ranks: the loss of the step whose averaged gradient every rank
+        applies (without the sync, rank zero's own batch alone)."""
+        self.log('train/loss', loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
 
     def _nonfinite(self, loss):
         """Stop with the step and the last checkpoint named, or skip the step (every rank agrees)."""

@@ -120,7 +120,7 @@ class LitMaskedAutoencoder(LitVideoClassifier):
         loss, _ = self.loss(video, self.draw_mask(len(video)))
         if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
             return self._nonfinite(loss)
-        self.log('train/loss', loss, prog_bar=True, batch_size=len(video))
+        self.log_train_loss(loss, len(video))
         self.log('train/lr', self.trainer.optimizers[0].param_groups[-1]['lr'], prog_bar=True, batch_size=len(video))
         return loss
 
