@@ -35,11 +35,11 @@ from video_transformer import videomae_tiny  # noqa: E402
 PRETRAINING_STEPS = 2
 
 
-def run_on_two_ranks(*args, timeout=300):
-    """Runs this script's `args` under torchrun in two processes; CalledProcessError (with the ranks'
-    output) if it fails."""
+def run_on_two_ranks(*args, script=__file__, timeout=300):
+    """Runs `script` (this one unless given) with `args` under torchrun in two processes;
+    CalledProcessError (with the ranks' output) if it fails."""
     return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                           __file__, *map(str, args)], check=True, capture_output=True, text=True, timeout=timeout)
+                           str(script), *map(str, args)], check=True, capture_output=True, text=True, timeout=timeout)
 
 
 class Recorder(pl.LightningModule):
