@@ -10,8 +10,9 @@ OUT_DIR/rank<global rank>.pt.
 
 pretrain (test_pretraining.py): two VideoMAE pretraining fits of 2 steps from seed 0, as
 model_pretrain.py -objective videomae -strategy ddp builds them, the second with its blocks
-recomputed in backward. The first logs to OUT_DIR/csv and checkpoints to OUT_DIR/ckpt. Saves each
-fit's training masks (steps * B, N), losses (steps,) and final weights to OUT_DIR/rank<global rank>.pt.
+recomputed in backward. The first logs to OUT_DIR/csv, checkpoints to OUT_DIR/ckpt and draws
+OUT_DIR/pictures.png through the DDP wrapper. Saves each fit's training masks (steps * B, N), losses
+(steps,) and final weights to OUT_DIR/rank<global rank>.pt.
 """
 import subprocess
 import sys
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_trainer import VideoDataModule  # noqa: E402
 from model_trainer import recompute_blocks_in_backward  # noqa: E402
-from pretrain_trainer import LitMaskedAutoencoder  # noqa: E402
+from pretrain_trainer import LitMaskedAutoencoder, ReconstructionPictures  # noqa: E402
 from run_outputs import AtomicCheckpointIO  # noqa: E402
 from video_transformer import videomae_tiny  # noqa: E402
 
@@ -112,7 +113,8 @@ def pretrain(videos, out_dir):
                              max_steps=PRETRAINING_STEPS, log_every_n_steps=1, plugins=[AtomicCheckpointIO()],
                              logger=False if recompute else CSVLogger(out_dir, name='csv'),
                              enable_checkpointing=not recompute,
-                             callbacks=[] if recompute else [ModelCheckpoint(out_dir / 'ckpt')],
+                             callbacks=[] if recompute else [ModelCheckpoint(out_dir / 'ckpt'),
+                                                             ReconstructionPictures(out_dir / 'pictures.png')],
                              enable_progress_bar=False, enable_model_summary=False)
         trainer.fit(module, data, weights_only=True)
         fits.append({'masks': torch.cat(module.masks), 'losses': torch.stack(module.losses),

@@ -92,9 +92,10 @@ def step(name, out_dir, rank):
     plain.eval()
     inputs = batch(plain, 0)
     with torch.no_grad():
-        outputs = [loss_of(sharded, inputs), loss_of(plain, inputs)]
+        # The pictures first: as at the end of an epoch without validation, the step has resharded everything.
         pictures = [module.reconstruct(*inputs, sharded), plain.reconstruct(*inputs)] \
             if name == 'pretraining' else []
+        outputs = [loss_of(sharded, inputs), loss_of(plain, inputs)]
         probe = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
         probed = plain.backbone(probe) if name == 'pretraining' else plain(probe)
     if rank == 0:

@@ -158,6 +158,7 @@ def test_two_process_ddp_pretraining_on_cpu(demo_data, tmp_path):
     for name, weight in plain['weights'].items():
         assert torch.equal(other_plain['weights'][name], weight), name
         torch.testing.assert_close(recomputed['weights'][name], weight, rtol=1e-5, atol=1e-7, msg=name)
+    assert matplotlib.image.imread(tmp_path / 'pictures.png').ndim == 3  # drawn through the DDP wrapper
     (checkpoint,) = (tmp_path / 'ckpt').glob('*.ckpt')
     classifier = load_model(checkpoint, drop_head=True, num_classes=3)
     for name, weight in classifier.backbone.state_dict().items():
