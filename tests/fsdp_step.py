@@ -88,7 +88,7 @@ def step(name, out_dir, rank):
     config = FullStateDictConfig(offload_to_cpu=False, rank0_only=True)
     with FullyShardedDataParallel.state_dict_type(sharded, StateDictType.FULL_STATE_DICT, config):
         state = sharded.state_dict()
-    sharded.eval()
+    module.eval()  # as Lightning and the pictures' callback do: the LightningModule, not its wrapper
     plain.eval()
     inputs = batch(plain, 0)
     with torch.no_grad():
