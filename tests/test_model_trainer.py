@@ -199,7 +199,7 @@ def regularised_module(name, data):
         return LitMaskedAutoencoder(videomae_tiny(**REGULARISED), data.preprocessing.to_dict(), mask_ratio=0.75,
                                     decoder_dim=16, decoder_depth=1, decoder_num_heads=2, **settings)
     preset = {'timesformer': timesformer_tiny, 'videomae': videomae_tiny, 'vjepa2': vjepa2_tiny}[name]
-    return LitVideoClassifier(preset(num_classes=data.num_class, **REGULARISED), data.class_names,
+    return LitVideoClassifier(preset(num_classes=len(data.class_names), **REGULARISED), data.class_names,
                               data.preprocessing.to_dict(), **settings)
 
 
