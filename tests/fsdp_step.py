@@ -41,7 +41,9 @@ def build(name):
     if name == 'pretraining':
         return LitMaskedAutoencoder(videomae_tiny(), Preprocessing(num_frames=4, img_size=32).to_dict(),
                                     mask_ratio=0.75, decoder_dim=16, decoder_depth=1, decoder_num_heads=2)
-    return LitVideoClassifier((videomae_tiny if name == 'videomae' else vjepa2_tiny)(num_classes=3))
+    # Layer decay: the optimiser's groups also read the blocks' depth from names FSDP has prefixed.
+    return LitVideoClassifier((videomae_tiny if name == 'videomae' else vjepa2_tiny)(num_classes=3),
+                              optim_type='adamw', weight_decay=0.05, layer_decay=0.75)
 
 
 def batch(module, rank):
