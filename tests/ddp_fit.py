@@ -1,7 +1,7 @@
 """Ranks of two-process DDP fits on CPU (gloo), started by torchrun through `run_on_two_ranks`:
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_fit.py augment ANNOTATION CLASS_MAP OUT_DIR
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_fit.py pretrain VIDEO_FOLDER OUT_DIR
+    torchrun --standalone --nproc_per_node 2 tests/ddp_fit.py augment ANNOTATION CLASS_MAP OUT_DIR
+    torchrun --standalone --nproc_per_node 2 tests/ddp_fit.py pretrain VIDEO_FOLDER OUT_DIR
 
 augment (test_data_trainer.py): fits one epoch, tests, then calls the DataModule's setup once more by
 hand. Saves what its training steps received, dataset indices (N,) and augmented clips

@@ -1,7 +1,7 @@
 """One rank of two-process FSDP training steps on CPU (gloo), started by ddp_fit.run_on_two_ranks from
 test_fsdp.py:
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/fsdp_step.py OUT_DIR NAME...
+    torchrun --standalone --nproc_per_node 2 tests/fsdp_step.py OUT_DIR NAME...
 
 Each NAME: videomae, vjepa2 (classifiers) or pretraining (VideoMAE's masked autoencoding). Its
 LightningModule is wrapped by torch's FullyShardedDataParallel with the arguments Lightning's FSDPStrategy gives it
@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from pytorch_lightning.strategies import FSDPStrategy
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing, checkpoint_wrapper
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (apply_activation_checkpointing,
+                                                                         checkpoint_wrapper)
 from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
