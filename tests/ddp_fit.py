@@ -8,7 +8,7 @@ hand. Saves what its training steps received, dataset indices (N,) and augmented
 (N, T, 3, S, S), and the process's torch seed after each of the three (`seeds`), to
 OUT_DIR/rank<global rank>.pt.
 
-pretrain (test_pretraining.py): two VideoMAE pretraining fits of 2 steps from seed 0, as
+pretrain (test_pretraining.py): two VideoMAE pretraining fits of 2 epochs of one step from seed 0, as
 model_pretrain.py -objective videomae -strategy ddp builds them, the second with its blocks
 recomputed in backward. The first logs to OUT_DIR/csv, checkpoints to OUT_DIR/ckpt and draws
 OUT_DIR/pictures.png through the DDP wrapper. Saves each fit's training masks (steps * B, N), losses
@@ -110,7 +110,9 @@ def pretrain(videos, out_dir):
         if recompute:
             recompute_blocks_in_backward(module)
         trainer = pl.Trainer(accelerator='cpu', devices=2, strategy=DDPStrategy(find_unused_parameters=False),
-                             max_steps=PRETRAINING_STEPS, log_every_n_steps=1, plugins=[AtomicCheckpointIO()],
+                             # One step an epoch: the pictures' forward through the DDP wrapper comes between.
+                             max_epochs=PRETRAINING_STEPS, limit_train_batches=1, log_every_n_steps=1,
+                             plugins=[AtomicCheckpointIO()],
                              logger=False if recompute else CSVLogger(out_dir, name='csv'),
                              enable_checkpointing=not recompute,
                              callbacks=[] if recompute else [ModelCheckpoint(out_dir / 'ckpt'),
