@@ -38,12 +38,11 @@ from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
 from frame_sampling import SAMPLINGS
-from model_trainer import LitVideoClassifier, NonFiniteLossError, recompute_blocks_in_backward
+from model_trainer import LitVideoClassifier, NonFiniteLossError, fsdp_settings, recompute_blocks_in_backward
 from pretrain_outputs import build_pretraining, check_pretraining_flags, report_pretraining
 from pretrain_trainer import ReconstructionPictures
 from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, CheckpointSaveError, CompactProgressBar,
                          CtrlC, RunFolderBusy, holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
-from transformer import Block
 from inference import resolve_weights
 from preprocessing import DATA_STATICS
 from utils import counted, write_json
@@ -430,8 +429,7 @@ def build_trainer(args, accelerator, devices, callbacks, loggers):
     elif strategy == 'fsdp':
         if args.clip_grad:  # Lightning's FSDP precision plugins refuse it at the first step
             raise UsageError('-clip_grad with -strategy fsdp: Lightning cannot clip FSDP gradients; leave one out')
-        strategy = FSDPStrategy(auto_wrap_policy={Block}, state_dict_type='full',
-                                activation_checkpointing_policy={Block} if args.activation_checkpointing else None)
+        strategy = FSDPStrategy(**fsdp_settings(args.activation_checkpointing))
     val_check = args.val_check_interval
     settings = f'-accelerator {accelerator} -devices {devices} -strategy {args.strategy} -precision {precision}'
     try:
@@ -604,7 +602,7 @@ def main(argv=None):
     recomputing = ''
     if args.activation_checkpointing:  # FSDP wraps its blocks itself
         recomputing = '; FSDP recomputes each block in backward' if args.strategy == 'fsdp' else \
-            f'; {recompute_blocks_in_backward(module.model)} blocks recomputed in backward'
+            f'; {recompute_blocks_in_backward(module)} blocks recomputed in backward'
     if args.compile:
         module.model.compile()
 

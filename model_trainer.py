@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import grad_norm, rank_zero_warn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointWrapper,
                                                                          apply_activation_checkpointing)
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -38,13 +39,34 @@ class NonFiniteLossError(RuntimeError):
     """A training step gave a NaN or infinite loss and the run was told to stop on one."""
 
 
-def recompute_blocks_in_backward(model):
-    """Wrap every transformer Block of `model` in place so that backward recomputes its activations
-    instead of keeping them: less memory, one more forward of each block. The state_dict keys stay
-    the same (the wrapper's hooks hide its prefix), so checkpoints load as before. Returns how many
-    blocks it wrapped."""
-    apply_activation_checkpointing(model, check_fn=lambda module: isinstance(module, Block))
-    return sum(isinstance(module, CheckpointWrapper) for module in model.modules())
+# The modules FSDP shards as units of their own and -activation_checkpointing recomputes: every
+# transformer Block, of which the encoders, V-JEPA 2's attentive pooler and the pretraining decoder are built.
+BLOCK_CLASSES = {Block}
+
+
+def fsdp_settings(activation_checkpointing=False):
+    """FSDPStrategy's arguments: each block a unit of its own (recomputed in backward when asked),
+    checkpoints written whole by rank zero, so that load_model reads them as any other."""
+    return dict(auto_wrap_policy=BLOCK_CLASSES, state_dict_type='full',
+                activation_checkpointing_policy=BLOCK_CLASSES if activation_checkpointing else None)
+
+
+def total_gradient_norm(module, wrapper):
+    """The 2-norm of all of `module`'s gradients, None before any. wrapper: the strategy's wrapper of it
+    (trainer.strategy.model). FSDP's keeps a shard of the gradients on each rank: the norm is then
+    gathered from every rank, each of which must call this."""
+    if isinstance(wrapper, FullyShardedDataParallel):
+        return wrapper.clip_grad_norm_(math.inf)  # the norm over every rank's shard, nothing clipped
+    return grad_norm(module, norm_type=2).get('grad_2.0_norm_total')  # by Lightning
+
+
+def recompute_blocks_in_backward(module):
+    """Wrap every transformer block of `module` (the whole LightningModule: a pretraining decoder's
+    blocks are outside its `model`) in place so that backward recomputes its activations instead of
+    keeping them: less memory, one more forward of each block. The state_dict keys stay the same (the
+    wrapper's hooks hide its prefix), so checkpoints load as before. Returns how many blocks it wrapped."""
+    apply_activation_checkpointing(module, check_fn=lambda child: isinstance(child, tuple(BLOCK_CLASSES)))
+    return sum(isinstance(child, CheckpointWrapper) for child in module.modules())
 
 
 class LitVideoClassifier(pl.LightningModule):
@@ -97,6 +119,13 @@ class LitVideoClassifier(pl.LightningModule):
         self.metrics.update({f'{stage}_loss': MeanMetric() for stage in ('val', 'test')})
         self.skipped_steps = 0
         self._batch_started = self._batch_ended = None
+        self.note_built_dimensions()
+
+    def note_built_dimensions(self):
+        """Keep each parameter's number of dimensions as built, which decides its weight decay: by the time
+        the optimiser is configured, FSDP (keeping the original parameters, as Lightning has it) shows every
+        parameter as a 1-D shard."""
+        self._built_dimensions = {parameter: parameter.ndim for parameter in self.parameters()}
 
     @property
     def blocks(self):
@@ -145,7 +174,7 @@ class LitVideoClassifier(pl.LightningModule):
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
-            no_decay = parameter.ndim <= 1 or name.split('.')[-1] in NO_DECAY_NAMES
+            no_decay = self._built_dimensions[parameter] <= 1 or name.split('.')[-1] in NO_DECAY_NAMES
             scale = hp.layer_decay ** (top - self._layer_id(name))
             key = (scale, 0.0 if no_decay else hp.weight_decay)
             groups.setdefault(key, []).append(parameter)
@@ -197,12 +226,17 @@ class LitVideoClassifier(pl.LightningModule):
         size = len(hard)
         for k in (1, 5):
             self.metrics[f'train_top{k}'](logits.detach(), hard)
-        self.log('train/loss', loss, prog_bar=True, batch_size=size)
+        self.log_train_loss(loss, size)
         self.log('train/top1', self.metrics['train_top1'], prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=size)
         self.log('train/top5', self.metrics['train_top5'], on_step=True, on_epoch=True, batch_size=size)
         self.log('train/lr', self.trainer.optimizers[0].param_groups[-1]['lr'], prog_bar=True, batch_size=size)
         return loss
+
+    def log_train_loss(self, loss, batch_size):
+        """train/loss, the mean over the ranks: the loss of the step whose averaged gradient every rank
+        applies (without the sync, rank zero's own batch alone)."""
+        self.log('train/loss', loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
 
     def _nonfinite(self, loss):
         """Stop with the step and the last checkpoint named, or skip the step (every rank agrees)."""
@@ -219,9 +253,9 @@ class LitVideoClassifier(pl.LightningModule):
                                  f'or pass -nonfinite_loss skip')
 
     def on_before_optimizer_step(self, optimizer):
-        norms = grad_norm(self, norm_type=2)  # each parameter's and the total, by Lightning
-        if norms:
-            self.log('train/grad_norm', norms['grad_2.0_norm_total'], batch_size=1)
+        norm = total_gradient_norm(self, self.trainer.strategy.model)
+        if norm is not None:
+            self.log('train/grad_norm', norm, batch_size=1)
 
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_started = time.perf_counter()

@@ -77,6 +77,7 @@ class LitMaskedAutoencoder(LitVideoClassifier):
         self.metrics = torch.nn.ModuleDict({'val_loss': MeanMetric()})
         self.skipped_steps = 0
         self._batch_started = self._batch_ended = None
+        self.note_built_dimensions()
 
     @property
     def backbone(self):
@@ -105,13 +106,21 @@ class LitMaskedAutoencoder(LitVideoClassifier):
         return masked_autoencoding(self.backbone, self.decoder, video, mask, self.preprocessing.mean,
                                    self.preprocessing.std, self.hparams.norm_pix_loss)
 
-    def forward(self, video, mask):
-        return self.loss(video, mask)[0]
+    def forward(self, video, mask, keep_predictions=False):
+        """The loss of normalised clips (B, T, 3, S, S) under `mask`; with keep_predictions, the loss and
+        the predictions (B, N_masked, pixels)."""
+        loss, predictions = self.loss(video, mask)
+        return (loss, predictions) if keep_predictions else loss
 
-    def reconstruct(self, video, mask):
-        """(frames, masked input, reconstruction) in [0, 1], each (B, T, 3, S, S), of normalised clips."""
+    def reconstruct(self, video, mask, wrapper=None):
+        """(frames, masked input, reconstruction) in [0, 1], each (B, T, 3, S, S), of normalised clips.
+
+        wrapper: the strategy's wrapper of this module (trainer.strategy.model), whose forward the model
+        runs in: outside the training steps, FSDP has gathered none of the parameters it keeps outside the
+        blocks (the patch embedding, the decoder's head), and only its forward gathers them.
+        """
         config = self.backbone.config
-        _, predictions = self.loss(video, mask)
+        _, predictions = (self if wrapper is None else wrapper)(video, mask, keep_predictions=True)
         return reconstruct(video, mask, predictions, self.preprocessing.mean, self.preprocessing.std,
                            config.patch_size, tube_size_of(config), self.hparams.norm_pix_loss)
 
@@ -120,7 +129,7 @@ class LitMaskedAutoencoder(LitVideoClassifier):
         loss, _ = self.loss(video, self.draw_mask(len(video)))
         if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
             return self._nonfinite(loss)
-        self.log('train/loss', loss, prog_bar=True, batch_size=len(video))
+        self.log_train_loss(loss, len(video))
         self.log('train/lr', self.trainer.optimizers[0].param_groups[-1]['lr'], prog_bar=True, batch_size=len(video))
         return loss
 
@@ -156,7 +165,8 @@ class ReconstructionPictures(pl.Callback):
             self.clips['train'] = batch['video'][:self.num_clips].detach().cpu()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        # Every rank reconstructs its own clips (a sharded model's forward needs them all); rank 0 draws.
+        # Every rank reconstructs its own clips through the strategy's wrapper (a sharded model's forward
+        # needs every rank, and gathers the parameters in the wrapper's forward); rank 0 draws.
         clips = self.clips.get('val', self.clips.get('train'))
         if clips is None:
             return
@@ -164,7 +174,7 @@ class ReconstructionPictures(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
-            pictures = pl_module.reconstruct(clips.to(pl_module.device), mask)
+            pictures = pl_module.reconstruct(clips.to(pl_module.device), mask, trainer.strategy.model)
         pl_module.train(was_training)
         if trainer.is_global_zero:
             self.draw(pictures, trainer.current_epoch, pl_module.hparams.mask_ratio)

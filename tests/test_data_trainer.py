@@ -1,7 +1,5 @@
 """The DataModule under a real Lightning Trainer, and the device-side augmentation's contract."""
 import random
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from torch.utils.data import RandomSampler, SequentialSampler
 
 from data_trainer import SkippedVideos, VideoDataModule, mix_clips, parse_auto_augment, train_augmentation
 from dataset import spatial_crops
+from ddp_fit import run_on_two_ranks
 from demo.make_demo_dataset import CLASSES
 from preprocessing import DATA_STATICS, Preprocessing
 
@@ -360,10 +359,7 @@ def test_ddp_ranks_get_disjoint_items_and_draw_their_own_augmentation(demo_data,
     path, name = (demo_data / 'train.txt').read_text().splitlines()[0].split('\t')
     annotation = tmp_path / 'same.txt'
     annotation.write_text(f'{demo_data / path}\t{name}\n' * 8)
-    script = Path(__file__).with_name('ddp_fit.py')
-    subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                    str(script), str(annotation), str(demo_data / 'classmap.json'), str(tmp_path)],
-                   check=True, capture_output=True, timeout=300)
+    run_on_two_ranks('augment', annotation, demo_data / 'classmap.json', tmp_path)
     ranks = [torch.load(tmp_path / f'rank{rank}.pt', weights_only=True) for rank in (0, 1)]
     assert sorted(torch.cat([rank['index'] for rank in ranks]).tolist()) == list(range(8))
     assert all(rank['video'].shape == (4, 4, 3, 32, 32) for rank in ranks)

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from data_trainer import VideoDataModule
 from model_loading import load_model
 from model_trainer import LitVideoClassifier, NonFiniteLossError, recompute_blocks_in_backward
+from pretrain_trainer import LitMaskedAutoencoder
 from reference import randomise_
 from run_outputs import AtomicCheckpointIO
 from transformer import Block
-from video_transformer import timesformer_tiny
+from video_transformer import timesformer_tiny, videomae_tiny, vjepa2_tiny
 
 
 def tiny_data(demo_data, **overrides):
@@ -185,20 +186,46 @@ def test_evaluation_averages_the_views_and_reports_one_view(demo_data, tmp_path)
     assert any(top1 != pytest.approx(results['test/top1_1view']) for top1 in other_views)
 
 
-def test_activation_checkpointing_recomputes_each_block_with_the_plain_gradients(demo_data, tmp_path):
-    """Every block runs again in backward, every parameter gets the plain run's gradient (dropout and
-    drop path drawn alike), and the checkpoint of a real fit loads with load_model. Fails if no block
-    is wrapped (the flag ignored, as it was without FSDP), if recomputation draws other dropout masks,
-    or if the wrapper's prefix reaches the state_dict keys."""
-    data = tiny_data(demo_data)
+# Dropout and drop path in every block, so that recomputation must draw the masks the plain run drew.
+REGULARISED = dict(dropout_p=0.2, drop_path_rate=0.3)
+# Blocks of each model: the encoder's two, V-JEPA 2's pooler's one, the pretraining decoder's one.
+RECOMPUTED_BLOCKS = {'timesformer': 2, 'videomae': 2, 'vjepa2': 3, 'videomae pretraining': 3}
+
+
+def regularised_module(name, data):
+    """The LightningModule of `name` (a RECOMPUTED_BLOCKS key), tiny, dropout and drop path on."""
     settings = dict(optim_type='adamw', lr=1e-3)
-    config = timesformer_tiny(num_classes=data.num_classes, dropout_p=0.2, drop_path_rate=0.3)
-    plain = LitVideoClassifier(config, data.class_names, data.preprocessing.to_dict(), **settings)
-    randomise_(plain.model)
-    recomputed = LitVideoClassifier(config, data.class_names, data.preprocessing.to_dict(), **settings)
+    if name == 'videomae pretraining':
+        return LitMaskedAutoencoder(videomae_tiny(**REGULARISED), data.preprocessing.to_dict(), mask_ratio=0.75,
+                                    decoder_dim=16, decoder_depth=1, decoder_num_heads=2, **settings)
+    preset = {'timesformer': timesformer_tiny, 'videomae': videomae_tiny, 'vjepa2': vjepa2_tiny}[name]
+    return LitVideoClassifier(preset(num_classes=len(data.class_names), **REGULARISED), data.class_names,
+                              data.preprocessing.to_dict(), **settings)
+
+
+def scalar_output(module, clips):
+    """A scalar of the module's output on clips (B, T, 3, S, S): the pretraining loss under a fixed mask, or
+    the classifier's squared logits summed."""
+    if isinstance(module, LitMaskedAutoencoder):
+        return module(clips, module.draw_mask(len(clips), torch.Generator().manual_seed(1)))
+    return module(clips).square().sum()
+
+
+@pytest.mark.parametrize('name', list(RECOMPUTED_BLOCKS))
+def test_activation_checkpointing_recomputes_each_block_with_the_plain_gradients(demo_data, tmp_path, name):
+    """Every block runs again in backward (V-JEPA 2's pooler's and the pretraining decoder's too),
+    every trainable parameter gets the plain run's gradient (dropout and drop path drawn alike), and
+    the checkpoint of a real fit loads with load_model. Fails if a block is not wrapped (the flag
+    ignored, as it was without FSDP; the decoder's left out, as when only the LightningModule's
+    `model` was wrapped), if recomputation draws other dropout masks, or if the wrapper's prefix
+    reaches the state_dict keys."""
+    data = tiny_data(demo_data)
+    plain = regularised_module(name, data)
+    randomise_(plain)
+    recomputed = regularised_module(name, data)
     recomputed.load_state_dict(plain.state_dict())
     keys = list(recomputed.state_dict())
-    assert recompute_blocks_in_backward(recomputed.model) == 2
+    assert recompute_blocks_in_backward(recomputed) == RECOMPUTED_BLOCKS[name]
     assert list(recomputed.state_dict()) == keys
     clips = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     gradients = []
@@ -208,23 +235,27 @@ def test_activation_checkpointing_recomputes_each_block_with_the_plain_gradients
             if isinstance(block, Block):
                 block.register_forward_pre_hook(lambda *_: calls.append(1))
         torch.manual_seed(0)
-        module.train()(clips).square().sum().backward()
-        assert len(calls) == (2 if module is plain else 4)  # each of the 2 blocks once more in backward
-        gradients.append({name: parameter.grad for name, parameter in module.named_parameters()})
+        scalar_output(module.train(), clips).backward()
+        # each block once more in backward
+        assert len(calls) == RECOMPUTED_BLOCKS[name] * (1 if module is plain else 2)
+        gradients.append({name: parameter.grad for name, parameter in module.named_parameters()
+                          if parameter.requires_grad})
     plain_gradients, recomputed_gradients = gradients
-    assert list(recomputed_gradients) == [name.replace('blocks.0.', 'blocks.0._checkpoint_wrapped_module.')
-                                          .replace('blocks.1.', 'blocks.1._checkpoint_wrapped_module.')
-                                          for name in plain_gradients]
-    for (name, expected), actual in zip(plain_gradients.items(), recomputed_gradients.values()):
-        assert expected is not None and expected.abs().sum() > 0, name
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
+    assert [key.replace('._checkpoint_wrapped_module', '') for key in recomputed_gradients] == list(plain_gradients)
+    for (key, expected), actual in zip(plain_gradients.items(), recomputed_gradients.values()):
+        assert expected is not None and expected.abs().sum() > 0, key
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=key)
     pl.seed_everything(0)
     trainer = fit(recomputed, data, tmp_path, max_steps=2, limit_val_batches=0, enable_checkpointing=False)
     trainer.save_checkpoint(tmp_path / 'recomputed.ckpt')
     video = torch.rand(2, 4, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(load_model(tmp_path / 'recomputed.ckpt')(video), recomputed.eval()(video),
-                                   rtol=0, atol=0)
+        if name == 'videomae pretraining':
+            loaded = load_model(tmp_path / 'recomputed.ckpt', drop_head=True, num_classes=2).backbone
+            torch.testing.assert_close(loaded(video), recomputed.eval().backbone(video), rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(load_model(tmp_path / 'recomputed.ckpt')(video), recomputed.eval()(video),
+                                       rtol=0, atol=0)
 
 
 class FirstStepWeights(pl.Callback):

@@ -16,10 +16,11 @@ from transformers import VideoMAEForPreTraining
 
 from command_lines import run_in_one_process
 from data_trainer import VideoDataModule
+from ddp_fit import PRETRAINING_STEPS, run_on_two_ranks
 from model_loading import load_model
 from model_trainer import LitVideoClassifier
 from pretrain_trainer import LitMaskedAutoencoder, ReconstructionPictures
-from run_outputs import AtomicCheckpointIO
+from run_outputs import AtomicCheckpointIO, read_run_metrics
 from video_transformer import timesformer_tiny, videomae_tiny
 from visualize import reconstruction_figure, save_png
 from weight_formats import WeightLoadError
@@ -136,6 +137,34 @@ def test_resume_continues_exactly_where_the_run_stopped(demo_data, tmp_path):
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
 
+def test_two_process_ddp_pretraining_on_cpu(demo_data, tmp_path):
+    """Two real processes (torchrun, gloo) pretrain 2 steps from seed 0, twice: the ranks draw other masks,
+    a rerun from the seed draws the same ones, train/loss is the mean of the ranks' losses, both ranks end
+    with the same weights, recomputing blocks in backward changes nothing, and the checkpoint starts a
+    classifier. Fails if every rank drew the masks of one seed, if train/loss were rank zero's alone (as it
+    was), or if the ranks' weights parted (a parameter DDP does not reduce)."""
+    run_on_two_ranks('pretrain', demo_data / 'train', tmp_path)
+    (plain, recomputed), (other_plain, other_recomputed) = [torch.load(tmp_path / f'rank{rank}.pt', weights_only=True)
+                                                            for rank in (0, 1)]
+    steps_times_batch = PRETRAINING_STEPS * 2
+    assert plain['masks'].shape == (steps_times_batch, 32)
+    assert not any(torch.equal(mask, other) for mask, other in zip(plain['masks'], other_plain['masks']))
+    assert torch.equal(plain['masks'], recomputed['masks']) and torch.equal(other_plain['masks'],
+                                                                           other_recomputed['masks'])
+    logged = [row['train/loss'] for row in read_run_metrics(tmp_path / 'csv') if row.get('train/loss') is not None]
+    ranks_mean = ((plain['losses'] + other_plain['losses']) / 2).tolist()
+    assert plain['losses'].tolist() != pytest.approx(ranks_mean, abs=1e-6)  # the ranks' losses tell them apart
+    assert logged == pytest.approx(ranks_mean, abs=1e-6)
+    for name, weight in plain['weights'].items():
+        assert torch.equal(other_plain['weights'][name], weight), name
+        torch.testing.assert_close(recomputed['weights'][name], weight, rtol=1e-5, atol=1e-7, msg=name)
+    assert matplotlib.image.imread(tmp_path / 'pictures.png').ndim == 3  # drawn through the DDP wrapper
+    (checkpoint,) = (tmp_path / 'ckpt').glob('*.ckpt')
+    classifier = load_model(checkpoint, drop_head=True, num_classes=3)
+    for name, weight in classifier.backbone.state_dict().items():
+        torch.testing.assert_close(weight, plain['weights'][f'model.backbone.{name}'], rtol=0, atol=0, msg=name)
+
+
 def test_the_reconstruction_picture_changes_when_the_model_does(demo_data, tmp_path):
     """The callback writes a PNG of frames, masked input and reconstruction; with another decoder the
     reconstruction (and so the PNG) changes while the frames and the masked input do not."""
@@ -160,14 +189,16 @@ def test_the_reconstruction_picture_changes_when_the_model_does(demo_data, tmp_p
 def test_model_pretrain_objective_videomae_then_fine_tuning_and_the_hf_export(demo_data, tmp_path):
     """The command: pretrains on an unlabelled folder, writes the summary, curves and reconstructions and
     prints a fine-tuning command; -pretrain takes its checkpoint in a fine-tuning run; export_weights.py
-    -hf writes a VideoMAEForPreTraining folder whose loss is ours (same mask)."""
+    -hf writes a VideoMAEForPreTraining folder whose loss is ours (same mask). -activation_checkpointing
+    recomputes the decoder's block with the encoder's two (it wrapped the encoder's only)."""
     root = tmp_path / 'runs'
     result = subprocess.run([sys.executable, 'model_pretrain.py', '-objective', 'videomae', '-train_data_path',
                              str(demo_data / 'train'), '-val_data_path', str(demo_data / 'val.txt'), *TINY,
                              '-arch', 'videomae', '-decoder_dim', '16', '-decoder_depth', '1', '-mask_ratio', '0.75',
-                             '-epoch', '2', '-root_dir', str(root)], cwd=REPOSITORY, capture_output=True,
-                            text=True, timeout=600)
+                             '-epoch', '2', '-activation_checkpointing', '-root_dir', str(root)], cwd=REPOSITORY,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert '; 3 blocks recomputed in backward; ' in result.stdout
     (run_dir,) = (root / 'results').iterdir()
     assert run_dir.name.startswith('videomae_pretraining_arch_videomae')
     summary = json.loads((run_dir / 'log' / 'summary.json').read_text())
