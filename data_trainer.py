@@ -24,14 +24,17 @@ rank then holds the same seed, and Lightning's DDP and FSDP strategies reset eve
 the start of each run (fit, validate, test, predict), so ranks would draw the same windows, crops
 and mixes. `setup` therefore seeds each run with seed + global rank (`seed_rank`), the seed being
 the one this DataModule met at its first setup: however often setup runs, the rank is added once.
-Lightning's samplers shard the training items; validation and test items are split among the ranks
-without Lightning's padding (which repeats items to even out the ranks), so metrics count each
-video once.
+The training loader (ResumableLoader) shuffles each epoch by one seed drawn from the run's RNG and
+keeps that seed and the batches served in checkpoints, so a run resumed mid-epoch serves the rest
+of the epoch. Lightning's samplers shard the training items; validation and test items are split
+among the ranks without Lightning's padding (which repeats items to even out the ranks), so
+metrics count each video once.
 
 Hyper-parameters are saved as plain types (paths as strings), so a checkpoint's
 `datamodule_hyper_parameters` load with `torch.load(weights_only=True)`; `preprocessing` gives the
 data settings inference needs, as a `preprocessing.Preprocessing`.
 """
+import itertools
 import math
 import os
 import random
@@ -45,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 import preprocessing
 from dataset import VideoDataset, check_skip_fraction, collate_clips, collate_views
@@ -156,6 +159,70 @@ def seed_rank(seed, rank):
     np.random.seed((seed + rank) % 2**32)
 
 
+class ResumableBatchSampler(BatchSampler):
+    """A BatchSampler whose passes start `skip` batches in: the skipped indices are drawn, not read.
+    Set by ResumableLoader at each epoch (a worker iterator asks for a pass twice as it starts)."""
+
+    def __init__(self, sampler, batch_size, drop_last):
+        super().__init__(sampler, batch_size, drop_last)
+        self.skip = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, resumable mid-epoch from its `state_dict()`.
+
+    Each epoch draws one seed from torch's global RNG (which seed_everything seeds and the
+    LightningModule's checkpoints restore); `generator` (the RandomSampler's and the workers' base
+    seed) is reseeded with it, so the seed fixes the epoch's order. The state is that seed and the
+    batches served; a loader given it (`resume=` or `load_state_dict`) shuffles its next epoch the same
+    way and skips the batches served, drawing nothing from the global RNG, so a run resumed from a
+    mid-epoch checkpoint serves the rest of the epoch and continues the random draws of the main process
+    (crops, flips, mixes, and the frame windows without workers). Loader workers draw their windows
+    from their own generators, which start afresh: one warning line says so. A state with no batch
+    served, or every batch, starts a new epoch. Under DDP, Lightning's DistributedSampler (seeded by
+    the run's seed and the epoch) orders the items, and each rank resumes its own share at the same batch.
+
+    Lightning saves this state in its checkpoints and loads it into a loader built after it restores
+    its loops; a module that asks for the epoch length in configure_optimizers (as LitVideoClassifier
+    does) builds the loader before that, and Lightning never loads the state (Lightning issue #20550):
+    VideoDataModule.state_dict carries it for those.
+    """
+
+    def __init__(self, *args, resume=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resume = resume
+        self._seed, self._served = None, 0
+
+    def state_dict(self):
+        """{'seed': the epoch's seed, 'served': batches of it served so far}."""
+        return {'seed': self._seed, 'served': self._served}
+
+    def load_state_dict(self, state):
+        self._resume = state
+
+    def __iter__(self):
+        # A generator: its body runs at the first batch, after Lightning has restored the checkpoint
+        # and set the sampler's epoch (which it does after building this iterator when a run starts).
+        return self._epoch()
+
+    def _epoch(self):
+        state, self._resume = self._resume, None
+        resumed = bool(state) and 0 < state['served'] < len(self)
+        self._seed = state['seed'] if resumed else int(torch.randint(2**62, ()))
+        self._served = state['served'] if resumed else 0
+        if resumed and self.num_workers > 0:
+            rank_zero_warn(f'resuming at batch {self._served} of {len(self)} of the epoch: the same clips follow, '
+                           'but the loader workers draw their frame windows afresh (exact with -num_workers 0)')
+        self.generator.manual_seed(self._seed)
+        self.batch_sampler.skip = self._served
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+
 def _plain(value):
     """Paths as strings, also in a list (of videos to predict), so that hyper-parameters load back
     under weights_only=True."""
@@ -205,6 +272,7 @@ class VideoDataModule(pl.LightningDataModule):
         self.datasets = {}
         self._class_names = None
         self._seed = None
+        self._train_state = None  # a checkpoint's training loader position, for the next train_dataloader
 
     @property
     def class_names(self):
@@ -252,16 +320,24 @@ class VideoDataModule(pl.LightningDataModule):
 
     def _loader(self, split):
         hp = self.hparams
-        training = split == 'train'
-        return DataLoader(
-            self.dataset(split), batch_size=hp.batch_size, shuffle=training, drop_last=training,
-            sampler=self._evaluation_sampler(split),
+        dataset = self.dataset(split)
+        options = dict(
             num_workers=hp.num_workers,
-            collate_fn=collate_clips if training else partial(collate_views, preprocessing=self.views[split]),
             # Pinned memory only helps copies to a GPU; without one torch warns and ignores it.
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
             prefetch_factor=hp.prefetch_factor if hp.num_workers > 0 else None)
+        if split != 'train':
+            return DataLoader(dataset, batch_size=hp.batch_size, sampler=self._evaluation_sampler(split),
+                              collate_fn=partial(collate_views, preprocessing=self.views[split]), **options)
+        resume, self._train_state = self._train_state, None
+        if resume and self.trainer is not None:
+            # Workers' seeds differ by rank, as those the ranks drew in the run that saved the state.
+            resume = {**resume, 'seed': resume['seed'] + self.trainer.global_rank}
+        generator = torch.Generator()
+        batches = ResumableBatchSampler(RandomSampler(dataset, generator=generator), hp.batch_size, drop_last=True)
+        return ResumableLoader(dataset, batch_sampler=batches, generator=generator, collate_fn=collate_clips,
+                               resume=resume, **options)
 
     def _evaluation_sampler(self, split):
         """Under DDP, each validation or test item on one rank only (ranks may differ by one batch:
@@ -278,6 +354,19 @@ class VideoDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         return self._loader('train')
+
+    def state_dict(self):
+        """The training loader's state (ResumableLoader) while an epoch runs, saved in checkpoints and
+        restored before any loader is built, which Lightning's own restoring of it misses here."""
+        trainer = self.trainer
+        loader = trainer.train_dataloader if trainer is not None else None
+        # An epoch the trainer has finished (every batch, or those limit_train_batches allows) is not resumed.
+        if not isinstance(loader, ResumableLoader) or loader.state_dict()['served'] >= trainer.num_training_batches:
+            return {}
+        return {'train_loader': loader.state_dict()}
+
+    def load_state_dict(self, state):
+        self._train_state = state.get('train_loader')
 
     def val_dataloader(self):
         # No validation source: an empty list tells Lightning to skip validation.

@@ -2,6 +2,7 @@
 import random
 import subprocess
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -121,10 +122,74 @@ def test_loaders_leave_sampling_to_lightning(demo_data):
     data = small_module(demo_data, num_workers=2, prefetch_factor=3)
     data.setup('fit')
     train, val = data.train_dataloader(), data.val_dataloader()
-    assert isinstance(train.sampler, RandomSampler) and train.drop_last
+    assert isinstance(train.batch_sampler.sampler, RandomSampler) and train.batch_sampler.drop_last
     assert isinstance(val.sampler, SequentialSampler) and not val.drop_last
     assert train.persistent_workers and train.prefetch_factor == 3 and train.num_workers == 2
     assert train.pin_memory == torch.cuda.is_available()
+
+
+class IndexRecorder(TinyVideoModel):
+    """Keeps the dataset indices of every training batch, in order. As LitVideoClassifier, it asks for
+    the epoch length in configure_optimizers, and its checkpoints carry torch's RNG state."""
+
+    def __init__(self, num_class):
+        super().__init__(num_class)
+        self.indices = []
+
+    def training_step(self, batch, batch_idx):
+        self.indices.append(batch['index'].tolist())
+        return super().training_step(batch, batch_idx)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint['torch_rng'] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint):
+        torch.set_rng_state(checkpoint['torch_rng'])
+
+    def configure_optimizers(self):
+        self.total_steps = self.trainer.estimated_stepping_batches  # builds the training loader now
+        return super().configure_optimizers()
+
+
+def fit_recording_indices(demo_data, tmp_path, name, num_workers=0, ckpt_path=None, **trainer_options):
+    """Indices of the training batches of a fit saving a checkpoint at every step in tmp_path / name."""
+    pl.seed_everything(0, workers=True)
+    data = small_module(demo_data, val_data_path=None, num_workers=num_workers, persistent_workers=False)
+    model = IndexRecorder(data.num_class)
+    steps = pl.callbacks.ModelCheckpoint(tmp_path / name, filename='{step}', every_n_train_steps=1, save_top_k=-1)
+    trainer = pl.Trainer(accelerator='cpu', devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[steps], **trainer_options)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    return model.indices
+
+
+@pytest.mark.parametrize('num_workers', [0, 1])
+def test_a_mid_epoch_checkpoint_resumes_the_loader_at_its_next_batch(demo_data, tmp_path, num_workers):
+    """Fails if a run resumed from a step checkpoint serves the epoch from its first batch, or in a
+    new order (the training loader before it had a state): it must serve the batches not yet served."""
+    straight = fit_recording_indices(demo_data, tmp_path, 'straight', num_workers, max_epochs=1)
+    assert len(straight) == 4 and len({index for batch in straight for index in batch}) == 16
+    checkpoint = torch.load(tmp_path / 'straight' / 'step=1.ckpt', weights_only=True)
+    assert checkpoint['VideoDataModule']['train_loader']['served'] == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        resumed = fit_recording_indices(demo_data, tmp_path, 'resumed', num_workers, max_epochs=1,
+                                        ckpt_path=tmp_path / 'straight' / 'step=1.ckpt')
+    assert resumed == straight[1:]
+    afresh = [str(warning.message) for warning in caught if 'draw their frame windows afresh' in str(warning.message)]
+    assert afresh == (['resuming at batch 1 of 4 of the epoch: the same clips follow, but the loader workers draw '
+                       'their frame windows afresh (exact with -num_workers 0)'] if num_workers else [])
+
+
+def test_an_epoch_cut_short_by_limit_train_batches_is_not_resumed(demo_data, tmp_path):
+    """Fails if the loader's position at the end of an epoch that limit_train_batches cut short is
+    resumed: the next epoch would serve the rest of the old one instead of a new order."""
+    straight = fit_recording_indices(demo_data, tmp_path, 'straight', max_epochs=2, limit_train_batches=2)
+    checkpoint = torch.load(tmp_path / 'straight' / 'step=2.ckpt', weights_only=True)
+    assert 'VideoDataModule' not in checkpoint
+    resumed = fit_recording_indices(demo_data, tmp_path, 'resumed', max_epochs=2, limit_train_batches=2,
+                                    ckpt_path=tmp_path / 'straight' / 'step=2.ckpt')
+    assert resumed == straight[2:]
 
 
 def test_class_names_from_the_class_map_or_the_lists(demo_data):
@@ -370,3 +435,19 @@ def test_ddp_ranks_get_disjoint_items_and_draw_their_own_augmentation(demo_data,
     assert not any(torch.allclose(first, second) for first, second in zip(ranks[0]['video'], ranks[1]['video']))
     # seed_everything(0) plus the rank, added once however often setup runs (fit, test, by hand).
     assert [rank['seeds'] for rank in ranks] == [[0, 0, 0], [1, 1, 1]]
+
+
+def test_ddp_ranks_resume_their_own_share_mid_epoch(demo_data, tmp_path):
+    """Fails if, resumed from a mid-epoch checkpoint under DDP, a rank serves its share from the start or
+    another rank's batches (the training loader kept no position, or its skip ignored the DistributedSampler)."""
+    annotation = tmp_path / 'eight.txt'
+    annotation.write_text(''.join(f'{demo_data / line}\n' for line in
+                                  (demo_data / 'train.txt').read_text().splitlines()[:8]))
+    script = Path(__file__).with_name('ddp_resume.py')
+    subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                    str(script), str(annotation), str(demo_data / 'classmap.json'), str(tmp_path)],
+                   check=True, capture_output=True, timeout=300)
+    ranks = [torch.load(tmp_path / f'rank{rank}.pt', weights_only=True) for rank in (0, 1)]
+    assert sorted(torch.cat([rank['straight'] for rank in ranks]).tolist()) == list(range(8))
+    for rank in ranks:
+        assert rank['resumed'].tolist() == rank['straight'][1:].tolist()

@@ -276,12 +276,11 @@ def test_resume_continues_exactly_where_the_run_stopped(demo_data, tmp_path, num
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.xfail(strict=True, reason='a known defect: the DataModule\'s training loader has no state_dict, so '
-                   'Lightning restarts it from its first batch in a run resumed mid-epoch')
 def test_resume_from_a_mid_epoch_step_checkpoint_continues_exactly(demo_data, tmp_path):
     """Two epochs straight, saving every 3 steps (4 steps an epoch), give the same weights as a new
     run resumed from the step-3 checkpoint, saved with one batch of epoch 0 still to come. Fails if a
-    resumed run repeats or skips that epoch's batches, or draws other crops, flips or mixes."""
+    resumed run repeats or skips that epoch's batches (as when the training loader kept no position and
+    restarted the epoch), or draws other windows, crops, flips or mixes."""
     def run(name, ckpt_path=None):
         pl.seed_everything(0, workers=True)
         data = tiny_data(demo_data, persistent_workers=False, mixup=True, color_jitter=0.4, val_data_path=None,
