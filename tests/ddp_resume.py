@@ -22,7 +22,7 @@ def fit(annotation, class_map, out_dir, ckpt_path=None):
     pl.seed_everything(0, workers=True, verbose=False)
     data = VideoDataModule(train_data_path=annotation, class_map=class_map, num_frames=4, frame_interval=16,
                            img_size=32, batch_size=1, num_workers=0, color_jitter=0.0)
-    model = Recorder(data.num_class)
+    model = Recorder(len(data.class_names))
     steps = pl.callbacks.ModelCheckpoint(out_dir, filename='{step}', every_n_train_steps=1, save_top_k=-1)
     trainer = pl.Trainer(accelerator='cpu', devices=2, strategy='ddp', max_epochs=1, logger=False, callbacks=[steps],
                          enable_progress_bar=False, enable_model_summary=False)

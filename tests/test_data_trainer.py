@@ -132,8 +132,8 @@ class IndexRecorder(TinyVideoModel):
     """Keeps the dataset indices of every training batch, in order. As LitVideoClassifier, it asks for
     the epoch length in configure_optimizers, and its checkpoints carry torch's RNG state."""
 
-    def __init__(self, num_class):
-        super().__init__(num_class)
+    def __init__(self, *args):
+        super().__init__(*args)
         self.indices = []
 
     def training_step(self, batch, batch_idx):
@@ -155,7 +155,7 @@ def fit_recording_indices(demo_data, tmp_path, name, num_workers=0, ckpt_path=No
     """Indices of the training batches of a fit saving a checkpoint at every step in tmp_path / name."""
     pl.seed_everything(0, workers=True)
     data = small_module(demo_data, val_data_path=None, num_workers=num_workers, persistent_workers=False)
-    model = IndexRecorder(data.num_class)
+    model = IndexRecorder(len(data.class_names))
     steps = pl.callbacks.ModelCheckpoint(tmp_path / name, filename='{step}', every_n_train_steps=1, save_top_k=-1)
     trainer = pl.Trainer(accelerator='cpu', devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path, callbacks=[steps], **trainer_options)
