@@ -53,7 +53,7 @@ class TrainingModes(pl.Callback):
 def test_linear_probe_trains_the_head_only(demo_data, tmp_path):
     pl.seed_everything(0)
     data = tiny_data(demo_data)
-    module = tiny_module(data, eval_metrics='linear_prob', optim_type='adamw', lr=1e-2, weight_decay=0.05)
+    module = tiny_module(data, freeze_backbone=True, optim_type='adamw', lr=1e-2, weight_decay=0.05)
     before = snapshot(module)
     modes = TrainingModes()
     fit(module, data, tmp_path, max_steps=3, enable_checkpointing=False, limit_val_batches=1, callbacks=[modes],
@@ -63,6 +63,31 @@ def test_linear_probe_trains_the_head_only(demo_data, tmp_path):
     assert changed == {'model.head.fc.weight', 'model.head.fc.bias'}
     # The backbone stays in eval mode (no dropout, no stochastic depth), validation in between included.
     assert modes.seen == {'', 'head', 'head.dropout', 'head.fc'}
+
+
+def test_a_checkpoint_that_names_the_linear_probe_by_eval_metrics_loads_with_a_frozen_backbone(demo_data, tmp_path):
+    """Checkpoints saved before freeze_backbone record the mode as eval_metrics='linear_prob': they load
+    with the backbone frozen and in eval mode, and their hyper-parameters then say freeze_backbone. Fails
+    if the old keyword is refused, or read as fine-tuning (every parameter trainable)."""
+    data = tiny_data(demo_data)
+    module = tiny_module(data, freeze_backbone=True)
+    assert module.hparams.freeze_backbone is True and 'eval_metrics' not in module.hparams
+    path = tmp_path / 'old.ckpt'
+    hyper_parameters = {key: value for key, value in module.hparams.items() if key != 'freeze_backbone'}
+    torch.save({'state_dict': module.state_dict(), 'pytorch-lightning_version': pl.__version__,
+                'hyper_parameters': {**hyper_parameters, 'eval_metrics': 'linear_prob'}}, path)
+    for eval_metrics, frozen in (('linear_prob', True), ('finetune', False)):
+        if eval_metrics == 'finetune':
+            raw = torch.load(path, weights_only=True)
+            raw['hyper_parameters']['eval_metrics'] = 'finetune'
+            torch.save(raw, path)
+        loaded = LitVideoClassifier.load_from_checkpoint(path, weights_only=True).train()
+        assert loaded.hparams.freeze_backbone is frozen and 'eval_metrics' not in loaded.hparams
+        backbone = loaded.model.backbone
+        assert all(not parameter.requires_grad for parameter in backbone.parameters()) is frozen
+        assert backbone.training is not frozen
+    with pytest.raises(ValueError, match=r"eval_metrics must be one of \('finetune', 'linear_prob', None\)"):
+        tiny_module(data, eval_metrics='linear')
 
 
 def test_freeze_blocks_freezes_the_embedding_and_exactly_those_blocks(demo_data, tmp_path):
