@@ -1,18 +1,18 @@
 """LightningDataModule for video clips; augmentation and normalisation run on the batch's device.
 
 The CPU side (dataset.py) returns uint8 clips resized so their short side is `short_side`; for
-validation, test and predict the collate function cuts each clip's crops there, so a clip's views
-never depend on the rest of its batch. After the batch reaches its device, `on_after_batch_transfer`
+validation and test the collate function cuts each clip's crops there, so a clip's views never
+depend on the rest of its batch. After the batch reaches its device, `on_after_batch_transfer`
 augments (training: random resized crop and the rest), normalises (`preprocessing.normalize`) and
 mixes it, so the same code runs on a GPU or, without one, on CPU tensors.
 
 Batch contract, a dict as the LightningModule's steps receive it:
 - training: `video` float32 (B, T, 3, img_size, img_size), normalised; `label` int64 (B,), or
   float32 soft targets (B, num_class) when mixup is on (no label smoothing: that is the loss's).
-- validation, test and predict: `video` float32 (B, V, T, 3, img_size, img_size), normalised, with
-  V = 1 for validation (the centre crop of the centre clip) and V = num_clips * num_crops for test
-  and predict, clip-major; `label` int64 (B,), -1 for unlabelled videos in predict. Average the
-  views at the logits: logits = model(video.flatten(0, 1)).view(B, V, -1).mean(1).
+- validation and test: `video` float32 (B, V, T, 3, img_size, img_size), normalised, with V = 1
+  for validation (the centre crop of the centre clip) and V = num_clips * num_crops for test,
+  clip-major; `label` int64 (B,). Average the views at the logits:
+  logits = model(video.flatten(0, 1)).view(B, V, -1).mean(1).
 - always: `index` int64 (B,), the dataset items; `path` [str] (B,), their video files; `skipped`,
   a plain int, and `failed`, [(path, reason)], the unreadable videos met for the batch. Training
   replaces them by other items; evaluation leaves them out, so B may be smaller than the batch
@@ -224,27 +224,25 @@ class ResumableLoader(DataLoader):
 
 
 def _plain(value):
-    """Paths as strings, also in a list (of videos to predict), so that hyper-parameters load back
-    under weights_only=True."""
+    """Paths as strings, also in a list (of videos), so that hyper-parameters load back under
+    weights_only=True."""
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 class VideoDataModule(pl.LightningDataModule):
-    """Train, val, test and predict loaders over annotation sources, with device-side augmentation.
+    """Train, val and test loaders over annotation sources, with device-side augmentation.
 
     Arguments follow the original repository's flags (num_frames, frame_interval, img_size, num_class, batch_size,
     num_workers, data_statics, root_dir, *_data_path, mixup, auto_augment). root_dir is the folder
     relative video paths are joined to. class_map is a class map file or a list of names; without
-    it the classes come from the first annotation source. predict uses predict_data_path (anything
-    VideoDataset's predict mode reads: a list, with or without labels, a video or a folder of
-    videos), or test_data_path when that is not given, with the test views. labelled=False: every
-    split may be unlabelled (a folder of videos or a list of paths; labels -1), for self-supervised
-    pretraining.
+    it the classes come from the first annotation source. (Prediction is inference.py's: it reads
+    VideoDataset's predict mode itself.) labelled=False: every split may be unlabelled (a folder of
+    videos or a list of paths; labels -1), for self-supervised pretraining.
     """
 
-    def __init__(self, train_data_path=None, val_data_path=None, test_data_path=None, predict_data_path=None,
+    def __init__(self, train_data_path=None, val_data_path=None, test_data_path=None,
                  root_dir=None, class_map=None, num_class=None, num_samples_per_cls=None,
                  num_frames=8, frame_interval=32, window_seconds=None, num_clips=1, num_crops=3,
                  img_size=224, short_side=None, batch_size=8, num_workers=4, pin_memory=True,
@@ -253,8 +251,8 @@ class VideoDataModule(pl.LightningDataModule):
                  auto_augment=None, mixup=False, mixup_alpha=0.8, cutmix_alpha=1.0, labelled=True):
         super().__init__()
         # save_hyperparameters reads these locals: store paths as strings, which weights_only reads.
-        train_data_path, val_data_path, test_data_path, predict_data_path, root_dir, class_map = map(
-            _plain, (train_data_path, val_data_path, test_data_path, predict_data_path, root_dir, class_map))
+        train_data_path, val_data_path, test_data_path, root_dir, class_map = map(
+            _plain, (train_data_path, val_data_path, test_data_path, root_dir, class_map))
         self.save_hyperparameters()
         mean, std = preprocessing.data_statics(data_statics)
         self.preprocessing = preprocessing.Preprocessing(
@@ -263,11 +261,9 @@ class VideoDataModule(pl.LightningDataModule):
         check_skip_fraction(max_skip_fraction)
         if mixup and mixup_alpha <= 0 and cutmix_alpha <= 0:
             raise ValueError('mixup needs mixup_alpha > 0 or cutmix_alpha > 0')
-        self.sources = {'train': train_data_path, 'val': val_data_path, 'test': test_data_path,
-                        'predict': predict_data_path if predict_data_path is not None else test_data_path}
+        self.sources = {'train': train_data_path, 'val': val_data_path, 'test': test_data_path}
         # The views each evaluation split cuts: validation one, the centre crop of the centre clip.
-        self.views = {'val': self.preprocessing.replace(num_clips=1, num_crops=1), 'test': self.preprocessing,
-                      'predict': self.preprocessing}
+        self.views = {'val': self.preprocessing.replace(num_clips=1, num_crops=1), 'test': self.preprocessing}
         self.train_augment = train_augmentation(img_size, crop_scale, hflip, color_jitter, auto_augment)
         self.datasets = {}
         self._class_names = None
@@ -280,7 +276,7 @@ class VideoDataModule(pl.LightningDataModule):
         if self._class_names is None:
             first = next((split for split, path in self.sources.items() if path is not None), None)
             if first is None:
-                raise ValueError('no annotation source: give train, val, test or predict data paths')
+                raise ValueError('no annotation source: give train, val or test data paths')
             self.dataset(first)
         return self._class_names
 
@@ -289,7 +285,7 @@ class VideoDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     def dataset(self, split):
-        """The VideoDataset of split ('train', 'val', 'test' or 'predict'), built on first use.
+        """The VideoDataset of split ('train', 'val' or 'test'), built on first use.
         Every split after the first reuses its class names, so indices agree across splits."""
         if split not in self.datasets:
             if self.sources[split] is None:
@@ -313,8 +309,8 @@ class VideoDataModule(pl.LightningDataModule):
             if self._seed is None:
                 self._seed = torch.initial_seed()
             seed_rank(self._seed, trainer.global_rank)
-        splits = {'fit': ('train', 'val'), 'validate': ('val',), 'test': ('test',), 'predict': ('predict',)}
-        for split in splits.get(stage, ('train', 'val', 'test', 'predict')):
+        splits = {'fit': ('train', 'val'), 'validate': ('val',), 'test': ('test',)}
+        for split in splits.get(stage, ('train', 'val', 'test')):
             if self.sources[split] is not None:
                 self.dataset(split)
 
@@ -375,9 +371,6 @@ class VideoDataModule(pl.LightningDataModule):
     def test_dataloader(self):
         return self._loader('test')
 
-    def predict_dataloader(self):
-        return self._loader('predict')
-
     def transform_batch(self, batch, stage):
         """Augment (stage 'train'), normalise and mix (training, with mixup) a collated batch on its
         device (see the module doc); evaluation views arrive cropped (collate_views)."""
@@ -412,9 +405,6 @@ class SkippedVideos(pl.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self.counts['test'] += batch['skipped']
 
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self.counts['predict'] += batch['skipped']
-
     def on_train_epoch_end(self, trainer, pl_module):
         self._report('train', trainer, pl_module)
 
@@ -424,14 +414,9 @@ class SkippedVideos(pl.Callback):
     def on_test_epoch_end(self, trainer, pl_module):
         self._report('test', trainer, pl_module)
 
-    def on_predict_epoch_end(self, trainer, pl_module):
-        # Lightning allows no self.log while predicting; the warning is the summary.
-        self._report('predict', trainer, None)
-
     def _report(self, stage, trainer, pl_module):
         count = self.counts.pop(stage, 0)
-        if pl_module is not None:
-            pl_module.log(f'{stage}/skipped_videos', float(count), reduce_fx='sum', sync_dist=True)
+        pl_module.log(f'{stage}/skipped_videos', float(count), reduce_fx='sum', sync_dist=True)
         if count:
             fate = 'replaced by others' if stage == 'train' else 'left out'
             rank_zero_warn(f'epoch {trainer.current_epoch} {stage}: {count} unreadable videos were {fate} '

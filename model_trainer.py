@@ -273,11 +273,6 @@ class LitVideoClassifier(pl.LightningModule):
     def test_step(self, batch, batch_idx):
         self.evaluate(batch, 'test')
 
-    def predict_step(self, batch, batch_idx):
-        video = batch['video']
-        batch_size, views = video.shape[:2]
-        return self.model(video.flatten(0, 1)).view(batch_size, views, -1).softmax(dim=-1).mean(dim=1)
-
     # ------------------------------------------------------------------ resuming
 
     def on_save_checkpoint(self, checkpoint):

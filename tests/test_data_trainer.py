@@ -53,10 +53,6 @@ class TinyVideoModel(pl.LightningModule):
         if len(batch['video']):
             self.averaged_logits(batch)
 
-    def predict_step(self, batch, batch_idx):
-        self.record('predict', batch)
-        return self.averaged_logits(batch)
-
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
@@ -94,21 +90,18 @@ def test_trainer_runs_every_stage_with_two_workers(demo_data, tmp_path):
     assert sum(batch['skipped'] for batch in model.seen['train']) >= 2
     trainer.test(model, datamodule=data)
     assert trainer.callback_metrics['test/skipped_videos'] == 0
-    predictions = trainer.predict(model, datamodule=data)
 
     assert len(model.seen['train']) == 2
     for batch in model.seen['train']:
         assert batch['video'] == ((4, 4, 3, 32, 32), torch.float32)
         assert batch['label'] == ((4, len(CLASSES)), torch.float32)
     assert model.seen['val'][0]['video'] == ((4, 1, 4, 3, 32, 32), torch.float32)
-    for stage in ('val', 'test', 'predict'):
-        if stage != 'val':
-            assert model.seen[stage][0]['video'] == ((4, 2 * 3, 4, 3, 32, 32), torch.float32)
+    assert model.seen['test'][0]['video'] == ((4, 2 * 3, 4, 3, 32, 32), torch.float32)
+    for stage in ('val', 'test'):
         assert model.seen[stage][0]['label'] == ((4,), torch.int64)
         assert model.seen[stage][0]['index'] == ((4,), torch.int64)
         paths = model.seen[stage][0]['path']
         assert len(paths) == 4 and all(Path(path).is_file() for path in paths)
-    assert [prediction.shape for prediction in predictions] == [(4, len(CLASSES))]
 
 
 def test_fit_without_validation_data(demo_data):
@@ -204,7 +197,7 @@ def test_num_samples_per_cls_caps_training_clips_only(demo_data):
     """Fails if -num_samples_per_cls also caps validation and test (16 of 64 test videos)."""
     listed = demo_data / 'train.txt'  # 4 clips per class in every split
     data = small_module(demo_data, num_samples_per_cls=1, val_data_path=listed, test_data_path=listed)
-    assert [len(data.dataset(split)) for split in ('train', 'val', 'test', 'predict')] == [4, 16, 16, 16]
+    assert [len(data.dataset(split)) for split in ('train', 'val', 'test')] == [4, 16, 16]
 
 
 def test_datamodule_argument_errors(demo_data):
@@ -235,6 +228,12 @@ def test_checkpoint_hyper_parameters_load_with_weights_only(demo_data, tmp_path)
     assert 'label_smoothing' not in saved
     rebuilt = VideoDataModule.load_from_checkpoint(tmp_path / 'last.ckpt', weights_only=True)
     assert rebuilt.preprocessing == data.preprocessing and rebuilt.class_names == data.class_names
+    # Checkpoints from before the DataModule lost its predict split record a predict_data_path: still read.
+    checkpoint = torch.load(tmp_path / 'last.ckpt', weights_only=True)
+    checkpoint['datamodule_hyper_parameters']['predict_data_path'] = str(demo_data / 'test.txt')
+    torch.save(checkpoint, tmp_path / 'older.ckpt')
+    rebuilt = VideoDataModule.load_from_checkpoint(tmp_path / 'older.ckpt', weights_only=True)
+    assert rebuilt.preprocessing == data.preprocessing and 'predict_data_path' not in rebuilt.hparams
 
 
 def test_preprocessing_carries_the_data_settings(demo_data):
@@ -267,20 +266,6 @@ def test_evaluation_leaves_unreadable_videos_out(demo_data, tmp_path):
     [batch] = model.seen['test']
     assert batch['video'] == ((0, 2 * 3, 4, 3, 32, 32), torch.float32) and batch['label'] == ((0,), torch.int64)
     assert batch['skipped'] == 2 and batch['path'] == []
-
-
-@pytest.mark.parametrize('source', ['folder', 'paths'])
-def test_predict_on_unlabelled_videos(demo_data, source):
-    videos = sorted((demo_data / 'val').rglob('*.mp4'))
-    data = small_module(demo_data, predict_data_path=demo_data / 'val' if source == 'folder' else videos,
-                        num_clips=2, num_crops=1)
-    model = TinyVideoModel(data.num_class)
-    quiet_trainer().predict(model, datamodule=data)
-    [batch] = model.seen['predict']
-    assert batch['video'] == ((4, 2, 4, 3, 32, 32), torch.float32)
-    assert batch['path'] == [str(video) for video in videos]
-    assert data.dataset('predict').labels.tolist() == [-1] * 4
-    assert data.hparams.predict_data_path == (str(demo_data / 'val') if source == 'folder' else batch['path'])
 
 
 # ---------------------------------------------------------------- device-side augmentation
