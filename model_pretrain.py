@@ -33,7 +33,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 
 from command_line import Parser, UsageError, add_flag, error_line
 from data_trainer import SkippedVideos, VideoDataModule
-from dataset import UnreadableDatasetError
+from dataset import DECODERS, UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
 from model_trainer import (EVAL_METRICS, LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, LitVideoClassifier,
                            NonFiniteLossError, recompute_blocks_in_backward)
@@ -44,7 +44,7 @@ from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, Chec
                          CtrlC, RunFolderBusy, holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
 from run_settings import (LR_PER_256, OBJECTIVES, PRETRAIN_FILES, RECIPES, apply_recipe, batch_scaled_lr,
                           choose_precision, count_devices, experiment_tag, milestones_line, resolve_devices)
-from transformer import Block
+from transformer import CONV_TYPES, Block
 from inference import resolve_weights
 from preprocessing import DATA_STATICS
 from utils import counted, write_json
@@ -96,7 +96,7 @@ def parse_args(argv=None):
     model = parser.add_argument_group('model and data')
     add_flag(model, 'arch', choices=tuple(ARCHITECTURES))
     add_flag(model, 'attention_type', choices=ATTENTION_TYPES)
-    add_flag(model, 'conv_type', choices=('Conv2d', 'Conv3d'),
+    add_flag(model, 'conv_type', choices=CONV_TYPES,
              help='patch embedding: per frame (Conv2d) or per tubelet of tube_size frames (Conv3d); '
                   "default: the arch's own (TimeSformer Conv2d, the others Conv3d)")
     for name, kind, text in (
@@ -115,7 +115,7 @@ def parse_args(argv=None):
     add_flag(model, 'class_map', help='JSON name -> index, or one name per line')
     add_flag(model, 'data_root', help="folder the lists' relative video paths start from "
                                       "(default: the list's own folder)")
-    add_flag(model, 'decoder', choices=('decord', 'pyav'))
+    add_flag(model, 'decoder', choices=DECODERS)
 
     recipe = parser.add_argument_group('recipe')
     add_flag(recipe, 'recipe', choices=tuple(RECIPES),
