@@ -42,8 +42,8 @@ from pretrain_trainer import ReconstructionPictures
 from run_checkpoints import continue_checkpoint, interrupted_line, latest_checkpoint, other_checkpoints
 from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, CheckpointSaveError, CompactProgressBar,
                          CtrlC, RunFolderBusy, holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
-from run_settings import (LR_PER_256, OBJECTIVES, PRETRAIN_FILES, RECIPES, apply_recipe, batch_scaled_lr,
-                          choose_precision, count_devices, experiment_tag, milestones_line, resolve_devices)
+from run_settings import (OBJECTIVES, PRETRAIN_FILES, RECIPES, apply_recipe, batch_scaled_lr, choose_precision,
+                          count_devices, experiment_tag, milestones_line, resolve_devices)
 from transformer import CONV_TYPES, Block
 from inference import resolve_weights
 from preprocessing import DATA_STATICS
@@ -316,10 +316,8 @@ def main(argv=None):
     accelerator, devices = resolve_devices(args)
     devices_per_node = count_devices(accelerator, devices)
     if args.lr is None:  # the videomae recipes' lr follows the effective batch
-        effective_batch = args.batch_size * devices_per_node * args.num_nodes * args.accumulate_grad_batches
-        args.lr = batch_scaled_lr(args.recipe, effective_batch)
-        logging.info('-lr %.3g: the %s recipe takes %g per 256 clips of effective batch, here %d',
-                     args.lr, args.recipe, LR_PER_256[args.recipe], effective_batch)
+        args.lr, line = batch_scaled_lr(args, devices_per_node)
+        logging.info(line)
     results = Path(args.root_dir) / 'results'
     resume = None
     if args.resume not in (None, 'last'):  # the checkpoint's flags first: they name the experiment

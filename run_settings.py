@@ -122,9 +122,13 @@ def milestones_line(args):
             f"{KINETICS_RECIPE['epoch']} epochs scaled to -epoch {args.epoch} (give -milestones to set them)")
 
 
-def batch_scaled_lr(recipe, effective_batch):
-    """The lr of a videomae recipe left without -lr: LR_PER_256 per 256 clips of effective batch."""
-    return LR_PER_256[recipe] * effective_batch / 256
+def batch_scaled_lr(args, devices_per_node):
+    """(lr, the line saying so) of a videomae recipe left without -lr: LR_PER_256 per 256 clips of the
+    effective batch, -batch_size on every device of every node times -accumulate_grad_batches."""
+    effective_batch = args.batch_size * devices_per_node * args.num_nodes * args.accumulate_grad_batches
+    lr = LR_PER_256[args.recipe] * effective_batch / 256
+    return lr, (f'-lr {lr:.3g}: the {args.recipe} recipe takes {LR_PER_256[args.recipe]:g} per 256 clips of '
+                f'effective batch, here {effective_batch}')
 
 
 def resolve_devices(args):

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from run_checkpoints import checkpoint_flags
-from run_settings import (LR_PER_256, RECIPES, apply_recipe, choose_precision, count_devices, experiment_tag,
-                          milestones_line, resolve_devices, scale_milestones)
+from run_settings import (LR_PER_256, RECIPES, apply_recipe, batch_scaled_lr, choose_precision, count_devices,
+                          experiment_tag, milestones_line, resolve_devices, scale_milestones)
 from video_transformer import timesformer_base_patch16_224, videomae_base_patch16_224
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
 # The flags the functions read besides the recipes' own, at model_pretrain.py's parser defaults.
 OTHER_FLAGS = dict(recipe=None, objective=None, train_data_path=None, seed=None, gpus=None, accelerator='auto',
-                   num_nodes=1, conv_type=None)
+                   num_nodes=1, accumulate_grad_batches=1, conv_type=None)
 
 
 def settings(**given):
@@ -183,3 +183,17 @@ def test_a_checkpoint_records_eval_metrics_by_its_mode_or_by_the_old_name():
     for module, expected in (({'freeze_backbone': True}, 'linear_prob'), ({'freeze_backbone': False}, 'finetune'),
                              ({'eval_metrics': 'linear_prob'}, 'linear_prob'), ({}, None)):
         assert checkpoint_flags({'hyper_parameters': module}).get('eval_metrics') == expected, module
+
+
+def test_the_videomae_recipes_scale_their_lr_with_the_whole_effective_batch():
+    """1e-3 (fine-tuning) and 1.5e-4 (pretraining) per 256 clips: 8 clips x 4 devices x 2 nodes x 4
+    accumulated steps are 256. Fails if a factor (devices, nodes, accumulation) is left out of the batch."""
+    for recipe, per_256 in (('videomae', 1e-3), ('videomae_pretrain', 1.5e-4)):
+        # With a training list: without one, videomae_pretrain is the demo's pretraining, of a fixed lr.
+        args = settings(recipe=recipe, train_data_path='train.txt', batch_size=8, num_nodes=2,
+                        accumulate_grad_batches=4)
+        assert args.lr is None
+        assert batch_scaled_lr(args, 4) == (pytest.approx(per_256), f'-lr {per_256:.3g}: the {recipe} recipe takes '
+                                            f'{per_256:g} per 256 clips of effective batch, here 256')
+        alone = settings(recipe=recipe, train_data_path='train.txt', batch_size=8)
+        assert batch_scaled_lr(alone, 1)[0] == pytest.approx(per_256 / 32)
