@@ -301,6 +301,25 @@ def test_resume_continues_exactly_where_the_run_stopped(demo_data, tmp_path, num
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
 
+def test_a_checkpoint_of_another_number_of_processes_warns_and_draws_from_the_seed(demo_data, tmp_path):
+    """A checkpoint holding the RNG states of 2 processes resumed by 1: one warning line, and training
+    goes on. Fails if the states are restored regardless (rank 0's, as if the runs matched) or silently
+    dropped."""
+    data = tiny_data(demo_data, val_data_path=None, test_data_path=None)
+    trainer = fit(tiny_module(data), data, tmp_path, max_steps=1, callbacks=[pl.callbacks.ModelCheckpoint(tmp_path)])
+    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    checkpoint['rng_states'] = {name: state.repeat(2, *[1] * (state.ndim - 1))
+                                for name, state in checkpoint['rng_states'].items()}
+    torch.save(checkpoint, tmp_path / 'two.ckpt')
+    module = tiny_module(data)
+    resumed = pl.Trainer(accelerator='cpu', devices=1, max_steps=2, logger=False, default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match=r'the checkpoint holds the RNG states of 2 processes, this run has 1; '
+                                         r'random draws continue from the seed instead'):
+        resumed.fit(module, data, ckpt_path=tmp_path / 'two.ckpt', weights_only=True)
+    assert resumed.global_step == 2
+
+
 def test_resume_from_a_mid_epoch_step_checkpoint_continues_exactly(demo_data, tmp_path):
     """Two epochs straight, saving every 3 steps (4 steps an epoch), give the same weights as a new
     run resumed from the step-3 checkpoint, saved with one batch of epoch 0 still to come. Fails if a
