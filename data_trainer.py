@@ -1,18 +1,18 @@
 """LightningDataModule for video clips; augmentation and normalisation run on the batch's device.
 
 The CPU side (dataset.py) returns uint8 clips resized so their short side is `short_side`; for
-validation, test and predict the collate function cuts each clip's crops there, so a clip's views
-never depend on the rest of its batch. After the batch reaches its device, `on_after_batch_transfer`
+validation and test the collate function cuts each clip's crops there, so a clip's views never
+depend on the rest of its batch. After the batch reaches its device, `on_after_batch_transfer`
 augments (training: random resized crop and the rest), normalises (`preprocessing.normalize`) and
 mixes it, so the same code runs on a GPU or, without one, on CPU tensors.
 
 Batch contract, a dict as the LightningModule's steps receive it:
 - training: `video` float32 (B, T, 3, img_size, img_size), normalised; `label` int64 (B,), or
   float32 soft targets (B, num_classes) when mixup is on (no label smoothing: that is the loss's).
-- validation, test and predict: `video` float32 (B, V, T, 3, img_size, img_size), normalised, with
-  V = 1 for validation (the centre crop of the centre clip) and V = num_clips * num_crops for test
-  and predict, clip-major; `label` int64 (B,), -1 for unlabelled videos in predict. Average the
-  views at the logits: logits = model(video.flatten(0, 1)).view(B, V, -1).mean(1).
+- validation and test: `video` float32 (B, V, T, 3, img_size, img_size), normalised, with V = 1
+  for validation (the centre crop of the centre clip) and V = num_clips * num_crops for test,
+  clip-major; `label` int64 (B,). Average the views' softmax, as LitVideoClassifier and inference do:
+  model(video.flatten(0, 1)).view(B, V, -1).softmax(-1).mean(1).
 - always: `index` int64 (B,), the dataset items; `path` [str] (B,), their video files; `skipped`,
   a plain int, and `failed`, [(path, reason)], the unreadable videos met for the batch. Training
   replaces them by other items; evaluation leaves them out, so B may be smaller than the batch
@@ -24,14 +24,17 @@ rank then holds the same seed, and Lightning's DDP and FSDP strategies reset eve
 the start of each run (fit, validate, test, predict), so ranks would draw the same windows, crops
 and mixes. `setup` therefore seeds each run with seed + global rank (`seed_rank`), the seed being
 the one this DataModule met at its first setup: however often setup runs, the rank is added once.
-Lightning's samplers shard the training items; validation and test items are split among the ranks
-without Lightning's padding (which repeats items to even out the ranks), so metrics count each
-video once.
+The training loader (ResumableLoader) shuffles each epoch by one seed drawn from the run's RNG and
+keeps that seed and the batches served in checkpoints, so a run resumed mid-epoch serves the rest
+of the epoch. Lightning's samplers shard the training items; validation and test items are split
+among the ranks without Lightning's padding (which repeats items to even out the ranks), so
+metrics count each video once.
 
 Hyper-parameters are saved as plain types (paths as strings), so a checkpoint's
 `datamodule_hyper_parameters` load with `torch.load(weights_only=True)`; `preprocessing` gives the
 data settings inference needs, as a `preprocessing.Preprocessing`.
 """
+import itertools
 import math
 import os
 import random
@@ -45,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 import preprocessing
 from dataset import VideoDataset, check_skip_fraction, collate_clips, collate_views
@@ -156,29 +159,91 @@ def seed_rank(seed, rank):
     np.random.seed((seed + rank) % 2**32)
 
 
+class ResumableBatchSampler(BatchSampler):
+    """A BatchSampler whose passes start `skip` batches in: the skipped indices are drawn, not read.
+    Set by ResumableLoader at each epoch (a worker iterator asks for a pass twice as it starts)."""
+
+    def __init__(self, sampler, batch_size, drop_last):
+        super().__init__(sampler, batch_size, drop_last)
+        self.skip = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, resumable mid-epoch from its `state_dict()`.
+
+    Each epoch draws one seed from torch's global RNG (which seed_everything seeds and the
+    LightningModule's checkpoints restore); `generator` (the RandomSampler's and the workers' base
+    seed) is reseeded with it, so the seed fixes the epoch's order. The state is that seed and the
+    batches served; a loader given it (`resume=` or `load_state_dict`) shuffles its next epoch the same
+    way and skips the batches served, drawing nothing from the global RNG, so a run resumed from a
+    mid-epoch checkpoint serves the rest of the epoch and continues the random draws of the main process
+    (crops, flips, mixes, and the frame windows without workers). Loader workers draw their windows
+    from their own generators, which start afresh: one warning line says so. A state with no batch
+    served, or every batch, starts a new epoch. Under DDP, Lightning's DistributedSampler (seeded by
+    the run's seed and the epoch) orders the items, and each rank resumes its own share at the same batch.
+
+    Lightning saves this state in its checkpoints and loads it into a loader built after it restores
+    its loops; a module that asks for the epoch length in configure_optimizers (as LitVideoClassifier
+    does) builds the loader before that, and Lightning never loads the state (Lightning issue #20550):
+    VideoDataModule.state_dict carries it for those.
+    """
+
+    def __init__(self, *args, resume=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resume = resume
+        self._seed, self._served = None, 0
+
+    def state_dict(self):
+        """{'seed': the epoch's seed, 'served': batches of it served so far}."""
+        return {'seed': self._seed, 'served': self._served}
+
+    def load_state_dict(self, state):
+        self._resume = state
+
+    def __iter__(self):
+        # A generator: its body runs at the first batch, after Lightning has restored the checkpoint
+        # and set the sampler's epoch (which it does after building this iterator when a run starts).
+        return self._epoch()
+
+    def _epoch(self):
+        state, self._resume = self._resume, None
+        resumed = bool(state) and 0 < state['served'] < len(self)
+        self._seed = state['seed'] if resumed else int(torch.randint(2**62, ()))
+        self._served = state['served'] if resumed else 0
+        if resumed and self.num_workers > 0:
+            rank_zero_warn(f'resuming at batch {self._served} of {len(self)} of the epoch: the same clips follow, '
+                           'but the loader workers draw their frame windows afresh (exact with -num_workers 0)')
+        self.generator.manual_seed(self._seed)
+        self.batch_sampler.skip = self._served
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+
 def _plain(value):
-    """Paths as strings, also in a list (of videos to predict), so that hyper-parameters load back
-    under weights_only=True."""
+    """Paths as strings, also in a list (of videos), so that hyper-parameters load back under
+    weights_only=True."""
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 class VideoDataModule(pl.LightningDataModule):
-    """Train, val, test and predict loaders over annotation sources, with device-side augmentation.
+    """Train, val and test loaders over annotation sources, with device-side augmentation.
 
-    Arguments follow the original repository's flags (num_frames, frame_interval, img_size, num_classes, batch_size,
-    num_workers, data_statics, root_dir, *_data_path, mixup, auto_augment). sampling 'segments' picks
-    one frame per equal part of each video instead of a window of frames frame_interval apart. root_dir
-    is the folder relative video paths are joined to. class_map is a class map file or a list of names; without
-    it the classes come from the first annotation source. predict uses predict_data_path (anything
-    VideoDataset's predict mode reads: a list, with or without labels, a video or a folder of
-    videos), or test_data_path when that is not given, with the test views. labelled=False: every
-    split may be unlabelled (a folder of videos or a list of paths; labels -1), for self-supervised
-    pretraining.
+    Arguments follow the original repository's flags (num_frames, frame_interval, img_size, num_classes,
+    batch_size, num_workers, data_statics, root_dir, *_data_path, mixup, auto_augment). sampling 'segments'
+    picks one frame per equal part of each video instead of a window of frames frame_interval apart.
+    root_dir is the folder relative video paths are joined to. class_map is a class map file or a list of
+    names; without it the classes come from the first annotation source. (Prediction is inference.py's:
+    it reads VideoDataset's predict mode itself.) labelled=False: every split may be unlabelled (a folder
+    of videos or a list of paths; labels -1), for self-supervised pretraining.
     """
 
-    def __init__(self, train_data_path=None, val_data_path=None, test_data_path=None, predict_data_path=None,
+    def __init__(self, train_data_path=None, val_data_path=None, test_data_path=None,
                  root_dir=None, class_map=None, num_classes=None, num_samples_per_cls=None,
                  num_frames=8, frame_interval=32, window_seconds=None, sampling='interval', num_clips=1, num_crops=3,
                  img_size=224, short_side=None, batch_size=8, num_workers=4, pin_memory=True,
@@ -187,8 +252,8 @@ class VideoDataModule(pl.LightningDataModule):
                  auto_augment=None, mixup=False, mixup_alpha=0.8, cutmix_alpha=1.0, labelled=True):
         super().__init__()
         # save_hyperparameters reads these locals: store paths as strings, which weights_only reads.
-        train_data_path, val_data_path, test_data_path, predict_data_path, root_dir, class_map = map(
-            _plain, (train_data_path, val_data_path, test_data_path, predict_data_path, root_dir, class_map))
+        train_data_path, val_data_path, test_data_path, root_dir, class_map = map(
+            _plain, (train_data_path, val_data_path, test_data_path, root_dir, class_map))
         self.save_hyperparameters()
         mean, std = preprocessing.data_statics(data_statics)
         self.preprocessing = preprocessing.Preprocessing(
@@ -197,15 +262,14 @@ class VideoDataModule(pl.LightningDataModule):
         check_skip_fraction(max_skip_fraction)
         if mixup and mixup_alpha <= 0 and cutmix_alpha <= 0:
             raise ValueError('mixup needs mixup_alpha > 0 or cutmix_alpha > 0')
-        self.sources = {'train': train_data_path, 'val': val_data_path, 'test': test_data_path,
-                        'predict': predict_data_path if predict_data_path is not None else test_data_path}
+        self.sources = {'train': train_data_path, 'val': val_data_path, 'test': test_data_path}
         # The views each evaluation split cuts: validation one, the centre crop of the centre clip.
-        self.views = {'val': self.preprocessing.replace(num_clips=1, num_crops=1), 'test': self.preprocessing,
-                      'predict': self.preprocessing}
+        self.views = {'val': self.preprocessing.replace(num_clips=1, num_crops=1), 'test': self.preprocessing}
         self.train_augment = train_augmentation(img_size, crop_scale, hflip, color_jitter, auto_augment)
         self.datasets = {}
         self._class_names = None
         self._seed = None
+        self._train_state = None  # a checkpoint's training loader position, for the next train_dataloader
 
     @property
     def class_names(self):
@@ -213,7 +277,7 @@ class VideoDataModule(pl.LightningDataModule):
         if self._class_names is None:
             first = next((split for split, path in self.sources.items() if path is not None), None)
             if first is None:
-                raise ValueError('no annotation source: give train, val, test or predict data paths')
+                raise ValueError('no annotation source: give train, val or test data paths')
             self.dataset(first)
         return self._class_names
 
@@ -222,7 +286,7 @@ class VideoDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     def dataset(self, split):
-        """The VideoDataset of split ('train', 'val', 'test' or 'predict'), built on first use.
+        """The VideoDataset of split ('train', 'val' or 'test'), built on first use.
         Every split after the first reuses its class names, so indices agree across splits."""
         if split not in self.datasets:
             if self.sources[split] is None:
@@ -246,23 +310,31 @@ class VideoDataModule(pl.LightningDataModule):
             if self._seed is None:
                 self._seed = torch.initial_seed()
             seed_rank(self._seed, trainer.global_rank)
-        splits = {'fit': ('train', 'val'), 'validate': ('val',), 'test': ('test',), 'predict': ('predict',)}
-        for split in splits.get(stage, ('train', 'val', 'test', 'predict')):
+        splits = {'fit': ('train', 'val'), 'validate': ('val',), 'test': ('test',)}
+        for split in splits.get(stage, ('train', 'val', 'test')):
             if self.sources[split] is not None:
                 self.dataset(split)
 
     def _loader(self, split):
         hp = self.hparams
-        training = split == 'train'
-        return DataLoader(
-            self.dataset(split), batch_size=hp.batch_size, shuffle=training, drop_last=training,
-            sampler=self._evaluation_sampler(split),
+        dataset = self.dataset(split)
+        options = dict(
             num_workers=hp.num_workers,
-            collate_fn=collate_clips if training else partial(collate_views, preprocessing=self.views[split]),
             # Pinned memory only helps copies to a GPU; without one torch warns and ignores it.
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
             prefetch_factor=hp.prefetch_factor if hp.num_workers > 0 else None)
+        if split != 'train':
+            return DataLoader(dataset, batch_size=hp.batch_size, sampler=self._evaluation_sampler(split),
+                              collate_fn=partial(collate_views, preprocessing=self.views[split]), **options)
+        resume, self._train_state = self._train_state, None
+        if resume and self.trainer is not None:
+            # Workers' seeds differ by rank, as those the ranks drew in the run that saved the state.
+            resume = {**resume, 'seed': resume['seed'] + self.trainer.global_rank}
+        generator = torch.Generator()
+        batches = ResumableBatchSampler(RandomSampler(dataset, generator=generator), hp.batch_size, drop_last=True)
+        return ResumableLoader(dataset, batch_sampler=batches, generator=generator, collate_fn=collate_clips,
+                               resume=resume, **options)
 
     def _evaluation_sampler(self, split):
         """Under DDP, each validation or test item on one rank only (ranks may differ by one batch:
@@ -280,15 +352,25 @@ class VideoDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         return self._loader('train')
 
+    def state_dict(self):
+        """The training loader's state (ResumableLoader) while an epoch runs, saved in checkpoints and
+        restored before any loader is built, which Lightning's own restoring of it misses here."""
+        trainer = self.trainer
+        loader = trainer.train_dataloader if trainer is not None else None
+        # An epoch the trainer has finished (every batch, or those limit_train_batches allows) is not resumed.
+        if not isinstance(loader, ResumableLoader) or loader.state_dict()['served'] >= trainer.num_training_batches:
+            return {}
+        return {'train_loader': loader.state_dict()}
+
+    def load_state_dict(self, state):
+        self._train_state = state.get('train_loader')
+
     def val_dataloader(self):
         # No validation source: an empty list tells Lightning to skip validation.
         return self._loader('val') if self.sources['val'] is not None else []
 
     def test_dataloader(self):
         return self._loader('test')
-
-    def predict_dataloader(self):
-        return self._loader('predict')
 
     def transform_batch(self, batch, stage):
         """Augment (stage 'train'), normalise and mix (training, with mixup) a collated batch on its
@@ -324,9 +406,6 @@ class SkippedVideos(pl.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self.counts['test'] += batch['skipped']
 
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self.counts['predict'] += batch['skipped']
-
     def on_train_epoch_end(self, trainer, pl_module):
         self._report('train', trainer, pl_module)
 
@@ -336,14 +415,9 @@ class SkippedVideos(pl.Callback):
     def on_test_epoch_end(self, trainer, pl_module):
         self._report('test', trainer, pl_module)
 
-    def on_predict_epoch_end(self, trainer, pl_module):
-        # Lightning allows no self.log while predicting; the warning is the summary.
-        self._report('predict', trainer, None)
-
     def _report(self, stage, trainer, pl_module):
         count = self.counts.pop(stage, 0)
-        if pl_module is not None:
-            pl_module.log(f'{stage}/skipped_videos', float(count), reduce_fx='sum', sync_dist=True)
+        pl_module.log(f'{stage}/skipped_videos', float(count), reduce_fx='sum', sync_dist=True)
         if count:
             fate = 'replaced by others' if stage == 'train' else 'left out'
             rank_zero_warn(f'epoch {trainer.current_epoch} {stage}: {count} unreadable videos were {fate} '

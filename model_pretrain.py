@@ -16,8 +16,6 @@ check_python()  # before anything else, so an old Python stops with one line (ke
 
 import argparse  # noqa: E402  (after the Python check, as every later import)
 import logging
-import os
-import re
 import shlex
 import signal
 import sys
@@ -38,98 +36,26 @@ from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
 from frame_sampling import SAMPLINGS
-from model_trainer import LitVideoClassifier, NonFiniteLossError, fsdp_settings, recompute_blocks_in_backward
+from model_trainer import (EVAL_METRICS, LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, LitVideoClassifier,
+                           NonFiniteLossError, fsdp_settings, recompute_blocks_in_backward)
 from pretrain_outputs import build_pretraining, check_pretraining_flags, report_pretraining
 from pretrain_trainer import ReconstructionPictures
+from run_checkpoints import continue_checkpoint, interrupted_line, latest_checkpoint, other_checkpoints
 from run_outputs import (RUN_LOCK, AtomicCheckpointIO, CheckpointOnSigterm, CheckpointSaveError, CompactProgressBar,
                          CtrlC, RunFolderBusy, holds_results, lock_run_folder, percent, plot_curves, read_run_metrics)
+from run_settings import (OBJECTIVES, PRETRAIN_FILES, RECIPES, apply_recipe, batch_scaled_lr, choose_precision,
+                          count_devices, experiment_tag, milestones_line, resolve_devices)
+from transformer import CONV_TYPES
 from inference import resolve_weights
 from preprocessing import DATA_STATICS
 from utils import counted, write_json
+from video_decoding import DECODERS
 from video_transformer import ARCHITECTURES, VideoTransformerConfig
-from weight_files import read_file
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_
 
 REPOSITORY = Path(__file__).resolve().parent
 DEMO_DIR = REPOSITORY / 'demo' / 'data'
-# The original's `-pretrain vit|mae` name files in ROOT_DIR/pretrain_model; `kinetics` is a released
-# video checkpoint there (the original's TimeSformer-B Kinetics-600).
-PRETRAIN_FILES = {
-    'vit': 'vit_base_patch16_224.pth',
-    'mae': 'pretrain_mae_vit_base_mask_0.75_400e.pth',
-    'kinetics': 'timesformer_k600.ckpt',
-}
-# The original's README recipe on Kinetics: TimeSformer-B/16, 8 frames 32 apart, SGD with nesterov
-# momentum, lr 0.005 divided by 10 at epochs 5 and 11 of 15, mean = std = 0.5, three test crops.
-KINETICS_RECIPE = dict(
-    lr=0.005, epoch=15, batch_size=8, num_workers=4, log_interval=30, num_samples_per_cls=10000,
-    pretrain='vit', frame_interval=32, root_dir='.', arch='timesformer', attention_type='divided_space_time',
-    num_frames=8, img_size=224, patch_size=16, embed_dims=768, num_heads=12, depth=12, num_time_layers=4,
-    tube_size=2, data_statics='inception', num_clips=1, num_crops=3, optim_type='sgd', momentum=0.9,
-    weight_decay=1e-4, lr_schedule='multistep', warmup_epochs=0.0, min_lr=1e-6, milestones=[5, 11],
-    layer_decay=1.0, freeze_blocks=0, clip_grad=0.0, label_smoothing=0.0, mixup_alpha=0.8, cutmix_alpha=1.0,
-    drop_path=0.1, crop_scale=[0.08, 1.0], color_jitter=0.4, save_ckpt_freq=1000, devices='auto', mixup=False,
-    objective='classify', head_init_scale=1.0,
-)
-# The demo: a small TimeSformer (0.6 M parameters, 2-frame tubelets) learns the motion classes of
-# demo/make_demo_dataset.py from scratch; on two CPU cores validation passes 90% in epoch 5 to 8 of 20.
-DEMO_RECIPE = dict(
-    KINETICS_RECIPE, lr=1e-3, epoch=20, batch_size=8, num_workers=1, log_interval=8, pretrain='none',
-    frame_interval=4, root_dir='runs/demo', num_frames=8, img_size=32, patch_size=8, embed_dims=128, num_heads=4,
-    depth=2, conv_type='Conv3d', data_statics='kinetics', num_clips=2, num_crops=3, optim_type='adamw',
-    weight_decay=0.05, lr_schedule='cosine', warmup_epochs=2.0, min_lr=1e-5, label_smoothing=0.1, drop_path=0.0,
-    crop_scale=[0.5, 1.0], color_jitter=0.0, save_ckpt_freq=0, devices='1',
-)
-# MCG-NJU VideoMAE's fine-tuning (run_class_finetuning.py, Kinetics-400 ViT-B): AdamW, a base lr of 1e-3
-# per 256 clips of effective batch, layer decay 0.75, 5 warmup epochs then cosine, label smoothing 0.1,
-# mixup 0.8 / CutMix 1.0, RandAugment m7-n4, drop path 0.1, 16 frames 4 apart, ImageNet statistics,
-# 5 clips x 3 crops at test time; starts from -pretrain (a VideoMAE pretraining or fine-tuned file), its new
-# head's initial weights x 0.001 (init_scale).
-VIDEOMAE_RECIPE = dict(
-    KINETICS_RECIPE, lr=None, epoch=75, pretrain='none', frame_interval=4, arch='videomae',
-    attention_type='joint_space_time', num_frames=16, tube_size=2, data_statics='imagenet', num_clips=5, num_crops=3,
-    optim_type='adamw', weight_decay=0.05, lr_schedule='cosine', warmup_epochs=5.0, min_lr=1e-6, layer_decay=0.75,
-    label_smoothing=0.1, mixup=True, mixup_alpha=0.8, cutmix_alpha=1.0, auto_augment='rand-m7-n4', color_jitter=0.0,
-    drop_path=0.1, crop_scale=[0.08, 1.0], head_init_scale=1e-3,
-)
-# MCG-NJU VideoMAE's pretraining (run_mae_pretraining.py, Kinetics-400 ViT-B): tube masking of 90%, a
-# decoder of 4 blocks of 384, per-patch normalised pixels, AdamW (betas 0.9, 0.95) at 1.5e-4 per 256 clips
-# of effective batch, weight decay 0.05, 40 warmup epochs then cosine to 1e-5 over 800, 16 frames 4
-# apart, multi-scale crops (sides 1 to 0.66 of the short side: areas 0.44 to 1) and flips, no drop path.
-VIDEOMAE_PRETRAIN_RECIPE = dict(
-    VIDEOMAE_RECIPE, objective='videomae', epoch=800, warmup_epochs=40.0, min_lr=1e-5, layer_decay=1.0,
-    label_smoothing=0.0, mixup=False, auto_augment=None, drop_path=0.0, crop_scale=[0.44, 1.0], num_clips=1,
-    num_crops=1, head_init_scale=1.0, mask_ratio=0.9, decoder_depth=4, decoder_dim=384, norm_pix_loss=True,
-)
-# The demo's pretraining: a 2-block VideoMAE of width 64 reconstructs the demo's training clips (their
-# labels unread) at 64x64 from 8 frames 4 apart; the demo's validation clips give a held-out loss.
-DEMO_PRETRAIN_RECIPE = dict(
-    VIDEOMAE_PRETRAIN_RECIPE, lr=1e-3, epoch=10, warmup_epochs=2.0, batch_size=16, num_workers=1, log_interval=8,
-    root_dir='runs/demo', num_frames=8, img_size=64, patch_size=8, embed_dims=64, num_heads=2, depth=2,
-    data_statics='kinetics', save_ckpt_freq=0, devices='1', decoder_depth=1, decoder_dim=64,
-)
-# The videomae recipes' lr when -lr is not given: this much per 256 clips of effective batch (MCG-NJU's
-# linear scaling).
-LR_PER_256 = {'videomae': 1e-3, 'videomae_pretrain': 1.5e-4}
-RECIPES = {'demo': DEMO_RECIPE, 'kinetics': KINETICS_RECIPE, 'videomae': VIDEOMAE_RECIPE,
-           'videomae_pretrain': VIDEOMAE_PRETRAIN_RECIPE}
-OBJECTIVES = ('classify', 'videomae')
-# The flags a checkpoint records, by where: the module's hyper-parameters, its model config
-# (flag -> config field) and the DataModule's hyper-parameters.
-MODULE_FLAGS = ('optim_type', 'lr', 'momentum', 'weight_decay', 'lr_schedule', 'warmup_epochs', 'min_lr',
-                'milestones', 'layer_decay', 'label_smoothing', 'freeze_blocks', 'eval_metrics', 'nonfinite_loss')
-CONFIG_FLAGS = {'arch': 'arch', 'attention_type': 'attention_type', 'conv_type': 'conv_type',
-                'num_frames': 'num_frames', 'img_size': 'img_size', 'patch_size': 'patch_size',
-                'embed_dims': 'embed_dims', 'num_heads': 'num_heads', 'depth': 'num_transformer_layers',
-                'num_time_layers': 'num_time_transformer_layers', 'drop_path': 'drop_path_rate',
-                'tube_size': 'tube_size'}
-DATA_FLAGS = ('batch_size', 'num_samples_per_cls', 'frame_interval', 'window_seconds', 'sampling', 'num_clips',
-              'num_crops', 'data_statics', 'crop_scale', 'color_jitter', 'auto_augment', 'mixup', 'mixup_alpha',
-              'cutmix_alpha')
-# The experiment tag's fields (experiment_tag) and the flags that set them.
-TAG = re.compile(r'arch_(?P<arch>.+)_lr_(?P<lr>.+)_pretrain_(?P<pretrain>.+)_seed_(?P<seed>.+)_gpus_(?P<devices>.+)'
-                 r'_bs_(?P<batch_size>.+)_nw_(?P<num_workers>.+)_frame_interval_(?P<frame_interval>.+)')
 ATTENTION_TYPES = tuple(dict.fromkeys(name for architecture in ARCHITECTURES.values()
                                       for name in architecture.attention_types))
 
@@ -173,7 +99,7 @@ def parse_args(argv=None):
     model = parser.add_argument_group('model and data')
     add_flag(model, 'arch', choices=tuple(ARCHITECTURES))
     add_flag(model, 'attention_type', choices=ATTENTION_TYPES)
-    add_flag(model, 'conv_type', choices=('Conv2d', 'Conv3d'),
+    add_flag(model, 'conv_type', choices=CONV_TYPES,
              help='patch embedding: per frame (Conv2d) or per tubelet of tube_size frames (Conv3d); '
                   "default: the arch's own (TimeSformer Conv2d, the others Conv3d)")
     for name, kind, text in (
@@ -195,7 +121,7 @@ def parse_args(argv=None):
     add_flag(model, 'class_map', help='JSON name -> index, or one name per line')
     add_flag(model, 'data_root', help="folder the lists' relative video paths start from "
                                       "(default: the list's own folder)")
-    add_flag(model, 'decoder', choices=('decord', 'pyav'))
+    add_flag(model, 'decoder', choices=DECODERS)
 
     recipe = parser.add_argument_group('recipe')
     add_flag(recipe, 'recipe', choices=tuple(RECIPES),
@@ -203,8 +129,8 @@ def parse_args(argv=None):
                   "VideoMAE's fine-tuning or its pretraining (default: demo without -train_data_path, kinetics "
                   'with it, videomae with it and -arch videomae, videomae_pretrain with -objective videomae; '
                   'videomae_pretrain without -train_data_path: the demo pretraining)')
-    add_flag(recipe, 'optim_type', choices=('sgd', 'adamw'))
-    add_flag(recipe, 'lr_schedule', choices=('cosine', 'multistep'))
+    add_flag(recipe, 'optim_type', choices=OPTIMIZERS)
+    add_flag(recipe, 'lr_schedule', choices=LR_SCHEDULES)
     add_flag(recipe, 'milestones', type=int, nargs='+',
              help="multistep: epochs where lr drops 10x (default: the recipe's, scaled to -epoch)")
     for name, kind, text in (
@@ -224,9 +150,9 @@ def parse_args(argv=None):
     add_flag(recipe, 'mixup', type=str_to_bool, nargs='?', const=True,
              help='mixup / CutMix of training clips')
     add_flag(recipe, 'auto_augment', help='RandAugment policy, e.g. rand-m9-n2')
-    add_flag(recipe, 'eval_metrics', choices=('finetune', 'linear_prob'), default='finetune',
+    add_flag(recipe, 'eval_metrics', choices=EVAL_METRICS, default='finetune',
              help='linear_prob: train the head only, the backbone frozen in eval mode')
-    add_flag(recipe, 'nonfinite_loss', choices=('stop', 'skip'), default='stop',
+    add_flag(recipe, 'nonfinite_loss', choices=NONFINITE_POLICIES, default='stop',
              help='on a NaN or infinite loss: stop naming the last checkpoint, or skip the step')
 
     pretraining = parser.add_argument_group('self-supervised pretraining')
@@ -263,48 +189,11 @@ def parse_args(argv=None):
     # Flags the user gave (a value other than the parser's default): a resume refuses those that
     # differ from its checkpoint and takes the checkpoint's for the others.
     args.given = frozenset(name for name, value in vars(args).items() if value != parser.get_default(name))
-    if args.recipe is None:
-        args.recipe = 'videomae_pretrain' if args.objective == 'videomae' else 'demo' if args.train_data_path is None \
-            else 'videomae' if args.arch == 'videomae' else 'kinetics'
-    recipe = RECIPES[args.recipe]
-    if args.recipe == 'videomae_pretrain' and args.train_data_path is None:
-        recipe = DEMO_PRETRAIN_RECIPE
-    if args.objective is not None and args.objective != recipe['objective']:
-        parser.error(f'-objective {args.objective} with -recipe {args.recipe}, a recipe of -objective '
-                     f'{recipe["objective"]}')
-    for name, value in recipe.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.lr_schedule == 'multistep' and 'milestones' not in args.given:
-        args.milestones = scale_milestones(args.milestones, args.epoch)
-    architecture = ARCHITECTURES[args.arch]
-    if 'attention_type' not in args.given and args.attention_type not in architecture.attention_types:
-        args.attention_type = architecture.arch_defaults['attention_type']  # the recipe's is another arch's
-    if 'head_init_scale' in args.given and (args.pretrain == 'none' or args.objective != 'classify'):
-        parser.error('-head_init_scale scales the new head of a classifier started from -pretrain; give -pretrain')
-    if args.sampling == 'segments' and args.window_seconds is not None:
-        parser.error('-window_seconds is a window of -sampling interval; -sampling segments spreads the frames over '
-                     'the whole video')
-    if args.seed is None:
-        args.seed = 0
+    try:
+        apply_recipe(args)
+    except UsageError as error:
+        parser.error(str(error))
     return args
-
-
-def scale_milestones(milestones, epochs):
-    """The recipe's milestones, epochs of the original's 15, at the same fractions of `epochs` (never
-    epoch 0)."""
-    original = KINETICS_RECIPE['epoch']
-    return milestones if epochs == original else [max(1, round(milestone * epochs / original))
-                                                  for milestone in milestones]
-
-
-def milestones_line(args):
-    """The line a run says when its milestones were scaled from the recipe's (scale_milestones), or None."""
-    recipe = RECIPES[args.recipe].get('milestones')
-    if args.lr_schedule != 'multistep' or 'milestones' in args.given or args.milestones == recipe:
-        return None
-    return (f"-milestones {' '.join(map(str, args.milestones))}: the recipe's {' and '.join(map(str, recipe))} of "
-            f"{KINETICS_RECIPE['epoch']} epochs scaled to -epoch {args.epoch} (give -milestones to set them)")
 
 
 def check_writable(root_dir):
@@ -387,39 +276,6 @@ def build_config(args, num_classes):
         raise UsageError(error) from None
 
 
-def resolve_devices(args):
-    """(accelerator, devices) for the Trainer; the original's -gpus ids (or -1) win."""
-    if args.gpus is not None:
-        return 'gpu', (-1 if args.gpus == [-1] else args.gpus)
-    devices = args.devices
-    if devices == 'auto':
-        return args.accelerator, devices
-    try:  # a count (-1: all), or device ids as Lightning takes them: 0,1
-        return args.accelerator, [int(index) for index in devices.split(',') if index] if ',' in devices \
-            else int(devices)
-    except ValueError:
-        raise UsageError(f'-devices {devices}: expected a number of devices, ids such as 0,1, or auto') from None
-
-
-def count_devices(accelerator, devices):
-    """How many devices the Trainer will use, for the experiment tag, before it is built."""
-    if isinstance(devices, list):
-        return len(devices)
-    gpus = torch.cuda.device_count() if accelerator in ('gpu', 'cuda', 'auto') else 0
-    if devices in ('auto', -1):
-        return max(1, gpus) if devices == 'auto' or gpus else os.cpu_count()
-    return int(devices)
-
-
-def choose_precision(requested, accelerator, cuda_available, bf16_supported):
-    """-precision as given, else bf16-mixed on GPUs that have bf16 (16-mixed on older ones) and
-    32-true on CPUs."""
-    if requested is not None:
-        return requested
-    on_gpu = accelerator in ('gpu', 'cuda') or (accelerator == 'auto' and cuda_available)
-    return ('bf16-mixed' if bf16_supported else '16-mixed') if on_gpu else '32-true'
-
-
 def build_trainer(args, accelerator, devices, callbacks, loggers):
     cuda = torch.cuda.is_available()
     precision = choose_precision(args.precision, accelerator, cuda, cuda and torch.cuda.is_bf16_supported())
@@ -459,78 +315,6 @@ def checkpoint_callbacks(args, ckpt_dir, validating):
     return best, last, steps
 
 
-def latest_checkpoint(ckpt_dir):
-    """The experiment's newest checkpoint to resume from: last.ckpt (epoch ends, SIGTERM) or a step one."""
-    candidates = [path for path in Path(ckpt_dir).glob('*.ckpt') if not path.name.startswith('best')]
-    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
-
-
-def checkpoint_flags(checkpoint):
-    """{flag: value} of the flags a Lightning checkpoint of this command records (MODULE_FLAGS,
-    CONFIG_FLAGS, DATA_FLAGS); those it lacks are left out."""
-    module = checkpoint.get('hyper_parameters') or {}
-    data = checkpoint.get('datamodule_hyper_parameters') or {}
-    config = module.get('config') or {}
-    flags = {name: module[name] for name in MODULE_FLAGS if name in module}
-    flags.update({flag: config[field] for flag, field in CONFIG_FLAGS.items() if field in config})
-    flags.update({name: data[name] for name in DATA_FLAGS if name in data})
-    return {name: list(value) if isinstance(value, tuple) else value for name, value in flags.items()}
-
-
-def epochs_trained(checkpoint):
-    """Epochs whose training batches a Lightning checkpoint has all seen."""
-    loops = checkpoint.get('loops') or {}
-    progress = (loops.get('fit_loop') or {}).get('epoch_progress', {}).get('current', {})
-    return progress.get('processed', checkpoint.get('epoch', 0))
-
-
-def continue_checkpoint(args, path):
-    """Set the flags of `args` the user left out to the checkpoint's values; UsageError for one the
-    user gave that differs, naming both values, and for an -epoch it has already passed. Returns
-    (epochs trained, steps trained)."""
-    checkpoint = read_file(path)
-    if not isinstance(checkpoint, dict) or 'hyper_parameters' not in checkpoint:
-        raise UsageError(f'-resume {path}: not a checkpoint of model_pretrain.py (no hyper-parameters)')
-    for name, recorded in checkpoint_flags(checkpoint).items():
-        value = list(getattr(args, name)) if isinstance(getattr(args, name), tuple) else getattr(args, name)
-        if value == recorded:
-            continue
-        if name in args.given:
-            raise UsageError(f'-{name} {value}: the checkpoint {path} was trained with {recorded}; a resume '
-                             f'continues it as it was (leave -{name} out, or start a new run without -resume)')
-        setattr(args, name, recorded)
-    epochs, steps = epochs_trained(checkpoint), checkpoint.get('global_step', 0)
-    if args.epoch < epochs:
-        raise UsageError(f'-epoch {args.epoch}: the checkpoint {path} has trained {counted(epochs, "epoch")} already; '
-                         f'a resume can only add epochs (give -epoch {epochs} or more)')
-    return epochs, steps
-
-
-def other_checkpoints(results, ckpt_dir, args, devices_per_node):
-    """A line naming the newest checkpoint of the other experiment tags in `results` and the flags
-    that differ from `args`, or '' when there is none."""
-    found = [(path, folder) for folder in results.iterdir() if folder / 'ckpt' != ckpt_dir and folder.is_dir()
-             for path in [latest_checkpoint(folder / 'ckpt')] if path is not None]
-    if not found:
-        return ''
-    path, folder = max(found, key=lambda item: item[0].stat().st_mtime)
-    match, mine = TAG.fullmatch(folder.name), TAG.fullmatch(experiment_tag(args, devices_per_node))
-    differ = [f'-{name} {value} (here {mine[name]})' for name, value in match.groupdict().items()
-              if value != mine[name]] if match and mine else []
-    flags = f' with {", ".join(differ)}' if differ else ''
-    return f'; the same experiment has one{flags}: -resume {path}'
-
-
-def experiment_tag(args, devices_per_node):
-    """The original's tag: what most often differs between runs of one workspace; its device count
-    is over all -num_nodes."""
-    pretrain = Path(args.pretrain).stem if args.pretrain not in PRETRAIN_FILES else args.pretrain
-    num_devices = devices_per_node * args.num_nodes
-    objective = '' if args.objective == 'classify' else f'{args.objective}_pretraining_'
-    return (f'{objective}arch_{args.arch}_lr_{args.lr}_pretrain_{pretrain}_seed_{args.seed}_gpus_{num_devices}_'
-            f'bs_{args.batch_size}_nw_{args.num_workers}_frame_interval_{args.frame_interval}')
-
-
 def main(argv=None):
     started = time.perf_counter()
     args = parse_args(argv)
@@ -539,10 +323,8 @@ def main(argv=None):
     accelerator, devices = resolve_devices(args)
     devices_per_node = count_devices(accelerator, devices)
     if args.lr is None:  # the videomae recipes' lr follows the effective batch
-        effective_batch = args.batch_size * devices_per_node * args.num_nodes * args.accumulate_grad_batches
-        args.lr = LR_PER_256[args.recipe] * effective_batch / 256
-        logging.info('-lr %.3g: the %s recipe takes %g per 256 clips of effective batch, here %d',
-                     args.lr, args.recipe, LR_PER_256[args.recipe], effective_batch)
+        args.lr, line = batch_scaled_lr(args, devices_per_node)
+        logging.info(line)
     results = Path(args.root_dir) / 'results'
     resume = None
     if args.resume not in (None, 'last'):  # the checkpoint's flags first: they name the experiment
@@ -596,7 +378,7 @@ def main(argv=None):
         momentum=args.momentum, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, milestones=args.milestones,
         layer_decay=args.layer_decay, label_smoothing=args.label_smoothing, freeze_blocks=args.freeze_blocks,
-        eval_metrics=args.eval_metrics, nonfinite_loss=args.nonfinite_loss)
+        freeze_backbone=args.eval_metrics == 'linear_prob', nonfinite_loss=args.nonfinite_loss)
     if pretrain is not None and resume is None:
         init_from_pretrained_(module.model, pretrain, head_init_scale=args.head_init_scale)
     recomputing = ''
@@ -636,22 +418,6 @@ def main(argv=None):
     report(args, module, trainer, data, best_score, best_path or last_path, last_path, test, log_dir, run_dir,
            time.perf_counter() - started)
     return 0
-
-
-def interrupted_line(checkpoint, argv=None):
-    """What a Ctrl-C leaves: the newest checkpoint and the command that continues it."""
-    if checkpoint is None:
-        return 'Stopped by Ctrl-C before the first checkpoint; nothing to resume'
-    given, flags = list(sys.argv[1:] if argv is None else argv), []
-    while given:  # an earlier -resume [PATH] gives way to the newest checkpoint
-        flag = given.pop(0)
-        if flag in ('-resume', '--resume'):
-            if given and not given[0].startswith('-'):
-                given.pop(0)
-        elif not flag.startswith(('-resume=', '--resume=')):
-            flags.append(flag)
-    command = shlex.join(['python', 'model_pretrain.py', *flags, '-resume', str(checkpoint)])
-    return f'Stopped by Ctrl-C; the checkpoints are kept, the newest {checkpoint}; continue with: {command}'
 
 
 def keep_earlier_run(run_dir):

@@ -26,6 +26,7 @@ from video_transformer import VideoClassifier, VideoTransformerConfig
 
 OPTIMIZERS = ('sgd', 'adamw')
 LR_SCHEDULES = ('cosine', 'multistep')
+# The original's -eval_metrics choices: linear_prob trains the head on a frozen backbone (freeze_backbone).
 EVAL_METRICS = ('finetune', 'linear_prob')
 NONFINITE_POLICIES = ('stop', 'skip')
 # Parameters that never get weight decay besides norms and biases (every 1-D parameter); mask_token:
@@ -79,7 +80,9 @@ class LitVideoClassifier(pl.LightningModule):
     the top). lr_schedule: linear warmup over warmup_epochs, then 'cosine' down to min_lr or
     'multistep' (x lr_gamma at each of milestones, in epochs), stepped every iteration.
     freeze_blocks N: patch embedding, position tables and the first N blocks are frozen.
-    eval_metrics 'linear_prob': the whole backbone is frozen and kept in eval mode.
+    freeze_backbone (the flag's `-eval_metrics linear_prob`): the whole backbone is frozen and kept in
+    eval mode, the head alone trains. eval_metrics: that mode by the flag's name, as checkpoints saved
+    before freeze_backbone record it ('finetune' or 'linear_prob'); the hyper-parameters keep freeze_backbone.
     nonfinite_loss 'stop' raises NonFiniteLossError at the first NaN or infinite loss; 'skip' skips
     such steps and counts them (`skipped_steps`).
     """
@@ -87,22 +90,24 @@ class LitVideoClassifier(pl.LightningModule):
     def __init__(self, config, class_names=None, preprocessing=None, optim_type='sgd', lr=0.005,
                  momentum=0.9, nesterov=True, weight_decay=1e-4, lr_schedule='multistep', warmup_epochs=0.0,
                  min_lr=1e-6, milestones=(5, 11), lr_gamma=0.1, layer_decay=1.0, label_smoothing=0.0,
-                 freeze_blocks=0, eval_metrics='finetune', nonfinite_loss='stop'):
+                 freeze_blocks=0, freeze_backbone=False, nonfinite_loss='stop', eval_metrics=None):
         super().__init__()
         if isinstance(config, VideoTransformerConfig):
             config = config.to_dict()
         for name, value, allowed in (('optim_type', optim_type, OPTIMIZERS), ('lr_schedule', lr_schedule, LR_SCHEDULES),
-                                     ('eval_metrics', eval_metrics, EVAL_METRICS),
+                                     ('eval_metrics', eval_metrics, EVAL_METRICS + (None,)),
                                      ('nonfinite_loss', nonfinite_loss, NONFINITE_POLICIES)):
             if value not in allowed:
                 raise ValueError(f'{name} must be one of {allowed}, got {value!r}')
+        if eval_metrics is not None:
+            freeze_backbone = eval_metrics == 'linear_prob'
         self.save_hyperparameters({
             'config': config, 'class_names': list(class_names) if class_names is not None else None,
             'preprocessing': preprocessing, 'optim_type': optim_type, 'lr': lr, 'momentum': momentum,
             'nesterov': nesterov, 'weight_decay': weight_decay, 'lr_schedule': lr_schedule,
             'warmup_epochs': warmup_epochs, 'min_lr': min_lr, 'milestones': list(milestones), 'lr_gamma': lr_gamma,
             'layer_decay': layer_decay, 'label_smoothing': label_smoothing, 'freeze_blocks': freeze_blocks,
-            'eval_metrics': eval_metrics, 'nonfinite_loss': nonfinite_loss})
+            'freeze_backbone': freeze_backbone, 'nonfinite_loss': nonfinite_loss})
         self.model = VideoClassifier(VideoTransformerConfig(**config), class_names,
                                      Preprocessing.from_dict(preprocessing) if preprocessing is not None else None)
         num_blocks = len(self.blocks)
@@ -137,7 +142,7 @@ class LitVideoClassifier(pl.LightningModule):
 
     def _freeze(self):
         hp = self.hparams
-        if hp.eval_metrics == 'linear_prob':
+        if hp.freeze_backbone:
             self.model.backbone.requires_grad_(False).eval()
             return
         for name, parameter in self.model.backbone.named_parameters():
@@ -147,9 +152,9 @@ class LitVideoClassifier(pl.LightningModule):
             block.requires_grad_(False)
 
     def train(self, mode=True):
-        """A linear probe's backbone stays in eval mode, whoever switches the module to training."""
+        """A frozen backbone stays in eval mode, whoever switches the module to training."""
         super().train(mode)
-        if self.hparams.eval_metrics == 'linear_prob':
+        if self.hparams.freeze_backbone:
             self.model.backbone.eval()
         return self
 
@@ -301,11 +306,6 @@ class LitVideoClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self.evaluate(batch, 'test')
-
-    def predict_step(self, batch, batch_idx):
-        video = batch['video']
-        batch_size, views = video.shape[:2]
-        return self.model(video.flatten(0, 1)).view(batch_size, views, -1).softmax(dim=-1).mean(dim=1)
 
     # ------------------------------------------------------------------ resuming
 

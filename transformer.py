@@ -65,6 +65,10 @@ def apply_rotary(x, rotary):
     return x * cos + turned * sin
 
 
+# The patch embeddings: each frame on its own (Conv2d) or tubelets of tube_size frames (Conv3d).
+CONV_TYPES = ('Conv2d', 'Conv3d')
+
+
 def num_token_frames(num_frames, conv_type, tube_size):
     """Token frames the patch embedding makes of num_frames: one per tubelet of tube_size for Conv3d."""
     return num_frames // tube_size if conv_type == 'Conv3d' else num_frames
@@ -84,7 +88,7 @@ class PatchEmbed(nn.Module):
             kernel = (tube_size, patch_size, patch_size)
             self.proj = nn.Conv3d(in_channels, embed_dims, kernel, stride=kernel)
         else:
-            raise ValueError(f"conv_type must be 'Conv2d' or 'Conv3d', got {conv_type!r}")
+            raise ValueError(f'conv_type must be one of {CONV_TYPES}, got {conv_type!r}')
 
     def forward(self, x):
         if isinstance(self.proj, nn.Conv3d):

@@ -190,9 +190,9 @@ class VideoTransformer(nn.Module):
     # the defaults of the keyword constructor and of VideoTransformerConfig.for_arch.
     arch_defaults = {}
 
-    def __init__(self, config=None, *, norm_layer=nn.LayerNorm, **fields):
+    def __init__(self, config=None, **fields):
         super().__init__()
-        self.config = config = self._config(config, norm_layer, fields)
+        self.config = config = self._config(config, fields)
         dim = config.embed_dims
         self.patch_embed = PatchEmbed(config.patch_size, config.in_channels, dim,
                                       config.conv_type, config.tube_size)
@@ -245,12 +245,9 @@ class VideoTransformer(nn.Module):
                 nn.init.zeros_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def _config(self, config, norm_layer, fields):
+    def _config(self, config, fields):
         """The config to build: `config` itself, or one from keyword arguments."""
         name = type(self).__name__
-        if norm_layer is not nn.LayerNorm:
-            raise TypeError(f'{name}() builds nn.LayerNorm norms (eps norm_eps and final_norm_eps), '
-                            f'got norm_layer={norm_layer!r}')
         starting_point = sorted(set(fields) & set(STARTING_POINT_KEYWORDS))
         if starting_point:
             raise TypeError(f'{name}() builds without reading weights and takes no {starting_point}: start a built '

@@ -1,5 +1,6 @@
 """The DataModule under a real Lightning Trainer, and the device-side augmentation's contract."""
 import random
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,10 +52,6 @@ class TinyVideoModel(pl.LightningModule):
         if len(batch['video']):
             self.averaged_logits(batch)
 
-    def predict_step(self, batch, batch_idx):
-        self.record('predict', batch)
-        return self.averaged_logits(batch)
-
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
@@ -92,21 +89,18 @@ def test_trainer_runs_every_stage_with_two_workers(demo_data, tmp_path):
     assert sum(batch['skipped'] for batch in model.seen['train']) >= 2
     trainer.test(model, datamodule=data)
     assert trainer.callback_metrics['test/skipped_videos'] == 0
-    predictions = trainer.predict(model, datamodule=data)
 
     assert len(model.seen['train']) == 2
     for batch in model.seen['train']:
         assert batch['video'] == ((4, 4, 3, 32, 32), torch.float32)
         assert batch['label'] == ((4, len(CLASSES)), torch.float32)
     assert model.seen['val'][0]['video'] == ((4, 1, 4, 3, 32, 32), torch.float32)
-    for stage in ('val', 'test', 'predict'):
-        if stage != 'val':
-            assert model.seen[stage][0]['video'] == ((4, 2 * 3, 4, 3, 32, 32), torch.float32)
+    assert model.seen['test'][0]['video'] == ((4, 2 * 3, 4, 3, 32, 32), torch.float32)
+    for stage in ('val', 'test'):
         assert model.seen[stage][0]['label'] == ((4,), torch.int64)
         assert model.seen[stage][0]['index'] == ((4,), torch.int64)
         paths = model.seen[stage][0]['path']
         assert len(paths) == 4 and all(Path(path).is_file() for path in paths)
-    assert [prediction.shape for prediction in predictions] == [(4, len(CLASSES))]
 
 
 def test_fit_without_validation_data(demo_data):
@@ -120,10 +114,74 @@ def test_loaders_leave_sampling_to_lightning(demo_data):
     data = small_module(demo_data, num_workers=2, prefetch_factor=3)
     data.setup('fit')
     train, val = data.train_dataloader(), data.val_dataloader()
-    assert isinstance(train.sampler, RandomSampler) and train.drop_last
+    assert isinstance(train.batch_sampler.sampler, RandomSampler) and train.batch_sampler.drop_last
     assert isinstance(val.sampler, SequentialSampler) and not val.drop_last
     assert train.persistent_workers and train.prefetch_factor == 3 and train.num_workers == 2
     assert train.pin_memory == torch.cuda.is_available()
+
+
+class IndexRecorder(TinyVideoModel):
+    """Keeps the dataset indices of every training batch, in order. As LitVideoClassifier, it asks for
+    the epoch length in configure_optimizers, and its checkpoints carry torch's RNG state."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.indices = []
+
+    def training_step(self, batch, batch_idx):
+        self.indices.append(batch['index'].tolist())
+        return super().training_step(batch, batch_idx)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint['torch_rng'] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint):
+        torch.set_rng_state(checkpoint['torch_rng'])
+
+    def configure_optimizers(self):
+        self.total_steps = self.trainer.estimated_stepping_batches  # builds the training loader now
+        return super().configure_optimizers()
+
+
+def fit_recording_indices(demo_data, tmp_path, name, num_workers=0, ckpt_path=None, **trainer_options):
+    """Indices of the training batches of a fit saving a checkpoint at every step in tmp_path / name."""
+    pl.seed_everything(0, workers=True)
+    data = small_module(demo_data, val_data_path=None, num_workers=num_workers, persistent_workers=False)
+    model = IndexRecorder(len(data.class_names))
+    steps = pl.callbacks.ModelCheckpoint(tmp_path / name, filename='{step}', every_n_train_steps=1, save_top_k=-1)
+    trainer = pl.Trainer(accelerator='cpu', devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[steps], **trainer_options)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    return model.indices
+
+
+@pytest.mark.parametrize('num_workers', [0, 1])
+def test_a_mid_epoch_checkpoint_resumes_the_loader_at_its_next_batch(demo_data, tmp_path, num_workers):
+    """Fails if a run resumed from a step checkpoint serves the epoch from its first batch, or in a
+    new order (the training loader before it had a state): it must serve the batches not yet served."""
+    straight = fit_recording_indices(demo_data, tmp_path, 'straight', num_workers, max_epochs=1)
+    assert len(straight) == 4 and len({index for batch in straight for index in batch}) == 16
+    checkpoint = torch.load(tmp_path / 'straight' / 'step=1.ckpt', weights_only=True)
+    assert checkpoint['VideoDataModule']['train_loader']['served'] == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        resumed = fit_recording_indices(demo_data, tmp_path, 'resumed', num_workers, max_epochs=1,
+                                        ckpt_path=tmp_path / 'straight' / 'step=1.ckpt')
+    assert resumed == straight[1:]
+    afresh = [str(warning.message) for warning in caught if 'draw their frame windows afresh' in str(warning.message)]
+    assert afresh == (['resuming at batch 1 of 4 of the epoch: the same clips follow, but the loader workers draw '
+                       'their frame windows afresh (exact with -num_workers 0)'] if num_workers else [])
+
+
+def test_an_epoch_cut_short_by_limit_train_batches_is_not_resumed(demo_data, tmp_path):
+    """Fails if the loader's position at the end of an epoch that limit_train_batches cut short is
+    resumed: the next epoch would serve the rest of the old one instead of a new order."""
+    straight = fit_recording_indices(demo_data, tmp_path, 'straight', max_epochs=2, limit_train_batches=2)
+    checkpoint = torch.load(tmp_path / 'straight' / 'step=2.ckpt', weights_only=True)
+    assert 'VideoDataModule' not in checkpoint
+    resumed = fit_recording_indices(demo_data, tmp_path, 'resumed', max_epochs=2, limit_train_batches=2,
+                                    ckpt_path=tmp_path / 'straight' / 'step=2.ckpt')
+    assert resumed == straight[2:]
 
 
 def test_class_names_from_the_class_map_or_the_lists(demo_data):
@@ -138,7 +196,7 @@ def test_num_samples_per_cls_caps_training_clips_only(demo_data):
     """Fails if -num_samples_per_cls also caps validation and test (16 of 64 test videos)."""
     listed = demo_data / 'train.txt'  # 4 clips per class in every split
     data = small_module(demo_data, num_samples_per_cls=1, val_data_path=listed, test_data_path=listed)
-    assert [len(data.dataset(split)) for split in ('train', 'val', 'test', 'predict')] == [4, 16, 16, 16]
+    assert [len(data.dataset(split)) for split in ('train', 'val', 'test')] == [4, 16, 16]
 
 
 def test_datamodule_argument_errors(demo_data):
@@ -169,6 +227,12 @@ def test_checkpoint_hyper_parameters_load_with_weights_only(demo_data, tmp_path)
     assert 'label_smoothing' not in saved
     rebuilt = VideoDataModule.load_from_checkpoint(tmp_path / 'last.ckpt', weights_only=True)
     assert rebuilt.preprocessing == data.preprocessing and rebuilt.class_names == data.class_names
+    # Checkpoints from before the DataModule lost its predict split record a predict_data_path: still read.
+    checkpoint = torch.load(tmp_path / 'last.ckpt', weights_only=True)
+    checkpoint['datamodule_hyper_parameters']['predict_data_path'] = str(demo_data / 'test.txt')
+    torch.save(checkpoint, tmp_path / 'older.ckpt')
+    rebuilt = VideoDataModule.load_from_checkpoint(tmp_path / 'older.ckpt', weights_only=True)
+    assert rebuilt.preprocessing == data.preprocessing and 'predict_data_path' not in rebuilt.hparams
 
 
 def test_preprocessing_carries_the_data_settings(demo_data):
@@ -201,20 +265,6 @@ def test_evaluation_leaves_unreadable_videos_out(demo_data, tmp_path):
     [batch] = model.seen['test']
     assert batch['video'] == ((0, 2 * 3, 4, 3, 32, 32), torch.float32) and batch['label'] == ((0,), torch.int64)
     assert batch['skipped'] == 2 and batch['path'] == []
-
-
-@pytest.mark.parametrize('source', ['folder', 'paths'])
-def test_predict_on_unlabelled_videos(demo_data, source):
-    videos = sorted((demo_data / 'val').rglob('*.mp4'))
-    data = small_module(demo_data, predict_data_path=demo_data / 'val' if source == 'folder' else videos,
-                        num_clips=2, num_crops=1)
-    model = TinyVideoModel(data.num_classes)
-    quiet_trainer().predict(model, datamodule=data)
-    [batch] = model.seen['predict']
-    assert batch['video'] == ((4, 2, 4, 3, 32, 32), torch.float32)
-    assert batch['path'] == [str(video) for video in videos]
-    assert data.dataset('predict').labels.tolist() == [-1] * 4
-    assert data.hparams.predict_data_path == (str(demo_data / 'val') if source == 'folder' else batch['path'])
 
 
 # ---------------------------------------------------------------- device-side augmentation
@@ -366,3 +416,17 @@ def test_ddp_ranks_get_disjoint_items_and_draw_their_own_augmentation(demo_data,
     assert not any(torch.allclose(first, second) for first, second in zip(ranks[0]['video'], ranks[1]['video']))
     # seed_everything(0) plus the rank, added once however often setup runs (fit, test, by hand).
     assert [rank['seeds'] for rank in ranks] == [[0, 0, 0], [1, 1, 1]]
+
+
+def test_ddp_ranks_resume_their_own_share_mid_epoch(demo_data, tmp_path):
+    """Fails if, resumed from a mid-epoch checkpoint under DDP, a rank serves its share from the start or
+    another rank's batches (the training loader kept no position, or its skip ignored the DistributedSampler)."""
+    annotation = tmp_path / 'eight.txt'
+    annotation.write_text(''.join(f'{demo_data / line}\n' for line in
+                                  (demo_data / 'train.txt').read_text().splitlines()[:8]))
+    script = Path(__file__).with_name('ddp_resume.py')
+    run_on_two_ranks(annotation, demo_data / 'classmap.json', tmp_path, script=script)
+    ranks = [torch.load(tmp_path / f'rank{rank}.pt', weights_only=True) for rank in (0, 1)]
+    assert sorted(torch.cat([rank['straight'] for rank in ranks]).tolist()) == list(range(8))
+    for rank in ranks:
+        assert rank['resumed'].tolist() == rank['straight'][1:].tolist()

@@ -54,7 +54,7 @@ class TrainingModes(pl.Callback):
 def test_linear_probe_trains_the_head_only(demo_data, tmp_path):
     pl.seed_everything(0)
     data = tiny_data(demo_data)
-    module = tiny_module(data, eval_metrics='linear_prob', optim_type='adamw', lr=1e-2, weight_decay=0.05)
+    module = tiny_module(data, freeze_backbone=True, optim_type='adamw', lr=1e-2, weight_decay=0.05)
     before = snapshot(module)
     modes = TrainingModes()
     fit(module, data, tmp_path, max_steps=3, enable_checkpointing=False, limit_val_batches=1, callbacks=[modes],
@@ -64,6 +64,31 @@ def test_linear_probe_trains_the_head_only(demo_data, tmp_path):
     assert changed == {'model.head.fc.weight', 'model.head.fc.bias'}
     # The backbone stays in eval mode (no dropout, no stochastic depth), validation in between included.
     assert modes.seen == {'', 'head', 'head.dropout', 'head.fc'}
+
+
+def test_a_checkpoint_that_names_the_linear_probe_by_eval_metrics_loads_with_a_frozen_backbone(demo_data, tmp_path):
+    """Checkpoints saved before freeze_backbone record the mode as eval_metrics='linear_prob': they load
+    with the backbone frozen and in eval mode, and their hyper-parameters then say freeze_backbone. Fails
+    if the old keyword is refused, or read as fine-tuning (every parameter trainable)."""
+    data = tiny_data(demo_data)
+    module = tiny_module(data, freeze_backbone=True)
+    assert module.hparams.freeze_backbone is True and 'eval_metrics' not in module.hparams
+    path = tmp_path / 'old.ckpt'
+    hyper_parameters = {key: value for key, value in module.hparams.items() if key != 'freeze_backbone'}
+    torch.save({'state_dict': module.state_dict(), 'pytorch-lightning_version': pl.__version__,
+                'hyper_parameters': {**hyper_parameters, 'eval_metrics': 'linear_prob'}}, path)
+    for eval_metrics, frozen in (('linear_prob', True), ('finetune', False)):
+        if eval_metrics == 'finetune':
+            raw = torch.load(path, weights_only=True)
+            raw['hyper_parameters']['eval_metrics'] = 'finetune'
+            torch.save(raw, path)
+        loaded = LitVideoClassifier.load_from_checkpoint(path, weights_only=True).train()
+        assert loaded.hparams.freeze_backbone is frozen and 'eval_metrics' not in loaded.hparams
+        backbone = loaded.model.backbone
+        assert all(not parameter.requires_grad for parameter in backbone.parameters()) is frozen
+        assert backbone.training is not frozen
+    with pytest.raises(ValueError, match=r"eval_metrics must be one of \('finetune', 'linear_prob', None\)"):
+        tiny_module(data, eval_metrics='linear')
 
 
 def test_freeze_blocks_freezes_the_embedding_and_exactly_those_blocks(demo_data, tmp_path):
@@ -307,12 +332,30 @@ def test_resume_continues_exactly_where_the_run_stopped(demo_data, tmp_path, num
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.xfail(strict=True, reason='a known defect: the DataModule\'s training loader has no state_dict, so '
-                   'Lightning restarts it from its first batch in a run resumed mid-epoch')
+def test_a_checkpoint_of_another_number_of_processes_warns_and_draws_from_the_seed(demo_data, tmp_path):
+    """A checkpoint holding the RNG states of 2 processes resumed by 1: one warning line, and training
+    goes on. Fails if the states are restored regardless (rank 0's, as if the runs matched) or silently
+    dropped."""
+    data = tiny_data(demo_data, val_data_path=None, test_data_path=None)
+    trainer = fit(tiny_module(data), data, tmp_path, max_steps=1, callbacks=[pl.callbacks.ModelCheckpoint(tmp_path)])
+    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    checkpoint['rng_states'] = {name: state.repeat(2, *[1] * (state.ndim - 1))
+                                for name, state in checkpoint['rng_states'].items()}
+    torch.save(checkpoint, tmp_path / 'two.ckpt')
+    module = tiny_module(data)
+    resumed = pl.Trainer(accelerator='cpu', devices=1, max_steps=2, logger=False, default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match=r'the checkpoint holds the RNG states of 2 processes, this run has 1; '
+                                         r'random draws continue from the seed instead'):
+        resumed.fit(module, data, ckpt_path=tmp_path / 'two.ckpt', weights_only=True)
+    assert resumed.global_step == 2
+
+
 def test_resume_from_a_mid_epoch_step_checkpoint_continues_exactly(demo_data, tmp_path):
     """Two epochs straight, saving every 3 steps (4 steps an epoch), give the same weights as a new
     run resumed from the step-3 checkpoint, saved with one batch of epoch 0 still to come. Fails if a
-    resumed run repeats or skips that epoch's batches, or draws other crops, flips or mixes."""
+    resumed run repeats or skips that epoch's batches (as when the training loader kept no position and
+    restarted the epoch), or draws other windows, crops, flips or mixes."""
     def run(name, ckpt_path=None):
         pl.seed_everything(0, workers=True)
         data = tiny_data(demo_data, persistent_workers=False, mixup=True, color_jitter=0.4, val_data_path=None,

@@ -1,17 +1,29 @@
-"""The training command's settings, function by function: recipes against the README, milestones,
-precision, devices and the experiment tag. These import model_pretrain's helpers, never its main;
-the command itself runs in tests/test_training_cli.py."""
+"""The training command's settings, function by function (run_settings, run_checkpoints): recipes
+against the README, milestones, precision, devices, the experiment tag and the flags a checkpoint
+records. The command itself runs in tests/test_training_cli.py."""
+import argparse
 import os
 import re
 from pathlib import Path
 
 import pytest
 
-from model_pretrain import (LR_PER_256, choose_precision, count_devices, experiment_tag, milestones_line,
-                            parse_args, resolve_devices, scale_milestones)
+from run_checkpoints import checkpoint_flags
+from run_settings import (LR_PER_256, RECIPES, apply_recipe, batch_scaled_lr, choose_precision, count_devices,
+                          experiment_tag, milestones_line, resolve_devices, scale_milestones)
 from video_transformer import timesformer_base_patch16_224, videomae_base_patch16_224
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
+# The flags the functions read besides the recipes' own, at model_pretrain.py's parser defaults.
+OTHER_FLAGS = dict(recipe=None, objective=None, train_data_path=None, seed=None, gpus=None, accelerator='auto',
+                   num_nodes=1, accumulate_grad_batches=1, conv_type=None)
+
+
+def settings(**given):
+    """The flags as model_pretrain.parse_args leaves them when the user gives `given`: every other one
+    at its parser default, then the recipe's defaults applied."""
+    recipe_flags = {name: None for recipe in RECIPES.values() for name in recipe}
+    return apply_recipe(argparse.Namespace(**{**recipe_flags, **OTHER_FLAGS, **given}, given=frozenset(given)))
 
 
 def readme_recipes():
@@ -72,7 +84,7 @@ def test_recipe_defaults_are_the_readmes_table(recipe):
     """Every number and choice the README's recipe table states is the flag's default under -recipe.
     Fails if a recipe default or the table changes without the other."""
     cells = readme_recipes()[recipe]
-    args = parse_args(['-recipe', recipe])
+    args = settings(recipe=recipe)
     checked = set()
     for flag, (row, pattern, read) in NUMERIC_CELLS.items():
         values = numbers(pattern, cells[row])
@@ -118,11 +130,11 @@ def test_the_kinetics_milestones_scale_with_epoch_and_say_so():
     """-recipe kinetics -epoch 40 drops the lr at epochs 13 and 29 (5 and 11 of 15), said in one line
     when the run starts; given milestones and the recipe's own 15 epochs are kept. Fails if the
     milestones stay at 5 and 11 whatever -epoch says (lr 100x lower for 29 of 40 epochs), silently."""
-    args = parse_args(['-recipe', 'kinetics', '-epoch', '40'])
+    args = settings(recipe='kinetics', epoch=40)
     assert args.milestones == [13, 29]
     assert milestones_line(args).startswith("-milestones 13 29: the recipe's 5 and 11 of 15 epochs scaled to -epoch 40")
-    for kept in (['-epoch', '40', '-milestones', '5', '11'], [], ['-epoch', '30', '-lr_schedule', 'cosine']):
-        args = parse_args(['-recipe', 'kinetics', *kept])
+    for kept in ({'epoch': 40, 'milestones': [5, 11]}, {}, {'epoch': 30, 'lr_schedule': 'cosine'}):
+        args = settings(recipe='kinetics', **kept)
         assert args.milestones == [5, 11] and milestones_line(args) is None, kept
     assert scale_milestones([5, 11], 3) == [1, 2]  # never epoch 0: the first lr is the given one
 
@@ -138,18 +150,18 @@ def test_precision_is_bf16_on_gpus_that_have_it_16_on_older_ones_32_on_cpus():
 
 
 @pytest.mark.parametrize('flags, accelerator, devices, count', [
-    (['-gpus', '0', '1'], 'gpu', [0, 1], 2),
-    (['-gpus', '3'], 'gpu', [3], 1),
-    (['-devices', '0,1'], 'auto', [0, 1], 2),
-    (['-devices', '4', '-accelerator', 'gpu'], 'gpu', 4, 4),
-    (['-devices', 'auto', '-accelerator', 'cpu'], 'cpu', 'auto', 1),
-    (['-devices', '-1', '-accelerator', 'cpu'], 'cpu', -1, os.cpu_count()),
-    (['-gpus', '-1', '-devices', '2'], 'gpu', -1, None),  # the original's -gpus wins
+    ({'gpus': [0, 1]}, 'gpu', [0, 1], 2),
+    ({'gpus': [3]}, 'gpu', [3], 1),
+    ({'devices': '0,1'}, 'auto', [0, 1], 2),
+    ({'devices': '4', 'accelerator': 'gpu'}, 'gpu', 4, 4),
+    ({'devices': 'auto', 'accelerator': 'cpu'}, 'cpu', 'auto', 1),
+    ({'devices': '-1', 'accelerator': 'cpu'}, 'cpu', -1, os.cpu_count()),
+    ({'gpus': [-1], 'devices': '2'}, 'gpu', -1, None),  # the original's -gpus wins
 ])
 def test_device_flags_become_the_trainers_devices_and_the_tags_count(flags, accelerator, devices, count):
     """Fails if -gpus ids, -gpus -1, -devices ids or counts reach the Trainer otherwise, or the tag
     counts other devices than the Trainer will use."""
-    args = parse_args(flags)
+    args = settings(**flags)
     assert resolve_devices(args) == (accelerator, devices)
     if count is not None:
         assert count_devices(accelerator, devices) == count
@@ -158,8 +170,31 @@ def test_device_flags_become_the_trainers_devices_and_the_tags_count(flags, acce
 
 def test_the_experiment_tag_counts_the_devices_of_every_node():
     """Two nodes of 8 devices are 16 in the tag; fails if -num_nodes is left out of it."""
-    args = parse_args(['-num_nodes', '2', '-devices', '8', '-accelerator', 'gpu'])
+    args = settings(num_nodes=2, devices='8', accelerator='gpu')
     accelerator, devices = resolve_devices(args)
     tag = experiment_tag(args, count_devices(accelerator, devices))
     assert tag == 'arch_timesformer_lr_0.001_pretrain_none_seed_0_gpus_16_bs_8_nw_1_frame_interval_4'
-    assert '_gpus_8_' in experiment_tag(parse_args(['-devices', '8', '-accelerator', 'gpu']), 8)
+    assert '_gpus_8_' in experiment_tag(settings(devices='8', accelerator='gpu'), 8)
+
+
+def test_a_checkpoint_records_eval_metrics_by_its_mode_or_by_the_old_name():
+    """-eval_metrics is saved as the module's freeze_backbone; checkpoints from before kept eval_metrics
+    itself. Fails if a resume of either reads no -eval_metrics (it would fine-tune a linear probe's
+    checkpoint without a word) or reads it the wrong way round."""
+    for module, expected in (({'freeze_backbone': True}, 'linear_prob'), ({'freeze_backbone': False}, 'finetune'),
+                             ({'eval_metrics': 'linear_prob'}, 'linear_prob'), ({}, None)):
+        assert checkpoint_flags({'hyper_parameters': module}).get('eval_metrics') == expected, module
+
+
+def test_the_videomae_recipes_scale_their_lr_with_the_whole_effective_batch():
+    """1e-3 (fine-tuning) and 1.5e-4 (pretraining) per 256 clips: 8 clips x 4 devices x 2 nodes x 4
+    accumulated steps are 256. Fails if a factor (devices, nodes, accumulation) is left out of the batch."""
+    for recipe, per_256 in (('videomae', 1e-3), ('videomae_pretrain', 1.5e-4)):
+        # With a training list: without one, videomae_pretrain is the demo's pretraining, of a fixed lr.
+        args = settings(recipe=recipe, train_data_path='train.txt', batch_size=8, num_nodes=2,
+                        accumulate_grad_batches=4)
+        assert args.lr is None
+        assert batch_scaled_lr(args, 4) == (pytest.approx(per_256), f'-lr {per_256:.3g}: the {recipe} recipe takes '
+                                            f'{per_256:g} per 256 clips of effective batch, here 256')
+        alone = settings(recipe=recipe, train_data_path='train.txt', batch_size=8)
+        assert batch_scaled_lr(alone, 1)[0] == pytest.approx(per_256 / 32)

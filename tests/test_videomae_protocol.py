@@ -20,6 +20,7 @@ from model_loading import load_model
 from our_format import save_weights
 from preprocessing import Preprocessing
 from reference import randomise_
+from run_settings import RECIPES
 from source_preprocessing import HF_SAMPLING_FILE
 from test_training_cli import TINY, demo_flags
 from video_transformer import VideoClassifier, videomae_tiny
@@ -282,6 +283,5 @@ def test_the_new_head_of_a_starting_point_is_scaled_as_mcg_njus_fine_tuning_does
 def test_only_the_videomae_recipe_scales_the_new_head():
     """Fails if the demo or Kinetics recipes change their head's init, or the videomae recipe loses
     MCG-NJU's init_scale."""
-    from model_pretrain import parse_args
-    assert [parse_args(['-recipe', recipe]).head_init_scale for recipe in ('demo', 'kinetics', 'videomae')] == \
-        [1.0, 1.0, 1e-3]
+    assert [RECIPES[recipe]['head_init_scale'] for recipe in ('demo', 'kinetics', 'videomae', 'videomae_pretrain')] \
+        == [1.0, 1.0, 1e-3, 1.0]
