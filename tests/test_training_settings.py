@@ -16,7 +16,7 @@ from video_transformer import timesformer_base_patch16_224, videomae_base_patch1
 README = Path(__file__).resolve().parents[1] / 'README.md'
 # The flags the functions read besides the recipes' own, at model_pretrain.py's parser defaults.
 OTHER_FLAGS = dict(recipe=None, objective=None, train_data_path=None, seed=None, gpus=None, accelerator='auto',
-                   num_nodes=1, accumulate_grad_batches=1, conv_type=None)
+                   num_nodes=1, accumulate_grad_batches=1, conv_type=None, sampling='interval', window_seconds=None)
 
 
 def settings(**given):
