@@ -184,9 +184,13 @@ class Timeline:
     def __init__(self, stream, class_names, csv_path=None, topk=5):
         self.path, self.class_names, self.topk = stream.path, class_names, min(topk, len(class_names))
         self.num_windows, self.duration_s = stream.num_windows, stream.duration_s
-        self.thumbnail_windows = set(np.unique(np.linspace(0, stream.num_windows - 1, min(
-            stream.num_windows, MAX_THUMBNAILS)).round().astype(int)).tolist())
-        self.probabilities, self.starts, self.ends, self.thumbnails = [], [], [], []
+        # The windows whose centres lie nearest the centres of MAX_THUMBNAILS equal slots of the time.
+        centres = (stream.starts + stream.ends) / 2
+        slots = min(stream.num_windows, MAX_THUMBNAILS)
+        targets = stream.starts[0] + (np.arange(slots) + 0.5) * (stream.ends[-1] - stream.starts[0]) / slots
+        self.thumbnail_windows = set(np.abs(centres[None] - targets[:, None]).argmin(axis=1).tolist())
+        self.probabilities, self.starts, self.ends = [], [], []
+        self.thumbnails = []  # uint8 (3, h, w) of thumbnail_windows, in time order
         self._csv = self._rows = None
         if csv_path is not None:
             csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +211,7 @@ class Timeline:
         self.starts.append(result.start_s)
         self.ends.append(result.end_s)
         if result.thumbnail is not None:
-            self.thumbnails.append((result.start_s, result.end_s, result.thumbnail))
+            self.thumbnails.append(result.thumbnail)
         record = window_record(result, self.class_names, self.topk)
         if self._rows is not None:
             self._rows.writerow(window_row(record))
@@ -269,8 +273,12 @@ def run_timeline(model, stream, preprocessing, class_names, folder=None, *, batc
     segments = timeline.segments(smooth, threshold, min_segment)
     if folder is not None and segments:
         write_json(segments, folder / 'segments.json')
-        figure = timeline_figure(timeline.starts, timeline.ends, np.stack(timeline.probabilities), class_names,
-                                 segments, winning_classes(segments), timeline.thumbnails,
-                                 title=f'{stream.path} ({format_time(stream.duration_s, 0)})')
+        # The curves are the smoothed probabilities the segments were found from: over hours of windows
+        # the raw ones are a thicket.
+        figure = timeline_figure(timeline.starts, timeline.ends, moving_average(np.stack(timeline.probabilities),
+                                                                                 smooth),
+                                 class_names, segments, winning_classes(segments), timeline.thumbnails,
+                                 title=f'{stream.path} ({format_time(stream.duration_s, 0)})',
+                                 ylabel=f'probability (mean of {smooth} windows)' if smooth > 1 else 'probability')
         save_png(figure, folder / 'timeline.png')
     return segments, timeline.windows, error
