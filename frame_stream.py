@@ -60,13 +60,17 @@ class WindowStream:
     samples by seconds, else num_frames * frame_interval frames; a window starts every stride_seconds
     (default: half a window). A video shorter than a window is one window.
 
+    PyAV by default: decord's decoder thread decodes ahead of its reader and keeps every frame it has
+    decoded until it is read, so when the model is slower than decoding, decord holds much of the
+    video (measured: 470 MiB of a 40-second 640x360 video), where PyAV decodes as it is asked.
+
     Opening reads the frame count and timestamps (decord's index, PyAV's packets). A decoder that
     cannot open the file, or fails before the first window, gives way to the other one (decoder
     first); a failure after that ends the iteration with a DecodeError saying where, once every window
     before it has been yielded.
     """
 
-    def __init__(self, path, preprocessing, stride_seconds=None, decoder='decord', decode_threads=1):
+    def __init__(self, path, preprocessing, stride_seconds=None, decoder='pyav', decode_threads=1):
         self.path, self.preprocessing = str(path), preprocessing
         self.stride_seconds, self.decode_threads = stride_seconds, decode_threads
         self.decoders = decoder_order(decoder)
@@ -135,7 +139,7 @@ class WindowStream:
                     yield window
                 return
             except Exception as error:
-                frame = self._failed_at
+                frame = self.num_frames if self._failed_at is None else self._failed_at
                 if yielded == 0 and self._fallbacks:  # nothing given yet: the other decoder starts afresh
                     self.close()
                     name, self._fallbacks = self._fallbacks[0], self._fallbacks[1:]
@@ -145,9 +149,10 @@ class WindowStream:
                     except Exception:
                         pass
                 reason = error_line(error)
-                where = (f'from {format_time(self.times[frame] - self.times[0])} (frame {frame} of '
-                         f'{self.num_frames}) on' if frame is not None else 'at its first frame')
-                raise DecodeError(f'unreadable {where}: {reason}') from None
+                total = max(self.num_frames, getattr(self._reader, 'listed_frames', 0))
+                moment = self.times[frame] - self.times[0] if frame < self.num_frames else self.duration_s
+                raise DecodeError(f'unreadable from {format_time(moment)} (frame {frame} of {total}) on: '
+                                  f'{reason}') from None
 
     def _windows(self, first_window):
         """Windows from first_window on, in order, decoding the frames they read in one pass."""
@@ -169,3 +174,7 @@ class WindowStream:
                 for slot in inverse[window][last_use[inverse[window]] == window].tolist():
                     kept.pop(slot, None)
                 window += 1
+        listed = getattr(self._reader, 'listed_frames', 0)
+        if listed > self.num_frames:
+            self._failed_at = self.num_frames
+            raise DecodeError(f'the file ends early: its header lists {listed} frames')

@@ -7,6 +7,7 @@ video, and for several one subfolder per video mirroring its path (`a/clip.mp4/w
 line at the end (after its windows before the damage, which are written); the exit status is then 1.
 """
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ from inference import mirrored_path, model_class_names, picture_root
 from timeline import DEFAULT_SMOOTH, DEFAULT_THRESHOLD, format_segments, run_timeline
 from utils import counted
 from video_decoding import DecodeError
+
+log = logging.getLogger(__name__)
 
 
 def describe(stream, settings, windows, segments):
@@ -37,11 +40,14 @@ def timeline_command(args, model, settings, device, single, program='model_infer
     videos = [path for path, _ in samples]
     root = None if single else picture_root(args.video_path, videos)
     class_names = model_class_names(model)
+    if args.decoder == 'decord':
+        log.warning('-decoder decord: its decoder thread keeps the frames it decodes ahead of the model, so '
+                    'memory grows with the video when the model is the slower; PyAV (the default) does not')
     failures, windows = [], 0
     for video in videos:
         folder = None if args.out is None else Path(args.out) if single else mirrored_path(args.out, video, root)
         try:
-            stream = WindowStream(video, settings, args.window_stride, args.decoder or 'decord')
+            stream = WindowStream(video, settings, args.window_stride, args.decoder or 'pyav')
         except DecodeError as error:
             failures.append(f'{video}: {error}')
             if args.json:

@@ -119,6 +119,9 @@ class PyAVReader:
         # Frame indices of the keyframes, with frame 0 where decoding can always start.
         self._keyframes = np.union1d([0], np.searchsorted(self._pts, [pts for pts, key in packets if key]))
         self.num_frames = len(self._pts)
+        # What the container's header lists (0 when it does not say): more than the packets found is
+        # a file cut short, an mp4 whose index at its front outlives its end.
+        self.listed_frames = self._stream.frames
         self.fps = float(self._stream.average_rate or self._stream.guessed_rate or 0)
         self.decoded_frames = 0
 
