@@ -134,7 +134,7 @@ class WindowStream:
         yielded = 0
         while True:
             try:
-                for window in self._windows(yielded):
+                for window in self._windows():
                     yielded += 1
                     yield window
                 return
@@ -154,12 +154,12 @@ class WindowStream:
                 raise DecodeError(f'unreadable from {format_time(moment)} (frame {frame} of {total}) on: '
                                   f'{reason}') from None
 
-    def _windows(self, first_window):
-        """Windows from first_window on, in order, decoding the frames they read in one pass."""
-        indices = self.indices[first_window:]
+    def _windows(self):
+        """The windows in order, decoding the frames they read in one pass."""
+        indices = self.indices
         needed, inverse = np.unique(indices, return_inverse=True)
         inverse = inverse.reshape(indices.shape)
-        # The last window (counted from first_window) that reads each needed frame.
+        # The last window that reads each needed frame.
         last_use = np.zeros(len(needed), dtype=np.int64)
         np.maximum.at(last_use, inverse.reshape(-1), np.repeat(np.arange(len(indices)), indices.shape[1]))
         kept, window = {}, 0
@@ -169,8 +169,8 @@ class WindowStream:
             self._failed_at = int(needed[position + 1]) if position + 1 < len(needed) else None
             while window < len(indices) and inverse[window, -1] <= position:
                 frames = torch.stack([kept[slot] for slot in inverse[window].tolist()])
-                yield Window(first_window + window, float(self.starts[first_window + window]),
-                             float(self.ends[first_window + window]), indices[window].tolist(), frames)
+                yield Window(window, float(self.starts[window]), float(self.ends[window]), indices[window].tolist(),
+                             frames)
                 for slot in inverse[window][last_use[inverse[window]] == window].tolist():
                     kept.pop(slot, None)
                 window += 1

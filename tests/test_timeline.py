@@ -14,15 +14,18 @@ import pytest
 import torch
 
 from command_lines import run_in_one_process
-from classifiers import png_size
+from classifiers import CLASSES as MODEL_CLASSES, SETTINGS, png_size
+from dataset import crop_views
 from demo.make_demo_dataset import CLASSES, render_clip
 from frame_sampling import sliding_frame_indices, sliding_frame_times
 from frame_stream import WindowStream
-from preprocessing import Preprocessing
+from preprocessing import Preprocessing, normalize
+from reference import randomise_
 from test_inference_cli import PEAK_MEMORY, own_lines
-from timeline import find_segments, winning_classes
+from timeline import classify_windows, find_segments, winning_classes
 from timeline_figure import timeline_figure
 from video_decoding import READERS, decord
+from video_transformer import VideoClassifier, timesformer_tiny
 from videos import write_long_video
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -69,10 +72,6 @@ def read_csv(path):
 @pytest.fixture(scope='module')
 def checkpoint(demo_run):
     return demo_run.summary['checkpoint']
-import os
-@pytest.fixture(scope='module')
-def checkpoint():
-    return os.environ['H2_CKPT']
 
 
 @pytest.fixture(scope='module')
@@ -312,3 +311,25 @@ def test_the_picture_of_two_hours_reads_in_hours_minutes_and_seconds():
                             [{'start_s': 0, 'end_s': 1.92, 'label': 'class 0', 'probability': 0.9}], ['class 0'])
     axis = short.axes[2].xaxis
     assert axis.get_major_formatter()(0.4) == '0:00:00.4'
+
+
+def test_window_features_are_what_the_head_reads_for_those_logits(tmp_path):
+    """classify_windows(features=True): each window's features are the model's pooled representation
+    of its normalised view, and its probabilities the softmax of the head's linear layer on them,
+    across batch boundaries (5 windows, batches of 2). Fails if features and logits come from
+    different views or passes, if a batch's rows are shuffled, or if the view is left unnormalised."""
+    video = write_long_video(tmp_path / 'clip.mp4', 1, 40, 48)
+    model = randomise_(VideoClassifier(timesformer_tiny(), MODEL_CLASSES, SETTINGS)).eval()
+    settings = SETTINGS.replace(num_crops=1)
+    with WindowStream(video, settings) as stream:
+        results = list(classify_windows(model, stream, settings, batch_size=2, features=True))
+    with WindowStream(video, settings) as stream:
+        windows = list(stream)
+    assert len(results) == len(windows) == 5
+    for result, window in zip(results, windows):
+        view = crop_views(window.frames[None], settings.img_size)
+        with torch.inference_mode():
+            pooled = model.features(normalize(view, settings.mean, settings.std))[0]
+            logits = model.head.fc(pooled)
+        assert torch.allclose(result.features, pooled, atol=1e-5)
+        assert torch.allclose(result.probabilities, logits.softmax(dim=-1), atol=1e-5)
