@@ -127,7 +127,7 @@ def check_timeline_flags(args):
         if given:
             raise UsageError(f'-{given[0]} sets up -timeline; give -timeline too')
         return
-    for name in ('eval', 'save_vis', 'num_clips'):
+    for name in ('eval', 'save_vis', 'num_clips', 'num_workers'):
         if getattr(args, name) is not None:
             raise UsageError(f'-timeline writes its own outputs of windows over the whole video; -{name} does not '
                              f'apply to it')
@@ -143,9 +143,11 @@ def check_timeline_flags(args):
 
 def check_outputs(args, single):
     """Outputs that cannot be written where they are asked for stop the run before it starts:
-    folders (-save_vis for several videos, -out with -eval) where a file is, files where a folder is."""
-    folders = {'save_vis': args.save_vis if not single else None, 'out': args.out if args.eval or args.timeline else None}
-    files = {'out': args.out if not (args.eval or args.timeline) else None}
+    folders (-save_vis for several videos, -out with -eval or -timeline) where a file is, files where a
+    folder is."""
+    out_folder = args.eval or args.timeline
+    folders = {'save_vis': args.save_vis if not single else None, 'out': args.out if out_folder else None}
+    files = {'out': args.out if not out_folder else None}
     for name, path in folders.items():
         if path is not None and Path(path).exists() and not Path(path).is_dir():
             raise UsageError(f'-{name} {path}: a file, where a folder is expected')

@@ -1,7 +1,8 @@
 """`model_inference.py -timeline`: the timeline of each video of -video_path, written as it comes.
 
 Standard output has a table of segments per video (start, end, class, mean probability), or with
--json one line per window (and {"path", "error"} for a video that could not be read to its end); -out is a folder of windows.csv, segments.json and timeline.png for one
+-json one line per window (and {"path", "error"} for a video that could not be read to its end);
+-out is a folder of windows.csv, segments.json and timeline.png for one
 video, and for several one subfolder per video mirroring its path (`a/clip.mp4/windows.csv`), as
 -save_vis mirrors its pictures. A video that cannot be opened, or breaks off part of the way, is one
 line at the end (after its windows before the damage, which are written); the exit status is then 1.
