@@ -114,6 +114,11 @@ class WindowStream:
         self.ends = times[indices[:, -1]] + step
         self.duration_s = float(times[-1] + step - times[0])
         self.num_frames = reader.num_frames
+        short = (self.duration_s < settings.window_seconds - step if settings.window_seconds is not None
+                 else reader.num_frames < settings.num_frames * settings.frame_interval)
+        if short:
+            log.warning('%s: %.2f s, shorter than a window; it is one window%s', self.path, self.duration_s,
+                        ', frames repeated' if len(np.unique(indices)) < settings.num_frames else '')
 
     @property
     def num_windows(self):

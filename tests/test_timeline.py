@@ -334,3 +334,15 @@ def test_window_features_are_what_the_head_reads_for_those_logits(tmp_path):
             logits = model.head.fc(pooled)
         assert torch.allclose(result.features, pooled, atol=1e-5)
         assert torch.allclose(result.probabilities, logits.softmax(dim=-1), atol=1e-5)
+
+
+def test_a_video_shorter_than_a_window_is_one_window_said_in_one_line(tmp_path, caplog):
+    """Three frames for windows of 16: one window of the three, repeated, and one warning line naming
+    the video. Fails if such a video gives no window, or repeats frames without saying so."""
+    video = write_long_video(tmp_path / 'three.mp4', 3 / FPS, 48, 64)
+    settings = Preprocessing(num_frames=4, frame_interval=4, img_size=32, short_side=48)
+    with caplog.at_level('WARNING', logger='frame_stream'), WindowStream(video, settings) as stream:
+        windows = list(stream)
+    assert [window.frame_indices for window in windows] == [[0, 0, 1, 2]]
+    assert [record.getMessage() for record in caplog.records] == [
+        f'{video}: 0.12 s, shorter than a window; it is one window, frames repeated']
