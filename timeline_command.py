@@ -44,7 +44,7 @@ def timeline_command(args, model, settings, device, single, program='model_infer
     if args.decoder == 'decord':
         log.warning('-decoder decord: its decoder thread keeps the frames it decodes ahead of the model, so '
                     'memory grows with the video when the model is the slower; PyAV (the default) does not')
-    failures, windows = [], 0
+    failures = []
     for video in videos:
         folder = None if args.out is None else Path(args.out) if single else mirrored_path(args.out, video, root)
         try:
@@ -80,8 +80,8 @@ def timeline_command(args, model, settings, device, single, program='model_infer
         if error is not None:
             if args.json:
                 print(json.dumps({'path': video, 'error': error}), flush=True)
-            failures.append(f'{video}: {error}; the {counted(windows, "window")} before it '
-                            f'{"are in " + str(folder) if folder is not None else "are above"}')
+            place = str(folder) if folder is not None else 'standard output'
+            failures.append(f'{video}: {error}; {counted(windows, "window")} before it written to {place}')
     for failure in failures:
         print(f'{program}: error: {failure}', file=sys.stderr)
     return 1 if failures else 0
