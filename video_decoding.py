@@ -79,7 +79,9 @@ class DecordReader:
 
     def frames_in_order(self, indices):
         """(index, uint8 (H, W, 3)) for sorted unique indices, decoded front to back in one pass
-        (next and skip_frames, no seek): the frames between are decoded but not converted or copied."""
+        (next and skip_frames, no seek): the frames between are decoded but not converted or copied.
+        decord's decoder thread runs ahead of a slower reader and keeps what it decoded, so memory
+        grows with the video then (frame_stream reads with PyAV by default)."""
         position = 0
         for index in np.asarray(indices).tolist():
             if index > position:
@@ -193,16 +195,16 @@ class PyAVReader:
         """(frame index, uint8 (H, W, 3)) of the wanted {pts: frame index}, from the current position
         in presentation order, until all are found or the stream ends."""
         codec = self._stream.codec_context
-        found = 0
+        found = set()
         for packet in self._container.demux(self._stream):
             if packet.pts is not None:
                 codec.skip_frame = 'DEFAULT' if packet.pts in wanted else 'NONREF'
             for frame in packet.decode():
                 self.decoded_frames += 1
-                if frame.pts in wanted:
-                    found += 1
+                if frame.pts in wanted and frame.pts not in found:
+                    found.add(frame.pts)
                     yield wanted[frame.pts], displayed(frame)
-            if found == len(wanted):
+            if len(found) == len(wanted):
                 return
 
     def close(self):
