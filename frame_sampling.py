@@ -74,8 +74,7 @@ def sample_frame_times(times, num_frames, window_seconds, mode, num_clips=1, rng
         raise ValueError('cannot sample from a video of 0 frames')
     if mode not in MODES:
         raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
-    # The last frame is shown for a typical frame's duration.
-    end = times[-1] + (float(np.median(np.diff(times))) if len(times) > 1 else 0.0)
+    end = video_end(times)
     span = min(window_seconds, end - times[0])
     latest = end - span - times[0]
     if mode == 'train':
@@ -84,12 +83,60 @@ def sample_frame_times(times, num_frames, window_seconds, mode, num_clips=1, rng
         clips = num_clips if mode in MULTI_VIEW_MODES else 1
         starts = times[0] + (np.arange(clips) + 0.5) * latest / clips
 
-    def on_screen(moments):  # the frame shown at each moment; TIME_TOLERANCE absorbs rounded timestamps
-        return np.clip(np.searchsorted(times, np.asarray(moments) + TIME_TOLERANCE, side='right') - 1,
-                       0, len(times) - 1)
+    return _windows_at(times, starts, span, num_frames)
 
+
+def video_end(times):
+    """Seconds at which a video whose frame i is shown from times[i] ends: the last frame is shown
+    for a typical frame's duration."""
+    return times[-1] + frame_duration(times)
+
+
+def frame_duration(times):
+    """A typical frame's duration in seconds (the median step; 0 for one frame)."""
+    return float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+
+
+def _on_screen(times, moments):
+    """The frame shown at each moment; TIME_TOLERANCE absorbs rounded timestamps."""
+    return np.clip(np.searchsorted(times, np.asarray(moments) + TIME_TOLERANCE, side='right') - 1, 0, len(times) - 1)
+
+
+def _windows_at(times, starts, span, num_frames):
+    """(len(starts), num_frames) int64: from the frame on screen at each start over the frames that
+    begin within span seconds of it, the frames on screen at evenly spaced times."""
     windows = []
-    for first in on_screen(starts):
+    for first in _on_screen(times, starts):
         last = max(first, np.searchsorted(times, times[first] + span - TIME_TOLERANCE) - 1)
-        windows.append(on_screen(np.linspace(times[first], times[last], num_frames)))
+        windows.append(_on_screen(times, np.linspace(times[first], times[last], num_frames)))
     return np.stack(windows).astype(np.int64)
+
+
+def sliding_frame_indices(total_frames, num_frames, window, stride):
+    """Frame indices (W, num_frames), int64, of windows of `window` frames starting every `stride`
+    frames from frame 0, as long as a whole window fits (a timeline); each spaced as in
+    sample_frame_indices. A video shorter than the window is one window."""
+    if total_frames < 1:
+        raise ValueError(f'cannot sample from a video of {total_frames} frames')
+    if stride < 1:
+        raise ValueError(f'stride must be at least one frame, got {stride}')
+    span = min(window, total_frames)
+    starts = np.arange(0, total_frames - span + 1, stride)
+    offsets = np.linspace(0, span - 1, num_frames).astype(np.int64)
+    return starts[:, None] + offsets[None, :]
+
+
+def sliding_frame_times(times, num_frames, window_seconds, stride_seconds):
+    """Frame indices (W, num_frames), int64, of windows of window_seconds starting every
+    stride_seconds from the first frame, as long as a whole window fits, on a video whose frame i is
+    shown from times[i] seconds: sliding_frame_indices by timestamps, each window's frames picked as
+    in sample_frame_times. A video shorter than the window is one window."""
+    times = np.asarray(times, dtype=np.float64)
+    if len(times) < 1:
+        raise ValueError('cannot sample from a video of 0 frames')
+    if not stride_seconds > 0:
+        raise ValueError(f'stride_seconds must be positive, got {stride_seconds}')
+    end = video_end(times)
+    span = min(window_seconds, end - times[0])
+    starts = times[0] + np.arange(int((end - times[0] - span) / stride_seconds + TIME_TOLERANCE) + 1) * stride_seconds
+    return _windows_at(times, starts, span, num_frames)

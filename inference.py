@@ -241,12 +241,26 @@ class VideoFailure:
 def view_logits(model, views, preprocessing, batch_size, device):
     """uint8 views (B, V, T, 3, S, S) -> float32 logits (B, V, K) on the CPU; batch_size views per
     forward pass, each normalised on `device` as the DataModule does."""
-    chunks = []
+    return view_outputs(model, views, preprocessing, batch_size, device)[0]
+
+
+def view_outputs(model, views, preprocessing, batch_size, device, features=False):
+    """view_logits, and with features=True also the pooled representation the head's linear layer
+    reads, float32 (B, V, D) on the CPU, from the same forward pass (None for an ONNX graph, which
+    gives logits only): (logits, features)."""
+    logits, pooled = [], []
+    pooling = features and not isinstance(model, OnnxClassifier)
     with torch.inference_mode():
         for chunk in views.flatten(0, 1).split(batch_size):
             video = normalize(chunk.to(device, non_blocking=True), preprocessing.mean, preprocessing.std)
-            chunks.append(model(video).float().cpu())
-    return torch.cat(chunks).view(*views.shape[:2], -1)
+            if pooling:
+                pooled.append(model.features(video))
+                logits.append(model.head.fc(pooled[-1]).float().cpu())
+                pooled[-1] = pooled[-1].float().cpu()
+            else:
+                logits.append(model(video).float().cpu())
+    shape = views.shape[:2]
+    return torch.cat(logits).view(*shape, -1), torch.cat(pooled).view(*shape, -1) if pooling else None
 
 
 def classify(model, loader, preprocessing, batch_size=8, device='cpu'):
@@ -389,6 +403,16 @@ def picture_root(source, videos):
     return Path(os.path.commonpath([os.path.abspath(path) for path in (folder, *videos)]))
 
 
+def mirrored_path(folder, video, root, suffix=''):
+    """Where an output of `video` goes in `folder`, mirroring its path below `root` (picture_root):
+    root/a/clip.mp4 -> folder/a/clip.mp4{suffix}. A ValueError for a video outside root: an output
+    never lands outside its folder."""
+    relative = Path(os.path.relpath(os.path.abspath(video), os.path.abspath(root)))
+    if relative.parts[0] == os.pardir:
+        raise ValueError(f'{video} is not below {root}')
+    return Path(folder) / relative.with_name(relative.name + suffix)
+
+
 class ResultWriter:
     """Writes each video's outcome as it comes: result_record as text (format_result) or JSON lines
     on standard output (a failure as {"path", "error"} under JSON), CSV rows flushed per video
@@ -448,10 +472,7 @@ class ResultWriter:
         """Where the picture of `video` goes."""
         if self.picture_root is None:
             return self.pictures / f'{Path(video).name}.png' if self.pictures.is_dir() else self.pictures
-        relative = Path(os.path.relpath(os.path.abspath(video), self.picture_root))
-        if relative.parts[0] == os.pardir:  # a picture never lands outside its folder
-            raise ValueError(f'{video} is not below {self.picture_root}')
-        return self.pictures / relative.with_name(relative.name + '.png')
+        return mirrored_path(self.pictures, video, self.picture_root, '.png')
 
     def _picture(self, result, record):
         frames = result.centre_view.cpu()

@@ -4,12 +4,15 @@
     python model_inference.py -pretrain facebook/timesformer-base-finetuned-k400 -video_path videos/ -json
     python model_inference.py -pretrain best.ckpt -video_path list.txt -out results.csv -save_vis pictures/
     python model_inference.py -pretrain best.ckpt -eval test.txt -out report/
+    python model_inference.py -pretrain best.ckpt -video_path match.mp4 -timeline -out match/
 
 -pretrain takes what model_loading.load_model reads (this repository's checkpoints and export
 folders, the original repository's checkpoints, official TimeSformer .pyth files, transformers
 folders) or a Hugging Face Hub id. Frames, their sampling, frame interval, image size, short side,
 normalisation, clips and crops default to what the weights were trained with; flags override them.
--video_path is a video, a folder of videos or a list; -eval a labelled list. Flags keep the original's
+-video_path is a video, a folder of videos or a list; -eval a labelled list. -timeline slides the
+model's clip over each whole video and says what happens when (segments; -out a folder of windows.csv,
+segments.json and timeline.png, one subfolder per video for several). Flags keep the original's
 single-dash spelling; `--flag` works too. Exit status: 0, 1 when a video could not be read, 2 for
 a flag, path or file that cannot work.
 """
@@ -39,11 +42,14 @@ from inference import (Evaluation, ResultWriter, VideoFailure, classify, inferen
                        write_report)
 from onnx_inference import find_onnx
 from preprocessing import DATA_STATICS
+from timeline import BACKGROUND, DEFAULT_SMOOTH, DEFAULT_THRESHOLD
+from timeline_command import timeline_command
 from video_decoding import DECODERS
 from visualize import frame_attention, rollout_modules
 from weight_formats import WeightLoadError
 
 PROGRAM = 'model_inference.py'
+TIMELINE_FLAGS = ('window_stride', 'smooth', 'threshold', 'min_segment')
 # Loader processes that decode while the model runs, for a folder or a list.
 DEFAULT_WORKERS = 2
 
@@ -87,7 +93,19 @@ def parse_args(argv=None):
                                       'several videos)')
     add_flag(output, 'attention', action='store_true',
              help='with -save_vis: the attention rollout over each frame to what the head reads')
+    timeline = parser.add_argument_group('timeline (-timeline: the clip slid over each whole video)')
+    add_flag(timeline, 'timeline', action='store_true',
+             help='classify windows over the whole video and merge them into segments; -out is a folder')
+    add_flag(timeline, 'window_stride', type=float, help='seconds between window starts (default half a window)')
+    add_flag(timeline, 'smooth', type=int,
+             help=f'windows in the moving average of probabilities (default {DEFAULT_SMOOTH})')
+    add_flag(timeline, 'threshold', type=float,
+             help=f'a window whose smoothed top probability is below this is {BACKGROUND} (default '
+                  f'{DEFAULT_THRESHOLD:g}: every window takes its class)')
+    add_flag(timeline, 'min_segment', type=float,
+             help='segments shorter than this many seconds join a neighbour (default one window)')
     args = parser.parse_args(argv)
+    check_timeline_flags(args)
     for name in ('num_frames', 'frame_interval', 'img_size', 'short_side', 'num_clips', 'num_crops', 'batch_size',
                  'topk', 'window_seconds'):
         value = getattr(args, name)
@@ -111,11 +129,34 @@ def parse_args(argv=None):
     return args
 
 
+def check_timeline_flags(args):
+    """-timeline's flags: in range, and only with -timeline, where nothing it cannot give is asked for."""
+    given = [name for name in TIMELINE_FLAGS if getattr(args, name) is not None]
+    if not args.timeline:
+        if given:
+            raise UsageError(f'-{given[0]} sets up -timeline; give -timeline too')
+        return
+    for name in ('eval', 'save_vis', 'num_clips', 'num_workers'):
+        if getattr(args, name) is not None:
+            raise UsageError(f'-timeline writes its own outputs of windows over the whole video; -{name} does not '
+                             f'apply to it')
+    if args.window_stride is not None and not args.window_stride > 0:
+        raise UsageError(f'argument -window_stride/--window_stride: must be positive, got {args.window_stride}')
+    if args.smooth is not None and args.smooth < 1:
+        raise UsageError(f'argument -smooth/--smooth: must be 1 window or more, got {args.smooth}')
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise UsageError(f'argument -threshold/--threshold: must be a probability from 0 to 1, got {args.threshold}')
+    if args.min_segment is not None and args.min_segment < 0:
+        raise UsageError(f'argument -min_segment/--min_segment: must be 0 or more, got {args.min_segment}')
+
+
 def check_outputs(args, single):
     """Outputs that cannot be written where they are asked for stop the run before it starts:
-    folders (-save_vis for several videos, -out with -eval) where a file is, files where a folder is."""
-    folders = {'save_vis': args.save_vis if not single else None, 'out': args.out if args.eval else None}
-    files = {'out': args.out if not args.eval else None}
+    folders (-save_vis for several videos, -out with -eval or -timeline) where a file is, files where a
+    folder is."""
+    out_folder = args.eval or args.timeline
+    folders = {'save_vis': args.save_vis if not single else None, 'out': args.out if out_folder else None}
+    files = {'out': args.out if not out_folder else None}
     for name, path in folders.items():
         if path is not None and Path(path).exists() and not Path(path).is_dir():
             raise UsageError(f'-{name} {path}: a file, where a folder is expected')
@@ -172,10 +213,15 @@ def main(argv=None):
         settings = inference_preprocessing(
             model, args.data_statics, sampling=args.sampling, frame_interval=args.frame_interval,
             window_seconds=args.window_seconds, short_side=args.short_side, num_clips=args.num_clips,
-            num_crops=args.num_crops)
+            num_crops=args.num_crops or 1 if args.timeline else args.num_crops)  # a timeline: one view a window
     except ValueError as error:
         raise UsageError(error) from None
+    if args.timeline and settings.sampling == 'segments':
+        raise UsageError('-timeline: these weights read frames spread over a whole video (-sampling segments), which '
+                         'has no window to slide; give -window_seconds or -frame_interval for a window')
     model.to(device)
+    if args.timeline:
+        return timeline_command(args, model, settings, device, single)
     workers = args.num_workers if args.num_workers is not None else 0 if single else DEFAULT_WORKERS
     loader = prediction_loader(source, settings, labelled=args.eval is not None, class_names=model.class_names,
                                num_classes=model.config.num_classes, batch_size=args.batch_size, num_workers=workers,

@@ -77,6 +77,18 @@ class DecordReader:
         """(num_frames,) seconds at which each frame is shown."""
         return self._reader.get_frame_timestamp(range(self.num_frames))[:, 0]
 
+    def frames_in_order(self, indices):
+        """(index, uint8 (H, W, 3)) for sorted unique indices, decoded front to back in one pass
+        (next and skip_frames, no seek): the frames between are decoded but not converted or copied.
+        decord's decoder thread runs ahead of a slower reader and keeps what it decoded, so memory
+        grows with the video then (frame_stream reads with PyAV by default)."""
+        position = 0
+        for index in np.asarray(indices).tolist():
+            if index > position:
+                self._reader.skip_frames(index - position)
+            yield index, self._reader.next().asnumpy()
+            position = index + 1
+
     def close(self):
         # decord frees its demuxer and decoder with the object.
         self._reader = None
@@ -109,6 +121,9 @@ class PyAVReader:
         # Frame indices of the keyframes, with frame 0 where decoding can always start.
         self._keyframes = np.union1d([0], np.searchsorted(self._pts, [pts for pts, key in packets if key]))
         self.num_frames = len(self._pts)
+        # What the container's header lists (0 when it does not say): more than the packets found is
+        # a file cut short, an mp4 whose index at its front outlives its end.
+        self.listed_frames = self._stream.frames
         self.fps = float(self._stream.average_rate or self._stream.guessed_rate or 0)
         self.decoded_frames = 0
 
@@ -151,20 +166,46 @@ class PyAVReader:
             raise DecodeError(f'{len(missing)} of {len(unique)} frames could not be decoded (first: {missing[0]})')
         return np.stack([frames[i] for i in unique])[inverse]
 
+    def frames_in_order(self, indices):
+        """(index, uint8 (H, W, 3)) for sorted unique indices, decoded front to back in one pass from
+        the start; frames not wanted are neither converted nor, when no other frame refers to them,
+        decoded. A DecodeError names the first frame that could not be read."""
+        self.close()
+        self._open()
+        order = np.asarray(indices).tolist()
+        position = 0
+        for index, frame in self._decode_frames({int(self._pts[index]): index for index in order}):
+            if index != order[position]:  # a damaged frame that the decoder dropped
+                raise DecodeError(f'frame {order[position]} of {self.num_frames} could not be decoded')
+            position += 1
+            yield index, frame
+        if position < len(order):
+            raise DecodeError(f'frame {order[position]} of {self.num_frames} and those after it could not be decoded')
+
     def _decode(self, wanted):
         """{frame index: uint8 (H, W, 3)} for wanted {pts: frame index}, from the current position."""
-        codec = self._stream.codec_context
         frames = {}
+        for index, frame in self._decode_frames(wanted):
+            frames[index] = frame
+            if len(frames) == len(wanted):
+                break
+        return frames
+
+    def _decode_frames(self, wanted):
+        """(frame index, uint8 (H, W, 3)) of the wanted {pts: frame index}, from the current position
+        in presentation order, until all are found or the stream ends."""
+        codec = self._stream.codec_context
+        found = set()
         for packet in self._container.demux(self._stream):
             if packet.pts is not None:
                 codec.skip_frame = 'DEFAULT' if packet.pts in wanted else 'NONREF'
             for frame in packet.decode():
                 self.decoded_frames += 1
-                if frame.pts in wanted:
-                    frames[wanted[frame.pts]] = displayed(frame)
-            if len(frames) == len(wanted):
-                break
-        return frames
+                if frame.pts in wanted and frame.pts not in found:
+                    found.add(frame.pts)
+                    yield wanted[frame.pts], displayed(frame)
+            if len(found) == len(wanted):
+                return
 
     def close(self):
         self._container.close()

@@ -251,6 +251,9 @@ def test_the_commands_train_with_segments_and_classify_with_the_weights_mode(dem
         'weights': ['-pretrain', checkpoint, '-video_path', video, '-json'],
         'interval': ['-pretrain', checkpoint, '-video_path', video, '-json', '-frame_interval', '2'],
         'both': ['-pretrain', checkpoint, '-video_path', video, '-sampling', 'segments', '-frame_interval', '2'],
+        'timeline': ['-pretrain', checkpoint, '-video_path', video, '-timeline'],
+        'timeline_window': ['-pretrain', checkpoint, '-video_path', video, '-timeline', '-window_seconds', '0.5',
+                            '-json'],
     })
     record = json.loads(runs['weights']['stdout'].splitlines()[0])
     assert record['frames'] == [sample_frame_segments(VIDEO_FRAMES, 4, 'test').tolist()[0]]
@@ -258,6 +261,11 @@ def test_the_commands_train_with_segments_and_classify_with_the_weights_mode(dem
     assert record['frames'] == sample_frame_indices(VIDEO_FRAMES, 4, 4 * 2, 'predict').tolist()
     lines = runs['both']['stderr'].strip().splitlines()
     assert runs['both']['code'] == 2 and len(lines) == 1 and '-sampling segments spreads them' in lines[0]
+    # A timeline slides a window, which segments of a whole video have not: refused, unless one is given.
+    lines = runs['timeline']['stderr'].strip().splitlines()
+    assert runs['timeline']['code'] == 2 and len(lines) == 1 and 'has no window to slide' in lines[0]
+    assert runs['timeline_window']['code'] == 0, runs['timeline_window']['stderr'][-2000:]
+    assert len(runs['timeline_window']['stdout'].splitlines()) > 1
 
 
 # ---------------------------------------------------------------- the new head's initial scale
