@@ -43,8 +43,7 @@ def sample_frame_times(times, num_frames, window_seconds, mode, num_clips=1, rng
         raise ValueError('cannot sample from a video of 0 frames')
     if mode not in MODES:
         raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
-    # The last frame is shown for a typical frame's duration.
-    end = times[-1] + (float(np.median(np.diff(times))) if len(times) > 1 else 0.0)
+    end = video_end(times)
     span = min(window_seconds, end - times[0])
     latest = end - span - times[0]
     if mode == 'train':
@@ -62,3 +61,10 @@ def sample_frame_times(times, num_frames, window_seconds, mode, num_clips=1, rng
         last = max(first, np.searchsorted(times, times[first] + span - TIME_TOLERANCE) - 1)
         windows.append(on_screen(np.linspace(times[first], times[last], num_frames)))
     return np.stack(windows).astype(np.int64)
+
+
+def video_end(times):
+    """When a video whose frame i is shown from times[i] seconds ends: its last frame is shown for a
+    typical frame's duration (the median), none for a one-frame video."""
+    times = np.asarray(times, dtype=np.float64)
+    return times[-1] + (float(np.median(np.diff(times))) if len(times) > 1 else 0.0)

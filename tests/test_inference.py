@@ -10,8 +10,9 @@ from annotations import AnnotationError
 from classifiers import CLASSES, SETTINGS, export, hf_folder, png_size
 from data_trainer import VideoDataModule
 from dataset import VideoDataset, collate_views
-from inference import (Evaluation, PredictionDataset, VideoResult, classify, format_result, inference_preprocessing,
-                       load_classifier, model_class_names, prediction_loader, result_record)
+from evaluation import Evaluation, per_class_rows, scalar_results
+from inference import (VideoResult, classify, format_result, inference_preprocessing, load_classifier,
+                       model_class_names, prediction_loader, result_record)
 from layouts import HEADS, original_layout, random_state, save_lightning, timm_layout
 from preprocessing import DATA_STATICS, Preprocessing, normalize
 from reference import randomise_
@@ -160,7 +161,7 @@ def test_awkward_videos_decode_to_their_own_frames(odd_videos, name, decoder, ca
         pytest.skip(f'the local FFmpeg has no {ODD_VIDEOS[name][4]} encoder')
     frames, height, width, _, _, _, gray = ODD_VIDEOS[name]
     settings = SETTINGS.replace(num_clips=1, num_crops=3)
-    data = PredictionDataset.from_preprocessing(odd_videos[name], settings, decoder=decoder)
+    data = VideoDataset.from_preprocessing(odd_videos[name], settings, decoder=decoder)
     with caplog.at_level(logging.WARNING):
         item = data[0]
     assert item['failed'] == [] and item['video_frames'] == frames
@@ -178,8 +179,7 @@ def test_awkward_videos_decode_to_their_own_frames(odd_videos, name, decoder, ca
 
 
 def test_sampling_by_seconds_spans_the_same_time_at_60_fps(odd_videos):
-    data = PredictionDataset.from_preprocessing(odd_videos['fps60.mp4'], SETTINGS.replace(window_seconds=0.5,
-                                                                                          num_clips=1))
+    data = VideoDataset.from_preprocessing(odd_videos['fps60.mp4'], SETTINGS.replace(window_seconds=0.5, num_clips=1))
     (indices,) = data[0]['frame_indices']
     assert indices[-1] - indices[0] == 29  # 0.5 s at 60 fps: a window of 30 frames
 
@@ -208,17 +208,18 @@ def result(label, view_logits):
 
 def test_evaluation_counts_all_views_and_the_centre_view():
     # Seven classes, so that top-5 can miss: the last video's class ranks last in every view.
-    evaluation = Evaluation(num_classes=7, one_view=1)
+    evaluation = Evaluation(num_classes=7, preprocessing=SETTINGS.replace(num_clips=1, num_crops=3))
     # Views 0 and 2 say class 2 strongly, the centre view class 0, then 2: all views 2, one view 0.
     mixed = [[0, 0, 9, 0, 0, 0, 0], [3, 0, 1, 0, 0, 0, 0], [0, 0, 9, 0, 0, 0, 0]]
     evaluation.add(result(2, mixed))
     evaluation.add(result(0, mixed))
     evaluation.add(result(1, [[0, 5, 0, 0, 0, 0, 0]] * 3))
     evaluation.add(result(6, [[6, 5, 4, 3, 2, 1, 0]] * 3))
-    assert evaluation.metrics() == {'videos': 4, 'top1': 2 / 4, 'top5': 3 / 4, 'top1_1view': 2 / 4,
-                                    'top5_1view': 3 / 4}
-    assert evaluation.confusion[[0, 1, 2, 6]].argmax(dim=1).tolist() == [2, 1, 2, 0]
-    rows = evaluation.per_class(list('abcdefg'))
+    results = evaluation.results()
+    assert scalar_results(results) == {'videos': 4, 'top1': 2 / 4, 'top5': 3 / 4, 'top1_1view': 2 / 4,
+                                       'top5_1view': 3 / 4}
+    assert results['confusion'][[0, 1, 2, 6]].argmax(dim=1).tolist() == [2, 1, 2, 0]
+    rows = per_class_rows(results, list('abcdefg'))
     assert rows[0] == {'index': 0, 'class': 'a', 'videos': 1, 'top1': 0.0, 'top5': 1.0, 'most_confused_with': 'c',
                        'confused_videos': 1}
     assert rows[2]['top1'] == 1.0 and rows[2]['most_confused_with'] == ''
