@@ -12,9 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import torch
 
+from features import extract_features
 from inference import classify, inference_preprocessing, load_classifier, prediction_loader
 from command_lines import run_in_one_process
 from classifiers import CLASSES, export, hf_folder, png_size
@@ -69,8 +71,8 @@ def test_evaluation_mode_gives_the_training_commands_test_accuracy(trained, labe
     *videos, summary = json_lines(result.stdout)
     metrics = summary['metrics']
     assert metrics['videos'] == len(videos) == 16 and metrics['views'] == '2x3'
-    for name in ('top1', 'top1_1view'):  # (top-5 of 4 classes is 100% on both sides)
-        assert metrics[name] == pytest.approx(trained[f'test_{name}'], abs=1e-6), name
+    for name in ('top1', 'top5', 'top1_1view', 'top5_1view'):  # one MetricCollection counts both: equal
+        assert metrics[name] == trained[f'test_{name}'], name
     assert {video['label'] for video in videos} == set(CLASSES)
     report = tmp_path / 'report'
     assert json.loads((report / 'metrics.json').read_text()) == metrics
@@ -78,10 +80,44 @@ def test_evaluation_mode_gives_the_training_commands_test_accuracy(trained, labe
     assert [row['class'] for row in per_class] == CLASSES and all(row['videos'] == '4' for row in per_class)
     correct = sum(float(row['top1']) * 4 for row in per_class)
     assert correct == pytest.approx(metrics['top1'] * 16)
-    assert png_size(report / 'confusion_matrix.png') == (1600, 1000)
+    assert min(png_size(report / 'confusion_matrix.png')) >= 600  # a PNG, sized to its 4 classes
     rows = read_csv(report / 'predictions.csv')
     assert [row['path'] for row in rows] == [video['path'] for video in videos]
     assert [row['top1_label'] for row in rows] == [video['labels'][0] for video in videos]
+
+
+def test_features_of_the_trained_demo_model_separate_its_classes(trained, labelled, tmp_path):
+    """-features OUT with the demo run's checkpoint on its 256 training and 16 test clips: a nearest class
+    mean fit on the training clips' rows classifies the test clips' rows at 90% or more; every row is
+    extract_features' for its video in process, index.csv names the videos in the list's order with their
+    labels and the seconds read. Fails if rows and videos are paired wrongly or the rows are not the
+    trained model's features."""
+    lines = [line.split('\t') for split in ('train', 'test') for line in (labelled / f'{split}.txt').read_text().split('\n')
+             if line.strip()]
+    listing = tmp_path / 'train_and_test.txt'
+    listing.write_text(''.join(f'{labelled / path}\t{label}\n' for path, label in lines))
+    out = tmp_path / 'features'
+    result = infer('-pretrain', trained['checkpoint'], '-video_path', listing, '-features', out, '-json')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(json_lines(result.stdout)) == len(lines) == 272  # the classification output, as without -features
+    features = np.load(out / 'features.npy')
+    index = read_csv(out / 'index.csv')
+    assert features.shape == (272, 128) and features.dtype == np.float32  # the demo model's width
+    assert [(row['row'], row['path'], row['label']) for row in index] == [
+        (str(number), str(labelled / path), label) for number, (path, label) in enumerate(lines)]
+    assert all(0 <= float(row['start_s']) < float(row['end_s']) <= 2.0 for row in index)  # the demo's 2 s clips
+    train = np.array(['/train/' in row['path'] for row in index])
+    labels = np.array([CLASSES.index(row['label']) for row in index])
+    means = np.stack([features[train & (labels == label)].mean(axis=0) for label in range(len(CLASSES))])
+    distances = ((features[~train, None] - means[None]) ** 2).sum(axis=-1)
+    accuracy = (distances.argmin(axis=1) == labels[~train]).mean()
+    assert accuracy >= 0.9, accuracy
+    model = load_classifier(trained['checkpoint'])
+    settings = inference_preprocessing(model)
+    in_process, rows = extract_features(model, prediction_loader(labelled / 'test.txt', settings, labelled=True,
+                                                                 class_names=model.class_names), settings)
+    np.testing.assert_allclose(features[~train], in_process, atol=1e-5, rtol=1e-5)
+    assert [row['path'] for row in rows] == [row['path'] for row in index if '/test/' in row['path']]
 
 
 def test_one_video_as_a_table_with_csv_and_an_attention_picture(trained, labelled, tmp_path):
