@@ -12,7 +12,7 @@ Batch contract, a dict as the LightningModule's steps receive it:
 - validation, test and predict: `video` float32 (B, V, T, 3, img_size, img_size), normalised, with
   V = 1 for validation (the centre crop of the centre clip) and V = num_clips * num_crops for test
   and predict, clip-major; `label` int64 (B,), -1 for unlabelled videos in predict. Average the
-  views at the logits: logits = model(video.flatten(0, 1)).view(B, V, -1).mean(1).
+  views' softmax: evaluation.average_views(model(video.flatten(0, 1)).view(B, V, -1)).
 - always: `index` int64 (B,), the dataset items; `path` [str] (B,), their video files; `skipped`,
   a plain int, and `failed`, [(path, reason)], the unreadable videos met for the batch. Training
   replaces them by other items; evaluation leaves them out, so B may be smaller than the batch
