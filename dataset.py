@@ -253,7 +253,7 @@ def _batch(samples, video):
         'path': [sample['path'] for sample in read],
         'skipped': len(failed),
         'failed': failed,
-        **{key: [sample[key] for sample in read] for key in READ_KEYS},
+        **{key: [sample.get(key) for sample in read] for key in READ_KEYS},
     }
 
 
@@ -279,7 +279,8 @@ def collate_views(samples, preprocessing):
     dropped items only, num_clips and num_frames T. Returns video uint8 (B, V, T, 3, S, S),
     V = num_clips * num_crops, clip-major; label, index int64 (B,); path [str] (B,), the items read;
     skipped int and failed [(path, reason)], the unreadable videos, left out of the batch; the
-    READ_KEYS as lists (B,). B may be 0 when no video of the batch could be read.
+    READ_KEYS as lists (B,), None for an item made elsewhere without them. B may be 0 when no video of
+    the batch could be read.
     """
     views = [crop_views(sample['video'], preprocessing.img_size, preprocessing.num_crops)
              for sample in samples if sample['video'] is not None]
