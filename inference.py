@@ -33,10 +33,10 @@ from tqdm import tqdm
 
 from annotations import UNLABELLED, AnnotationError, load_class_map
 from dataset import VideoDataset, collate_views
+from evaluation import average_views
 from model_loading import load_model
 from onnx_inference import OnnxClassifier, find_onnx
 from preprocessing import Preprocessing, data_statics, normalize
-from evaluation import average_views
 from utils import counted
 from visualize import prediction_figure, save_png
 from weight_files import WEIGHT_FILES

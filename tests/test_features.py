@@ -74,7 +74,8 @@ def test_the_writer_grows_a_valid_npy_and_index_as_rows_come(tmp_path):
             writer.add(torch.from_numpy(batch), [{'path': f'v{number}.mp4', 'start_s': number, 'end_s': number + 1.5,
                                                   'label': 'a' if number else None}] * len(batch))
             # Readable after every add, with the rows so far.
-            np.testing.assert_array_equal(np.load(tmp_path / 'out' / 'features.npy'), np.concatenate(batches[:number + 1]))
+            so_far = np.load(tmp_path / 'out' / 'features.npy')
+            np.testing.assert_array_equal(so_far, np.concatenate(batches[:number + 1]))
         with pytest.raises(ValueError, match='features of width 5 added to rows of width 8'):
             writer.add(np.zeros((1, 5)), [{'path': 'x', 'start_s': 0, 'end_s': 1}])
     stored = np.load(tmp_path / 'out' / 'features.npy', mmap_mode='r')
