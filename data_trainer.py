@@ -11,8 +11,8 @@ Batch contract, a dict as the LightningModule's steps receive it:
   float32 soft targets (B, num_classes) when mixup is on (no label smoothing: that is the loss's).
 - validation and test: `video` float32 (B, V, T, 3, img_size, img_size), normalised, with V = 1
   for validation (the centre crop of the centre clip) and V = num_clips * num_crops for test,
-  clip-major; `label` int64 (B,). Average the views' softmax, as LitVideoClassifier and inference do:
-  model(video.flatten(0, 1)).view(B, V, -1).softmax(-1).mean(1).
+  clip-major; `label` int64 (B,). Average the views' softmax:
+  evaluation.average_views(model(video.flatten(0, 1)).view(B, V, -1)).
 - always: `index` int64 (B,), the dataset items; `path` [str] (B,), their video files; `skipped`,
   a plain int, and `failed`, [(path, reason)], the unreadable videos met for the batch. Training
   replaces them by other items; evaluation leaves them out, so B may be smaller than the batch

@@ -4,12 +4,16 @@ with a failure budget for unreadable videos, and the collation of clips and view
 A dataset item is a dict: `video` uint8 (T, 3, H, W) in training, (num_clips, T, 3, H, W) in
 val (one clip), test and predict, resized so the short side is `short_side`, or None when the
 video could not be read (evaluation drops it); `label` int; `index` int and `path` str, the item
-actually returned; `failed` [(path, reason)], the unreadable videos met on the way. Carrying the
-failures in the item lets them cross worker processes with the batch. `collate_clips` (training)
-and `collate_views` (evaluation) batch items; see their docs for the batch.
+actually returned; `failed` [(path, reason)], the unreadable videos met on the way; and what was
+read (READ_KEYS, None for an unreadable video): `frame_indices` [[int]] (clips, T), the frame
+numbers, `video_frames` int, the frames in the video, `start_s` and `end_s` float, when the first
+frame read is shown and when the last one ends, and `decode_ms` float (open, decode and resize).
+Carrying all of it in the item lets it cross worker processes with the batch. `collate_clips`
+(training) and `collate_views` (evaluation) batch items; see their docs for the batch.
 """
 import logging
 import os
+import time
 
 import numpy as np
 import torch
@@ -19,11 +23,14 @@ from torch.utils.data import Dataset, get_worker_info
 from annotations import GIVEN_VIDEOS, load_annotations, load_class_map
 from command_line import error_line
 from frame_sampling import (MODES, MULTI_VIEW_MODES, SAMPLINGS, sample_frame_indices, sample_frame_segments,
-                            sample_frame_times)
+                            sample_frame_times, video_end)
+from utils import counted
 from video_decoding import DECODERS, READERS, DecodeError, decord, resize_short_side
 
 log = logging.getLogger(__name__)
 
+# Item keys that say what was read; batched as lists, one entry per video read.
+READ_KEYS = ('frame_indices', 'video_frames', 'start_s', 'end_s', 'decode_ms')
 # A skip ratio is only judged after this many failures, so a few bad files early in an epoch
 # cannot stop a mostly healthy list by chance.
 MIN_FAILURES_TO_ABORT = 32
@@ -131,30 +138,38 @@ class VideoDataset(Dataset):
         return reader.read(indices.reshape(-1))
 
     def load(self, path):
-        """Decode the sampled frames of one video: uint8 (num_clips, T, 3, H, W)."""
+        """Decode the sampled frames of one video: {'video': uint8 (num_clips, T, 3, H, W)} and the
+        READ_KEYS (see the module doc). A video with fewer frames than a clip is read with frames
+        repeated, said in one warning line in test and predict."""
         if not os.path.isfile(path):
             raise DecodeError('no such file')
         if os.path.getsize(path) == 0:
             raise DecodeError('empty file')
+        started = time.perf_counter()
         errors = []
         for decoder in self.decoders:
             try:
-                frames = self._decode(READERS[decoder], path)
+                frames, read = self._decode(READERS[decoder], path)
             except Exception as error:  # whatever a decoder raises, the next one may still read the file
                 errors.append(f'{decoder}: {error_line(error, named=True)}')
                 continue
             if errors:
                 log.debug('%s read %s after %s', decoder, path, '; '.join(errors))
+            if read['video_frames'] < self.num_frames and self.mode in MULTI_VIEW_MODES:
+                log.warning('%s: %s, fewer than the %d of a clip; frames are repeated', path,
+                            counted(read['video_frames'], 'frame'), self.num_frames)
             video = resize_short_side(frames, self.short_side)
-            return rearrange(video, '(v t) c h w -> v t c h w', v=self.num_clips)
+            return {'video': rearrange(video, '(v t) c h w -> v t c h w', v=self.num_clips), **read,
+                    'decode_ms': (time.perf_counter() - started) * 1000}
         raise DecodeError('; '.join(errors))
 
     def _decode(self, reader_class, path):
-        """Open, sample, read and release: uint8 (num_clips * T, H, W, 3)."""
+        """Open, sample, read and release: uint8 (num_clips * T, H, W, 3) and the READ_KEYS but decode_ms."""
         reader = reader_class(path, self.decode_threads)
         try:
             if reader.num_frames < 1:
                 raise DecodeError('no frames')
+            times = reader.frame_times()
             if self.sampling == 'segments':
                 indices = sample_frame_segments(reader.num_frames, self.num_frames, self.mode, self.num_clips,
                                                 self._generator())
@@ -163,9 +178,13 @@ class VideoDataset(Dataset):
                 indices = sample_frame_indices(reader.num_frames, self.num_frames, window, self.mode, self.num_clips,
                                                self._generator())
             else:  # by timestamps: a variable frame rate's average would size the window wrongly
-                indices = sample_frame_times(reader.frame_times(), self.num_frames, self.window_seconds, self.mode,
-                                             self.num_clips, self._generator())
-            return self.read_frames(reader, indices)
+                indices = sample_frame_times(times, self.num_frames, self.window_seconds, self.mode, self.num_clips,
+                                             self._generator())
+            last = int(indices.max())
+            read = {'frame_indices': indices.tolist(), 'video_frames': reader.num_frames,
+                    'start_s': float(times[indices.min()]),
+                    'end_s': float(times[last + 1]) if last + 1 < len(times) else float(video_end(times))}
+            return self.read_frames(reader, indices), read
         finally:
             reader.close()
 
@@ -190,14 +209,16 @@ class VideoDataset(Dataset):
 
     def __getitem__(self, index):
         failed = []
-        video = self._read(self.path(index), failed)
-        while video is None and self.mode == 'train':
+        read = self._read(self.path(index), failed)
+        while read is None and self.mode == 'train':
             index = int(self._generator().integers(len(self)))
-            video = self._read(self.path(index), failed)
+            read = self._read(self.path(index), failed)
+        read = read or dict.fromkeys(('video', *READ_KEYS))
+        video = read.pop('video')
         if video is not None and self.mode == 'train':
             video = video[0]
         return {'video': video, 'label': int(self.labels[index]), 'index': index, 'path': self.path(index),
-                'failed': failed}
+                'failed': failed, **read}
 
 
 def check_skip_fraction(max_skip_fraction):
@@ -242,6 +263,7 @@ def _batch(samples, video):
         'path': [sample['path'] for sample in read],
         'skipped': len(failed),
         'failed': failed,
+        **{key: [sample.get(key) for sample in read] for key in READ_KEYS},
     }
 
 
@@ -266,8 +288,9 @@ def collate_views(samples, preprocessing):
     preprocessing (a `preprocessing.Preprocessing`) gives img_size S, num_crops and, for a batch of
     dropped items only, num_clips and num_frames T. Returns video uint8 (B, V, T, 3, S, S),
     V = num_clips * num_crops, clip-major; label, index int64 (B,); path [str] (B,), the items read;
-    skipped int and failed [(path, reason)], the unreadable videos, left out of the batch. B may be
-    0 when no video of the batch could be read.
+    skipped int and failed [(path, reason)], the unreadable videos, left out of the batch; the
+    READ_KEYS as lists (B,), None for an item made elsewhere without them. B may be 0 when no video of
+    the batch could be read.
     """
     views = [crop_views(sample['video'], preprocessing.img_size, preprocessing.num_crops)
              for sample in samples if sample['video'] is not None]

@@ -33,11 +33,12 @@ from tqdm import tqdm
 
 from annotations import UNLABELLED, AnnotationError, load_class_map
 from dataset import VideoDataset, collate_views
+from evaluation import average_views
 from model_loading import load_model
 from onnx_inference import OnnxClassifier, find_onnx
 from preprocessing import Preprocessing, data_statics, normalize
-from utils import counted, write_csv, write_json
-from visualize import confusion_figure, prediction_figure, save_png
+from utils import counted
+from visualize import prediction_figure, save_png
 from weight_files import WEIGHT_FILES
 from weight_formats import WeightLoadError
 
@@ -47,8 +48,6 @@ WEIGHT_SUFFIXES = ('.ckpt', '.pth', '.pyth', '.pt', '.bin', '.safetensors', '.np
 # What a Hub snapshot needs: configs (model, processor) and safetensors weights; pickled
 # pytorch_model.bin only when a repository has no safetensors.
 HUB_FILES = ['*.json', '*.safetensors']
-# Item keys PredictionDataset adds, batched as lists by collate_predictions.
-PREDICTION_KEYS = ('frame_indices', 'video_frames', 'decode_ms')
 
 
 # ---------------------------------------------------------------- weights and settings
@@ -141,54 +140,20 @@ def inference_preprocessing(model, data_statics_name=None, **changes):
 
 # ---------------------------------------------------------------- data
 
-class PredictionDataset(VideoDataset):
-    """VideoDataset whose items also say what was read: `frame_indices` (num_clips lists of
-    num_frames frame numbers), `video_frames` (frames in the video) and `decode_ms` (open,
-    decode and resize). A video with fewer frames than a clip is read with frames repeated and
-    said in one warning line."""
-
-    def read_frames(self, reader, indices):
-        self._sampled = (reader.num_frames, indices.tolist())
-        return super().read_frames(reader, indices)
-
-    def load(self, path):
-        started = time.perf_counter()
-        video = super().load(path)
-        video_frames, frame_indices = self._sampled
-        if video_frames < self.num_frames:
-            log.warning('%s: %s, fewer than the %d of a clip; frames are repeated', path,
-                        counted(video_frames, 'frame'), self.num_frames)
-        self._read_info = {'frame_indices': frame_indices, 'video_frames': video_frames,
-                           'decode_ms': (time.perf_counter() - started) * 1000}
-        return video
-
-    def __getitem__(self, index):
-        self._read_info = {}
-        item = super().__getitem__(index)
-        return {**item, **self._read_info}
-
-
-def collate_predictions(samples, preprocessing):
-    """collate_views' batch plus PREDICTION_KEYS, one list entry per video read."""
-    batch = collate_views(samples, preprocessing)
-    read = [sample for sample in samples if sample['video'] is not None]
-    return {**batch, **{key: [sample[key] for sample in read] for key in PREDICTION_KEYS}}
-
-
 def prediction_loader(source, preprocessing, *, labelled=False, class_names=None, num_classes=None, batch_size=8,
                       num_workers=0, **options):
-    """A DataLoader of uint8 view batches (collate_predictions) over `source`: a video, a folder of
+    """A DataLoader of uint8 view batches (dataset.collate_views) over `source`: a video, a folder of
     videos, a list (labels optional) or a sequence of paths; labelled=True needs a label for every
     video (the test split's rules). Each batch holds as many videos as fit in batch_size views, at
     least one. class_names map name labels to the model's indices; options go to VideoDataset."""
-    dataset = PredictionDataset.from_preprocessing(source, preprocessing, mode='test' if labelled else 'predict',
-                                                   class_map=class_names, num_classes=num_classes, **options)
+    dataset = VideoDataset.from_preprocessing(source, preprocessing, mode='test' if labelled else 'predict',
+                                              class_map=class_names, num_classes=num_classes, **options)
     if class_names is None and dataset.class_names != [str(i) for i in range(len(dataset.class_names))]:
         raise AnnotationError(f'{source}: labels classes by name, but the model carries no class names to map '
                               f'them to its outputs; give a class map')
     views = preprocessing.num_views
     return DataLoader(dataset, batch_size=max(1, batch_size // views), num_workers=num_workers,
-                      collate_fn=partial(collate_predictions, preprocessing=preprocessing),
+                      collate_fn=partial(collate_views, preprocessing=preprocessing),
                       pin_memory=torch.cuda.is_available(), worker_init_fn=leave_interrupts_to_the_main_process)
 
 
@@ -213,7 +178,9 @@ def _quiet_when_the_reader_left(kind, value, traceback):
 class VideoResult:
     """One video classified. view_logits (V, K) float32: the logits of its V clip-major views;
     centre_view uint8 (T, 3, S, S): the frames of its one-view figure's view, as the model saw
-    them before normalisation; label: its index, or UNLABELLED."""
+    them before normalisation; label: its index, or UNLABELLED; frame_indices to end_s: what was
+    read (dataset.READ_KEYS); view_features (V, D) float32: the pooled features the head read per
+    view, when asked for."""
 
     path: str
     label: int
@@ -223,11 +190,19 @@ class VideoResult:
     video_frames: int
     decode_ms: float
     forward_ms: float
+    start_s: float = None
+    end_s: float = None
+    view_features: torch.Tensor = None
 
     @property
     def probabilities(self):
-        """(K,) the softmax averaged over the views."""
-        return self.view_logits.softmax(dim=-1).mean(dim=0)
+        """(K,) the softmax averaged over the views (evaluation.average_views)."""
+        return average_views(self.view_logits)
+
+    @property
+    def features(self):
+        """(D,) the pooled features averaged over the views, or None when not asked for."""
+        return None if self.view_features is None else self.view_features.mean(dim=0)
 
 
 @dataclass
@@ -246,8 +221,8 @@ def view_logits(model, views, preprocessing, batch_size, device):
 
 def view_outputs(model, views, preprocessing, batch_size, device, features=False):
     """view_logits, and with features=True also the pooled representation the head's linear layer
-    reads, float32 (B, V, D) on the CPU, from the same forward pass (None for an ONNX graph, which
-    gives logits only): (logits, features)."""
+    reads (VideoClassifier.features), float32 (B, V, D) on the CPU, from the same forward pass (None
+    for an ONNX graph, which gives logits only): (logits, features)."""
     logits, pooled = [], []
     pooling = features and not isinstance(model, OnnxClassifier)
     with torch.inference_mode():
@@ -255,7 +230,7 @@ def view_outputs(model, views, preprocessing, batch_size, device, features=False
             video = normalize(chunk.to(device, non_blocking=True), preprocessing.mean, preprocessing.std)
             if pooling:
                 pooled.append(model.features(video))
-                logits.append(model.head.fc(pooled[-1]).float().cpu())
+                logits.append(model.head.classify(pooled[-1]).float().cpu())
                 pooled[-1] = pooled[-1].float().cpu()
             else:
                 logits.append(model(video).float().cpu())
@@ -263,9 +238,10 @@ def view_outputs(model, views, preprocessing, batch_size, device, features=False
     return torch.cat(logits).view(*shape, -1), torch.cat(pooled).view(*shape, -1) if pooling else None
 
 
-def classify(model, loader, preprocessing, batch_size=8, device='cpu'):
-    """VideoFailure and VideoResult per video of the loader's batches, as they come. A batch's
-    forward time is shared by its videos in proportion to their views (all have the same)."""
+def classify(model, loader, preprocessing, batch_size=8, device='cpu', features=False):
+    """VideoFailure and VideoResult per video of the loader's batches, as they come; with features=True
+    each VideoResult carries its view_features. A batch's forward time is shared by its videos in
+    proportion to their views (all have the same)."""
     centre = preprocessing.centre_view
     for batch in loader:
         for path, error in batch['failed']:
@@ -274,12 +250,13 @@ def classify(model, loader, preprocessing, batch_size=8, device='cpu'):
         if views.shape[0] == 0:
             continue
         started = time.perf_counter()
-        logits = view_logits(model, views, preprocessing, batch_size, device)
+        logits, pooled = view_outputs(model, views, preprocessing, batch_size, device, features)
         forward_ms = (time.perf_counter() - started) * 1000 / views.shape[0]
         for position, path in enumerate(batch['path']):
             yield VideoResult(path, int(batch['label'][position]), logits[position], views[position, centre],
                               batch['frame_indices'][position], batch['video_frames'][position],
-                              batch['decode_ms'][position], forward_ms)
+                              batch['decode_ms'][position], forward_ms, batch['start_s'][position],
+                              batch['end_s'][position], None if pooled is None else pooled[position])
 
 
 # ---------------------------------------------------------------- results
@@ -330,68 +307,6 @@ def format_result(record):
     lines += [f'  {rank}. {name:<{width}}  {probability:7.2%}' for rank, (name, probability) in
               enumerate(zip(record['labels'], record['probabilities']), 1)]
     return '\n'.join(lines)
-
-
-class Evaluation:
-    """Top-1 and top-5 accuracy over labelled results, at all views (softmax averaged) and at one
-    view (Preprocessing.centre_view), and the confusion matrix of the all-views prediction:
-    confusion[true, predicted] counts videos."""
-
-    def __init__(self, num_classes, one_view):
-        self.num_classes = num_classes
-        self.one_view = one_view
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-        self.top5_hits = torch.zeros(num_classes, dtype=torch.int64)
-        self.one_view_hits = {1: 0, 5: 0}
-
-    def add(self, result):
-        probabilities, label = result.probabilities, result.label
-        top5 = probabilities.topk(min(5, self.num_classes)).indices
-        self.confusion[label, top5[0]] += 1
-        self.top5_hits[label] += int(label in top5)
-        one_view = result.view_logits[self.one_view].topk(min(5, self.num_classes)).indices
-        self.one_view_hits[1] += int(one_view[0] == label)
-        self.one_view_hits[5] += int(label in one_view)
-
-    @property
-    def videos(self):
-        return int(self.confusion.sum())
-
-    def metrics(self):
-        """{'videos', 'top1', 'top5', 'top1_1view', 'top5_1view'}, accuracies in [0, 1]."""
-        videos = max(1, self.videos)
-        return {'videos': self.videos, 'top1': int(self.confusion.diagonal().sum()) / videos,
-                'top5': int(self.top5_hits.sum()) / videos, 'top1_1view': self.one_view_hits[1] / videos,
-                'top5_1view': self.one_view_hits[5] / videos}
-
-    def per_class(self, class_names):
-        """One row per class: index, name, videos, top-1 and top-5 accuracy (empty without videos),
-        and the class its videos were most often taken for, with the count."""
-        others = self.confusion.clone()
-        others.fill_diagonal_(0)
-        confused_videos, confused = others.max(dim=1)
-        rows = []
-        for index, name in enumerate(class_names):
-            videos = int(self.confusion[index].sum())
-            rows.append({'index': index, 'class': name, 'videos': videos,
-                         'top1': round(int(self.confusion[index, index]) / videos, 6) if videos else '',
-                         'top5': round(int(self.top5_hits[index]) / videos, 6) if videos else '',
-                         'most_confused_with': class_names[confused[index]] if confused_videos[index] else '',
-                         'confused_videos': int(confused_videos[index])})
-        return rows
-
-
-def write_report(evaluation, class_names, folder, views):
-    """An evaluation's report in folder: metrics.json (Evaluation.metrics and the views, e.g. '2x3'),
-    per_class_accuracy.csv (Evaluation.per_class) and confusion_matrix.png (confusion_figure).
-    Returns the metrics."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    metrics = {**evaluation.metrics(), 'views': views}
-    write_json(metrics, folder / 'metrics.json')
-    write_csv(evaluation.per_class(class_names), folder / 'per_class_accuracy.csv')
-    save_png(confusion_figure(evaluation.confusion, class_names), folder / 'confusion_matrix.png')
-    return metrics
 
 
 def picture_root(source, videos):

@@ -5,6 +5,7 @@
     python model_inference.py -pretrain best.ckpt -video_path list.txt -out results.csv -save_vis pictures/
     python model_inference.py -pretrain best.ckpt -eval test.txt -out report/
     python model_inference.py -pretrain best.ckpt -video_path match.mp4 -timeline -out match/
+    python model_inference.py -pretrain best.ckpt -video_path videos/ -features features/
 
 -pretrain takes what model_loading.load_model reads (this repository's checkpoints and export
 folders, the original repository's checkpoints, official TimeSformer .pyth files, transformers
@@ -26,6 +27,7 @@ import logging
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -36,10 +38,11 @@ import video_decoding
 from annotations import VIDEO_EXTENSIONS, AnnotationError
 from command_line import Parser, UsageError, add_flag, error_line
 from dataset import UnreadableDatasetError
+from evaluation import Evaluation, write_report
+from features import FeatureWriter, feature_row
 from frame_sampling import SAMPLINGS
-from inference import (Evaluation, ResultWriter, VideoFailure, classify, inference_preprocessing,
-                       load_classifier, model_class_names, picture_root, prediction_loader, resolve_weights,
-                       write_report)
+from inference import (ResultWriter, VideoFailure, classify, inference_preprocessing, load_classifier,
+                       model_class_names, picture_root, prediction_loader, resolve_weights)
 from onnx_inference import find_onnx
 from preprocessing import DATA_STATICS
 from timeline import BACKGROUND, DEFAULT_SMOOTH, DEFAULT_THRESHOLD
@@ -93,6 +96,9 @@ def parse_args(argv=None):
                                       'several videos)')
     add_flag(output, 'attention', action='store_true',
              help='with -save_vis: the attention rollout over each frame to what the head reads')
+    add_flag(output, 'features', metavar='OUT',
+             help='also write the pooled features the head reads, views averaged, to OUT/features.npy '
+                  '(videos x width, float32) and OUT/index.csv (row, path, start_s, end_s, label)')
     timeline = parser.add_argument_group('timeline (-timeline: the clip slid over each whole video)')
     add_flag(timeline, 'timeline', action='store_true',
              help='classify windows over the whole video and merge them into segments; -out is a folder')
@@ -152,10 +158,11 @@ def check_timeline_flags(args):
 
 def check_outputs(args, single):
     """Outputs that cannot be written where they are asked for stop the run before it starts:
-    folders (-save_vis for several videos, -out with -eval or -timeline) where a file is, files where a
-    folder is."""
+    folders (-save_vis for several videos, -out with -eval or -timeline, -features) where a file is, files
+    where a folder is."""
     out_folder = args.eval or args.timeline
-    folders = {'save_vis': args.save_vis if not single else None, 'out': args.out if out_folder else None}
+    folders = {'save_vis': args.save_vis if not single else None, 'out': args.out if out_folder else None,
+               'features': args.features}
     files = {'out': args.out if not out_folder else None}
     for name, path in folders.items():
         if path is not None and Path(path).exists() and not Path(path).is_dir():
@@ -201,6 +208,9 @@ def main(argv=None):
     if onnx and args.attention:
         raise UsageError('-attention: an ONNX model gives no attention weights; give the weights it was '
                          'exported from')
+    if onnx and args.features:
+        raise UsageError('-features: an ONNX model gives logits only, not the features; give the weights it was '
+                         'exported from')
     device = torch.device('cpu') if onnx else resolve_device(args.device)
     model = load_classifier(weights, args.class_map, onnx_device=args.device, num_frames=args.num_frames,
                             img_size=args.img_size)
@@ -226,7 +236,7 @@ def main(argv=None):
     loader = prediction_loader(source, settings, labelled=args.eval is not None, class_names=model.class_names,
                                num_classes=model.config.num_classes, batch_size=args.batch_size, num_workers=workers,
                                **({'decoder': args.decoder} if args.decoder else {}))
-    evaluation = Evaluation(model.config.num_classes, settings.centre_view) if args.eval else None
+    evaluation = Evaluation(model.config.num_classes, settings) if args.eval else None
     report = Path(args.out or f'eval_{Path(args.eval).stem}') if args.eval else None
     failures = []
     started = time.perf_counter()
@@ -235,27 +245,32 @@ def main(argv=None):
                           csv_path=report / 'predictions.csv' if args.eval else args.out,
                           pictures=args.save_vis, attention=attention, picture_root=None if single else picture_root(
                               source, [loader.dataset.path(index) for index in range(len(loader.dataset))]))
+    features = FeatureWriter(args.features, model.config.embed_dims) if args.features else nullcontext()
     written = 0
     try:
-        with writer, tqdm(total=len(loader.dataset), unit='video', disable=True if single else None,
-                          file=sys.stderr) as bar:
-            for outcome in classify(model, loader, settings, args.batch_size, device):
+        with writer, features, tqdm(total=len(loader.dataset), unit='video', disable=True if single else None,
+                                    file=sys.stderr) as bar:
+            for outcome in classify(model, loader, settings, args.batch_size, device, features=bool(args.features)):
                 bar.update()
                 writer.write(outcome)
                 written += 1
                 if isinstance(outcome, VideoFailure):
                     failures.append(outcome)
-                elif evaluation is not None:
+                    continue
+                if args.features:
+                    features.add(outcome.features[None], [feature_row(outcome, model_class_names(model))])
+                if evaluation is not None:
                     evaluation.add(outcome)
     except KeyboardInterrupt:
-        places = [str(path) for path in (writer.csv_path, args.save_vis) if path is not None] or ['standard output']
+        places = [str(path) for path in (writer.csv_path, args.save_vis, args.features) if path is not None] or [
+            'standard output']
         print(f'{PROGRAM}: interrupted; {written} of {len(loader.dataset)} videos written to {" and ".join(places)}'
               f'{"; no report written" if evaluation is not None else ""}', file=sys.stderr)
         return 128 + signal.SIGINT
     seconds = time.perf_counter() - started
     views = f'{settings.num_clips}x{settings.num_crops}'
     if evaluation is not None:
-        metrics = write_report(evaluation, model_class_names(model), report, views)
+        metrics = write_report(evaluation.results(), model_class_names(model), report, views)
         summary = {'metrics': metrics, 'report': str(report)} if args.json else (
             f'{metrics["videos"]} videos: top-1 {metrics["top1"]:.2%}, top-5 {metrics["top5"]:.2%} at {views} views; '
             f'top-1 {metrics["top1_1view"]:.2%}, top-5 {metrics["top5_1view"]:.2%} at 1 view; report in {report}')

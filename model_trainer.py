@@ -2,7 +2,8 @@
 
 Batches follow data_trainer's contract: training `video` (B, T, 3, S, S) with int64 labels or soft
 targets (B, K); evaluation `video` (B, V, T, 3, S, S), V views of each clip whose softmax is
-averaged. Everything a checkpoint needs to rebuild the model and prepare its input is saved as
+averaged (evaluation.average_views); the test counts into evaluation.test_metrics, as
+model_inference.py -eval does. Everything a checkpoint needs to rebuild the model and prepare its input is saved as
 plain hyper-parameters: `config` (a VideoTransformerConfig as a dict), `class_names` and
 `preprocessing` (a Preprocessing as a dict), beside the optimisation settings.
 """
@@ -20,6 +21,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from evaluation import SCALAR_METRICS, average_views, test_metrics
 from preprocessing import Preprocessing
 from transformer import Block
 from video_transformer import VideoClassifier, VideoTransformerConfig
@@ -118,7 +120,10 @@ class LitVideoClassifier(pl.LightningModule):
         num_classes = self.model.config.num_classes
         self.metrics = torch.nn.ModuleDict({
             f'{stage}_top{k}': MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average='micro')
-            for stage in ('train', 'val', 'test', 'test_1view') for k in (1, 5)})
+            for stage in ('train', 'val') for k in (1, 5)})
+        # The test's top-k, per class and confusion: the collection model_inference.py -eval updates too.
+        self.test_metrics = test_metrics(num_classes, self.model.preprocessing)
+        self.test_results = None
         # Loss and videos each evaluation counted, over all ranks: unreadable ones left out, none twice.
         self.metrics.update({f'{stage}_videos': SumMetric() for stage in ('val', 'test')})
         self.metrics.update({f'{stage}_loss': MeanMetric() for stage in ('val', 'test')})
@@ -276,26 +281,25 @@ class LitVideoClassifier(pl.LightningModule):
         self._batch_ended = None  # validation runs in between; its time is no data time
 
     def evaluate(self, batch, stage):
-        """Shared val / test step: views (B, V, T, 3, S, S), softmax averaged over the views, into the
-        stage's metrics. B may be 0 (every video of the batch unreadable, named and counted by the data)."""
+        """Shared val / test step: views (B, V, T, 3, S, S), softmax averaged over the views
+        (evaluation.average_views), into the stage's metrics; the test's top-k into test_metrics, which
+        on_test_epoch_end computes. B may be 0 (every video of the batch unreadable, named and counted by
+        the data)."""
         video, label = batch['video'], batch['label']
         batch_size, views = video.shape[:2]
-        logged = {f'{stage}/{name}': f'{stage}_{name}' for name in ('loss', 'top1', 'top5', 'videos')}
-        if stage == 'test':
-            logged.update({f'test/top{k}_1view': f'test_1view_top{k}' for k in (1, 5)})
+        logged = {f'{stage}/{name}': f'{stage}_{name}' for name in ('loss', 'videos')}
+        if stage == 'val':
+            logged.update({f'val/top{k}': f'val_top{k}' for k in (1, 5)})
         if batch_size:
             logits = self.model(video.flatten(0, 1)).view(batch_size, views, -1)
-            probabilities = logits.softmax(dim=-1).mean(dim=1)
+            probabilities = average_views(logits)
             self.metrics[f'{stage}_loss'](F.nll_loss(probabilities.clamp_min(1e-12).log(), label), batch_size)
             self.metrics[f'{stage}_videos'](batch_size)
-            for k in (1, 5):
-                self.metrics[f'{stage}_top{k}'](probabilities, label)
-            if stage == 'test':
-                # One view, the centre crop of the middle clip, for the 1-view figure beside the multi-view one.
-                settings = self.model.preprocessing
-                centre = settings.centre_view if settings is not None and settings.num_views == views else views // 2
+            if stage == 'val':
                 for k in (1, 5):
-                    self.metrics[f'test_1view_top{k}'](logits[:, centre], label)
+                    self.metrics[f'val_top{k}'](probabilities, label)
+            else:
+                self.test_metrics.update(logits, label)
         # Logged after every batch, read or not, so each rank joins the epoch-end sync of every metric
         # even when its whole share of the videos was unreadable (under DDP the others would wait).
         for name, metric in logged.items():
@@ -306,6 +310,18 @@ class LitVideoClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self.evaluate(batch, 'test')
+
+    def on_test_epoch_start(self):
+        self.test_metrics.reset()
+
+    def on_test_epoch_end(self):
+        """test/top1, test/top5, test/top1_1view and test/top5_1view from test_metrics, computed over
+        every rank (each rank joins its sync here); all of its results, per class and confusion too, in
+        `test_results` (tensors on the CPU)."""
+        self.test_results = {name: value.cpu() for name, value in self.test_metrics.compute().items()}
+        for name in SCALAR_METRICS:
+            # Every rank holds the same synced value; sync_dist only keeps Lightning from warning.
+            self.log(f'test/{name}', self.test_results[name], sync_dist=True)
 
     # ------------------------------------------------------------------ resuming
 

@@ -399,5 +399,9 @@ class ClassificationHead(nn.Module):
         """What the linear layer reads: (B, D), through the pooler when there is one."""
         return x if self.pooler is None else self.pooler(x)
 
+    def classify(self, features):
+        """The pooled features (B, D) -> (B, num_classes): dropout and the linear layer."""
+        return self.fc(self.dropout(features))
+
     def forward(self, x):
-        return self.fc(self.dropout(self.pool(x)))
+        return self.classify(self.pool(x))

@@ -29,8 +29,16 @@ MAX_STRIP_FRAMES = 16
 # Inches per frame in a strip, at least this many frames wide so the bar chart's labels fit, and
 # the bar chart's height; at DPI a strip of n frames is a PNG of 160 * max(n, 4) x 360 pixels.
 FRAME_INCHES, MIN_STRIP_FRAMES, CHART_INCHES, DPI = 1.6, 4, 2.0, 100
-# Confusion matrix figure: heat map and the list of the worst-confused pairs beside it.
-CONFUSION_INCHES, WORST_PAIRS, MAX_TICK_LABELS = (16, 10), 30, 40
+# Confusion matrix figure: heat map and the list of the worst-confused pairs beside it, class names on the
+# axes up to MAX_TICK_LABELS classes, counts in the cells up to MAX_COUNTED_CLASSES. The map's side grows
+# with the classes between its bounds (inches); a 7-point tick label and an 8-point monospace list line
+# take about these many inches per character and per line.
+WORST_PAIRS, MAX_TICK_LABELS, MAX_COUNTED_CLASSES = 30, 40, 30
+MIN_MAP_INCHES, MAX_MAP_INCHES, MAP_INCHES_PER_CLASS = 4.5, 9.0, 0.3
+TICK_CHARACTER_INCHES, LIST_POINTS, LIST_CHARACTER_INCHES, LIST_LINE_INCHES = 0.06, 8, 0.07, 0.14
+COLORBAR_INCHES, MARGIN_INCHES = 1.2, 0.8
+# Counts take this share of a cell's side, within these font sizes (points).
+COUNT_FONT_SHARE, MIN_COUNT_POINTS, MAX_COUNT_POINTS = 0.4, 4, 14
 ATTENTION_ALPHA = 0.5
 # Characters of a class name that fit beside the bar chart (one frame's width at 8 points).
 LABEL_CHARACTERS = 26
@@ -153,34 +161,62 @@ def worst_confusions(confusion, count=WORST_PAIRS):
 
 def confusion_figure(confusion, class_names, title='confusion matrix'):
     """The confusion matrix (K, K) of counts, rows the true class, as a heat map of each row's
-    shares with the classes sorted by name (class names on the axes up to MAX_TICK_LABELS
-    classes), and the worst-confused pairs listed beside it, readable at 400 classes."""
+    shares with the classes sorted by name (class names on the axes up to MAX_TICK_LABELS classes,
+    each cell's count written in it up to MAX_COUNTED_CLASSES), and the worst-confused pairs listed
+    beside it or under it, where it leaves less of the canvas empty. The canvas is sized to its
+    content: the map grows with the classes up to MAX_MAP_INCHES (readable at 400 classes), the list
+    is as wide as its longest line and as tall as its lines."""
     order = sorted(range(len(class_names)), key=lambda index: class_names[index])
     counts = confusion[order][:, order].double()
     shares = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
-    figure = Figure(figsize=CONFUSION_INCHES, dpi=DPI)
-    grid = figure.add_gridspec(1, 2, width_ratios=(3, 2), left=0.08, right=0.98, top=0.93, bottom=0.1, wspace=0.05)
+    totals = confusion.sum(dim=1)
+    lines = [f'{videos:>6}  {videos / max(1, int(totals[true])):5.0%}  {class_names[true]} -> {class_names[predicted]}'
+             for true, predicted, videos in worst_confusions(confusion)] or ['no confusions']
+    lines = ['worst-confused pairs', f'{"videos":>6}  {"share":>5}  true -> predicted', '', *lines]
+    labelled = len(class_names) <= MAX_TICK_LABELS
+    label_inches = max(map(len, class_names)) * TICK_CHARACTER_INCHES if labelled else 0.0
+    map_inches = min(MAX_MAP_INCHES, max(MIN_MAP_INCHES, MAP_INCHES_PER_CLASS * len(class_names)))
+    heat_width, heat_height = map_inches + label_inches + COLORBAR_INCHES, map_inches + label_inches
+    list_width, list_height = max(map(len, lines)) * LIST_CHARACTER_INCHES, len(lines) * LIST_LINE_INCHES
+    # The list goes where it leaves less of the canvas empty: under the map (empty beside the list)
+    # or beside it (empty under the list).
+    below = (max(heat_width, list_width) - list_width) * list_height < list_width * max(0, heat_height - list_height)
+    if below:
+        size = (max(heat_width, list_width) + MARGIN_INCHES, heat_height + list_height + MARGIN_INCHES)
+    else:
+        size = (heat_width + list_width + MARGIN_INCHES, max(heat_height, list_height) + MARGIN_INCHES)
+    figure = Figure(figsize=size, dpi=DPI, layout='constrained')
+    grid = (figure.add_gridspec(2, 1, height_ratios=(heat_height, list_height)) if below else
+            figure.add_gridspec(1, 2, width_ratios=(heat_width, list_width)))
     heat = figure.add_subplot(grid[0, 0])
     # A square root scale lifts the small off-diagonal shares that matter at hundreds of classes.
-    image = heat.imshow(shares.numpy(), cmap='viridis', norm=matplotlib.colors.PowerNorm(0.5, vmin=0, vmax=1),
-                        interpolation='nearest')
-    figure.colorbar(image, ax=heat, fraction=0.04, pad=0.02, label="share of the true class's videos")
+    norm = matplotlib.colors.PowerNorm(0.5, vmin=0, vmax=1)
+    image = heat.imshow(shares.numpy(), cmap='viridis', norm=norm, interpolation='nearest')
+    figure.colorbar(image, ax=heat, fraction=0.05, pad=0.02, label="share of the true class's videos")
     heat.set_xlabel('predicted class')
     heat.set_ylabel('true class')
     heat.set_title(f'{title} ({int(counts.sum())} videos, {len(class_names)} classes sorted by name)', fontsize=9)
-    if len(class_names) <= MAX_TICK_LABELS:
+    if labelled:
         ticks = range(len(order))
         heat.set_xticks(ticks, [class_names[index] for index in order], rotation=90, fontsize=7)
         heat.set_yticks(ticks, [class_names[index] for index in order], fontsize=7)
-    listing = figure.add_subplot(grid[0, 1])
+    if len(class_names) <= MAX_COUNTED_CLASSES:
+        write_counts(heat, counts, image.cmap(norm(shares.numpy())), map_inches * 72 / len(class_names))
+    listing = figure.add_subplot(grid[1, 0] if below else grid[0, 1])
     listing.set_axis_off()
-    totals = confusion.sum(dim=1)
-    pairs = worst_confusions(confusion)
-    lines = [f'{videos:>4}  {videos / max(1, int(totals[true])):5.0%}  {class_names[true]} -> {class_names[predicted]}'
-             for true, predicted, videos in pairs] or ['no confusions']
-    listing.text(0, 1, 'worst-confused pairs: videos, share of the true class, true -> predicted\n\n' +
-                 '\n'.join(lines), va='top', ha='left', family='monospace', fontsize=8, transform=listing.transAxes)
+    listing.text(0, 1, '\n'.join(lines), va='top', ha='left', family='monospace', fontsize=LIST_POINTS,
+                 transform=listing.transAxes)
     return figure
+
+
+def write_counts(axes, counts, colours, cell_points):
+    """Each cell's count (K, K) in its centre, white on dark cells and black on light ones (colours
+    (K, K, 4) RGBA, the cells' own), in a font that fits a cell of cell_points."""
+    size = min(MAX_COUNT_POINTS, max(MIN_COUNT_POINTS, COUNT_FONT_SHARE * cell_points))
+    luminance = colours[..., :3] @ np.array([0.299, 0.587, 0.114])
+    for (row, column), count in np.ndenumerate(counts.numpy().astype(np.int64)):
+        axes.text(column, row, str(count), ha='center', va='center', fontsize=size,
+                  color='white' if luminance[row, column] < 0.5 else 'black')
 
 
 # ---------------------------------------------------------------- masked autoencoding

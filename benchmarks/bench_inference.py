@@ -4,8 +4,8 @@ transformers' video-classification pipeline, and videos per second in folder mod
 One clip (the first of ../shared/demo), the same weights and processor file for both: a random
 transformers TimesformerForVideoClassification (400 classes) saved with a VideoMAEImageProcessor
 (Kinetics mean and std, short side 224, crop 224); 8 frames 4 apart.
-  ours  load: load_classifier on that folder; decode: a PredictionDataset item (open, decode the
-        sampled frames, resize) and its crops (collate_predictions); forward: view_logits (all
+  ours  load: load_classifier on that folder; decode: a VideoDataset item (open, decode the
+        sampled frames, resize) and its crops (collate_views); forward: view_logits (all
         views in one pass); at 1x1 and 1x3 views
   hf    load: TimesformerForVideoClassification.from_pretrained; decode: the pipeline's own
         preprocess (PyAV read_video_pyav, then the image processor: transformers falls back to its
@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO))
 
 from demo.make_demo_dataset import make_demo_dataset  # noqa: E402
 from hf_export import hf_timesformer_config  # noqa: E402
-from inference import (PredictionDataset, classify, collate_predictions, inference_preprocessing,  # noqa: E402
-                       load_classifier, prediction_loader, view_logits)
+from dataset import VideoDataset, collate_views  # noqa: E402
+from inference import classify, inference_preprocessing, load_classifier, prediction_loader, view_logits  # noqa: E402
 from preprocessing import DATA_STATICS, Preprocessing  # noqa: E402
 from utils import write_csv  # noqa: E402
 from video_transformer import VideoClassifier, timesformer_base_patch16_224, timesformer_tiny  # noqa: E402
@@ -87,9 +87,9 @@ def ours_one_clip(folder, video, num_crops, repeats):
     load = best_seconds(lambda: load_classifier(folder), repeats)
     model = load_classifier(folder)
     settings = inference_preprocessing(model, frame_interval=FRAME_INTERVAL, num_clips=1, num_crops=num_crops)
-    dataset = PredictionDataset.from_preprocessing(video, settings)
-    decode = best_seconds(lambda: collate_predictions([dataset[0]], settings), repeats)
-    views = collate_predictions([dataset[0]], settings)['video']
+    dataset = VideoDataset.from_preprocessing(video, settings)
+    decode = best_seconds(lambda: collate_views([dataset[0]], settings), repeats)
+    views = collate_views([dataset[0]], settings)['video']
     forward = best_seconds(lambda: view_logits(model, views, settings, num_crops, 'cpu'), repeats)
     return row(measure='one clip', implementation='ours', views=f'1x{num_crops}', load_s=load, decode_s=decode,
                forward_s=forward, total_s=load + decode + forward)

@@ -529,9 +529,18 @@ def test_dataset_items_train_and_test(shared_videos, tmp_path, decoder):
         assert item['video'].shape == (8, 3, height, width) and item['video'].dtype == torch.uint8
         assert item['label'] == 0 and item['index'] == index and item['failed'] == []
         assert item['path'] == str(shared_videos[index])
-        assert test[index]['video'].shape == (3, 8, 3, height, width)
+        tested = test[index]
+        assert tested['video'].shape == (3, 8, 3, height, width)
+        # What was read travels with the item: the test windows' frames, and the seconds they span.
+        frames = tested['video_frames']
+        assert frames == (252, 302)[index] and tested['decode_ms'] > 0
+        assert tested['frame_indices'] == sample_frame_indices(frames, 8, 64, 'test', num_clips=3).tolist()
+        times = (DecordReader if decoder == 'decord' else PyAVReader)(shared_videos[index]).frame_times()
+        first, last = min(map(min, tested['frame_indices'])), max(map(max, tested['frame_indices']))
+        assert (tested['start_s'], tested['end_s']) == pytest.approx((times[first], times[last + 1]))
+        assert len(item['frame_indices']) == 1 and len(item['frame_indices'][0]) == 8
     batch = collate_clips([train[0], train[1]])
-    assert batch['video'].shape == (2, 8, 3, 128, 227)
+    assert batch['video'].shape == (2, 8, 3, 128, 227) and batch['video_frames'] == [252, 302]
     assert batch['label'].dtype == torch.int64 and batch['skipped'] == 0 and batch['failed'] == []
     assert batch['path'] == [str(path) for path in shared_videos[:2]]
 
@@ -647,6 +656,7 @@ def test_unreadable_videos_are_left_out_of_evaluation(broken_list, caplog, mode)
     for index, path in enumerate(bad, start=4):
         sample = samples[index]
         assert sample['video'] is None and sample['index'] == index
+        assert all(sample[key] is None for key in dataset.READ_KEYS)
         assert [failure[0] for failure in sample['failed']] == [str(path)]
         assert all(part in sample['failed'][0][1] for part in reasons[path.name])
         assert f'unreadable video {path}' in caplog.text
@@ -657,6 +667,7 @@ def test_unreadable_videos_are_left_out_of_evaluation(broken_list, caplog, mode)
     assert batch['video'].shape == (4, clips_per_item, 4, 3, 32, 32)
     assert batch['index'].tolist() == [0, 1, 2, 3] and batch['label'].tolist() == clips.labels[:4].tolist()
     assert batch['path'] == [clips.path(index) for index in range(4)]
+    assert batch['frame_indices'] == [sample['frame_indices'] for sample in samples[:4]]
     assert batch['skipped'] == len(bad) and [path for path, _ in batch['failed']] == [str(path) for path in bad]
     # A batch of unreadable videos only is empty, with the shape of its views.
     empty = collate_views(samples[4:], views)

@@ -1,17 +1,21 @@
 """inference.py and visualize.py on real decoded videos and tiny real models."""
+import io
 import json
 import logging
 
+import matplotlib.image as plt_image
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from annotations import AnnotationError
 from classifiers import CLASSES, SETTINGS, export, hf_folder, png_size
 from data_trainer import VideoDataModule
 from dataset import VideoDataset, collate_views
-from inference import (Evaluation, PredictionDataset, VideoResult, classify, format_result, inference_preprocessing,
-                       load_classifier, model_class_names, prediction_loader, result_record)
+from evaluation import Evaluation, per_class_rows, scalar_results
+from inference import (VideoResult, classify, format_result, inference_preprocessing, load_classifier,
+                       model_class_names, prediction_loader, result_record)
 from layouts import HEADS, original_layout, random_state, save_lightning, timm_layout
 from preprocessing import DATA_STATICS, Preprocessing, normalize
 from reference import randomise_
@@ -160,7 +164,7 @@ def test_awkward_videos_decode_to_their_own_frames(odd_videos, name, decoder, ca
         pytest.skip(f'the local FFmpeg has no {ODD_VIDEOS[name][4]} encoder')
     frames, height, width, _, _, _, gray = ODD_VIDEOS[name]
     settings = SETTINGS.replace(num_clips=1, num_crops=3)
-    data = PredictionDataset.from_preprocessing(odd_videos[name], settings, decoder=decoder)
+    data = VideoDataset.from_preprocessing(odd_videos[name], settings, decoder=decoder)
     with caplog.at_level(logging.WARNING):
         item = data[0]
     assert item['failed'] == [] and item['video_frames'] == frames
@@ -178,8 +182,7 @@ def test_awkward_videos_decode_to_their_own_frames(odd_videos, name, decoder, ca
 
 
 def test_sampling_by_seconds_spans_the_same_time_at_60_fps(odd_videos):
-    data = PredictionDataset.from_preprocessing(odd_videos['fps60.mp4'], SETTINGS.replace(window_seconds=0.5,
-                                                                                          num_clips=1))
+    data = VideoDataset.from_preprocessing(odd_videos['fps60.mp4'], SETTINGS.replace(window_seconds=0.5, num_clips=1))
     (indices,) = data[0]['frame_indices']
     assert indices[-1] - indices[0] == 29  # 0.5 s at 60 fps: a window of 30 frames
 
@@ -208,17 +211,18 @@ def result(label, view_logits):
 
 def test_evaluation_counts_all_views_and_the_centre_view():
     # Seven classes, so that top-5 can miss: the last video's class ranks last in every view.
-    evaluation = Evaluation(num_classes=7, one_view=1)
+    evaluation = Evaluation(num_classes=7, preprocessing=SETTINGS.replace(num_clips=1, num_crops=3))
     # Views 0 and 2 say class 2 strongly, the centre view class 0, then 2: all views 2, one view 0.
     mixed = [[0, 0, 9, 0, 0, 0, 0], [3, 0, 1, 0, 0, 0, 0], [0, 0, 9, 0, 0, 0, 0]]
     evaluation.add(result(2, mixed))
     evaluation.add(result(0, mixed))
     evaluation.add(result(1, [[0, 5, 0, 0, 0, 0, 0]] * 3))
     evaluation.add(result(6, [[6, 5, 4, 3, 2, 1, 0]] * 3))
-    assert evaluation.metrics() == {'videos': 4, 'top1': 2 / 4, 'top5': 3 / 4, 'top1_1view': 2 / 4,
-                                    'top5_1view': 3 / 4}
-    assert evaluation.confusion[[0, 1, 2, 6]].argmax(dim=1).tolist() == [2, 1, 2, 0]
-    rows = evaluation.per_class(list('abcdefg'))
+    results = evaluation.results()
+    assert scalar_results(results) == {'videos': 4, 'top1': 2 / 4, 'top5': 3 / 4, 'top1_1view': 2 / 4,
+                                       'top5_1view': 3 / 4}
+    assert results['confusion'][[0, 1, 2, 6]].argmax(dim=1).tolist() == [2, 1, 2, 0]
+    rows = per_class_rows(results, list('abcdefg'))
     assert rows[0] == {'index': 0, 'class': 'a', 'videos': 1, 'top1': 0.0, 'top5': 1.0, 'most_confused_with': 'c',
                        'confused_videos': 1}
     assert rows[2]['top1'] == 1.0 and rows[2]['most_confused_with'] == ''
@@ -271,6 +275,100 @@ def test_the_prediction_picture_is_a_png_of_the_expected_size(tmp_path, frames, 
     assert png_size(tmp_path / 'p.png') == size
 
 
+def attending_model(target):
+    """A tiny TimeSformer whose every query attends to patch `target` of each frame: its spatial
+    attentions' queries are a constant (their bias) and their keys read channel 0 of the normalised
+    token, which the position table raises on that patch alone (and lowers on channel 1, so the
+    normalised value stands out)."""
+    config = timesformer_tiny()
+    model = VideoClassifier(config).eval()
+    dim, head_dim = config.embed_dims, config.embed_dims // config.num_heads
+    with torch.no_grad():
+        model.backbone.pos_embed[0, 1 + target, :2] = torch.tensor([8.0, -8.0])
+        for name in rollout_modules(config):
+            qkv = model.get_submodule(name).qkv
+            qkv.weight[:2 * dim] = 0
+            qkv.bias[:dim] = 0
+            qkv.bias[0:dim:head_dim] = 4.0  # each head's query: 4 on its first channel
+            qkv.weight[dim:2 * dim:head_dim, 0] = 4.0  # each head's key: 4 x normalised channel 0
+    return model
+
+
+def cell_redness(figure, axes, grid):
+    """The mean red minus blue of each (grid, grid) cell of the picture `axes` shows: (grid, grid)."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(float)
+    size = axes.get_images()[0].get_array().shape[0]
+    cell = size / grid
+    redness = np.zeros((grid, grid))
+    for row in range(grid):
+        for column in range(grid):
+            # Data corners of the cell (pixel centres sit at integers) to display pixels, y counted up.
+            corners = axes.transData.transform([(column * cell - 0.5, row * cell - 0.5),
+                                                ((column + 1) * cell - 0.5, (row + 1) * cell - 0.5)])
+            (left, low), (right, high) = corners.min(axis=0), corners.max(axis=0)
+            height = pixels.shape[0]
+            block = pixels[int(height - high) + 2:int(height - low) - 2, int(left) + 2:int(right) - 2]
+            redness[row, column] = (block[..., 0] - block[..., 2]).mean()
+    return redness
+
+
+def test_the_attention_picture_is_brightest_where_the_class_token_looks():
+    """A model whose class token attends to patch 6 (row 1, column 2 of 4x4) gives the largest rollout
+    there in every frame, and the picture paints that cell reddest (jet's top) over plain grey frames;
+    the picture without -attention shows no such cell and differs. Fails if the map is transposed,
+    flipped, drawn over the wrong frame or not drawn."""
+    model = attending_model(target=6)
+    frames = torch.full((4, 3, 32, 32), 128, dtype=torch.uint8)
+    maps = frame_attention(model, frames, SETTINGS)
+    assert [divmod(int(frame.argmax()), 4) for frame in maps] == [(1, 2)] * 4
+    labels, probabilities = ['a', 'b'], [0.6, 0.4]
+    with_attention = prediction_figure(frames, labels, probabilities, maps)
+    plain = prediction_figure(frames, labels, probabilities)
+    for figure in (with_attention, plain):
+        FigureCanvasAgg(figure).draw()
+    for axes in with_attention.axes[:4]:  # the four frames
+        redness = cell_redness(with_attention, axes, 4)
+        assert np.unravel_index(redness.argmax(), redness.shape) == (1, 2), redness.round()
+        assert redness[1, 2] > redness.max(initial=-255, where=np.arange(16).reshape(4, 4) != 6) + 50
+    plain_redness = cell_redness(plain, plain.axes[0], 4)
+    assert np.ptp(plain_redness) < 1  # grey everywhere
+    assert not np.array_equal(np.asarray(with_attention.canvas.buffer_rgba()), np.asarray(plain.canvas.buffer_rgba()))
+
+
+def png_bytes(figure):
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png', dpi=100)
+    return buffer.getvalue()
+
+
+def test_the_confusion_picture_writes_each_cells_count_and_fits_its_list():
+    """At the demo's 4 classes, two rows' diagonal counts swapped (same shares, totals and confused
+    pairs, so only the written counts can tell) give another picture; at 31 classes, counts are not
+    written and the same swap changes nothing. The list of confused pairs goes where it leaves no
+    quarter of the canvas blank. Fails on the picture that wrote no count (four coloured squares) or
+    left half the canvas empty beside a short list."""
+    names = ['moving_up', 'moving_down', 'growing', 'shrinking']
+    confusion = torch.tensor([[3, 1, 0, 0], [0, 4, 0, 0], [0, 0, 5, 0], [0, 0, 1, 7]])
+    swapped = confusion.clone()
+    swapped[[1, 2], [1, 2]] = torch.tensor([5, 4])
+    four = png_bytes(confusion_figure(confusion, names))
+    assert four != png_bytes(confusion_figure(swapped, names))
+    many = torch.diag(torch.arange(1, 32))
+    many[0, 1] = 2
+    swapped_many = many.clone()
+    swapped_many[[3, 4], [3, 4]] = torch.tensor([5, 4])
+    many_names = [f'class {index:02d}' for index in range(31)]
+    assert png_bytes(confusion_figure(many, many_names)) == png_bytes(confusion_figure(swapped_many, many_names))
+    pixels = plt_image.imread(io.BytesIO(four))[..., :3]
+    height, width = pixels.shape[:2]
+    for row in range(4):
+        for column in range(4):
+            quarter = pixels[row * height // 4:(row + 1) * height // 4, column * width // 4:(column + 1) * width // 4]
+            assert not (quarter > 0.97).all(), (row, column)
+
+
 def test_confusion_matrix_at_400_classes_lists_the_worst_pairs(tmp_path):
     generator = torch.Generator().manual_seed(0)
     confusion = torch.diag(torch.randint(5, 50, (400,), generator=generator))
@@ -281,7 +379,8 @@ def test_confusion_matrix_at_400_classes_lists_the_worst_pairs(tmp_path):
     assert worst_confusions(torch.eye(3, dtype=torch.int64)) == []
     names = [f'class {index:03d}' for index in range(400)]
     save_png(confusion_figure(confusion, names), tmp_path / 'confusion.png')
-    assert png_size(tmp_path / 'confusion.png') == (1600, 1000)
+    # 9 inches of map, its colorbar and margins; the 3 pairs listed under it (a short list).
+    assert png_size(tmp_path / 'confusion.png') == (1100, 1064)
 
 
 def test_a_one_frame_one_view_result_reads_in_the_singular():

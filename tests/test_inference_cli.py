@@ -12,9 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import torch
 
+from features import extract_features
 from inference import classify, inference_preprocessing, load_classifier, prediction_loader
 from command_lines import run_in_one_process
 from classifiers import CLASSES, export, hf_folder, png_size
@@ -63,14 +65,17 @@ def model_folder(tmp_path_factory):
 # ---------------------------------------------------------------- output modes
 
 def test_evaluation_mode_gives_the_training_commands_test_accuracy(trained, labelled, tmp_path):
+    """The same checkpoint and test list through model_pretrain.py's test (the session's run) and -eval
+    give identical top-1 / top-5 at all views and at one view: one MetricCollection counts both. Fails if
+    either path averages the views, picks the one view or counts a video differently."""
     result = infer('-pretrain', trained['checkpoint'], '-eval', labelled / 'test.txt', '-out', tmp_path / 'report',
                    '-json')
     assert result.returncode == 0, result.stderr[-3000:]
     *videos, summary = json_lines(result.stdout)
     metrics = summary['metrics']
     assert metrics['videos'] == len(videos) == 16 and metrics['views'] == '2x3'
-    for name in ('top1', 'top1_1view'):  # (top-5 of 4 classes is 100% on both sides)
-        assert metrics[name] == pytest.approx(trained[f'test_{name}'], abs=1e-6), name
+    for name in ('top1', 'top5', 'top1_1view', 'top5_1view'):  # one MetricCollection counts both: equal
+        assert metrics[name] == trained[f'test_{name}'], name
     assert {video['label'] for video in videos} == set(CLASSES)
     report = tmp_path / 'report'
     assert json.loads((report / 'metrics.json').read_text()) == metrics
@@ -78,10 +83,63 @@ def test_evaluation_mode_gives_the_training_commands_test_accuracy(trained, labe
     assert [row['class'] for row in per_class] == CLASSES and all(row['videos'] == '4' for row in per_class)
     correct = sum(float(row['top1']) * 4 for row in per_class)
     assert correct == pytest.approx(metrics['top1'] * 16)
-    assert png_size(report / 'confusion_matrix.png') == (1600, 1000)
+    assert min(png_size(report / 'confusion_matrix.png')) >= 600  # a PNG, sized to its 4 classes
     rows = read_csv(report / 'predictions.csv')
     assert [row['path'] for row in rows] == [video['path'] for video in videos]
     assert [row['top1_label'] for row in rows] == [video['labels'][0] for video in videos]
+
+
+def nearest_class_mean(features, labels, train):
+    """Accuracy on the rows not in `train` of the nearest class mean (Euclidean) fit on the rows in it."""
+    means = np.stack([features[train & (labels == label)].mean(axis=0) for label in np.unique(labels)])
+    distances = ((features[~train, None] - means[None]) ** 2).sum(axis=-1)
+    return (distances.argmin(axis=1) == labels[~train]).mean()
+
+
+def test_features_of_the_trained_demo_model_separate_its_classes(trained, labelled, tmp_path):
+    """-features OUT with the session's demo checkpoint on 16 training clips per class and the 16 test
+    clips: a nearest class mean fit on the training clips' rows classifies the test clips' rows at 50% or
+    more, 25 points above the same architecture untrained (chance is 25%; the 5-epoch demo model's own
+    test top-1 is about 50%, so 90% is out of its reach). index.csv names the videos in the list's order
+    with their labels and the seconds read; the rows are extract_features' in process. Fails if rows and
+    videos are paired wrongly or the rows are not the trained model's features."""
+    per_class = {name: 0 for name in CLASSES}
+    lines = []
+    for split, wanted in (('train', 16), ('test', 4)):
+        for line in (labelled / f'{split}.txt').read_text().splitlines():
+            path, label = line.split('\t')
+            if per_class.get(label, 0) < wanted:
+                per_class[label] += 1
+                lines.append((str(labelled / path), label))
+        per_class = {name: 0 for name in CLASSES}
+    listing = tmp_path / 'train_and_test.txt'
+    listing.write_text(''.join(f'{path}\t{label}\n' for path, label in lines))
+    out = tmp_path / 'features'
+    result = infer('-pretrain', trained['checkpoint'], '-video_path', listing, '-features', out, '-json')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(json_lines(result.stdout)) == len(lines) == 80  # the classification output, as without -features
+    features = np.load(out / 'features.npy')
+    index = read_csv(out / 'index.csv')
+    assert features.shape == (80, 128) and features.dtype == np.float32  # the demo model's width
+    assert [(row['row'], row['path'], row['label']) for row in index] == [
+        (str(number), path, label) for number, (path, label) in enumerate(lines)]
+    assert all(0 <= float(row['start_s']) < float(row['end_s']) <= 2.0 for row in index)  # the demo's 2 s clips
+    train = np.array(['/train/' in path for path, _ in lines])
+    labels = np.array([CLASSES.index(label) for _, label in lines])
+    accuracy = nearest_class_mean(features, labels, train)
+    model = load_classifier(trained['checkpoint'])
+    settings = inference_preprocessing(model)
+    head = tmp_path / 'head.txt'  # the first four videos, in process
+    head.write_text(''.join(f'{path}\t{label}\n' for path, label in lines[:4]))
+    in_process, _ = extract_features(model, prediction_loader(head, settings, labelled=True,
+                                                              class_names=model.class_names), settings)
+    np.testing.assert_allclose(features[:4], in_process, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)
+    model.init_weights()
+    untrained, _ = extract_features(model, prediction_loader(listing, settings, labelled=True,
+                                                             class_names=model.class_names), settings)
+    baseline = nearest_class_mean(untrained, labels, train)
+    assert accuracy >= 0.5 and accuracy >= baseline + 0.25, (accuracy, baseline)
 
 
 def test_one_video_as_a_table_with_csv_and_an_attention_picture(trained, labelled, tmp_path):
@@ -265,6 +323,8 @@ def test_mistakes_stop_with_one_line_and_their_exit_code(model_folder, labelled,
         'folder without videos': ([*model, '-video_path', tmp_path / 'empty_folder'], 2, 'no videos'),
         'class map of another size': ([*model, '-video_path', video, '-class_map', tmp_path / 'three.txt'], 2,
                                       'three.txt: 3 classes, but the model has 4 outputs'),
+        'features to a file': ([*model, '-video_path', video, '-features', tmp_path / 'three.txt'], 2,
+                               f'-features {tmp_path / "three.txt"}: a file, where a folder is expected'),
         'not a number': ([*model, '-video_path', video, '-num_clips', 'two'], 2,
                          "argument -num_clips/--num_clips: invalid int value: 'two'"),
         'Hub id not in the cache': (['-pretrain', 'tiny-org/absent', '-video_path', video], 2,

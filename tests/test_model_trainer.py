@@ -209,6 +209,12 @@ def test_evaluation_averages_the_views_and_reports_one_view(demo_data, tmp_path)
     assert abs(logit_mean_loss - loss) > 100 * 1e-4 * loss, 'the views cannot tell the two averages apart'
     other_views = [(logits[:, view].argmax(1) == labels).float().mean().item() for view in range(6) if view != 4]
     assert any(top1 != pytest.approx(results['test/top1_1view']) for top1 in other_views)
+    # The same collection's per-class results: the confusion of the averaged views, counts per true class.
+    confusion = torch.zeros(4, 4, dtype=torch.int64).index_put_((labels, probabilities.argmax(1)), torch.tensor(1),
+                                                                accumulate=True)
+    assert torch.equal(module.test_results['confusion'], confusion)
+    per_class = confusion.diagonal() / confusion.sum(dim=1).clamp_min(1)
+    torch.testing.assert_close(module.test_results['per_class_top1'], per_class.float())
 
 
 # Dropout and drop path in every block, so that recomputation must draw the masks the plain run drew.

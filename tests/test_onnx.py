@@ -207,6 +207,8 @@ def test_onnx_mistakes_stop_with_one_line(onnx_folder, demo_data, tmp_path):
                            f'{stray}: needs the config.json of its export folder beside it'),
         'attention': (['-pretrain', onnx_folder, '-video_path', video, '-save_vis', tmp_path / 'v.png',
                        '-attention'], '-attention: an ONNX model gives no attention weights'),
+        'features': (['-pretrain', onnx_folder, '-video_path', video, '-features', tmp_path / 'features'],
+                     '-features: an ONNX model gives logits only, not the features'),
         'other frame count': (['-pretrain', onnx_folder, '-video_path', video, '-num_frames', '8'],
                               '-num_frames 8: the ONNX graph'),
         'cuda': (['-pretrain', onnx_folder, '-video_path', video, '-device', 'cuda'],
@@ -220,6 +222,7 @@ def test_onnx_mistakes_stop_with_one_line(onnx_folder, demo_data, tmp_path):
         assert results[name]['code'] == 2 and results[name]['stdout'] == '', (name, results[name]['stderr'])
         assert len(lines) == 1 and lines[0].startswith('model_inference.py: error: ') and expected in lines[0], \
             (name, lines)
+    assert not (tmp_path / 'features').exists()  # refused before anything is written
     # onnxruntime absent: Python's own way of making an import fail (a None in sys.modules).
     without = ("import runpy, sys; sys.modules['onnxruntime'] = None; "
                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
