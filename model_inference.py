@@ -231,7 +231,8 @@ def main(argv=None):
                          'has no window to slide; give -window_seconds or -frame_interval for a window')
     model.to(device)
     if args.timeline:
-        return timeline_command(args, model, settings, device, single)
+        with FeatureWriter(args.features, model.config.embed_dims) if args.features else nullcontext() as features:
+            return timeline_command(args, model, settings, device, single, features=features)
     workers = args.num_workers if args.num_workers is not None else 0 if single else DEFAULT_WORKERS
     loader = prediction_loader(source, settings, labelled=args.eval is not None, class_names=model.class_names,
                                num_classes=model.config.num_classes, batch_size=args.batch_size, num_workers=workers,

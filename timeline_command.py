@@ -4,7 +4,8 @@ Standard output has a table of segments per video (start, end, class, mean proba
 -json one line per window (and {"path", "error"} for a video that could not be read to its end);
 -out is a folder of windows.csv, segments.json and timeline.png for one
 video, and for several one subfolder per video mirroring its path (`a/clip.mp4/windows.csv`), as
--save_vis mirrors its pictures. A video that cannot be opened, or breaks off part of the way, is one
+-save_vis mirrors its pictures. -features OUT writes one row per window (features.FeatureWriter: the
+pooled features the head read, views averaged, and the window's seconds in index.csv). A video that cannot be opened, or breaks off part of the way, is one
 line at the end (after its windows before the damage, which are written); the exit status is then 1.
 """
 import json
@@ -35,8 +36,9 @@ def describe(stream, settings, windows, segments):
             f'{stream.decoder}; {counted(len(segments), "segment")}')
 
 
-def timeline_command(args, model, settings, device, single, program='model_inference.py'):
-    """Run -timeline over args.video_path (see the module doc); returns the exit status."""
+def timeline_command(args, model, settings, device, single, program='model_inference.py', features=None):
+    """Run -timeline over args.video_path (see the module doc); features, a FeatureWriter or None,
+    takes a row per window. Returns the exit status."""
     samples, _ = load_annotations(args.video_path, require_labels=False, read_labels=False)
     videos = [path for path, _ in samples]
     root = None if single else picture_root(args.video_path, videos)
@@ -61,6 +63,9 @@ def timeline_command(args, model, settings, device, single, program='model_infer
                 nonlocal windows
                 windows += 1
                 bar.update()
+                if features is not None:
+                    features.add(result.features[None], [{'path': video, 'start_s': round(result.start_s, 6),
+                                                          'end_s': round(result.end_s, 6)}])
                 if args.json:
                     tqdm.write(json.dumps(record), file=sys.stdout)
                     sys.stdout.flush()
@@ -69,7 +74,7 @@ def timeline_command(args, model, settings, device, single, program='model_infer
                     model, stream, settings, class_names, folder, batch_size=args.batch_size, device=device,
                     topk=args.topk, smooth=args.smooth or DEFAULT_SMOOTH,
                     threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
-                    min_segment=args.min_segment, on_window=on_window)
+                    min_segment=args.min_segment, features=features is not None, on_window=on_window)
             except KeyboardInterrupt:
                 place = f'{folder / "windows.csv"}' if folder is not None else 'standard output'
                 print(f'{program}: interrupted; {windows} of {stream.num_windows} windows of {video} written to '

@@ -19,6 +19,7 @@ from dataset import crop_views
 from demo.make_demo_dataset import CLASSES, render_clip
 from frame_sampling import sliding_frame_indices, sliding_frame_times
 from frame_stream import WindowStream
+from model_loading import load_model
 from preprocessing import Preprocessing, normalize
 from reference import randomise_
 from test_inference_cli import PEAK_MEMORY, own_lines
@@ -107,10 +108,11 @@ def check_segments(segments, truth, end):
 
 def test_a_timeline_finds_the_segments_of_a_long_video(checkpoint, segments_video, tmp_path):
     """With the defaults (PyAV) and with decord: the windows inside a segment take its class,
-    segments.json finds the four segments to a stride, every file parses. Fails if windows are laid
-    out or timed wrongly (frames against seconds), if the stream hands a window another window's
-    frames, if smoothing or the short-segment merge eats a segment, or if a folder's videos share an
-    output folder."""
+    segments.json finds the four segments to a stride, every file parses, and -features writes a row
+    per window, its seconds those of windows.csv. Fails if windows are laid out or timed wrongly
+    (frames against seconds), if the stream hands a window another window's frames, if smoothing or
+    the short-segment merge eats a segment, if a folder's videos share an output folder, or if
+    -features is ignored by a timeline or writes other rows than its windows."""
     video, truth = segments_video
     folder = tmp_path / 'videos'
     (folder / 'sub').mkdir(parents=True)
@@ -119,7 +121,7 @@ def test_a_timeline_finds_the_segments_of_a_long_video(checkpoint, segments_vide
     with ThreadPoolExecutor(2) as pool:
         one, many = pool.map(lambda flags: infer('-pretrain', checkpoint, *flags), [
             ('-video_path', video, '-timeline', '-json', '-out', tmp_path / 'one', '-decoder', 'decord'),
-            ('-video_path', folder, '-timeline', '-out', tmp_path / 'many')])
+            ('-video_path', folder, '-timeline', '-out', tmp_path / 'many', '-features', tmp_path / 'features')])
     assert one.returncode == 0, one.stderr[-3000:]
     assert many.returncode == 0, many.stderr[-3000:]
     windows = [json.loads(line) for line in one.stdout.splitlines()]
@@ -146,6 +148,14 @@ def test_a_timeline_finds_the_segments_of_a_long_video(checkpoint, segments_vide
                        windows[-1]['end_s'])
     table = many.stdout.split(str(folder / 'segments.mp4') + ':')[1].splitlines()[2:]
     assert [line.split()[2] for line in table[:len(segments)]] == [segment['label'] for segment in segments]
+    # -features: a row per window of both videos, in the order of the videos and their windows.
+    features = np.load(tmp_path / 'features' / 'features.npy')
+    index = read_csv(tmp_path / 'features' / 'index.csv')
+    assert features.shape == (2 * len(windows), load_model(checkpoint).config.embed_dims)
+    assert np.isfinite(features).all() and not np.allclose(features[0], features[len(windows) // 2])
+    for name, part in (('segments.mp4', index[:len(windows)]), ('sub/again.mp4', index[len(windows):])):
+        assert {row['path'] for row in part} == {str(folder / name)}
+        assert [float(row['start_s']) for row in part] == pytest.approx(starts, abs=1e-5)
 
 
 def test_a_truncated_video_gives_the_windows_before_the_damage_and_one_line(checkpoint, segments_video, tmp_path):
