@@ -9,22 +9,26 @@ OUTPUT_DIR is new, empty, or an earlier export, which is replaced whole. Exit st
 flag, path or file that cannot work, with one line `export_weights.py: error: ...`.
 """
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-from command_line import Parser, UsageError, add_flag
+from command_line import Parser, UsageError, add_flag, os_error_line
 from hf_export import hf_fields, save_hf
 from model_loading import load_model
 from onnx_export import MIN_OPSET, ONNX_FILE, save_with_onnx
 from our_format import save_weights
 from pretraining_export import is_pretraining_checkpoint, save_hf_videomae_pretraining
 from utils import reject_unknown
-from video_transformer import CONFIG_FIELDS
+from video_transformer import CONFIG_FIELDS, VideoTransformerConfig
 from weight_formats import WeightLoadError
 
 PROGRAM = 'export_weights.py'
+# Each config field's type, which -set's value must have (an integer is a float too).
+FIELD_TYPES = {field.name: field.type for field in dataclasses.fields(VideoTransformerConfig)}
+TYPE_NAMES = {int: 'an integer', float: 'a number', str: 'a string', bool: 'true or false'}
 
 
 def parse_override(text):
@@ -35,15 +39,21 @@ def parse_override(text):
     reject_unknown([name], CONFIG_FIELDS, f'not a config field (one of {", ".join(CONFIG_FIELDS)}):',
                    argparse.ArgumentTypeError)
     try:
-        return name, json.loads(value)
+        parsed = json.loads(value)
     except ValueError:
-        return name, value
+        parsed = value
+    expected = FIELD_TYPES[name]
+    if expected is float and isinstance(parsed, int) and not isinstance(parsed, bool):
+        parsed = float(parsed)
+    if type(parsed) is not expected:
+        raise argparse.ArgumentTypeError(f'{name} takes {TYPE_NAMES[expected]}, got {value!r}')
+    return name, parsed
 
 
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('checkpoint', help='weights file or folder (seed .ckpt, .pyth, .pth, .safetensors, '
-                                           'transformers folder, our export)')
+    parser.add_argument('checkpoint', help="weights file or folder (the original repository's .ckpt, .pyth, .pth, "
+                                           '.safetensors, transformers folder, our export)')
     parser.add_argument('output_dir', help='folder to write: new, empty, or an earlier export (replaced whole)')
     add_flag(parser, 'hf', action='store_true', help="write a transformers folder of the model's class (TimeSformer, VideoMAE, V-JEPA 2; "
                                                  'VideoMAEForPreTraining for a checkpoint of model_pretrain.py '
@@ -80,10 +90,20 @@ def main(argv=None):
     if args.num_heads is not None:
         overrides['num_heads'] = args.num_heads
     if args.hf and is_pretraining_checkpoint(args.checkpoint):
+        if overrides:
+            raise UsageError(f'-{"set" if args.set else "num_heads"}: a masked-autoencoding checkpoint is written '
+                             f'to transformers as it was trained, its config unchanged')
         save_hf_videomae_pretraining(args.checkpoint, args.output_dir)
         logging.info('Wrote %s', args.output_dir)
         return
-    model = load_model(args.checkpoint, guess_num_heads=False, **overrides)
+    try:
+        model = load_model(args.checkpoint, guess_num_heads=False, **overrides)
+    except WeightLoadError:
+        if not args.hf and is_pretraining_checkpoint(args.checkpoint):  # read again only when loading failed
+            raise UsageError(f'{args.checkpoint}: a masked-autoencoding checkpoint (model_pretrain.py -objective '
+                             f'videomae) holds no classifier: -hf writes it as a transformers '
+                             f'VideoMAEForPreTraining folder, model_pretrain.py -pretrain fine-tunes it') from None
+        raise
     if args.hf:
         try:
             hf_fields(model)
@@ -109,6 +129,6 @@ if __name__ == '__main__':
         print(f'{PROGRAM}: error: {error}', file=sys.stderr)
         code = 2
     except OSError as error:  # an output that cannot be written (permissions, a full disk, a file in the way)
-        print(f'{PROGRAM}: error: {error.filename or ""}: {error.strerror or error}', file=sys.stderr)
+        print(f'{PROGRAM}: error: {os_error_line(error)}', file=sys.stderr)
         code = 2
     sys.exit(code)
