@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from annotations import AnnotationError, load_annotations
-from command_line import Parser, UsageError, add_flag, error_line
+from command_line import Parser, UsageError, add_flag, error_line, os_error_line
 from utils import write_csv, write_json
 from video_decoding import DecodeError, displayed
 
@@ -188,7 +188,13 @@ def check_settings(out_dir, settings):
     """Refuse an out_dir prepared with other settings, whose finished videos would be kept as they are."""
     path = out_dir / SETTINGS_FILE
     if path.exists():
-        before = json.loads(path.read_text())
+        try:
+            before = json.loads(path.read_text())
+        except ValueError as error:
+            raise UsageError(f'{path}: not the settings file of a preparation ({error_line(error)}); give another '
+                             f'OUT_DIR') from None
+        if not isinstance(before, dict):
+            raise UsageError(f'{path}: not the settings file of a preparation; give another OUT_DIR')
         if before != settings:
             changed = ', '.join(f'-{name} {before.get(name)}' for name in settings
                                 if before.get(name) != settings[name])
@@ -264,5 +270,8 @@ if __name__ == '__main__':
         code = main()
     except UsageError as error:  # a flag, a path or a file the user gave
         print(f'prepare_videos.py: error: {error}', file=sys.stderr)
+        code = 2
+    except OSError as error:  # OUT_DIR or its list cannot be written (a file in the way, permissions, a full disk)
+        print(f'prepare_videos.py: error: {os_error_line(error)}', file=sys.stderr)
         code = 2
     sys.exit(code)

@@ -191,7 +191,9 @@ def test_ctrl_c_stops_with_one_line_and_a_rerun_goes_on(tmp_path):
 
 def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(tmp_path):
     """Fails if a mistake prints a traceback, exits otherwise, or writes anything; an OUT_DIR holding
-    the source would have its videos skipped as prepared and its list rewritten onto itself."""
+    the source would have its videos skipped as prepared and its list rewritten onto itself. Catches
+    the code where an OUT_DIR that cannot be made (a file in the way) or a settings file that is not
+    JSON ended in a traceback."""
     source = tmp_path / 'source'
     source.mkdir()
     (source / 'train.txt').write_text('a.mp4\t0\n')
@@ -199,6 +201,10 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(tmp_path):
     resumed = tmp_path / 'resumed'
     resumed.mkdir()
     (resumed / 'prepare_videos.json').write_text(json.dumps({'short_side': 256, 'keyframe_interval': 16, 'crf': 23}))
+    (tmp_path / 'file').write_text('')
+    garbled = tmp_path / 'garbled'
+    garbled.mkdir()
+    (garbled / 'prepare_videos.json').write_text('{"short_side": 3')
     cases = {
         'crf': ([source / 'train.txt', tmp_path / 'o', '-crf', '60'], '-crf 60: expected an integer from 0 to 51'),
         'workers': ([source / 'train.txt', tmp_path / 'o', '--workers', '0'], '-workers 0: expected an integer'),
@@ -210,6 +216,10 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(tmp_path):
         'no label': ([source / 'labels.txt', tmp_path / 'o'], 'labels.txt:1: expected "relative/path.mp4 label"'),
         'other settings': ([source / 'train.txt', resumed], 'was prepared with -short_side 256'),
         'no out dir': ([source / 'train.txt'], 'the following arguments are required: out_dir'),
+        'a file in the way': ([source / 'train.txt', tmp_path / 'file'], f'{tmp_path / "file"}: File exists'),
+        'below a file': ([source / 'train.txt', tmp_path / 'file' / 'o'], f'{tmp_path / "file" / "o"}: Not a directory'),
+        'settings not JSON': ([source / 'train.txt', garbled], f'{garbled / "prepare_videos.json"}: not the settings '
+                                                                f'file of a preparation'),
     }
     results = run_in_one_process('prepare_videos.py', {name: arguments for name, (arguments, _) in cases.items()})
     for name, (_, expected) in cases.items():
