@@ -136,8 +136,9 @@ def _prepare_or_reason(job):
 
 
 def plan(source, out_dir, root_dir):
-    """[(source video, target video, label name)] and the rewritten source's writer, from the
-    annotation source; targets mirror the folders below the videos' common folder under out_dir."""
+    """([(source video, target video, label name)], the videos' common folder, the source's class
+    names by index) from the annotation source; targets mirror the folders below the common folder
+    under out_dir."""
     # Its warnings (classes inferred, repeated lines) concern training, not copying the videos.
     logging.getLogger('annotations').setLevel(logging.ERROR)
     samples, names = load_annotations(source, root_dir)
@@ -155,7 +156,7 @@ def plan(source, out_dir, root_dir):
     for video, target, _ in jobs:
         if by_target.setdefault(target, video) != video:
             raise UsageError(f'{source}: {by_target[target]} and {video} would both be prepared as {target}')
-    return jobs, base
+    return jobs, base, names
 
 
 def write_source(source, out_dir, jobs, done):
@@ -182,6 +183,25 @@ def write_source(source, out_dir, jobs, done):
                                    for video, target_video, name in jobs if video in done))
     partial.replace(target)
     return target
+
+
+def keep_class_indices(source, out_dir, jobs, done, names):
+    """The source's class map written beside the prepared list when a class named in it lost every
+    video: read alone, the list would number the later classes one lower (class names are sorted).
+    Returns its path, or None when every class kept a video, the labels are indices or the source
+    is a folder per class (write_source keeps every class folder)."""
+    if source.is_dir() or names == [str(index) for index in range(len(names))]:
+        return None
+    lost = sorted({name for _, _, name in jobs} - {name for video, _, name in jobs if video in done})
+    if not lost:
+        return None
+    path = out_dir / f'{source.stem}_classmap.json'
+    write_json({name: index for index, name in enumerate(names)}, path)
+    print(f'prepare_videos.py: no video of {", ".join(lost[:3])}{" ..." if len(lost) > 3 else ""} could be prepared; '
+          f'the prepared list alone would number the classes after it otherwise: train with your class map, or '
+          f"-class_map {path} (the source's classes, sorted)",
+          file=sys.stderr)
+    return path
 
 
 def check_settings(out_dir, settings):
@@ -215,7 +235,7 @@ def main(argv=None):
     if out_dir == source or (source.is_dir() and out_dir.is_relative_to(source)):
         raise UsageError(f'{args.out_dir}: OUT_DIR must lie outside the source folder {args.source}')
     try:
-        jobs, base = plan(source, out_dir, args.root_dir)
+        jobs, base, names = plan(source, out_dir, args.root_dir)
     except AnnotationError as error:
         raise UsageError(error) from None
     if base.is_relative_to(out_dir) or out_dir / source.name == source:
@@ -249,6 +269,7 @@ def main(argv=None):
                   file=sys.stderr)
             return 128 + signal.SIGINT
     listed = write_source(source, out_dir, jobs, results)
+    class_map = keep_class_indices(source, out_dir, jobs, results, names)
     failed_csv = out_dir / FAILED_FILE
     if failed:
         write_csv(sorted(failed, key=lambda row: row['path']), failed_csv)
@@ -261,7 +282,8 @@ def main(argv=None):
     print(f'{len(results)} videos prepared ({skipped} of them already), {hours:.2f} h of video, '
           f'{megabytes(before)} -> {megabytes(after)}, {len(failed)} failed'
           + (f' (listed in {failed_csv})' if failed else '') + f'; videos below {base} now in {out_dir}; '
-          f'the prepared source: {listed} (give it without -root_dir)', flush=True)
+          f'the prepared source: {listed} (give it without -root_dir'
+          + (f', with -class_map {class_map}' if class_map else '') + ')', flush=True)
     return 1 if failed and not results else 0
 
 

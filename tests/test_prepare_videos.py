@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from annotations import load_annotations
+from annotations import load_annotations, load_class_map
 from command_lines import run_in_one_process
 from dataset import VideoDataset
 from demo.make_demo_dataset import make_demo_dataset
@@ -125,6 +125,24 @@ def test_kinetics_csv_and_class_folders_keep_their_format(tmp_path):
     assert sorted(path.name for path in (tmp_path / 'f_out').rglob('*.mp4')) == ['a.mp4', 'b.mp4']
     with pytest.raises(ValueError, match='sit: a class folder with no videos'):
         load_annotations(tmp_path / 'f_out')
+
+
+def test_a_class_whose_videos_all_failed_keeps_the_later_classes_indices(tmp_path):
+    """A list of named classes without a class map numbers them sorted: with the one video of `dog`
+    unreadable, the prepared list alone says cat 0, eel 1 where the source said eel 2. Fails on the
+    code that wrote that list without a word: training on it shifted every later class."""
+    source = tmp_path / 'source'
+    source.mkdir()
+    write_video(source / 'a.mp4', moving_square(6, 32, 48))
+    write_video(source / 'c.mp4', moving_square(6, 32, 48))
+    (source / 'b.mp4').write_bytes(b'not a video')
+    (source / 'train.txt').write_text('a.mp4 cat\nb.mp4 dog\nc.mp4 eel\n')
+    result = prepare(source / 'train.txt', tmp_path / 'out', '-workers', '1')
+    assert result.returncode == 0, result.stderr[-3000:]
+    class_map = tmp_path / 'out' / 'train_classmap.json'
+    assert 'no video of dog could be prepared' in result.stderr and f'-class_map {class_map}' in result.stdout
+    samples, names = load_annotations(tmp_path / 'out' / 'train.txt', class_names=load_class_map(class_map))
+    assert names == ['cat', 'dog', 'eel'] and [label for _, label in samples] == [0, 2]
 
 
 def test_a_killed_preparation_resumes_without_redoing_or_keeping_half_videos(tmp_path):
