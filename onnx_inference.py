@@ -48,15 +48,16 @@ def providers_for(device):
     return [('CUDAExecutionProvider', {'device_id': int(index or 0)}), 'CPUExecutionProvider']
 
 
-def open_session(path, providers):
-    """An onnxruntime InferenceSession of the file, or an OnnxError naming it and onnxruntime's reason."""
+def open_session(path, providers, name=None, problem='not an ONNX model onnxruntime can run'):
+    """An onnxruntime InferenceSession of the file, or an OnnxError naming it (as `name`, default its
+    path), the `problem` and onnxruntime's reason."""
     (onnxruntime,) = import_onnx_packages('onnxruntime')
     options = onnxruntime.SessionOptions()
     options.log_severity_level = ERRORS_ONLY
     try:
         return onnxruntime.InferenceSession(str(path), options, providers=providers)
     except Exception as error:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...)
-        raise OnnxError(f'{path}: not an ONNX model onnxruntime can run ({error_line(error, first=True)})') from None
+        raise OnnxError(f'{name or path}: {problem} ({error_line(error, first=True)})') from None
 
 
 def read_export_config(path):
