@@ -44,8 +44,10 @@ def load_model(path, *, drop_head=False, class_names=None, guess_num_heads=True,
         state_dict = {key: value for key, value in state_dict.items() if key not in HEAD_KEYS}
         expected_missing += HEAD_KEYS
     elif HEAD_KEYS[0] not in state_dict:
-        raise WeightLoadError(f'{source.path}: holds no classification head; pass drop_head=True '
-                              f'and num_classes for a new one')
+        # Said for both users: the commands' (which have no drop_head) and load_model's callers.
+        raise WeightLoadError(f'{source.path}: holds no classification head, so it cannot classify: a starting '
+                              f'point for fine-tuning (model_pretrain.py -pretrain; load_model(..., drop_head=True, '
+                              f'num_classes=N) adds a new head)')
     if class_names is None and not drop_head:
         class_names = source.class_names
     if class_names is not None and len(class_names) != config.num_classes:

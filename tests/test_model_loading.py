@@ -7,6 +7,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from data_trainer import VideoDataModule
 from layouts import CLASSES, DIM, HEADS, original_layout, random_state, save_lightning, timm_layout, video, write_vit
@@ -41,6 +42,20 @@ def test_new_head_only_when_asked(tmp_path, caplog):
         model = load_model(path, num_heads=HEADS, class_names=['a', 'b'], drop_head=True)
     assert model.head.fc.out_features == 2 and model.class_names == ['a', 'b']
     assert 'format original' in caplog.text and "missing keys ['head.fc.bias', 'head.fc.weight']" in caplog.text
+
+
+def test_weights_without_a_head_say_they_are_a_starting_point_in_the_commands_terms(tmp_path):
+    """Fails on the code that told model_inference.py and export_weights.py users to `pass
+    drop_head=True`, a flag neither command has, for an encoder that cannot classify."""
+    model = randomise_(VideoClassifier(timesformer_tiny()))
+    save_file({key: value for key, value in model.state_dict().items() if not key.startswith('head.')},
+              tmp_path / 'encoder.safetensors')
+    (tmp_path / 'config.json').write_text(json.dumps({'format': 'videotransformer-pytorch',
+                                                      'config': model.config.to_dict()}))
+    with pytest.raises(WeightLoadError, match=r'encoder.safetensors: holds no classification head, so it cannot '
+                                              r'classify: a starting point for fine-tuning \(model_pretrain.py '
+                                              r'-pretrain; load_model\(\.\.\., drop_head=True, num_classes=N\)'):
+        load_model(tmp_path / 'encoder.safetensors')
 
 
 # ---------------------------------------------------------------------------------------------
