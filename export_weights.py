@@ -9,7 +9,6 @@ OUTPUT_DIR is new, empty, or an earlier export, which is replaced whole. Exit st
 flag, path or file that cannot work, with one line `export_weights.py: error: ...`.
 """
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -22,13 +21,10 @@ from onnx_export import MIN_OPSET, ONNX_FILE, save_with_onnx
 from our_format import save_weights
 from pretraining_export import is_pretraining_checkpoint, save_hf_videomae_pretraining
 from utils import reject_unknown
-from video_transformer import CONFIG_FIELDS, VideoTransformerConfig
+from video_transformer import CONFIG_FIELDS
 from weight_formats import WeightLoadError
 
 PROGRAM = 'export_weights.py'
-# Each config field's type, which -set's value must have (an integer is a float too).
-FIELD_TYPES = {field.name: field.type for field in dataclasses.fields(VideoTransformerConfig)}
-TYPE_NAMES = {int: 'an integer', float: 'a number', str: 'a string', bool: 'true or false'}
 
 
 def parse_override(text):
@@ -39,15 +35,9 @@ def parse_override(text):
     reject_unknown([name], CONFIG_FIELDS, f'not a config field (one of {", ".join(CONFIG_FIELDS)}):',
                    argparse.ArgumentTypeError)
     try:
-        parsed = json.loads(value)
+        return name, json.loads(value)
     except ValueError:
-        parsed = value
-    expected = FIELD_TYPES[name]
-    if expected is float and isinstance(parsed, int) and not isinstance(parsed, bool):
-        parsed = float(parsed)
-    if type(parsed) is not expected:
-        raise argparse.ArgumentTypeError(f'{name} takes {TYPE_NAMES[expected]}, got {value!r}')
-    return name, parsed
+        return name, value
 
 
 def parse_args(argv=None):

@@ -53,6 +53,9 @@ def read_ours(state_dict, extras, sidecar, path):
         return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict, path),
                              source_defaults(state_dict), meta.get('class_names'), preprocessing=preprocessing,
                              notes=notes)
+    if not isinstance(config, dict):
+        raise WeightLoadError(f'{path}: its config is {type(config).__name__} {config!r:.40}, not the fields of a '
+                              f'model; put the config.json saved with the weights beside them')
     config = current_fields(config)
     fixed = {name: config[name] for name in STRUCTURAL_FIELDS if name in config}
     defaults = {name: value for name, value in config.items() if name not in STRUCTURAL_FIELDS}

@@ -1,6 +1,7 @@
 """Our export folder, written atomically and read back exactly, and the export command's errors."""
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -74,6 +75,23 @@ def test_failed_export_leaves_the_previous_one_intact(tmp_path):
     assert (tmp_path / 'file').read_text() == 'keep'
 
 
+def test_a_hand_edited_config_json_of_the_wrong_shape_is_one_clear_error(tmp_path):
+    """Fails on the code where a config.json whose `config` is not an object, or whose field has the
+    wrong type ("img_size": "32"), ended in an AttributeError or TypeError (`'32' % 8`) instead of a
+    WeightLoadError naming the file and the field."""
+    save_weights(randomise_(VideoClassifier(timesformer_tiny())), tmp_path / 'export')
+    meta = json.loads((tmp_path / 'export' / 'config.json').read_text())
+    for config, message in (([1], 'its config is list [1], not the fields of a model'),
+                            ({**meta['config'], 'img_size': '32'}, "img_size must be an integer, got '32'"),
+                            ({**meta['config'], 'pos_emb_type': None}, 'pos_emb_type must be a string, got None')):
+        (tmp_path / 'export' / 'config.json').write_text(json.dumps({**meta, 'config': config}))
+        with pytest.raises(WeightLoadError, match=re.escape(f'model.safetensors: {message}')):
+            load_model(tmp_path / 'export')
+    # An integer where the field is a number is one: configs saved with mlp_ratio 4 still load.
+    (tmp_path / 'export' / 'config.json').write_text(json.dumps({**meta, 'config': {**meta['config'], 'mlp_ratio': 4}}))
+    assert load_model(tmp_path / 'export').config.mlp_ratio == 4.0
+
+
 def test_what_transformers_cannot_express_is_named():
     with pytest.raises(WeightLoadError, match='one LayerNorm eps .*norm_eps=1e-06') as error:
         hf_timesformer_config(timesformer_tiny(norm_eps=1e-5, attention_type='space_only'))
@@ -102,9 +120,9 @@ def test_export_command_errors_are_one_line_and_exit_2(tmp_path):
         'bad value': ([path, tmp_path / 'out', *heads, '-set', 'activation=nope'], 'activation must be one of'),
         # Not an integer: the config's own check ran `'abc' % 8` and ended in a TypeError's traceback.
         'not an integer': ([path, tmp_path / 'out', *heads, '-set', 'img_size=abc'],
-                           "argument -set/--set: img_size takes an integer, got 'abc'"),
+                           f"{path}: img_size must be an integer, got 'abc'"),
         'not a boolean': ([path, tmp_path / 'out', *heads, '-set', 'use_learnable_pos_emb=1'],
-                          "argument -set/--set: use_learnable_pos_emb takes true or false, got '1'"),
+                          f'{path}: use_learnable_pos_emb must be true or false, got 1'),
         'a file in the way': ([path, tmp_path / 'taken' / 'out', *heads], f'{tmp_path / "taken"}'),
         'a folder of other files': ([path, tmp_path / 'mine', *heads], f'{tmp_path / "mine"}: not empty and not an '
                                                                        f'earlier export (it holds notes.txt)'),
