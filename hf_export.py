@@ -144,7 +144,7 @@ def save_hf(model, directory):
     variant transformers lacks."""
     fields = hf_fields(model)
     convert = HF_EXPORTS[model.config.arch][1]
-    tensors = {key: value.detach().contiguous() for key, value in convert(_named_tables(model)).items()}
+    tensors = convert(_named_tables(model))
     files = {'config.json': fields}
     preprocessing = model.preprocessing
     if preprocessing is not None:

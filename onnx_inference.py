@@ -6,18 +6,19 @@ one (config, class_names, preprocessing), from the export folder's config.json. 
     logits = model(video)                           # float32 (N, T, 3, S, S) -> (N, K)
 """
 import json
-import logging
 from pathlib import Path
 
 import torch
 
 from command_line import error_line
+from model_loading import class_names_for
 from onnx_export import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxError, import_onnx_packages
 from preprocessing import Preprocessing
+from utils import reject_unknown
 from video_transformer import CONFIG_FIELDS, VideoTransformerConfig
+from weight_config import current_fields
 from weight_formats import OUR_FORMAT
 
-log = logging.getLogger(__name__)
 
 # onnxruntime's log levels: 3 is errors only (its warnings on graph optimisation are not the user's).
 ERRORS_ONLY = 3
@@ -74,19 +75,15 @@ def read_export_config(path):
         raise OnnxError(f'{config_file}: not the config.json of an export_weights.py folder (format '
                         f'{OUR_FORMAT!r})')
     try:
-        # Fields of earlier versions (`pretrained`) are left out, as load_model does.
-        config = VideoTransformerConfig(**{key: value for key, value in meta['config'].items()
-                                           if key in CONFIG_FIELDS})
+        # Fields of earlier versions read as load_model reads them; a later version's are refused.
+        config = current_fields(meta['config'], config_file)
+        reject_unknown(config, CONFIG_FIELDS, 'its config has fields this version does not know:', ValueError)
+        config = VideoTransformerConfig(**config)
         settings = meta.get('preprocessing')
         preprocessing = Preprocessing.from_dict(settings) if settings is not None else None
     except (KeyError, TypeError, ValueError) as error:
         raise OnnxError(f'{config_file}: {error_line(error, first=True)}') from None
-    class_names = meta.get('class_names')
-    if class_names is not None and len(class_names) != config.num_classes:
-        log.warning('%s: its %d class names do not match its %d classes; they are left out', config_file,
-                    len(class_names), config.num_classes)
-        class_names = None
-    return config, class_names, preprocessing
+    return config, class_names_for(meta.get('class_names'), config.num_classes, config_file), preprocessing
 
 
 class OnnxClassifier:

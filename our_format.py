@@ -53,10 +53,7 @@ def read_ours(state_dict, extras, sidecar, path):
         return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict, path),
                              source_defaults(state_dict), meta.get('class_names'), preprocessing=preprocessing,
                              notes=notes)
-    if not isinstance(config, dict):
-        raise WeightLoadError(f'{path}: its config is {type(config).__name__} {config!r:.40}, not the fields of a '
-                              f'model; put the config.json saved with the weights beside them')
-    config = current_fields(config)
+    config = current_fields(config, path)
     fixed = {name: config[name] for name in STRUCTURAL_FIELDS if name in config}
     defaults = {name: value for name, value in config.items() if name not in STRUCTURAL_FIELDS}
     return SourceWeights(path, OUR_FORMAT, state_dict, fixed, defaults, meta.get('class_names'),
@@ -101,7 +98,8 @@ def write_folder(directory, tensors, files):
     earlier = staging.with_name(staging.name + '.earlier')
     mask = _umask()
     try:
-        save_file(tensors, staging / 'model.safetensors', metadata={'format': 'pt'})
+        save_file({key: value.detach().contiguous() for key, value in tensors.items()}, staging / 'model.safetensors',
+                  metadata={'format': 'pt'})
         for name, text in texts.items():
             (staging / name).write_text(text)
         for name in ('model.safetensors', *texts):
@@ -124,7 +122,7 @@ def write_folder(directory, tensors, files):
 def save_weights(model, directory):
     """Write a VideoClassifier as directory/model.safetensors (our keys) + directory/config.json
     ({'format', 'config', 'class_names', 'preprocessing'}), which load_model reads back exactly."""
-    tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+    tensors = model.state_dict()
     preprocessing = model.preprocessing.to_dict() if model.preprocessing is not None else None
     meta = {'format': OUR_FORMAT, 'config': model.config.to_dict(), 'class_names': model.class_names,
             'preprocessing': preprocessing}

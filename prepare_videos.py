@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from annotations import AnnotationError, load_annotations
 from command_line import Parser, UsageError, add_flag, error_line, os_error_line
-from utils import write_csv, write_json
+from utils import atomic_write, write_csv, write_json
 from video_decoding import DecodeError, displayed
 
 # What an output holds besides its frames; a rerun with other settings would mix two preparations.
@@ -168,20 +168,19 @@ def write_source(source, out_dir, jobs, done):
             (out_dir / folder).mkdir(parents=True, exist_ok=True)
         return out_dir
     target = out_dir / source.name
-    partial = target.with_name(target.name + PARTIAL_SUFFIX)
     if source.suffix.lower() == '.csv':
         # Rows in file order, as load_annotations reads them, each kept whole (its split and columns).
         # load_annotations has read it as UTF-8 already; utf-8-sig drops a byte-order mark as it does.
         reader = csv.DictReader(io.StringIO(source.read_text(encoding='utf-8-sig'), newline=''))
         rows = [row for row, (video, _, _) in zip(reader, jobs) if video in done]
-        with partial.open('w', newline='') as handle:
+        with atomic_write(target, newline='') as handle:
             writer = csv.DictWriter(handle, fieldnames=reader.fieldnames)
             writer.writeheader()
             writer.writerows(rows)
     else:
-        partial.write_text(''.join(f'{target_video.relative_to(out_dir)}\t{name}\n'
-                                   for video, target_video, name in jobs if video in done))
-    partial.replace(target)
+        with atomic_write(target) as handle:
+            handle.write(''.join(f'{target_video.relative_to(out_dir)}\t{name}\n'
+                                 for video, target_video, name in jobs if video in done))
     return target
 
 

@@ -25,7 +25,7 @@ def convert_to_hf_videomae_pretraining(state_dict):
         'encoder_to_decoder.weight': decoder['encoder_to_decoder.weight'], 'mask_token': decoder['mask_token'],
         **{f'decoder.{key}': decoder[key] for key in ('norm.weight', 'norm.bias', 'head.weight', 'head.bias')},
     }
-    return {key: value.detach().contiguous() for key, value in converted.items()}
+    return converted
 
 
 def hf_videomae_pretraining_config(config, decoder_dim, decoder_depth, decoder_num_heads, norm_pix_loss):

@@ -2,6 +2,8 @@
 real tiny models, real exporter and onnxruntime, the commands as users run them."""
 import csv
 import json
+import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from command_lines import run_in_one_process  # noqa: E402
 import onnx_export  # noqa: E402
 from onnx_export import OnnxError, check_graph, export_onnx, save_with_onnx  # noqa: E402
 from onnx_inference import OnnxClassifier  # noqa: E402
+from weight_formats import WeightLoadError  # noqa: E402
 from reference import randomise_  # noqa: E402
 from video_transformer import (VideoClassifier, timesformer_tiny, videomae_tiny, vivit_tiny,  # noqa: E402
                                vjepa2_tiny)
@@ -266,6 +269,27 @@ def test_onnx_mistakes_stop_with_one_line(onnx_folder, demo_data, tmp_path):
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "model_inference.py: error: ONNX needs the packages of the `onnx` extra (onnxruntime is not installed): "
         "pip install -e '.[onnx]'"], done.stderr
+
+
+def test_an_export_folders_config_is_read_as_load_model_reads_it(onnx_folder, tmp_path, caplog):
+    """Fails on the code that read an ONNX folder's config.json by a reader of its own: a field of a
+    later version was dropped without a word (load_model refuses it), and a config that is not an
+    object of fields ended in an AttributeError's traceback. Class names that do not fit the head are
+    left out with load_model's warning line."""
+    folder = tmp_path / 'export'
+    folder.mkdir()
+    (folder / 'model.onnx').write_bytes((onnx_folder / 'model.onnx').read_bytes())
+    meta = json.loads((onnx_folder / 'config.json').read_text())
+    for config, message in (({**meta['config'], 'layer_scale': 0.1}, "fields this version does not know: "
+                                                                      "['layer_scale']"),
+                            ([1], 'its config is list [1], not the fields of a model')):
+        (folder / 'config.json').write_text(json.dumps({**meta, 'config': config}))
+        with pytest.raises(WeightLoadError, match=re.escape(f'{folder / "config.json"}: ') + '.*' + re.escape(message)):
+            OnnxClassifier.load(folder)
+    (folder / 'config.json').write_text(json.dumps({**meta, 'class_names': ['a', 'b']}))
+    with caplog.at_level(logging.WARNING):
+        assert OnnxClassifier.load(folder).class_names is None
+    assert 'its 2 class names do not match its 4 classes; they are left out' in caplog.text
 
 
 def test_the_export_commands_onnx_flags(tmp_path):
