@@ -11,6 +11,12 @@ from einops import rearrange
 
 OUR_FORMAT = 'videotransformer-pytorch'
 HEAD_KEYS = ('head.fc.weight', 'head.fc.bias')
+# transformers' hidden_act -> ours, and ours -> the name our transformers exports write. gelu_new,
+# gelu_fast and gelu_pytorch_tanh all compute the tanh approximation (their constants differ in the
+# 8th digit).
+FROM_HF_ACTIVATION = {'gelu': 'gelu', 'gelu_python': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_fast': 'gelu_tanh',
+                      'gelu_pytorch_tanh': 'gelu_tanh', 'quick_gelu': 'quick_gelu'}
+TO_HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu'}
 
 
 class WeightLoadError(ValueError):

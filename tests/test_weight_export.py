@@ -195,3 +195,18 @@ def test_a_pretraining_checkpoint_is_exported_only_as_it_was_trained(tmp_path):
         assert len(lines) == 1 and lines[0].startswith(f'export_weights.py: error: {message}'), (name, lines)
     assert not (tmp_path / 'ours').exists()
     assert json.loads((tmp_path / 'hf' / 'config.json').read_text())['image_size'] == 32
+
+
+def test_every_activation_has_one_transformers_name_read_back_as_itself():
+    """One table each way in weight_formats: fails if an activation of ours has no transformers name
+    (save_hf would end in a KeyError), if the name written reads back as another activation, or on the
+    code where the pretraining export refused every activation but GELU that the classifier export wrote."""
+    from pretraining_export import hf_videomae_pretraining_config
+    from transformer import ACTIVATIONS
+    from video_transformer import videomae_tiny
+    from weight_formats import FROM_HF_ACTIVATION, TO_HF_ACTIVATION
+    assert set(TO_HF_ACTIVATION) == set(ACTIVATIONS)
+    for activation, name in TO_HF_ACTIVATION.items():
+        assert FROM_HF_ACTIVATION[name] == activation
+        config = hf_videomae_pretraining_config(videomae_tiny(activation=activation), 16, 1, 2, True)
+        assert config['hidden_act'] == name
