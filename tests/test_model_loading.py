@@ -16,7 +16,7 @@ from model_trainer import LitVideoClassifier
 from our_format import save_weights
 from preprocessing import DATA_STATICS, Preprocessing
 from reference import randomise_
-from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
+from video_transformer import VideoClassifier, timesformer_tiny, videomae_tiny, vivit_tiny, vjepa2_tiny
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_
 
@@ -42,6 +42,26 @@ def test_new_head_only_when_asked(tmp_path, caplog):
         model = load_model(path, num_heads=HEADS, class_names=['a', 'b'], drop_head=True)
     assert model.head.fc.out_features == 2 and model.class_names == ['a', 'b']
     assert 'format original' in caplog.text and "missing keys ['head.fc.bias', 'head.fc.weight']" in caplog.text
+
+
+def test_bare_state_dicts_that_do_not_say_their_model_need_their_config(tmp_path):
+    """The README: a per-frame or joint space-time TimeSformer's bare state dict loads only with its
+    config.json (one table looks like the other, and like an image model's); VideoMAE and V-JEPA 2 are
+    told by their q and v biases and their pooler. Fails if either table is taken for the other
+    without a word, or a new model's bare weights are not recognised."""
+    for name, config in (('space_only', timesformer_tiny(attention_type='space_only')),
+                         ('joint', timesformer_tiny(attention_type='joint_space_time', pos_emb_type='joint'))):
+        torch.save(VideoClassifier(config).state_dict(), tmp_path / f'{name}.pt')
+        with pytest.raises(WeightLoadError, match=f'{name}.pt: without their config these weights could be '
+                                                  f'per-frame .* or joint space-time'):
+            load_model(tmp_path / f'{name}.pt', num_heads=2)
+    for preset in (videomae_tiny, vjepa2_tiny):
+        model = randomise_(VideoClassifier(preset())).eval()
+        torch.save(model.state_dict(), tmp_path / 'bare.pt')
+        loaded = load_model(tmp_path / 'bare.pt', num_heads=2, num_frames=4, img_size=32)
+        assert loaded.config == model.config.replace(drop_path_rate=loaded.config.drop_path_rate)
+        with torch.no_grad():
+            assert torch.equal(loaded(video()), model(video()))
 
 
 def test_weights_without_a_head_say_they_are_a_starting_point_in_the_commands_terms(tmp_path):
