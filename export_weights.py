@@ -18,7 +18,7 @@ from command_line import Parser, UsageError, add_flag, os_error_line
 from hf_export import hf_fields, save_hf
 from model_loading import load_model
 from onnx_export import MIN_OPSET, ONNX_FILE, save_with_onnx
-from our_format import save_weights
+from our_format import check_export_folder, save_weights
 from pretraining_export import is_pretraining_checkpoint, save_hf_videomae_pretraining
 from utils import reject_unknown
 from video_transformer import CONFIG_FIELDS
@@ -76,6 +76,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_export_folder(args.output_dir)  # before minutes of loading and exporting, not after
     overrides = dict(args.set)
     if args.num_heads is not None:
         overrides['num_heads'] = args.num_heads

@@ -74,6 +74,21 @@ def _umask():
     return mask
 
 
+def check_export_folder(directory):
+    """`directory` as a Path when an export may be written there (new, empty, or an earlier export:
+    EXPORT_FILES only), else a WeightLoadError naming it: an export never merges with other files."""
+    directory = Path(directory)
+    existing = next(path for path in (directory, *directory.absolute().parents) if path.exists())
+    if not existing.is_dir():  # the folder itself or one it would be made in
+        raise WeightLoadError(f'{existing}: exists and is not a folder')
+    if directory.is_dir():
+        others = sorted(path.name for path in directory.iterdir() if path.name not in EXPORT_FILES)
+        if others:
+            raise WeightLoadError(f'{directory}: not empty and not an earlier export (it holds {", ".join(others[:3])}'
+                                  f'{" ..." if len(others) > 3 else ""}); give a new or empty folder')
+    return directory
+
+
 def write_folder(directory, tensors, files):
     """Write `tensors` as directory/model.safetensors and each of `files` (name -> JSON values)
     beside it, as a new folder or in place of an earlier export (EXPORT_FILES only), whole.
@@ -84,14 +99,7 @@ def write_folder(directory, tensors, files):
     where safetensors alone would write model.safetensors readable by its owner only. A folder
     holding anything else is refused: an export never merges with other files.
     """
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise WeightLoadError(f'{directory}: exists and is not a folder')
-    if directory.is_dir():
-        others = sorted(path.name for path in directory.iterdir() if path.name not in EXPORT_FILES)
-        if others:
-            raise WeightLoadError(f'{directory}: not empty and not an earlier export (it holds {", ".join(others[:3])}'
-                                  f'{" ..." if len(others) > 3 else ""}); give a new or empty folder')
+    directory = check_export_folder(directory)
     texts = {name: json.dumps(values, indent=2) + '\n' for name, values in files.items()}
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))

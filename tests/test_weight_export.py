@@ -102,7 +102,8 @@ def test_export_command_errors_are_one_line_and_exit_2(tmp_path):
     """Every case in one process (tests/command_lines.py). Fails on the code where refusals exited 1 as
     `export_weights.py: ...` (-hf on the Quick start's Conv3d model among them), not in the usage-error
     form, merged an export into any folder, wrote a guessed head count as a fact (a checkpoint
-    without one is refused unless -num_heads gives it), or took `-set img_size=abc` to a traceback."""
+    without one is refused unless -num_heads gives it), took `-set img_size=abc` to a traceback, or
+    refused a folder in the way only after loading (and, with -onnx, exporting) the weights."""
     seed = save_lightning(tmp_path / 'seed.ckpt', random_state(original_layout('divided_space_time')))
     path = save_lightning(tmp_path / 'space_only.ckpt', random_state(original_layout('space_only')))
     (tmp_path / 'taken').write_text('')
@@ -140,6 +141,10 @@ def test_export_command_errors_are_one_line_and_exit_2(tmp_path):
         assert lines[0].startswith('export_weights.py: error: ') and message in lines[0], (name, lines)
         assert 'Traceback' not in results[name]['stderr'], name
     assert not (tmp_path / 'out').exists() and (tmp_path / 'mine' / 'notes.txt').read_text() == 'keep'
+    # A folder in the way is refused before the weights are read (an ONNX export of a large model takes
+    # minutes): no summary line of a load came first.
+    for name in ('a file in the way', 'a folder of other files'):
+        assert 'Loaded' not in results[name]['stderr'], (name, results[name]['stderr'])
     assert not (tmp_path / 'guessed').exists()
     assert json.loads((tmp_path / 'given' / 'config.json').read_text())['config']['num_heads'] == HEADS
     clip = video()
