@@ -222,8 +222,8 @@ def check_settings(out_dir, settings):
     write_json(settings, path)
 
 
-def megabytes(count):
-    return f'{count / 2 ** 20:.1f} MB'
+def mebibytes(count):
+    return f'{count / 2 ** 20:.1f} MiB'
 
 
 def main(argv=None):
@@ -279,7 +279,7 @@ def main(argv=None):
     before = sum(result['before'] for result in results.values())
     after = sum(result['after'] for result in results.values())
     print(f'{len(results)} videos prepared ({skipped} of them already), {hours:.2f} h of video, '
-          f'{megabytes(before)} -> {megabytes(after)}, {len(failed)} failed'
+          f'{mebibytes(before)} -> {mebibytes(after)}, {len(failed)} failed'
           + (f' (listed in {failed_csv})' if failed else '') + f'; videos below {base} now in {out_dir}; '
           f'the prepared source: {listed} (give it without -root_dir'
           + (f', with -class_map {class_map}' if class_map else '') + ')', flush=True)
