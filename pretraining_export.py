@@ -1,9 +1,8 @@
 """A masked-autoencoding checkpoint of ours (pretrain_trainer.LitMaskedAutoencoder) as a transformers
 VideoMAEForPreTraining folder: the keys converted, the config written, the decoder kept."""
-import torch
-
 from our_format import write_folder
 from video_transformer import VideoTransformerConfig
+from weight_config import current_fields
 from weight_files import read_file
 from weight_formats import (TO_HF_ACTIVATION, TO_HF_VIDEOMAE_LAYER_RULES, WeightLoadError, convert_to_hf_videomae,
                             rename_keys, split_qkv)
@@ -60,9 +59,12 @@ def is_pretraining_checkpoint(path):
 
 def save_hf_videomae_pretraining(path, directory):
     """Our masked-autoencoding checkpoint at `path` -> a transformers VideoMAEForPreTraining folder."""
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    checkpoint = read_file(path)  # the one reader of weights files: weights only, errors naming the file
     hparams = checkpoint['hyper_parameters']
-    config = VideoTransformerConfig(**hparams['config'])
+    try:  # configs of earlier versions read as load_model reads them
+        config = VideoTransformerConfig(**current_fields(hparams['config'], path))
+    except (TypeError, ValueError) as error:
+        raise WeightLoadError(f'{path}: {error}') from None
     hf_config = hf_videomae_pretraining_config(config, hparams['decoder_dim'], hparams['decoder_depth'],
                                                hparams['decoder_num_heads'], hparams['norm_pix_loss'])
     tensors = convert_to_hf_videomae_pretraining(checkpoint['state_dict'])
