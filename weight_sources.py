@@ -13,9 +13,9 @@ from source_preprocessing import (HF_SAMPLING_FILE, VIDEOMAE_PREPROCESSING, VJEP
                                   videomae_views)
 from weight_config import SourceWeights, infer_config, merge_fixed, source_defaults
 from weight_files import locate, read_file, unwrap
-from weight_formats import (FROM_HF_ACTIVATION, OUR_FORMAT, VIDEOMAE_DECODER, WeightLoadError, convert_hf_timesformer,
-                            convert_hf_videomae, convert_hf_vivit, convert_hf_vjepa2, convert_jax_vit, convert_mae,
-                            convert_original, convert_timm, convert_videomae)
+from weight_formats import (FROM_HF_ACTIVATION, OUR_FORMAT, PRETRAINING_DECODER, WeightLoadError,
+                            convert_hf_timesformer, convert_hf_videomae, convert_hf_vivit, convert_hf_vjepa2,
+                            convert_jax_vit, convert_mae, convert_original, convert_timm, convert_videomae)
 
 # A reader takes (state dict in the source's keys, the checkpoint's other top-level entries, the
 # config.json beside the weights or None, the weights file) and returns SourceWeights.
@@ -108,7 +108,7 @@ def read_hf_vivit(state_dict, extras, sidecar, path):
 
 def _decoder_note(state_dict, encoder_prefix):
     """The summary line's word on a pretraining checkpoint's decoder, which an encoder leaves out."""
-    dropped = [key for key in state_dict if VIDEOMAE_DECODER.match(key.removeprefix(encoder_prefix))]
+    dropped = [key for key in state_dict if PRETRAINING_DECODER.match(key.removeprefix(encoder_prefix))]
     return (f'the pretraining decoder left out ({len(dropped)} tensors)',) if dropped else ()
 
 

@@ -235,7 +235,8 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(tmp_path):
         'other settings': ([source / 'train.txt', resumed], 'was prepared with -short_side 256'),
         'no out dir': ([source / 'train.txt'], 'the following arguments are required: out_dir'),
         'a file in the way': ([source / 'train.txt', tmp_path / 'file'], f'{tmp_path / "file"}: File exists'),
-        'below a file': ([source / 'train.txt', tmp_path / 'file' / 'o'], f'{tmp_path / "file" / "o"}: Not a directory'),
+        'below a file': ([source / 'train.txt', tmp_path / 'file' / 'o'],
+                         f'{tmp_path / "file" / "o"}: Not a directory'),
         'settings not JSON': ([source / 'train.txt', garbled], f'{garbled / "prepare_videos.json"}: not the settings '
                                                                 f'file of a preparation'),
     }
