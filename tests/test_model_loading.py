@@ -16,7 +16,7 @@ from model_trainer import LitVideoClassifier
 from our_format import save_weights
 from preprocessing import DATA_STATICS, Preprocessing
 from reference import randomise_
-from video_transformer import VideoClassifier, timesformer_tiny, videomae_tiny, vivit_tiny, vjepa2_tiny
+from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny, vjepa2_tiny
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_
 
@@ -44,24 +44,17 @@ def test_new_head_only_when_asked(tmp_path, caplog):
     assert 'format original' in caplog.text and "missing keys ['head.fc.bias', 'head.fc.weight']" in caplog.text
 
 
-def test_bare_state_dicts_that_do_not_say_their_model_need_their_config(tmp_path):
-    """The README: a per-frame or joint space-time TimeSformer's bare state dict loads only with its
-    config.json (one table looks like the other, and like an image model's); VideoMAE and V-JEPA 2 are
-    told by their q and v biases and their pooler. Fails if either table is taken for the other
-    without a word, or a new model's bare weights are not recognised."""
-    for name, config in (('space_only', timesformer_tiny(attention_type='space_only')),
-                         ('joint', timesformer_tiny(attention_type='joint_space_time', pos_emb_type='joint'))):
-        torch.save(VideoClassifier(config).state_dict(), tmp_path / f'{name}.pt')
-        with pytest.raises(WeightLoadError, match=f'{name}.pt: without their config these weights could be '
-                                                  f'per-frame .* or joint space-time'):
-            load_model(tmp_path / f'{name}.pt', num_heads=2)
-    for preset in (videomae_tiny, vjepa2_tiny):
-        model = randomise_(VideoClassifier(preset())).eval()
-        torch.save(model.state_dict(), tmp_path / 'bare.pt')
-        loaded = load_model(tmp_path / 'bare.pt', num_heads=2, num_frames=4, img_size=32)
-        assert loaded.config == model.config.replace(drop_path_rate=loaded.config.drop_path_rate)
-        with torch.no_grad():
-            assert torch.equal(loaded(video()), model(video()))
+def test_a_bare_vjepa2_state_dict_is_told_by_its_pooler(tmp_path):
+    """Our bare state dicts of the models without a class token: V-JEPA 2's is told by its attentive
+    pooler (VideoMAE's by its q and v biases: tests/test_videomae_vjepa2.py; a per-frame or joint
+    TimeSformer's is refused without its config.json: tests/test_weight_fitting.py). Fails if the
+    pooler's keys are not recognised, or the pooler's depth is not read from them."""
+    model = randomise_(VideoClassifier(vjepa2_tiny(num_pooler_layers=1))).eval()
+    torch.save(model.state_dict(), tmp_path / 'bare.pt')
+    loaded = load_model(tmp_path / 'bare.pt', num_heads=model.config.num_heads, num_frames=4, img_size=32)
+    assert (loaded.config.arch, loaded.config.num_pooler_layers) == ('vjepa2', 1)
+    with torch.no_grad():
+        assert torch.equal(loaded(video()), model(video()))
 
 
 def test_weights_without_a_head_say_they_are_a_starting_point_in_the_commands_terms(tmp_path):
