@@ -230,6 +230,8 @@ def main(argv=None):
     args = parse_args(argv)
     if not args.source.exists():
         raise UsageError(f'{args.source}: no such file or folder')
+    if args.root_dir is not None and not args.root_dir.is_dir():
+        raise UsageError(f'-root_dir {args.root_dir}: no such folder')
     out_dir, source = args.out_dir.resolve(), args.source.resolve()
     if out_dir == source or (source.is_dir() and out_dir.is_relative_to(source)):
         raise UsageError(f'{args.out_dir}: OUT_DIR must lie outside the source folder {args.source}')
@@ -268,7 +270,7 @@ def main(argv=None):
                   file=sys.stderr)
             return 128 + signal.SIGINT
     listed = write_source(source, out_dir, jobs, results)
-    class_map = keep_class_indices(source, out_dir, jobs, results, names)
+    class_map = keep_class_indices(source, out_dir, jobs, results, names) if results else None
     failed_csv = out_dir / FAILED_FILE
     if failed:
         write_csv(sorted(failed, key=lambda row: row['path']), failed_csv)

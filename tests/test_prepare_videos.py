@@ -211,7 +211,7 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(tmp_path):
     """Fails if a mistake prints a traceback, exits otherwise, or writes anything; an OUT_DIR holding
     the source would have its videos skipped as prepared and its list rewritten onto itself. Catches
     the code where an OUT_DIR that cannot be made (a file in the way) or a settings file that is not
-    JSON ended in a traceback."""
+    JSON ended in a traceback, and where a -root_dir that is not there failed every video one by one."""
     source = tmp_path / 'source'
     source.mkdir()
     (source / 'train.txt').write_text('a.mp4\t0\n')
@@ -228,6 +228,9 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(tmp_path):
         'workers': ([source / 'train.txt', tmp_path / 'o', '--workers', '0'], '-workers 0: expected an integer'),
         'short side': ([source / 'train.txt', tmp_path / 'o', '-short_side', '1'], '-short_side 1'),
         'missing': ([tmp_path / 'none.txt', tmp_path / 'o'], 'none.txt: no such file or folder'),
+        # Every video would fail: the list's paths start from it.
+        'no root dir': ([source / 'train.txt', tmp_path / 'o', '-root_dir', tmp_path / 'gone'],
+                        f'-root_dir {tmp_path / "gone"}: no such folder'),
         'inside': ([source, source / 'out'], 'must lie outside the source folder'),
         'onto itself': ([source / 'train.txt', source], 'OUT_DIR would overwrite the source'),
         'above': ([source / 'train.txt', tmp_path], 'OUT_DIR would overwrite the source'),
