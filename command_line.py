@@ -31,3 +31,11 @@ def error_line(error, named=False, first=False):
         return name
     line = lines[0] if first else lines[-1].removeprefix(f'{type(error).__module__}.{name}: ').removeprefix(f'{name}: ')
     return f'{name}: {line}' if named else line
+
+
+def os_error_line(error):
+    """An OSError as one line for a command's `error:` line: 'FILE: REASON' ('out/model.onnx: Permission
+    denied'), the reason alone where the error names no file."""
+    reason = error.strerror or error_line(error)
+    files = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    return ': '.join([' -> '.join(files), reason] if files else [reason])

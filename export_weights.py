@@ -14,11 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
-from command_line import Parser, UsageError, add_flag
+from command_line import Parser, UsageError, add_flag, os_error_line
 from hf_export import hf_fields, save_hf
 from model_loading import load_model
 from onnx_export import MIN_OPSET, ONNX_FILE, save_with_onnx
-from our_format import save_weights
+from our_format import check_export_folder, save_weights
 from pretraining_export import is_pretraining_checkpoint, save_hf_videomae_pretraining
 from utils import reject_unknown
 from video_transformer import CONFIG_FIELDS
@@ -42,8 +42,8 @@ def parse_override(text):
 
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('checkpoint', help='weights file or folder (seed .ckpt, .pyth, .pth, .safetensors, '
-                                           'transformers folder, our export)')
+    parser.add_argument('checkpoint', help="weights file or folder (the original repository's .ckpt, .pyth, .pth, "
+                                           '.safetensors, transformers folder, our export)')
     parser.add_argument('output_dir', help='folder to write: new, empty, or an earlier export (replaced whole)')
     add_flag(parser, 'hf', action='store_true', help="write a transformers folder of the model's class (TimeSformer, VideoMAE, V-JEPA 2; "
                                                  'VideoMAEForPreTraining for a checkpoint of model_pretrain.py '
@@ -76,14 +76,25 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_export_folder(args.output_dir)  # before minutes of loading and exporting, not after
     overrides = dict(args.set)
     if args.num_heads is not None:
         overrides['num_heads'] = args.num_heads
     if args.hf and is_pretraining_checkpoint(args.checkpoint):
+        if overrides:
+            raise UsageError(f'-{"set" if args.set else "num_heads"}: a masked-autoencoding checkpoint is written '
+                             f'to transformers as it was trained, its config unchanged')
         save_hf_videomae_pretraining(args.checkpoint, args.output_dir)
         logging.info('Wrote %s', args.output_dir)
         return
-    model = load_model(args.checkpoint, guess_num_heads=False, **overrides)
+    try:
+        model = load_model(args.checkpoint, guess_num_heads=False, **overrides)
+    except WeightLoadError:
+        if not args.hf and is_pretraining_checkpoint(args.checkpoint):  # read again only when loading failed
+            raise UsageError(f'{args.checkpoint}: a masked-autoencoding checkpoint (model_pretrain.py -objective '
+                             f'videomae) holds no classifier: -hf writes it as a transformers '
+                             f'VideoMAEForPreTraining folder, model_pretrain.py -pretrain fine-tunes it') from None
+        raise
     if args.hf:
         try:
             hf_fields(model)
@@ -109,6 +120,6 @@ if __name__ == '__main__':
         print(f'{PROGRAM}: error: {error}', file=sys.stderr)
         code = 2
     except OSError as error:  # an output that cannot be written (permissions, a full disk, a file in the way)
-        print(f'{PROGRAM}: error: {error.filename or ""}: {error.strerror or error}', file=sys.stderr)
+        print(f'{PROGRAM}: error: {os_error_line(error)}', file=sys.stderr)
         code = 2
     sys.exit(code)

@@ -4,7 +4,8 @@ import logging
 
 from our_format import write_folder
 from source_preprocessing import HF_SAMPLING_FIELDS, HF_SAMPLING_FILE
-from weight_formats import WeightLoadError, convert_to_hf_timesformer, convert_to_hf_videomae, convert_to_hf_vjepa2
+from weight_formats import (TO_HF_ACTIVATION, WeightLoadError, convert_to_hf_timesformer, convert_to_hf_videomae,
+                            convert_to_hf_vjepa2)
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def hf_timesformer_config(config, class_names=None):
         'image_size': config.img_size, 'patch_size': config.patch_size, 'num_channels': config.in_channels,
         'num_frames': config.num_frames, 'hidden_size': config.embed_dims,
         'num_hidden_layers': config.num_transformer_layers, 'num_attention_heads': config.num_heads,
-        'intermediate_size': int(config.embed_dims * config.mlp_ratio), 'hidden_act': HF_ACTIVATION[config.activation],
+        'intermediate_size': int(config.embed_dims * config.mlp_ratio),
+        'hidden_act': TO_HF_ACTIVATION[config.activation],
         'hidden_dropout_prob': config.dropout_p, 'attention_probs_dropout_prob': config.dropout_p,
         'initializer_range': 0.02, 'layer_norm_eps': config.norm_eps, 'qkv_bias': config.qkv_bias == 'qkv',
         # drop_path_rate stays out: transformers 5.23 types it as int and rejects a float.
@@ -47,8 +49,6 @@ def hf_timesformer_config(config, class_names=None):
     }
 
 
-# Our activation -> transformers' hidden_act.
-HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu'}
 # transformers builds VideoMAE's fc_norm as LayerNorm(hidden_size): PyTorch's default eps.
 HF_VIDEOMAE_FC_NORM_EPS = 1e-5
 
@@ -80,7 +80,8 @@ def hf_videomae_config(config, class_names=None):
         'image_size': config.img_size, 'patch_size': config.patch_size, 'num_channels': config.in_channels,
         'num_frames': config.num_frames, 'tubelet_size': config.tube_size, 'hidden_size': config.embed_dims,
         'num_hidden_layers': config.num_transformer_layers, 'num_attention_heads': config.num_heads,
-        'intermediate_size': int(config.embed_dims * config.mlp_ratio), 'hidden_act': HF_ACTIVATION[config.activation],
+        'intermediate_size': int(config.embed_dims * config.mlp_ratio),
+        'hidden_act': TO_HF_ACTIVATION[config.activation],
         'hidden_dropout_prob': config.dropout_p, 'attention_probs_dropout_prob': config.dropout_p,
         'initializer_range': 0.02, 'layer_norm_eps': config.norm_eps, 'qv_bias': config.qkv_bias == 'qv',
         'use_mean_pooling': True, **_hf_labels(config, class_names),
@@ -101,7 +102,7 @@ def hf_vjepa2_config(config, class_names=None):
         'tubelet_size': config.tube_size, 'hidden_size': config.embed_dims, 'in_chans': config.in_channels,
         'num_attention_heads': config.num_heads, 'num_hidden_layers': config.num_transformer_layers,
         'mlp_ratio': config.mlp_ratio, 'layer_norm_eps': config.norm_eps, 'qkv_bias': config.qkv_bias == 'qkv',
-        'hidden_act': HF_ACTIVATION[config.activation], 'attention_probs_dropout_prob': config.dropout_p,
+        'hidden_act': TO_HF_ACTIVATION[config.activation], 'attention_probs_dropout_prob': config.dropout_p,
         'num_pooler_layers': config.num_pooler_layers, **_hf_labels(config, class_names),
     }
 
@@ -144,7 +145,7 @@ def save_hf(model, directory):
     variant transformers lacks."""
     fields = hf_fields(model)
     convert = HF_EXPORTS[model.config.arch][1]
-    tensors = {key: value.detach().contiguous() for key, value in convert(_named_tables(model)).items()}
+    tensors = convert(_named_tables(model))
     files = {'config.json': fields}
     preprocessing = model.preprocessing
     if preprocessing is not None:

@@ -44,14 +44,13 @@ def load_model(path, *, drop_head=False, class_names=None, guess_num_heads=True,
         state_dict = {key: value for key, value in state_dict.items() if key not in HEAD_KEYS}
         expected_missing += HEAD_KEYS
     elif HEAD_KEYS[0] not in state_dict:
-        raise WeightLoadError(f'{source.path}: holds no classification head; pass drop_head=True '
-                              f'and num_classes for a new one')
+        # Said for both users: the commands' (which have no drop_head) and load_model's callers.
+        raise WeightLoadError(f'{source.path}: holds no classification head, so it cannot classify: a starting '
+                              f'point for fine-tuning (model_pretrain.py -pretrain; load_model(..., drop_head=True, '
+                              f'num_classes=N) adds a new head)')
     if class_names is None and not drop_head:
         class_names = source.class_names
-    if class_names is not None and len(class_names) != config.num_classes:
-        logger.warning('%s: its %d class names do not match its %d classes; they are left out',
-                       source.path, len(class_names), config.num_classes)
-        class_names = None
+    class_names = class_names_for(class_names, config.num_classes, source.path)
     preprocessing = _preprocessing_for(source, config)
     with torch.device('meta'):
         model = VideoClassifier(config, class_names, preprocessing)
@@ -63,6 +62,16 @@ def load_model(path, *, drop_head=False, class_names=None, guess_num_heads=True,
                 config.num_heads, config.num_frames, config.img_size, config.num_classes, missing,
                 ''.join(f'; {note}' for note in source.notes + tuple(notes)))
     return model.eval()
+
+
+def class_names_for(class_names, num_classes, path):
+    """`class_names` when they name each of `num_classes` classes, else None, said in one warning line
+    naming the file (a checkpoint whose names were edited, or written by another module)."""
+    if class_names is not None and len(class_names) != num_classes:
+        logger.warning('%s: its %d class names do not match its %d classes; they are left out', path,
+                       len(class_names), num_classes)
+        return None
+    return class_names
 
 
 def _config_for(source, overrides, class_names, drop_head, guess_num_heads):

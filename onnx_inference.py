@@ -6,18 +6,19 @@ one (config, class_names, preprocessing), from the export folder's config.json. 
     logits = model(video)                           # float32 (N, T, 3, S, S) -> (N, K)
 """
 import json
-import logging
 from pathlib import Path
 
 import torch
 
 from command_line import error_line
+from model_loading import class_names_for
 from onnx_export import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxError, import_onnx_packages
 from preprocessing import Preprocessing
+from utils import reject_unknown
 from video_transformer import CONFIG_FIELDS, VideoTransformerConfig
+from weight_config import current_fields
 from weight_formats import OUR_FORMAT
 
-log = logging.getLogger(__name__)
 
 # onnxruntime's log levels: 3 is errors only (its warnings on graph optimisation are not the user's).
 ERRORS_ONLY = 3
@@ -48,15 +49,16 @@ def providers_for(device):
     return [('CUDAExecutionProvider', {'device_id': int(index or 0)}), 'CPUExecutionProvider']
 
 
-def open_session(path, providers):
-    """An onnxruntime InferenceSession of the file, or an OnnxError naming it and onnxruntime's reason."""
+def open_session(path, providers, name=None, problem='not an ONNX model onnxruntime can run'):
+    """An onnxruntime InferenceSession of the file, or an OnnxError naming it (as `name`, default its
+    path), the `problem` and onnxruntime's reason."""
     (onnxruntime,) = import_onnx_packages('onnxruntime')
     options = onnxruntime.SessionOptions()
     options.log_severity_level = ERRORS_ONLY
     try:
         return onnxruntime.InferenceSession(str(path), options, providers=providers)
     except Exception as error:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...)
-        raise OnnxError(f'{path}: not an ONNX model onnxruntime can run ({error_line(error, first=True)})') from None
+        raise OnnxError(f'{name or path}: {problem} ({error_line(error, first=True)})') from None
 
 
 def read_export_config(path):
@@ -73,19 +75,15 @@ def read_export_config(path):
         raise OnnxError(f'{config_file}: not the config.json of an export_weights.py folder (format '
                         f'{OUR_FORMAT!r})')
     try:
-        # Fields of earlier versions (`pretrained`) are left out, as load_model does.
-        config = VideoTransformerConfig(**{key: value for key, value in meta['config'].items()
-                                           if key in CONFIG_FIELDS})
+        # Fields of earlier versions read as load_model reads them; a later version's are refused.
+        config = current_fields(meta['config'], config_file)
+        reject_unknown(config, CONFIG_FIELDS, 'its config has fields this version does not know:', ValueError)
+        config = VideoTransformerConfig(**config)
         settings = meta.get('preprocessing')
         preprocessing = Preprocessing.from_dict(settings) if settings is not None else None
     except (KeyError, TypeError, ValueError) as error:
         raise OnnxError(f'{config_file}: {error_line(error, first=True)}') from None
-    class_names = meta.get('class_names')
-    if class_names is not None and len(class_names) != config.num_classes:
-        log.warning('%s: its %d class names do not match its %d classes; they are left out', config_file,
-                    len(class_names), config.num_classes)
-        class_names = None
-    return config, class_names, preprocessing
+    return config, class_names_for(meta.get('class_names'), config.num_classes, config_file), preprocessing
 
 
 class OnnxClassifier:

@@ -53,7 +53,7 @@ def read_ours(state_dict, extras, sidecar, path):
         return SourceWeights(path, OUR_FORMAT, state_dict, infer_config(state_dict, path),
                              source_defaults(state_dict), meta.get('class_names'), preprocessing=preprocessing,
                              notes=notes)
-    config = current_fields(config)
+    config = current_fields(config, path)
     fixed = {name: config[name] for name in STRUCTURAL_FIELDS if name in config}
     defaults = {name: value for name, value in config.items() if name not in STRUCTURAL_FIELDS}
     return SourceWeights(path, OUR_FORMAT, state_dict, fixed, defaults, meta.get('class_names'),
@@ -74,6 +74,21 @@ def _umask():
     return mask
 
 
+def check_export_folder(directory):
+    """`directory` as a Path when an export may be written there (new, empty, or an earlier export:
+    EXPORT_FILES only), else a WeightLoadError naming it: an export never merges with other files."""
+    directory = Path(directory)
+    existing = next(path for path in (directory, *directory.absolute().parents) if path.exists())
+    if not existing.is_dir():  # the folder itself or one it would be made in
+        raise WeightLoadError(f'{existing}: exists and is not a folder')
+    if directory.is_dir():
+        others = sorted(path.name for path in directory.iterdir() if path.name not in EXPORT_FILES)
+        if others:
+            raise WeightLoadError(f'{directory}: not empty and not an earlier export (it holds {", ".join(others[:3])}'
+                                  f'{" ..." if len(others) > 3 else ""}); give a new or empty folder')
+    return directory
+
+
 def write_folder(directory, tensors, files):
     """Write `tensors` as directory/model.safetensors and each of `files` (name -> JSON values)
     beside it, as a new folder or in place of an earlier export (EXPORT_FILES only), whole.
@@ -84,21 +99,15 @@ def write_folder(directory, tensors, files):
     where safetensors alone would write model.safetensors readable by its owner only. A folder
     holding anything else is refused: an export never merges with other files.
     """
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise WeightLoadError(f'{directory}: exists and is not a folder')
-    if directory.is_dir():
-        others = sorted(path.name for path in directory.iterdir() if path.name not in EXPORT_FILES)
-        if others:
-            raise WeightLoadError(f'{directory}: not empty and not an earlier export (it holds {", ".join(others[:3])}'
-                                  f'{" ..." if len(others) > 3 else ""}); give a new or empty folder')
+    directory = check_export_folder(directory)
     texts = {name: json.dumps(values, indent=2) + '\n' for name, values in files.items()}
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
     earlier = staging.with_name(staging.name + '.earlier')
     mask = _umask()
     try:
-        save_file(tensors, staging / 'model.safetensors', metadata={'format': 'pt'})
+        save_file({key: value.detach().contiguous() for key, value in tensors.items()}, staging / 'model.safetensors',
+                  metadata={'format': 'pt'})
         for name, text in texts.items():
             (staging / name).write_text(text)
         for name in ('model.safetensors', *texts):
@@ -121,7 +130,7 @@ def write_folder(directory, tensors, files):
 def save_weights(model, directory):
     """Write a VideoClassifier as directory/model.safetensors (our keys) + directory/config.json
     ({'format', 'config', 'class_names', 'preprocessing'}), which load_model reads back exactly."""
-    tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+    tensors = model.state_dict()
     preprocessing = model.preprocessing.to_dict() if model.preprocessing is not None else None
     meta = {'format': OUR_FORMAT, 'config': model.config.to_dict(), 'class_names': model.class_names,
             'preprocessing': preprocessing}

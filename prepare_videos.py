@@ -33,8 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from annotations import AnnotationError, load_annotations
-from command_line import Parser, UsageError, add_flag, error_line
-from utils import write_csv, write_json
+from command_line import Parser, UsageError, add_flag, error_line, os_error_line
+from utils import atomic_write, write_csv, write_json
 from video_decoding import DecodeError, displayed
 
 # What an output holds besides its frames; a rerun with other settings would mix two preparations.
@@ -136,8 +136,9 @@ def _prepare_or_reason(job):
 
 
 def plan(source, out_dir, root_dir):
-    """[(source video, target video, label name)] and the rewritten source's writer, from the
-    annotation source; targets mirror the folders below the videos' common folder under out_dir."""
+    """([(source video, target video, label name)], the videos' common folder, the source's class
+    names by index) from the annotation source; targets mirror the folders below the common folder
+    under out_dir."""
     # Its warnings (classes inferred, repeated lines) concern training, not copying the videos.
     logging.getLogger('annotations').setLevel(logging.ERROR)
     samples, names = load_annotations(source, root_dir)
@@ -155,7 +156,7 @@ def plan(source, out_dir, root_dir):
     for video, target, _ in jobs:
         if by_target.setdefault(target, video) != video:
             raise UsageError(f'{source}: {by_target[target]} and {video} would both be prepared as {target}')
-    return jobs, base
+    return jobs, base, names
 
 
 def write_source(source, out_dir, jobs, done):
@@ -167,28 +168,52 @@ def write_source(source, out_dir, jobs, done):
             (out_dir / folder).mkdir(parents=True, exist_ok=True)
         return out_dir
     target = out_dir / source.name
-    partial = target.with_name(target.name + PARTIAL_SUFFIX)
     if source.suffix.lower() == '.csv':
         # Rows in file order, as load_annotations reads them, each kept whole (its split and columns).
         # load_annotations has read it as UTF-8 already; utf-8-sig drops a byte-order mark as it does.
         reader = csv.DictReader(io.StringIO(source.read_text(encoding='utf-8-sig'), newline=''))
         rows = [row for row, (video, _, _) in zip(reader, jobs) if video in done]
-        with partial.open('w', newline='') as handle:
+        with atomic_write(target, newline='') as handle:
             writer = csv.DictWriter(handle, fieldnames=reader.fieldnames)
             writer.writeheader()
             writer.writerows(rows)
     else:
-        partial.write_text(''.join(f'{target_video.relative_to(out_dir)}\t{name}\n'
-                                   for video, target_video, name in jobs if video in done))
-    partial.replace(target)
+        with atomic_write(target) as handle:
+            handle.write(''.join(f'{target_video.relative_to(out_dir)}\t{name}\n'
+                                 for video, target_video, name in jobs if video in done))
     return target
+
+
+def keep_class_indices(source, out_dir, jobs, done, names):
+    """The source's class map written beside the prepared list when a class named in it lost every
+    video: read alone, the list would number the later classes one lower (class names are sorted).
+    Returns its path, or None when every class kept a video, the labels are indices or the source
+    is a folder per class (write_source keeps every class folder)."""
+    if source.is_dir() or names == [str(index) for index in range(len(names))]:
+        return None
+    lost = sorted({name for _, _, name in jobs} - {name for video, _, name in jobs if video in done})
+    if not lost:
+        return None
+    path = out_dir / f'{source.stem}_classmap.json'
+    write_json({name: index for index, name in enumerate(names)}, path)
+    print(f'prepare_videos.py: no video of {", ".join(lost[:3])}{" ..." if len(lost) > 3 else ""} could be prepared; '
+          f'the prepared list alone would number the classes after it otherwise: train with your class map, or '
+          f"-class_map {path} (the source's classes, sorted)",
+          file=sys.stderr)
+    return path
 
 
 def check_settings(out_dir, settings):
     """Refuse an out_dir prepared with other settings, whose finished videos would be kept as they are."""
     path = out_dir / SETTINGS_FILE
     if path.exists():
-        before = json.loads(path.read_text())
+        try:
+            before = json.loads(path.read_text())
+        except ValueError as error:
+            raise UsageError(f'{path}: not the settings file of a preparation ({error_line(error)}); give another '
+                             f'OUT_DIR') from None
+        if not isinstance(before, dict):
+            raise UsageError(f'{path}: not the settings file of a preparation; give another OUT_DIR')
         if before != settings:
             changed = ', '.join(f'-{name} {before.get(name)}' for name in settings
                                 if before.get(name) != settings[name])
@@ -197,19 +222,21 @@ def check_settings(out_dir, settings):
     write_json(settings, path)
 
 
-def megabytes(count):
-    return f'{count / 2 ** 20:.1f} MB'
+def mebibytes(count):
+    return f'{count / 2 ** 20:.1f} MiB'
 
 
 def main(argv=None):
     args = parse_args(argv)
     if not args.source.exists():
         raise UsageError(f'{args.source}: no such file or folder')
+    if args.root_dir is not None and not args.root_dir.is_dir():
+        raise UsageError(f'-root_dir {args.root_dir}: no such folder')
     out_dir, source = args.out_dir.resolve(), args.source.resolve()
     if out_dir == source or (source.is_dir() and out_dir.is_relative_to(source)):
         raise UsageError(f'{args.out_dir}: OUT_DIR must lie outside the source folder {args.source}')
     try:
-        jobs, base = plan(source, out_dir, args.root_dir)
+        jobs, base, names = plan(source, out_dir, args.root_dir)
     except AnnotationError as error:
         raise UsageError(error) from None
     if base.is_relative_to(out_dir) or out_dir / source.name == source:
@@ -243,6 +270,7 @@ def main(argv=None):
                   file=sys.stderr)
             return 128 + signal.SIGINT
     listed = write_source(source, out_dir, jobs, results)
+    class_map = keep_class_indices(source, out_dir, jobs, results, names) if results else None
     failed_csv = out_dir / FAILED_FILE
     if failed:
         write_csv(sorted(failed, key=lambda row: row['path']), failed_csv)
@@ -253,9 +281,10 @@ def main(argv=None):
     before = sum(result['before'] for result in results.values())
     after = sum(result['after'] for result in results.values())
     print(f'{len(results)} videos prepared ({skipped} of them already), {hours:.2f} h of video, '
-          f'{megabytes(before)} -> {megabytes(after)}, {len(failed)} failed'
+          f'{mebibytes(before)} -> {mebibytes(after)}, {len(failed)} failed'
           + (f' (listed in {failed_csv})' if failed else '') + f'; videos below {base} now in {out_dir}; '
-          f'the prepared source: {listed} (give it without -root_dir)', flush=True)
+          f'the prepared source: {listed} (give it without -root_dir'
+          + (f', with -class_map {class_map}' if class_map else '') + ')', flush=True)
     return 1 if failed and not results else 0
 
 
@@ -264,5 +293,8 @@ if __name__ == '__main__':
         code = main()
     except UsageError as error:  # a flag, a path or a file the user gave
         print(f'prepare_videos.py: error: {error}', file=sys.stderr)
+        code = 2
+    except OSError as error:  # OUT_DIR or its list cannot be written (a file in the way, permissions, a full disk)
+        print(f'prepare_videos.py: error: {os_error_line(error)}', file=sys.stderr)
         code = 2
     sys.exit(code)

@@ -1,12 +1,12 @@
 """A masked-autoencoding checkpoint of ours (pretrain_trainer.LitMaskedAutoencoder) as a transformers
 VideoMAEForPreTraining folder: the keys converted, the config written, the decoder kept."""
-import torch
-
 from our_format import write_folder
 from video_transformer import VideoTransformerConfig
+from weight_config import current_fields
 from weight_files import read_file
-from weight_formats import (TO_HF_VIDEOMAE_LAYER_RULES, WeightLoadError, convert_to_hf_videomae, rename_keys,
-                            split_qkv)
+from weight_formats import (TO_HF_ACTIVATION, TO_HF_VIDEOMAE_LAYER_RULES, WeightLoadError, convert_to_hf_videomae,
+                            rename_keys, split_qkv)
+
 
 def convert_to_hf_videomae_pretraining(state_dict):
     """Our pretraining state dict (`model.backbone.*`, `decoder.*`) -> VideoMAEForPreTraining's keys.
@@ -25,21 +25,20 @@ def convert_to_hf_videomae_pretraining(state_dict):
         'encoder_to_decoder.weight': decoder['encoder_to_decoder.weight'], 'mask_token': decoder['mask_token'],
         **{f'decoder.{key}': decoder[key] for key in ('norm.weight', 'norm.bias', 'head.weight', 'head.bias')},
     }
-    return {key: value.detach().contiguous() for key, value in converted.items()}
+    return converted
 
 
 def hf_videomae_pretraining_config(config, decoder_dim, decoder_depth, decoder_num_heads, norm_pix_loss):
     """transformers' VideoMAEConfig (as a dict) for our encoder `config` and decoder settings."""
     if config.arch != 'videomae':
         raise WeightLoadError(f"transformers' VideoMAEForPreTraining holds a VideoMAE encoder, not -arch {config.arch}")
-    if config.activation != 'gelu':
-        raise WeightLoadError(f"transformers' VideoMAE uses GELU, not {config.activation}")
     return {
         'architectures': ['VideoMAEForPreTraining'], 'model_type': 'videomae', 'image_size': config.img_size,
         'patch_size': config.patch_size, 'num_channels': config.in_channels, 'num_frames': config.num_frames,
         'tubelet_size': config.tube_size, 'hidden_size': config.embed_dims,
         'num_hidden_layers': config.num_transformer_layers, 'num_attention_heads': config.num_heads,
-        'intermediate_size': int(config.embed_dims * config.mlp_ratio), 'hidden_act': 'gelu',
+        'intermediate_size': int(config.embed_dims * config.mlp_ratio),
+        'hidden_act': TO_HF_ACTIVATION[config.activation],
         'hidden_dropout_prob': 0.0, 'attention_probs_dropout_prob': 0.0, 'initializer_range': 0.02,
         'layer_norm_eps': config.norm_eps, 'qv_bias': config.qkv_bias == 'qv', 'use_mean_pooling': True,
         'decoder_num_attention_heads': decoder_num_heads, 'decoder_hidden_size': decoder_dim,
@@ -60,9 +59,12 @@ def is_pretraining_checkpoint(path):
 
 def save_hf_videomae_pretraining(path, directory):
     """Our masked-autoencoding checkpoint at `path` -> a transformers VideoMAEForPreTraining folder."""
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    checkpoint = read_file(path)  # the one reader of weights files: weights only, errors naming the file
     hparams = checkpoint['hyper_parameters']
-    config = VideoTransformerConfig(**hparams['config'])
+    try:  # configs of earlier versions read as load_model reads them
+        config = VideoTransformerConfig(**current_fields(hparams['config'], path))
+    except (TypeError, ValueError) as error:
+        raise WeightLoadError(f'{path}: {error}') from None
     hf_config = hf_videomae_pretraining_config(config, hparams['decoder_dim'], hparams['decoder_depth'],
                                                hparams['decoder_num_heads'], hparams['norm_pix_loss'])
     tensors = convert_to_hf_videomae_pretraining(checkpoint['state_dict'])

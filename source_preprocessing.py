@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 KINETICS_MEAN, KINETICS_STD = DATA_STATICS['kinetics']
+IMAGENET_MEAN, IMAGENET_STD = DATA_STATICS['imagenet']
 # The original repository's model_pretrain.py and model_inference.py (37e1801): mean = std = 0.5, 8 frames 32
 # apart, the short side resized to the crop size, 1 clip x 3 crops at test time.
 ORIGINAL_PREPROCESSING = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5), 'frame_interval': 32,
@@ -124,14 +125,15 @@ def hf_preprocessing(folder, img_size, conventions=HF_PREPROCESSING):
 # VideoMAE's evaluation protocols (MCG-NJU's run_class_finetuning.py): ImageNet statistics, the short
 # side resized to the crop size, 16 frames 4 apart in 5 clips x 3 crops on Kinetics; on
 # Something-Something v2 (ssv2.py) one frame per equal segment of the whole video, 2 clips x 3 crops.
-VIDEOMAE_PREPROCESSING = {'mean': DATA_STATICS['imagenet'][0], 'std': DATA_STATICS['imagenet'][1],
-                          'frame_interval': 4, 'num_clips': 5, 'num_crops': 3}
+VIDEOMAE_KINETICS_VIEWS = {'num_clips': 5, 'num_crops': 3}
+VIDEOMAE_PREPROCESSING = {'mean': IMAGENET_MEAN, 'std': IMAGENET_STD,
+                          'frame_interval': 4, **VIDEOMAE_KINETICS_VIEWS}
 SSV2_CLASSES = 174
 SSV2_VIEWS = {'sampling': 'segments', 'num_clips': 2, 'num_crops': 3}
 # transformers' names for unnamed classes (LABEL_0, ...): they say nothing of the data set.
 PLACEHOLDER_NAME = re.compile(r'LABEL_\d+')
 # V-JEPA 2's evaluation: ImageNet statistics, 2 clips x 3 crops.
-VJEPA2_PREPROCESSING = {'mean': DATA_STATICS['imagenet'][0], 'std': DATA_STATICS['imagenet'][1],
+VJEPA2_PREPROCESSING = {'mean': IMAGENET_MEAN, 'std': IMAGENET_STD,
                         'frame_interval': 4, 'num_clips': 2, 'num_crops': 3}
 
 
@@ -140,10 +142,10 @@ def videomae_views(settings, num_classes, class_names, path):
     views, or Something-Something v2's segments in 2 x 3 (SSV2_VIEWS). SSv2 weights have 174 classes
     whose names speak of "something"; 174 classes without names are taken for SSv2, said in one line."""
     if num_classes != SSV2_CLASSES:
-        return {**settings, 'num_clips': 5, 'num_crops': 3}
+        return {**settings, **VIDEOMAE_KINETICS_VIEWS}
     named = [name for name in class_names or () if not PLACEHOLDER_NAME.fullmatch(name)]
     if named and not any('something' in name.lower() for name in named):
-        return {**settings, 'num_clips': 5, 'num_crops': 3}  # another data set of 174 classes
+        return {**settings, **VIDEOMAE_KINETICS_VIEWS}  # another data set of 174 classes
     if not named:
         logger.warning('%s: %d classes without names, taken for Something-Something v2: one frame per equal '
                        'segment of each video, %d clips x %d crops (-sampling interval, -num_clips and '

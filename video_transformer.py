@@ -17,6 +17,10 @@ from transformer import (ACTIVATIONS, AttentivePooler, Block, ClassificationHead
 from utils import reject_unknown
 
 
+# How a config field's type is named in errors.
+FIELD_TYPE_NAMES = {int: 'an integer', float: 'a number', str: 'a string', bool: 'true or false'}
+
+
 @dataclass(frozen=True)
 class VideoTransformerConfig:
     """Everything that describes a model; argument names follow the original repository.
@@ -78,6 +82,13 @@ class VideoTransformerConfig:
     def __post_init__(self):
         if isinstance(self.qkv_bias, bool):  # configs saved before the VideoMAE form
             object.__setattr__(self, 'qkv_bias', 'qkv' if self.qkv_bias else 'none')
+        # Values from files and flags (config.json, export_weights.py -set) arrive untyped.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type is float and type(value) is int:
+                object.__setattr__(self, field.name, float(value))
+            elif type(value) is not field.type:
+                raise ValueError(f'{field.name} must be {FIELD_TYPE_NAMES[field.type]}, got {value!r}')
         allowed = ARCHITECTURES.get(self.arch)
         if allowed is None:
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")

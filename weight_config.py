@@ -24,9 +24,12 @@ STRUCTURAL_FIELDS = (
 RETIRED_FIELDS = ('pretrained', 'copy_strategy', 'extend_strategy')
 
 
-def current_fields(config):
+def current_fields(config, path):
     """A saved config dict in today's fields: retired fields left out, the original repository's
-    return_cls_token as the pooling it names."""
+    return_cls_token as the pooling it names; a WeightLoadError naming `path` when it is no dict."""
+    if not isinstance(config, dict):
+        raise WeightLoadError(f'{path}: its config is {type(config).__name__} {config!r:.40}, not the fields of a '
+                              f'model; put the config.json saved with the weights beside them')
     config = {name: value for name, value in config.items() if name not in RETIRED_FIELDS}
     if 'return_cls_token' in config:
         config['pooling'] = 'cls_token' if config.pop('return_cls_token') else 'mean'

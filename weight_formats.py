@@ -11,6 +11,12 @@ from einops import rearrange
 
 OUR_FORMAT = 'videotransformer-pytorch'
 HEAD_KEYS = ('head.fc.weight', 'head.fc.bias')
+# transformers' hidden_act -> ours, and ours -> the name our transformers exports write. gelu_new,
+# gelu_fast and gelu_pytorch_tanh all compute the tanh approximation (their constants differ in the
+# 8th digit).
+FROM_HF_ACTIVATION = {'gelu': 'gelu', 'gelu_python': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_fast': 'gelu_tanh',
+                      'gelu_pytorch_tanh': 'gelu_tanh', 'quick_gelu': 'quick_gelu'}
+TO_HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'quick_gelu': 'quick_gelu'}
 
 
 class WeightLoadError(ValueError):
@@ -134,8 +140,9 @@ def convert_timm(state_dict):
     ])
 
 
-# The pretraining decoder of an MAE checkpoint, unused by an encoder.
-MAE_DECODER = re.compile(r'^(decoder\.|encoder_to_decoder\.|mask_token$)')
+# The pretraining decoder of an MAE or VideoMAE checkpoint (MAE-pytorch's, MCG-NJU's and transformers'),
+# unused by an encoder.
+PRETRAINING_DECODER = re.compile(r'^(decoder\.|encoder_to_decoder\.|mask_token$|position_embeddings$)')
 
 
 def convert_mae(state_dict):
@@ -145,7 +152,7 @@ def convert_mae(state_dict):
     sine-cosine position table is not in the state dict; both stay as the model initialises them.
     """
     encoder = {key.removeprefix('encoder.'): value for key, value in state_dict.items()
-               if not MAE_DECODER.match(key)}
+               if not PRETRAINING_DECODER.match(key)}
     encoder = rename_keys(encoder, [(r'\.attn\.q_bias$', '.attn.q.bias'), (r'\.attn\.v_bias$', '.attn.v.bias')])
     return convert_timm(fuse_qkv(encoder))
 
@@ -272,8 +279,6 @@ def convert_hf_vivit(state_dict, num_time_steps):
     return state_dict
 
 
-# The pretraining decoders of VideoMAE checkpoints (MCG-NJU's and transformers'), unused by an encoder.
-VIDEOMAE_DECODER = re.compile(r'^(decoder\.|encoder_to_decoder\.|mask_token$|position_embeddings$)')
 # Keys of VideoMAE and V-JEPA 2 blocks, transformers' names -> ours, after the layer prefix.
 HF_BLOCK_RULES = [
     (r'\.(?:layernorm_before|norm1)\.', '.attn.norm.'),
@@ -297,7 +302,7 @@ def convert_hf_videomae(state_dict):
     and `value.bias`); the separate q, k, v weights are fused. fc_norm is our final norm.
     """
     encoder = {key: value for key, value in strip_prefix(state_dict, 'videomae.').items()
-               if not VIDEOMAE_DECODER.match(key)}
+               if not PRETRAINING_DECODER.match(key)}
     return fuse_qkv(rename_keys(encoder, [
         (r'^embeddings\.patch_embeddings\.projection\.', 'backbone.patch_embed.proj.'),
         (r'^encoder\.layer\.(\d+)\.', r'backbone.blocks.\1.'),
@@ -313,7 +318,7 @@ def convert_videomae(state_dict):
     the encoder's own final norm, which fine-tuning replaces by a new fc_norm, are dropped)."""
     pretraining = any(key.startswith('encoder.') for key in state_dict)
     encoder = {key.removeprefix('encoder.'): value for key, value in state_dict.items()
-               if not VIDEOMAE_DECODER.match(key) and not (pretraining and key.startswith('encoder.norm.'))}
+               if not PRETRAINING_DECODER.match(key) and not (pretraining and key.startswith('encoder.norm.'))}
     return rename_keys(encoder, [
         (r'^patch_embed\.proj\.', 'backbone.patch_embed.proj.'),
         (r'^blocks\.(\d+)\.norm1\.', r'backbone.blocks.\1.attn.norm.'),

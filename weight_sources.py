@@ -13,9 +13,9 @@ from source_preprocessing import (HF_SAMPLING_FILE, VIDEOMAE_PREPROCESSING, VJEP
                                   videomae_views)
 from weight_config import SourceWeights, infer_config, merge_fixed, source_defaults
 from weight_files import locate, read_file, unwrap
-from weight_formats import (OUR_FORMAT, VIDEOMAE_DECODER, WeightLoadError, convert_hf_timesformer,
-                            convert_hf_videomae, convert_hf_vivit, convert_hf_vjepa2, convert_jax_vit, convert_mae,
-                            convert_original, convert_timm, convert_videomae)
+from weight_formats import (FROM_HF_ACTIVATION, OUR_FORMAT, PRETRAINING_DECODER, WeightLoadError,
+                            convert_hf_timesformer, convert_hf_videomae, convert_hf_vivit, convert_hf_vjepa2,
+                            convert_jax_vit, convert_mae, convert_original, convert_timm, convert_videomae)
 
 # A reader takes (state dict in the source's keys, the checkpoint's other top-level entries, the
 # config.json beside the weights or None, the weights file) and returns SourceWeights.
@@ -58,20 +58,14 @@ def read_jax_vit(state_dict, extras, sidecar, path):
                          source_defaults(converted))
 
 
-# transformers' hidden_act -> ours. gelu_new, gelu_fast and gelu_pytorch_tanh all compute the tanh
-# approximation (their constants differ in the 8th digit).
-HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_python': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_fast': 'gelu_tanh',
-                  'gelu_pytorch_tanh': 'gelu_tanh', 'quick_gelu': 'quick_gelu'}
-
-
 def hf_common(config, path, default_activation):
     """Fields of a transformers config.json shared by its models: (fixed, defaults, class names)."""
     activation = config.get('hidden_act', default_activation)
-    if activation not in HF_ACTIVATIONS:
-        raise WeightLoadError(f'{path}: hidden_act {activation!r} is not one of {sorted(HF_ACTIVATIONS)}')
+    if activation not in FROM_HF_ACTIVATION:
+        raise WeightLoadError(f'{path}: hidden_act {activation!r} is not one of {sorted(FROM_HF_ACTIVATION)}')
     eps = config.get('layer_norm_eps', 1e-6)
     fixed = {'num_heads': config.get('num_attention_heads', 12), 'img_size': config.get('image_size', 224)}
-    defaults = {'activation': HF_ACTIVATIONS[activation], 'norm_eps': eps, 'final_norm_eps': eps}
+    defaults = {'activation': FROM_HF_ACTIVATION[activation], 'norm_eps': eps, 'final_norm_eps': eps}
     labels = config.get('id2label')
     class_names = [labels[key] for key in sorted(labels, key=int)] if labels else None
     return fixed, defaults, class_names
@@ -114,7 +108,7 @@ def read_hf_vivit(state_dict, extras, sidecar, path):
 
 def _decoder_note(state_dict, encoder_prefix):
     """The summary line's word on a pretraining checkpoint's decoder, which an encoder leaves out."""
-    dropped = [key for key in state_dict if VIDEOMAE_DECODER.match(key.removeprefix(encoder_prefix))]
+    dropped = [key for key in state_dict if PRETRAINING_DECODER.match(key.removeprefix(encoder_prefix))]
     return (f'the pretraining decoder left out ({len(dropped)} tensors)',) if dropped else ()
 
 

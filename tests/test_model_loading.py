@@ -7,6 +7,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from data_trainer import VideoDataModule
 from layouts import CLASSES, DIM, HEADS, original_layout, random_state, save_lightning, timm_layout, video, write_vit
@@ -15,7 +16,7 @@ from model_trainer import LitVideoClassifier
 from our_format import save_weights
 from preprocessing import DATA_STATICS, Preprocessing
 from reference import randomise_
-from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny
+from video_transformer import VideoClassifier, timesformer_tiny, vivit_tiny, vjepa2_tiny
 from weight_formats import WeightLoadError
 from weight_init import init_from_pretrained_
 
@@ -41,6 +42,33 @@ def test_new_head_only_when_asked(tmp_path, caplog):
         model = load_model(path, num_heads=HEADS, class_names=['a', 'b'], drop_head=True)
     assert model.head.fc.out_features == 2 and model.class_names == ['a', 'b']
     assert 'format original' in caplog.text and "missing keys ['head.fc.bias', 'head.fc.weight']" in caplog.text
+
+
+def test_a_bare_vjepa2_state_dict_is_told_by_its_pooler(tmp_path):
+    """Our bare state dicts of the models without a class token: V-JEPA 2's is told by its attentive
+    pooler (VideoMAE's by its q and v biases: tests/test_videomae_vjepa2.py; a per-frame or joint
+    TimeSformer's is refused without its config.json: tests/test_weight_fitting.py). Fails if the
+    pooler's keys are not recognised, or the pooler's depth is not read from them."""
+    model = randomise_(VideoClassifier(vjepa2_tiny(num_pooler_layers=1))).eval()
+    torch.save(model.state_dict(), tmp_path / 'bare.pt')
+    loaded = load_model(tmp_path / 'bare.pt', num_heads=model.config.num_heads, num_frames=4, img_size=32)
+    assert (loaded.config.arch, loaded.config.num_pooler_layers) == ('vjepa2', 1)
+    with torch.no_grad():
+        assert torch.equal(loaded(video()), model(video()))
+
+
+def test_weights_without_a_head_say_they_are_a_starting_point_in_the_commands_terms(tmp_path):
+    """Fails on the code that told model_inference.py and export_weights.py users to `pass
+    drop_head=True`, a flag neither command has, for an encoder that cannot classify."""
+    model = randomise_(VideoClassifier(timesformer_tiny()))
+    save_file({key: value for key, value in model.state_dict().items() if not key.startswith('head.')},
+              tmp_path / 'encoder.safetensors')
+    (tmp_path / 'config.json').write_text(json.dumps({'format': 'videotransformer-pytorch',
+                                                      'config': model.config.to_dict()}))
+    with pytest.raises(WeightLoadError, match=r'encoder.safetensors: holds no classification head, so it cannot '
+                                              r'classify: a starting point for fine-tuning \(model_pretrain.py '
+                                              r'-pretrain; load_model\(\.\.\., drop_head=True, num_classes=N\)'):
+        load_model(tmp_path / 'encoder.safetensors')
 
 
 # ---------------------------------------------------------------------------------------------

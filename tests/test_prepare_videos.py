@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from annotations import load_annotations
+from annotations import load_annotations, load_class_map
 from command_lines import run_in_one_process
 from dataset import VideoDataset
 from demo.make_demo_dataset import make_demo_dataset
@@ -127,6 +127,24 @@ def test_kinetics_csv_and_class_folders_keep_their_format(tmp_path):
         load_annotations(tmp_path / 'f_out')
 
 
+def test_a_class_whose_videos_all_failed_keeps_the_later_classes_indices(tmp_path):
+    """A list of named classes without a class map numbers them sorted: with the one video of `dog`
+    unreadable, the prepared list alone says cat 0, eel 1 where the source said eel 2. Fails on the
+    code that wrote that list without a word: training on it shifted every later class."""
+    source = tmp_path / 'source'
+    source.mkdir()
+    write_video(source / 'a.mp4', moving_square(6, 32, 48))
+    write_video(source / 'c.mp4', moving_square(6, 32, 48))
+    (source / 'b.mp4').write_bytes(b'not a video')
+    (source / 'train.txt').write_text('a.mp4 cat\nb.mp4 dog\nc.mp4 eel\n')
+    result = prepare(source / 'train.txt', tmp_path / 'out', '-workers', '1')
+    assert result.returncode == 0, result.stderr[-3000:]
+    class_map = tmp_path / 'out' / 'train_classmap.json'
+    assert 'no video of dog could be prepared' in result.stderr and f'-class_map {class_map}' in result.stdout
+    samples, names = load_annotations(tmp_path / 'out' / 'train.txt', class_names=load_class_map(class_map))
+    assert names == ['cat', 'dog', 'eel'] and [label for _, label in samples] == [0, 2]
+
+
 def test_a_killed_preparation_resumes_without_redoing_or_keeping_half_videos(tmp_path):
     """SIGKILL to the command and its workers while a video is half written, then a rerun. Fails if
     a half-written video sits where a finished one belongs (it would be skipped as done), if the
@@ -191,7 +209,9 @@ def test_ctrl_c_stops_with_one_line_and_a_rerun_goes_on(tmp_path):
 
 def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(tmp_path):
     """Fails if a mistake prints a traceback, exits otherwise, or writes anything; an OUT_DIR holding
-    the source would have its videos skipped as prepared and its list rewritten onto itself."""
+    the source would have its videos skipped as prepared and its list rewritten onto itself. Catches
+    the code where an OUT_DIR that cannot be made (a file in the way) or a settings file that is not
+    JSON ended in a traceback, and where a -root_dir that is not there failed every video one by one."""
     source = tmp_path / 'source'
     source.mkdir()
     (source / 'train.txt').write_text('a.mp4\t0\n')
@@ -199,17 +219,29 @@ def test_bad_flags_and_paths_stop_with_one_line_and_exit_2(tmp_path):
     resumed = tmp_path / 'resumed'
     resumed.mkdir()
     (resumed / 'prepare_videos.json').write_text(json.dumps({'short_side': 256, 'keyframe_interval': 16, 'crf': 23}))
+    (tmp_path / 'file').write_text('')
+    garbled = tmp_path / 'garbled'
+    garbled.mkdir()
+    (garbled / 'prepare_videos.json').write_text('{"short_side": 3')
     cases = {
         'crf': ([source / 'train.txt', tmp_path / 'o', '-crf', '60'], '-crf 60: expected an integer from 0 to 51'),
         'workers': ([source / 'train.txt', tmp_path / 'o', '--workers', '0'], '-workers 0: expected an integer'),
         'short side': ([source / 'train.txt', tmp_path / 'o', '-short_side', '1'], '-short_side 1'),
         'missing': ([tmp_path / 'none.txt', tmp_path / 'o'], 'none.txt: no such file or folder'),
+        # Every video would fail: the list's paths start from it.
+        'no root dir': ([source / 'train.txt', tmp_path / 'o', '-root_dir', tmp_path / 'gone'],
+                        f'-root_dir {tmp_path / "gone"}: no such folder'),
         'inside': ([source, source / 'out'], 'must lie outside the source folder'),
         'onto itself': ([source / 'train.txt', source], 'OUT_DIR would overwrite the source'),
         'above': ([source / 'train.txt', tmp_path], 'OUT_DIR would overwrite the source'),
         'no label': ([source / 'labels.txt', tmp_path / 'o'], 'labels.txt:1: expected "relative/path.mp4 label"'),
         'other settings': ([source / 'train.txt', resumed], 'was prepared with -short_side 256'),
         'no out dir': ([source / 'train.txt'], 'the following arguments are required: out_dir'),
+        'a file in the way': ([source / 'train.txt', tmp_path / 'file'], f'{tmp_path / "file"}: File exists'),
+        'below a file': ([source / 'train.txt', tmp_path / 'file' / 'o'],
+                         f'{tmp_path / "file" / "o"}: Not a directory'),
+        'settings not JSON': ([source / 'train.txt', garbled], f'{garbled / "prepare_videos.json"}: not the settings '
+                                                                f'file of a preparation'),
     }
     results = run_in_one_process('prepare_videos.py', {name: arguments for name, (arguments, _) in cases.items()})
     for name, (_, expected) in cases.items():

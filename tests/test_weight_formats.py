@@ -66,10 +66,12 @@ def test_the_37e1801_layout_computes_another_function():
 
 
 def test_space_only_original_checkpoint_takes_any_frame_count(tmp_path):
-    # Its checkpoints record no frame count; without a time table the model needs none.
+    """Its checkpoints record no frame count; without a time table the model needs none, and its
+    preprocessing says the original's 8 (the README). Fails if a frame count is demanded or the
+    preprocessing reads another."""
     state = random_state(original_layout('space_only'))
     model = load_model(save_lightning(tmp_path / 'seed.ckpt', state), num_heads=HEADS)
-    assert model.config.num_frames == 8
+    assert model.config.num_frames == 8 and model.preprocessing.num_frames == 8
     for frames in (3, FRAMES, 8):
         clip = video(batch=1, frames=frames)
         with torch.no_grad():
