@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 import video_decoding
 from annotations import VIDEO_EXTENSIONS, AnnotationError
-from command_line import Parser, UsageError, add_flag, error_line
+from command_line import Parser, UsageError, add_flag, error_line, os_error_line
 from dataset import UnreadableDatasetError
 from evaluation import Evaluation, write_report
 from features import FeatureWriter, feature_row
@@ -295,7 +295,7 @@ if __name__ == '__main__':
         print(f'{PROGRAM}: error: {error}', file=sys.stderr)
         code = 2
     except OSError as error:  # an output that cannot be written (permissions, a full disk)
-        print(f'{PROGRAM}: error: {error.filename or ""}: {error.strerror or error}', file=sys.stderr)
+        print(f'{PROGRAM}: error: {os_error_line(error)}', file=sys.stderr)
         code = 2
     except UnreadableDatasetError as error:
         print(f'{PROGRAM}: error: {error_line(error)}', file=sys.stderr)

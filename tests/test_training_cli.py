@@ -43,14 +43,14 @@ def run_dir(root):
 
 
 def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(demo_run):
-    # The session's demo run: the demo's training clips, a quarter of its val clips, 32 steps an
-    # epoch. The demo passes 90% in epoch 5 to 8 of its 20; 5 epochs of a shorter schedule must beat chance.
+    # The session's demo run: the demo recipe on the demo's training clips, a quarter of its val
+    # clips, 32 steps an epoch. The README says it passes 90% in epoch 5 to 8 of its 20.
     log = demo_run.log
     rows = read_run_metrics(log / 'csv')
     losses, val_top1 = epoch_means(rows, 'train/loss'), epoch_means(rows, 'val/top1')
-    assert len(losses) == len(val_top1) == 5
+    assert len(losses) == len(val_top1) == 20
     assert losses[-1] < losses[0] - 0.1, losses  # from ln 4 = 1.39 at the start
-    assert val_top1[-1] >= 0.5, val_top1  # chance is 0.25 on the 32 balanced val clips
+    assert max(val_top1) >= 0.9, val_top1  # chance is 0.25 on the 32 balanced val clips
     summary = json.loads((log / 'summary.json').read_text())
     assert summary['best_val_top1'] == max(val_top1) and summary['test_views'] == 6
     assert (log / 'curves.png').stat().st_size > 10_000
