@@ -48,6 +48,8 @@ PROTOBUF_LIMIT = 2 ** 31 - 2 ** 20
 # Loggers that report the exporter's and its graph optimiser's every step (hundreds of lines at INFO)
 # and the torchvision operators it skips.
 EXPORTER_LOGGERS = ('torch.onnx', 'onnxscript', 'onnx_ir')
+# onnxruntime's log levels: 3 is errors only (its warnings on graph optimisation are not the user's).
+ERRORS_ONLY = 3
 
 
 class OnnxError(WeightLoadError):
@@ -64,6 +66,18 @@ def import_onnx_packages(*names):
             raise OnnxError(f'ONNX needs the packages of the `onnx` extra ({name} is not installed): '
                             f'{INSTALL_HINT}') from None
     return modules
+
+
+def open_session(path, providers, name=None, problem='not an ONNX model onnxruntime can run'):
+    """An onnxruntime InferenceSession of the file, or an OnnxError naming it (as `name`, default its
+    path), the `problem` and onnxruntime's reason."""
+    (onnxruntime,) = import_onnx_packages('onnxruntime')
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = ERRORS_ONLY
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...)
+        raise OnnxError(f'{name or path}: {problem} ({error_line(error, first=True)})') from None
 
 
 @contextlib.contextmanager
@@ -129,7 +143,6 @@ def check_graph(model, path, precision, name=None):
     float32 logits: {batch: largest difference}; an OnnxError, naming the file as `name` (default its
     path), when the batch axis is fixed, the output has another shape or a difference passes the
     precision's tolerance."""
-    from onnx_inference import open_session  # one session opener for export and inference
     (onnxruntime,) = import_onnx_packages('onnxruntime')
     # The exporter writes opsets that this onnxruntime may not run yet (in 1.32, above 25).
     session = open_session(path, ['CPUExecutionProvider'], name or path,

@@ -12,16 +12,12 @@ import torch
 
 from command_line import error_line
 from model_loading import class_names_for
-from onnx_export import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxError, import_onnx_packages
+from onnx_export import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxError, import_onnx_packages, open_session
 from preprocessing import Preprocessing
 from utils import reject_unknown
 from video_transformer import CONFIG_FIELDS, VideoTransformerConfig
 from weight_config import current_fields
 from weight_formats import OUR_FORMAT
-
-
-# onnxruntime's log levels: 3 is errors only (its warnings on graph optimisation are not the user's).
-ERRORS_ONLY = 3
 
 
 def find_onnx(source):
@@ -47,18 +43,6 @@ def providers_for(device):
         raise OnnxError(f'-device {device}: this onnxruntime has no CUDA provider; install onnxruntime-gpu in place '
                         f'of onnxruntime')
     return [('CUDAExecutionProvider', {'device_id': int(index or 0)}), 'CPUExecutionProvider']
-
-
-def open_session(path, providers, name=None, problem='not an ONNX model onnxruntime can run'):
-    """An onnxruntime InferenceSession of the file, or an OnnxError naming it (as `name`, default its
-    path), the `problem` and onnxruntime's reason."""
-    (onnxruntime,) = import_onnx_packages('onnxruntime')
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = ERRORS_ONLY
-    try:
-        return onnxruntime.InferenceSession(str(path), options, providers=providers)
-    except Exception as error:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...)
-        raise OnnxError(f'{name or path}: {problem} ({error_line(error, first=True)})') from None
 
 
 def read_export_config(path):
