@@ -137,8 +137,9 @@ class PyAVReader:
         self._stream.thread_count = self._threads
 
     def frame_times(self):
-        """(num_frames,) seconds at which each frame is shown."""
-        return self._pts * float(self._stream.time_base)
+        """(num_frames,) seconds at which each frame is shown, from the first frame's, as decord counts:
+        a file need not start at 0 (an MPEG-TS cut from a broadcast starts where the broadcast was)."""
+        return (self._pts - self._pts[0]) * float(self._stream.time_base) if len(self._pts) else self._pts * 0.0
 
     def _runs(self, frames):
         """Sorted unique frame indices -> [(keyframe, frames decoded from it)]: a run starts where

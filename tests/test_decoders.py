@@ -5,6 +5,7 @@ import logging
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -79,6 +80,37 @@ def test_a_video_with_a_rotation_tag_reads_as_displayed_by_both_decoders(tmp_pat
                                  short_side=height, decoder=decoder)
             frames = rearrange(clips[0]['video'][0].numpy(), 't c h w -> t h w c')
             assert_frames(frames, shown[[0, 3]], f'dataset, {decoder} first, {width}')
+
+
+@pytest.mark.parametrize('container', ['mp4', 'mpegts'])
+def test_a_video_that_does_not_start_at_zero_has_the_same_times_in_both_decoders(tmp_path, container):
+    """A file whose first frame is shown at 2 s (an MPEG-TS cut from a broadcast starts where it
+    was): both readers count from its first frame, so the seconds of a clip, a timeline window or a
+    feature row do not depend on the decoder. Fails on PyAV's times read as the container's (2.0,
+    2.04, ... where decord says 0, 0.04, ...)."""
+    path = tmp_path / f'late.{container}'
+    with av.open(str(path), mode='w', format=container) as output:
+        stream = output.add_stream('libx264', rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = 'yuv420p'
+        for index, array in enumerate(noise(20, 32, 32)):
+            frame = av.VideoFrame.from_ndarray(array, format='rgb24')
+            frame.pts = 50 + index  # 2 s at 25 fps
+            output.mux(stream.encode(frame))
+        output.mux(stream.encode())
+    times = {}
+    for reader_class in (DecordReader, PyAVReader):
+        reader = reader_class(path)
+        try:
+            times[reader_class.__name__] = reader.frame_times()
+        finally:
+            reader.close()
+    np.testing.assert_allclose(times['PyAVReader'], times['DecordReader'], atol=1e-3)
+    np.testing.assert_allclose(times['PyAVReader'][:3], [0, 0.04, 0.08], atol=1e-3)
+    (tmp_path / 'list.txt').write_text(f'{path.name}\t0\n')
+    starts = {decoder: VideoDataset(tmp_path / 'list.txt', mode='val', num_frames=2, frame_interval=2, short_side=32,
+                                    decoder=decoder)[0]['start_s'] for decoder in ('decord', 'pyav')}
+    assert starts['pyav'] == pytest.approx(starts['decord'], abs=1e-3) and starts['pyav'] < 1, starts
 
 
 def test_decord_is_the_default_and_each_decoder_falls_back_to_the_other(demo_data, tmp_path, caplog):
