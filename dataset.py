@@ -25,7 +25,7 @@ from command_line import error_line
 from frame_sampling import (MODES, MULTI_VIEW_MODES, SAMPLINGS, sample_frame_indices, sample_frame_segments,
                             sample_frame_times, video_end)
 from utils import counted
-from video_decoding import DECODERS, READERS, DecodeError, decord, resize_short_side
+from video_decoding import READERS, DecodeError, decoder_order, resize_short_side
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,7 @@ class VideoDataset(Dataset):
                  sampling='interval'):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
-        if decoder not in DECODERS:
-            raise ValueError(f'decoder must be one of {DECODERS}, got {decoder!r}')
+        self.decoders = decoder_order(decoder)
         if min(num_frames, frame_interval, num_clips, short_side) < 1:
             raise ValueError('num_frames, frame_interval, num_clips and short_side must be positive')
         if window_seconds is not None and not window_seconds > 0:
@@ -95,10 +94,6 @@ class VideoDataset(Dataset):
         self.sampling = sampling
         self.num_clips = num_clips if mode in MULTI_VIEW_MODES else 1
         self.short_side = short_side
-        if decoder == 'decord' and decord is None:
-            log.warning('decord is not installed; decoding with PyAV')
-        other = 'pyav' if decoder == 'decord' else 'decord'
-        self.decoders = tuple(name for name in (decoder, other) if name != 'decord' or decord is not None)
         self.decode_threads = decode_threads
         self.attempts = 0
         self.failures = 0

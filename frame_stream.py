@@ -20,7 +20,7 @@ import torch
 
 from command_line import error_line
 from frame_sampling import frame_duration, sliding_frame_indices, sliding_frame_times
-from video_decoding import DECODERS, READERS, DecodeError, decord, resize_short_side
+from video_decoding import READERS, DecodeError, decoder_order, resize_short_side
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,6 @@ def format_time(seconds, decimals=1):
     return f'{text}.{fraction:0{decimals}d}' if decimals else text
 
 
-def decoder_order(decoder):
-    """The decoders to try, the asked-for one first, then the other (decord only where it is installed)."""
-    if decoder not in DECODERS:
-        raise ValueError(f'decoder must be one of {DECODERS}, got {decoder!r}')
-    if decoder == 'decord' and decord is None:
-        log.warning('decord is not installed; decoding with PyAV')
-    return tuple(dict.fromkeys(name for name in (decoder, *DECODERS) if name != 'decord' or decord is not None))
-
-
 class WindowStream:
     """The windows of one video (see the module doc): window_seconds windows when the preprocessing
     samples by seconds, else num_frames * frame_interval frames; a window starts every stride_seconds
@@ -71,6 +62,9 @@ class WindowStream:
     """
 
     def __init__(self, path, preprocessing, stride_seconds=None, decoder='pyav', decode_threads=1):
+        if preprocessing.sampling != 'interval':
+            raise ValueError(f'a timeline slides a window; sampling {preprocessing.sampling!r} spreads a clip over '
+                             f'the whole video')
         self.path, self.preprocessing = str(path), preprocessing
         self.stride_seconds, self.decode_threads = stride_seconds, decode_threads
         self.decoders = decoder_order(decoder)

@@ -227,8 +227,8 @@ def main(argv=None):
     except ValueError as error:
         raise UsageError(error) from None
     if args.timeline and settings.sampling == 'segments':
-        raise UsageError('-timeline: these weights read frames spread over a whole video (-sampling segments), which '
-                         'has no window to slide; give -window_seconds or -frame_interval for a window')
+        raise UsageError('-timeline: -sampling segments spreads a clip over the whole video, which has no window to '
+                         'slide; give -window_seconds or -frame_interval for a window')
     model.to(device)
     if args.timeline:
         with FeatureWriter(args.features, model.config.embed_dims) if args.features else nullcontext() as features:

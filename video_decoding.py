@@ -51,6 +51,16 @@ def _usable_decord(module):
 
 decord = _usable_decord(decord)
 
+
+def decoder_order(decoder):
+    """The decoders to try, the asked-for one first, then the other (decord only where it is
+    installed, said in one warning line when it was asked for)."""
+    if decoder not in DECODERS:
+        raise ValueError(f'decoder must be one of {DECODERS}, got {decoder!r}')
+    if decoder == 'decord' and decord is None:
+        log.warning('decord is not installed; decoding with PyAV')
+    return tuple(dict.fromkeys(name for name in (decoder, *DECODERS) if name != 'decord' or decord is not None))
+
 class DecordReader:
     """A decord VideoReader behind `num_frames`, `fps`, `read(indices)` and `close()`.
 

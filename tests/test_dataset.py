@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import dataset
+import video_decoding
 from annotations import UNLABELLED, AnnotationError, load_annotations, load_class_map
 from dataset import UnreadableDatasetError, VideoDataset, collate_clips, collate_views
 from frame_sampling import sample_frame_indices, sample_frame_times
@@ -562,7 +563,7 @@ def test_resize_short_side_keeps_the_aspect_ratio():
 
 
 def test_pyav_decodes_when_decord_is_missing(demo_data, monkeypatch, caplog):
-    monkeypatch.setattr(dataset, 'decord', None)
+    monkeypatch.setattr(video_decoding, 'decord', None)
     with caplog.at_level(logging.WARNING, logger='dataset'):
         clips = VideoDataset(demo_data / 'val.txt', mode='val', num_frames=4, frame_interval=4, short_side=32)
     assert clips.decoders == ('pyav',)

@@ -254,6 +254,10 @@ def test_the_stream_gives_each_window_its_own_frames(decoder, tmp_path):
             expected = reader.read(np.array(window.frame_indices))
             assert np.array_equal(window.frames.permute(0, 2, 3, 1).numpy(), expected), window.index
     reader.close()
+    # Segments sampling spreads a clip over the whole video: no window to slide, refused rather than
+    # read as windows of a frame interval it never uses.
+    with pytest.raises(ValueError, match="sampling 'segments' spreads a clip"):
+        WindowStream(video, Preprocessing(num_frames=4, img_size=32, short_side=48, sampling='segments'), None, decoder)
 
 
 def test_sliding_windows_by_frames_and_by_seconds():
