@@ -329,7 +329,8 @@ class VideoDataModule(pl.LightningDataModule):
                               collate_fn=partial(collate_views, preprocessing=self.views[split]), **options)
         resume, self._train_state = self._train_state, None
         if resume and self.trainer is not None:
-            # Workers' seeds differ by rank, as those the ranks drew in the run that saved the state.
+            # Workers' seeds differ by rank (rank 0's saved seed + rank): each rank's sampler order comes
+            # from the DistributedSampler; the workers' frame draws after a resume are warned about.
             resume = {**resume, 'seed': resume['seed'] + self.trainer.global_rank}
         generator = torch.Generator()
         batches = ResumableBatchSampler(RandomSampler(dataset, generator=generator), hp.batch_size, drop_last=True)

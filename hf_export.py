@@ -128,7 +128,7 @@ def hf_processor_config(preprocessing):
     VideoMAE and V-JEPA 2 read) for a Preprocessing: resize the short side, centre crop, RGB / 255,
     normalise. Frame spacing and test views it cannot hold: see HF_SAMPLING_FILE."""
     crop = {'height': preprocessing.img_size, 'width': preprocessing.img_size}
-    # resample 2 is PIL's bilinear, as dataset.resize_short_side; rescale_factor 1 / 255 keeps
+    # resample 2 is PIL's bilinear, as video_decoding.resize_short_side; rescale_factor 1 / 255 keeps
     # mean and std in the [0, 1] convention that ours use, so they round-trip exactly.
     return {'image_processor_type': 'VideoMAEImageProcessor', 'do_resize': True,
             'size': {'shortest_edge': preprocessing.short_side}, 'resample': 2, 'do_center_crop': True,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dataset import crop_views
+from evaluation import average_views
 from frame_stream import format_time
 from inference import view_outputs
 from timeline_figure import timeline_figure
@@ -69,7 +70,7 @@ def classify_windows(model, stream, preprocessing, batch_size=8, device='cpu', f
         views = torch.stack([crop_views(window.frames[None], preprocessing.img_size, preprocessing.num_crops)
                              for window in pending])
         logits, pooled = view_outputs(model, views, preprocessing, batch_size, device, features)
-        probabilities = logits.softmax(dim=-1).mean(dim=1)
+        probabilities = average_views(logits)
         for position, window in enumerate(pending):
             thumbnail = window.frames[len(window.frames) // 2].clone() if window.index in thumbnails else None
             yield WindowResult(stream.path, window.index, window.start_s, window.end_s, window.frame_indices,
@@ -89,8 +90,8 @@ def classify_windows(model, stream, preprocessing, batch_size=8, device='cpu', f
 
 
 def moving_average(values, width):
-    """Centred moving average over `width` rows of values (W, K); at the ends, the mean of the rows
-    there are."""
+    """Moving average over `width` rows of values (W, K), centred for an odd width (an even one takes
+    one row more after a row than before it); at the ends, the mean of the rows there are."""
     rows = len(values)
     sums = np.concatenate([np.zeros((1, values.shape[1])), np.cumsum(values, axis=0)])
     low = np.clip(np.arange(rows) - (width - 1) // 2, 0, rows)
@@ -183,7 +184,6 @@ class Timeline:
 
     def __init__(self, stream, class_names, csv_path=None, topk=5):
         self.path, self.class_names, self.topk = stream.path, class_names, min(topk, len(class_names))
-        self.num_windows, self.duration_s = stream.num_windows, stream.duration_s
         # The windows whose centres lie nearest the centres of MAX_THUMBNAILS equal slots of the time.
         centres = (stream.starts + stream.ends) / 2
         slots = min(stream.num_windows, MAX_THUMBNAILS)

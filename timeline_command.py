@@ -76,7 +76,8 @@ def timeline_command(args, model, settings, device, single, program='model_infer
                     threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
                     min_segment=args.min_segment, features=features is not None, on_window=on_window)
             except KeyboardInterrupt:
-                place = f'{folder / "windows.csv"}' if folder is not None else 'standard output'
+                places = [str(path) for path in (folder / 'windows.csv' if folder else None, args.features) if path]
+                place = ' and '.join(places) or 'standard output'
                 print(f'{program}: interrupted; {windows} of {stream.num_windows} windows of {video} written to '
                       f'{place}', file=sys.stderr)
                 return 128 + signal.SIGINT
