@@ -35,6 +35,7 @@ from command_line import Parser, UsageError, add_flag, error_line
 from data_trainer import SkippedVideos, VideoDataModule
 from dataset import UnreadableDatasetError
 from demo.make_demo_dataset import make_demo_dataset
+from evaluation import write_report
 from frame_sampling import SAMPLINGS
 from model_trainer import (EVAL_METRICS, LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, LitVideoClassifier,
                            NonFiniteLossError, fsdp_settings, recompute_blocks_in_backward)
@@ -437,7 +438,9 @@ def first_video(data):
 
 @rank_zero_only
 def report(args, module, trainer, data, best_score, checkpoint, last_checkpoint, test, log_dir, run_dir, seconds):
-    """The one-line summary, summary.json and curves.png beside the logs, and the next command."""
+    """The one-line summary, summary.json and curves.png beside the logs, the test's report in log/test
+    (metrics.json, per_class_accuracy.csv, confusion_matrix.png, as model_inference.py -eval writes them
+    from the same metrics), and the next command."""
     rows = read_run_metrics(log_dir / 'csv')
     val_top5, best_epoch = None, None
     from_rows = [row for row in rows if best_score is not None and row.get('val/top1') == best_score]
@@ -453,6 +456,9 @@ def report(args, module, trainer, data, best_score, checkpoint, last_checkpoint,
         'seconds': round(seconds, 1), 'checkpoint': checkpoint, 'last_checkpoint': last_checkpoint,
     }
     write_json(summary, log_dir / 'summary.json')
+    views_name = f'{data.preprocessing.num_clips}x{data.preprocessing.num_crops}'
+    if module.test_results is not None and trainer.is_global_zero:
+        write_report(module.test_results, data.class_names, log_dir / 'test', views_name)
     if rows:
         # With five classes or fewer, top-5 is 100% by construction: not worth a line.
         plot_curves(rows, log_dir / 'curves.png', top5=len(data.class_names) > 5)
@@ -461,8 +467,8 @@ def report(args, module, trainer, data, best_score, checkpoint, last_checkpoint,
         f'{f" (epoch {best_epoch})" if best_epoch is not None else ""}')
     tested = (f'test top-1 {percent(summary["test_top1_1view"])} / top-5 {percent(summary["test_top5_1view"])} at '
               f'1 view, {percent(summary["test_top1"])} / {percent(summary["test_top5"])} at '
-              f'{data.preprocessing.num_clips}x{data.preprocessing.num_crops} views of '
-              f'{counted(summary["test_videos"], "video")}' if summary['test_videos'] is not None else 'no test data')
+              f'{views_name} views of {counted(summary["test_videos"], "video")} (per class: {log_dir / "test"})'
+              if summary['test_videos'] is not None else 'no test data')
     say(f'Done in {seconds / 60:.1f} min: {validated}; {tested}; {log_dir / "summary.json"}, {log_dir / "curves.png"}')
     say(f'Next: python model_inference.py -pretrain {shlex.quote(str(summary["checkpoint"]))} '
         f'-video_path {shlex.quote(str(first_video(data)))}')

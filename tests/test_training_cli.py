@@ -1,4 +1,5 @@
 """model_pretrain.py as users run it: real processes, real checkpoints, real signals."""
+import csv
 import json
 import os
 import re
@@ -54,6 +55,13 @@ def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(demo_run)
     summary = json.loads((log / 'summary.json').read_text())
     assert summary['best_val_top1'] == max(val_top1) and summary['test_views'] == 6
     assert (log / 'curves.png').stat().st_size > 10_000
+    # The test's report, as model_inference.py -eval writes it, from the same metrics as the summary.
+    report = json.loads((log / 'test' / 'metrics.json').read_text())
+    assert report['top1'] == pytest.approx(summary['test_top1']) and report['views'] == '2x3'
+    per_class = list(csv.DictReader((log / 'test' / 'per_class_accuracy.csv').open()))
+    assert [row['class'] for row in per_class] == list(CLASSES) and \
+        sum(int(row['videos']) for row in per_class) == summary['test_videos']
+    assert (log / 'test' / 'confusion_matrix.png').stat().st_size > 1000
     # The command the run prints last runs as printed and names a demo class.
     (next_line,) = [line for line in demo_run.stdout.splitlines() if line.startswith('Next: python ')]
     command = shlex.split(next_line[len('Next: python '):])
