@@ -45,7 +45,7 @@ def run_dir(root):
 
 def test_the_demo_recipe_learns_motion_and_its_next_command_classifies(demo_run):
     # The session's demo run: the demo recipe on the demo's training clips, a quarter of its val
-    # clips, 32 steps an epoch. The README says it passes 90% in epoch 5 to 8 of its 20.
+    # clips, 32 steps an epoch. The README says it passes 90% in epoch 4 to 6 of its 20.
     log = demo_run.log
     rows = read_run_metrics(log / 'csv')
     losses, val_top1 = epoch_means(rows, 'train/loss'), epoch_means(rows, 'val/top1')
