@@ -11,6 +11,10 @@ Writes `{split}/{class}/{split}_{i:04d}.mp4`, `train.txt`, `val.txt` and `test.t
 list format (`path<TAB>class name` per line) and `classmap.json` (name -> index).
 
     python demo/make_demo_dataset.py [--out demo/data] [--seed 0]
+    python demo/make_demo_dataset.py --out hard --motion small_slow --size 160 120 --clips-per-class 40 16 16
+
+`--motion small_slow` draws the same classes as small, slow motions (MOTIONS): the harder set of the
+README's pretraining trial.
 """
 import argparse
 import json
@@ -44,6 +48,12 @@ TEXTURE_NOISE = 8.0
 BACKGROUND_LEVELS = (0.0, 64.0)
 DISTRACTOR_LEVELS = (64.0, 160.0)
 TARGET_LEVELS = (192.0, 255.0)
+# Motion presets: target and distractor radius ranges (fractions of the height) and the period range.
+MOTIONS = {
+    'demo': dict(radius_range=RADIUS_RANGE, distractor_radius_range=DISTRACTOR_RADIUS_RANGE, period_range=PERIOD_RANGE),
+    # Targets of 4-10% of the height, four times slower: a pixel or two between the demo's sampled frames.
+    'small_slow': dict(radius_range=(0.04, 0.1), distractor_radius_range=(0.03, 0.06), period_range=(192.0, 288.0)),
+}
 
 
 def _shape_masks(kind, dy, dx, radius):
@@ -63,8 +73,10 @@ def _torus_offsets(coordinates, centres, period):
     return (coordinates[None, :] - centres[:, None] + period / 2) % period - period / 2
 
 
-def render_clip(label, rng, num_frames=32, height=64, width=64):
-    """Frames of one clip of class CLASSES[label]: uint8 (T, H, W, 3)."""
+def render_clip(label, rng, num_frames=32, height=64, width=64, motion='demo'):
+    """Frames of one clip of class CLASSES[label] with the sizes and speeds of MOTIONS[motion]: uint8
+    (T, H, W, 3)."""
+    sizes = MOTIONS[motion]
     rows, columns = np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32)
     texture = rng.uniform(*BACKGROUND_LEVELS, size=3) + rng.normal(0, TEXTURE_NOISE, size=(height, width, 1))
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
@@ -79,17 +91,17 @@ def render_clip(label, rng, num_frames=32, height=64, width=64):
         for t in range(1, num_frames):
             offsets[t] = np.clip(0.7 * offsets[t - 1] + steps[t], -JITTER_RADIUS, JITTER_RADIUS)
         track = start + offsets
-        kind, radius = rng.choice(SHAPES), rng.uniform(*DISTRACTOR_RADIUS_RANGE) * height
+        kind, radius = rng.choice(SHAPES), rng.uniform(*sizes['distractor_radius_range']) * height
         mask = _shape_masks(kind, _torus_offsets(rows, track[:, 0], height)[:, :, None],
                             _torus_offsets(columns, track[:, 1], width)[:, None, :], radius)
         frames[mask] = np.round(colour).astype(np.uint8)
 
     target_colour = rng.uniform(*TARGET_LEVELS, size=3)
     kind = rng.choice(SHAPES)
-    log_low, log_high = np.log(np.array(RADIUS_RANGE) * height)
+    log_low, log_high = np.log(np.array(sizes['radius_range']) * height)
     # Phase runs over [0, 1) from a random start and wraps, so every frame on its own looks alike
     # in all classes.
-    period = rng.uniform(*PERIOD_RANGE)
+    period = rng.uniform(*sizes['period_range'])
     phase = (rng.uniform() + np.arange(num_frames) / period) % 1.0
     centre_y = np.full(num_frames, rng.uniform(0, height))
     centre_x = np.full(num_frames, rng.uniform(*TARGET_X_RANGE) * width)
@@ -129,7 +141,7 @@ def write_video(path, frames, fps=25, container_format=None):
 
 
 def make_demo_dataset(out_dir='demo/data', seed=0, clips_per_class=(64, 16, 16), frame_range=(32, 48),
-                      height=64, width=64, fps=25, progress=True):
+                      height=64, width=64, fps=25, progress=True, motion='demo'):
     """Write the demo dataset into out_dir and return out_dir as a Path.
 
     clips_per_class gives the train, val and test counts; clip lengths are drawn from
@@ -145,7 +157,7 @@ def make_demo_dataset(out_dir='demo/data', seed=0, clips_per_class=(64, 16, 16),
         label = i % len(CLASSES)
         num_frames = int(rng.integers(frame_range[0], frame_range[1] + 1))
         relative = f'{split}/{CLASSES[label]}/{split}_{i:04d}.mp4'
-        write_video(out_dir / relative, render_clip(label, rng, num_frames, height, width), fps)
+        write_video(out_dir / relative, render_clip(label, rng, num_frames, height, width, motion), fps)
         lines[split].append(f'{relative}\t{CLASSES[label]}\n')
     for split in SPLITS:
         (out_dir / f'{split}.txt').write_text(''.join(lines[split]))
@@ -158,8 +170,11 @@ def main():
     parser.add_argument('--out', default=str(Path(__file__).parent / 'data'), help='output folder')
     parser.add_argument('--seed', type=int, default=0, help='random seed; the same seed gives the same files')
     parser.add_argument('--clips-per-class', type=int, nargs=3, default=(64, 16, 16), metavar=('TRAIN', 'VAL', 'TEST'))
+    parser.add_argument('--motion', choices=tuple(MOTIONS), default='demo', help='sizes and speeds of the motions')
+    parser.add_argument('--size', type=int, nargs=2, default=(64, 64), metavar=('WIDTH', 'HEIGHT'))
     args = parser.parse_args()
-    make_demo_dataset(args.out, seed=args.seed, clips_per_class=tuple(args.clips_per_class))
+    make_demo_dataset(args.out, seed=args.seed, clips_per_class=tuple(args.clips_per_class), width=args.size[0],
+                      height=args.size[1], motion=args.motion)
 
 
 if __name__ == '__main__':
