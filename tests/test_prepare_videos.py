@@ -145,22 +145,32 @@ def test_a_class_whose_videos_all_failed_keeps_the_later_classes_indices(tmp_pat
     assert names == ['cat', 'dog', 'eel'] and [label for _, label in samples] == [0, 2]
 
 
+def start_preparing(tmp_path, count, ready):
+    """Writes `count` 150-frame 640x360 clips and their list, starts the command on them in the
+    background (one worker, short side 240) and returns (the process, the list, its out folder) once
+    ready(out folder) holds."""
+    source = tmp_path / 'source'
+    source.mkdir()
+    frames = moving_square(150, 360, 640)
+    for index in range(count):
+        write_video(source / f'clip_{index}.mp4', np.roll(frames, index * 40, axis=2))
+    listing = source / 'train.txt'
+    listing.write_text(''.join(f'clip_{index}.mp4\t{index % 2}\n' for index in range(count)))
+    out = tmp_path / 'prepared'
+    running = prepare(listing, out, '-workers', '1', '-short_side', '240', wait=False)
+    deadline = time.monotonic() + KILL_WAIT_S
+    while not ready(out):
+        assert running.poll() is None and time.monotonic() < deadline, 'finished before it could be stopped'
+        time.sleep(0.01)
+    return running, listing, out
+
+
 def test_a_killed_preparation_resumes_without_redoing_or_keeping_half_videos(tmp_path):
     """SIGKILL to the command and its workers while a video is half written, then a rerun. Fails if
     a half-written video sits where a finished one belongs (it would be skipped as done), if the
     rerun re-encodes the finished videos, or if the half-written file is left behind."""
-    source = tmp_path / 'source'
-    source.mkdir()
-    frames = moving_square(150, 360, 640)
-    for index in range(4):
-        write_video(source / f'clip_{index}.mp4', np.roll(frames, index * 40, axis=2))
-    (source / 'train.txt').write_text(''.join(f'clip_{index}.mp4\t{index % 2}\n' for index in range(4)))
-    out = tmp_path / 'prepared'
-    running = prepare(source / 'train.txt', out, '-workers', '1', '-short_side', '240', wait=False)
-    deadline = time.monotonic() + KILL_WAIT_S
-    while not (list(out.glob('*.mp4')) and list(out.glob('*.partial'))):
-        assert running.poll() is None and time.monotonic() < deadline, 'finished before it could be killed'
-        time.sleep(0.01)
+    running, listing, out = start_preparing(tmp_path, 4, lambda out: list(out.glob('*.mp4')) and
+                                            list(out.glob('*.partial')))
     os.killpg(running.pid, signal.SIGKILL)
     running.wait()
     finished = {path: path.stat() for path in out.glob('*.mp4')}
@@ -169,7 +179,7 @@ def test_a_killed_preparation_resumes_without_redoing_or_keeping_half_videos(tmp
     for path in finished:
         assert video_facts(path)[2] == 150  # every finished output whole
 
-    result = prepare(source / 'train.txt', out, '-workers', '1', '-short_side', '240')
+    result = prepare(listing, out, '-workers', '1', '-short_side', '240')
     assert result.returncode == 0, result.stderr[-3000:]
     assert f'4 videos prepared ({len(finished)} of them already)' in result.stdout
     for path, before in finished.items():
@@ -177,32 +187,21 @@ def test_a_killed_preparation_resumes_without_redoing_or_keeping_half_videos(tmp
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), path
     assert not list(out.glob('*.partial'))
     assert all(video_facts(out / f'clip_{index}.mp4')[2] == 150 for index in range(4))
-    assert (out / 'train.txt').read_text() == (source / 'train.txt').read_text()
+    assert (out / 'train.txt').read_text() == listing.read_text()
 
 
 def test_ctrl_c_stops_with_one_line_and_a_rerun_goes_on(tmp_path):
     """SIGINT to the command's process group, as a terminal's Ctrl-C sends it, while it prepares. Fails
     on the code that ended in tracebacks of the command and each worker (exit 1), or that left a
     half-written video."""
-    source = tmp_path / 'source'
-    source.mkdir()
-    frames = moving_square(150, 360, 640)
-    for index in range(6):
-        write_video(source / f'clip_{index}.mp4', np.roll(frames, index * 40, axis=2))
-    (source / 'train.txt').write_text(''.join(f'clip_{index}.mp4\t{index % 2}\n' for index in range(6)))
-    out = tmp_path / 'prepared'
-    running = prepare(source / 'train.txt', out, '-workers', '1', '-short_side', '240', wait=False)
-    deadline = time.monotonic() + KILL_WAIT_S
-    while not list(out.rglob('*.mp4')):
-        assert running.poll() is None and time.monotonic() < deadline, 'finished before it could be interrupted'
-        time.sleep(0.01)
+    running, listing, out = start_preparing(tmp_path, 6, lambda out: list(out.rglob('*.mp4')))
     os.killpg(running.pid, signal.SIGINT)
     _, err = running.communicate(timeout=KILL_WAIT_S)
     assert running.returncode == 130 and 'Traceback' not in err, err[-3000:]
     (line,) = [line for line in err.splitlines() if line.startswith('prepare_videos.py')]
     assert line.startswith('prepare_videos.py: interrupted; ') and 'the same command goes on' in line
     assert not list(out.rglob('*.partial'))
-    result = prepare(source / 'train.txt', out, '-workers', '1', '-short_side', '240')
+    result = prepare(listing, out, '-workers', '1', '-short_side', '240')
     assert result.returncode == 0, result.stderr[-3000:]
     assert '6 videos prepared' in result.stdout
 
